@@ -1,0 +1,16 @@
+//! fencelock: fenced distributed locking.
+//!
+//! A lock service (etcd, or the embedded `lockd`) hands each lock holder a *fencing token*,
+//! the lock key's create_revision. A shared resource that checks the token on every request
+//! rejects a holder that woke up from a pause still believing it holds the lock.
+//!
+//! Modules:
+//! - [`token`]: [`FencingToken`], the ordered number that every other part passes around.
+//! - [`storage`]: the fenced key/value server (seed-compatible JSON and a REST face), the
+//!   fence rule, and [`storage::StorageClient`].
+//! - [`lock`]: the etcd lock client: `Client`, `Session` (a kept-alive lease), fenced locks.
+//! - [`bench`]: the measurement commands behind `fencelock bench`.
+
+pub mod token;
+
+pub use token::FencingToken;

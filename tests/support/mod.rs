@@ -1,0 +1,6 @@
+//! Test support shared by the integration tests: real processes, free ports, readiness waits.
+//!
+//! Every test binary compiles this whole module and uses part of it.
+#![allow(dead_code)]
+
+pub mod proc;
