@@ -1,0 +1,30 @@
+//! The fenced storage server: a key/value store that refuses requests whose fencing token has
+//! gone backwards, and [`StorageClient`] to talk to it.
+//!
+//! - [`fence`]: the fence rule, one pure function, and the policies.
+//! - [`wire`]: the seed's JSON protocol and the REST face's bodies.
+//! - [`backend`]: the engines (fjall on disk, or memory).
+//! - [`store`]: the single writer and the group-committing committer.
+//! - [`server`]: routes, start-up, graceful shutdown; `seed` and `rest` hold the handlers.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`client`]: [`StorageClient`].
+//!
+//! The safety argument this module carries (DESIGN.md): per fence, the highest token seen;
+//! lower is rejected, equal accepted, higher raises; check and effect are one step, durable
+//! before the reply; reads raise the fence too under the strict policy.
+
+pub mod backend;
+pub mod client;
+pub mod fence;
+pub mod metrics;
+mod rest;
+mod seed;
+pub mod server;
+pub mod store;
+pub mod wire;
+
+pub use client::{ClientError, StorageClient, Stored};
+pub use fence::Policy;
+pub use rest::FENCING_TOKEN;
+pub use server::{Config, DEFAULT_MAX_BODY, Server, ServerError, run};
+pub use store::Engine;

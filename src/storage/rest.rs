@@ -1,0 +1,244 @@
+//! The REST face: `GET`/`PUT /v1/kv/{key}`, `GET /v1/fences/{name}`, `/healthz`, `/metrics`.
+//!
+//! The fencing token travels in the `Fencing-Token` header and the lock name in an optional
+//! `?fence=NAME`. A stale token is a `409` whose body names the fence, the presented and the
+//! current token; a write without a token under a checking policy is a `400`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use tracing::debug;
+
+use super::fence::Rejection;
+use super::metrics::{Op as MetricOp, Outcome};
+use super::server::{AppState, error_response, json};
+use super::store::{Op, Reply, StoreError};
+use super::wire::{
+    DecodeError, FenceState, KvValue, KvWritten, StaleBody, check_name, parse_token_header,
+};
+use crate::FencingToken;
+
+/// The header that carries the fencing token.
+pub const FENCING_TOKEN: &str = "fencing-token";
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FenceParam {
+    fence: Option<String>,
+}
+
+/// The parts every key request shares, validated.
+struct KeyRequest {
+    key: String,
+    fence: Option<String>,
+    token: Option<FencingToken>,
+}
+
+fn key_request(
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FenceParam>, QueryRejection>,
+    headers: &HeaderMap,
+) -> Result<KeyRequest, Response> {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", message);
+    let Path(key) = path.map_err(|e| bad(e.body_text()))?;
+    let Query(param) = query.map_err(|e| bad(e.body_text()))?;
+    check_name("the key", &key).map_err(|e| bad(e.to_string()))?;
+    let fence = param.fence.filter(|f| !f.is_empty());
+    if let Some(fence) = &fence {
+        check_name("the fence name", fence).map_err(|e| bad(e.to_string()))?;
+    }
+    let token = parse_token_header(headers.get(FENCING_TOKEN)).map_err(|e| bad(e.to_string()))?;
+    debug!(
+        key = %key,
+        fence = fence.as_deref().unwrap_or(&key),
+        token = token.map_or(0, FencingToken::get),
+        "request"
+    );
+    Ok(KeyRequest { key, fence, token })
+}
+
+pub(super) async fn get_value(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FenceParam>, QueryRejection>,
+    headers: HeaderMap,
+) -> Response {
+    let request = match key_request(path, query, &headers) {
+        Ok(request) => request,
+        Err(response) => {
+            app.metrics.request(MetricOp::Read, Outcome::BadRequest);
+            return response;
+        }
+    };
+    let op = Op::Read {
+        key: request.key.clone(),
+        fence: request.fence,
+        token: request.token,
+    };
+    match app.store.execute(op).await {
+        Ok(Reply::Value(Some(entry))) => {
+            app.metrics.request(MetricOp::Read, Outcome::Ok);
+            let body = KvValue {
+                key: request.key,
+                value: String::from_utf8_lossy(&entry.value).into_owned(),
+                token: entry.token,
+            };
+            json(StatusCode::OK, &body)
+        }
+        Ok(_) => {
+            app.metrics.request(MetricOp::Read, Outcome::NotFound);
+            error_response(
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                format!("no value under {:?}", request.key),
+            )
+        }
+        Err(e) => refused(&app, MetricOp::Read, e),
+    }
+}
+
+pub(super) async fn put_value(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<FenceParam>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            app.metrics.request(MetricOp::Write, Outcome::BadRequest);
+            let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                "body_too_large"
+            } else {
+                "bad_request"
+            };
+            return error_response(rejection.status(), code, rejection.body_text());
+        }
+    };
+    let request =
+        key_request(path, query, &headers).and_then(|request| match std::str::from_utf8(&body) {
+            Ok(_) => Ok(request),
+            Err(_) => Err(error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                DecodeError::ValueNotUtf8.to_string(),
+            )),
+        });
+    let request = match request {
+        Ok(request) => request,
+        Err(response) => {
+            app.metrics.request(MetricOp::Write, Outcome::BadRequest);
+            return response;
+        }
+    };
+    let op = Op::Write {
+        key: request.key.clone(),
+        value: body,
+        fence: request.fence,
+        token: request.token,
+    };
+    match app.store.execute(op).await {
+        Ok(_) => {
+            app.metrics.request(MetricOp::Write, Outcome::Ok);
+            let body = KvWritten {
+                key: request.key,
+                token: request.token,
+            };
+            json(StatusCode::OK, &body)
+        }
+        Err(e) => refused(&app, MetricOp::Write, e),
+    }
+}
+
+pub(super) async fn get_fence(
+    State(app): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let name = match path.map_err(|e| e.body_text()).and_then(|Path(name)| {
+        check_name("the fence name", &name)
+            .map(|()| name)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(name) => name,
+        Err(message) => {
+            app.metrics.request(MetricOp::Fence, Outcome::BadRequest);
+            return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
+        }
+    };
+    match app.store.execute(Op::Fence { name: name.clone() }).await {
+        Ok(Reply::Fence(Some(token))) => {
+            app.metrics.request(MetricOp::Fence, Outcome::Ok);
+            json(StatusCode::OK, &FenceState { fence: name, token })
+        }
+        Ok(_) => {
+            app.metrics.request(MetricOp::Fence, Outcome::NotFound);
+            error_response(
+                StatusCode::NOT_FOUND,
+                "fence_not_found",
+                format!("no token has been seen for fence {name:?}"),
+            )
+        }
+        Err(e) => refused(&app, MetricOp::Fence, e),
+    }
+}
+
+pub(super) async fn healthz(State(app): State<AppState>) -> Response {
+    if app.store.is_healthy() {
+        json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+    } else {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_failed",
+            "a commit failed; the store refuses all requests".into(),
+        )
+    }
+}
+
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+fn refused(app: &AppState, op: MetricOp, error: StoreError) -> Response {
+    match error {
+        StoreError::Rejected(Rejection::Stale {
+            fence,
+            presented,
+            current,
+        }) => {
+            app.metrics.request(op, Outcome::Stale);
+            let body = StaleBody {
+                error: "stale_token".into(),
+                fence,
+                presented,
+                current,
+            };
+            json(StatusCode::CONFLICT, &body)
+        }
+        StoreError::Rejected(rejection @ Rejection::MissingToken { .. }) => {
+            app.metrics.request(op, Outcome::MissingToken);
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "missing_token",
+                format!("{rejection}: send it in the Fencing-Token header"),
+            )
+        }
+        StoreError::Failed(_) | StoreError::Closed => {
+            app.metrics.request(op, Outcome::Failed);
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_failed",
+                error.to_string(),
+            )
+        }
+    }
+}

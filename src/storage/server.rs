@@ -1,0 +1,182 @@
+//! The HTTP server: routes, shared state, start-up and graceful shutdown.
+//!
+//! Routes (keys and fence names may contain `/`: they are matched by a catch-all segment, so
+//! `/v1/kv//lock` and `/v1/kv/%2Flock` both name the key `/lock`):
+//!
+//! | route | handler |
+//! |---|---|
+//! | `POST /` | the seed's JSON protocol ([`super::seed`]) |
+//! | `GET`, `PUT /v1/kv/{key}` | the REST face ([`super::rest`]) |
+//! | `GET /v1/fences/{name}` | a fence's current token |
+//! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
+//!
+//! Every refusal, including an unknown path, a wrong method and a body over `--max-body`, is
+//! answered with a JSON body; the server itself never stops on bad input.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::fence::Policy;
+use super::metrics::Metrics;
+use super::store::{Engine, Store, StoreHandle};
+use super::wire::ErrorBody;
+use super::{rest, seed};
+use crate::storage::backend::BackendError;
+
+/// The default `--max-body`: far above any value a lock holder writes, far below memory trouble.
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// How the server stores data and which fence policy it enforces.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub engine: Engine,
+    pub policy: Policy,
+    /// Largest request body accepted, in bytes; larger ones get a 413.
+    pub max_body: usize,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] BackendError),
+    #[error("server I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the store could not be opened: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(super) struct AppState {
+    pub store: StoreHandle,
+    pub metrics: Arc<Metrics>,
+    pub policy: Policy,
+}
+
+/// A server whose store is open, ready to serve a listener.
+pub struct Server {
+    store: Store,
+    state: AppState,
+    max_body: usize,
+}
+
+impl Server {
+    /// Opens the store (replaying its journal when durable). Blocking work runs off the
+    /// async threads.
+    pub async fn open(config: Config) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::default());
+        let store = {
+            let metrics = metrics.clone();
+            let engine = config.engine.clone();
+            tokio::task::spawn_blocking(move || Store::open(&engine, config.policy, metrics))
+                .await??
+        };
+        let state = AppState {
+            store: store.handle(),
+            metrics,
+            policy: config.policy,
+        };
+        Ok(Server {
+            store,
+            state,
+            max_body: config.max_body,
+        })
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then lets open requests finish, commits
+    /// everything accepted and closes the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let app = router(self.state, self.max_body);
+        // Replies are small and each one answers a waiting client: send them at once.
+        let listener = listener.tap_io(|stream| {
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!("cannot set TCP_NODELAY: {e}");
+            }
+        });
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let store = self.store;
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        info!("storage stopped");
+        Ok(served?)
+    }
+}
+
+/// Opens the store and serves `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    Server::open(config).await?.serve(listener, shutdown).await
+}
+
+fn router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .route("/", post(seed::handle))
+        .route("/v1/kv/{*key}", get(rest::get_value).put(rest::put_value))
+        .route("/v1/fences/{*name}", get(rest::get_fence))
+        .route("/healthz", get(rest::healthz))
+        .route("/metrics", get(rest::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// A JSON response. Serializing our own plain structs cannot fail; if it somehow did, the
+/// client still gets a JSON 500 rather than a dropped connection.
+pub(super) fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!(r#"{{"error":"internal","message":"cannot encode the answer: {e}"}}"#),
+        )
+            .into_response(),
+    }
+}
+
+/// `{"error": code, "message": text}` with `status`.
+pub(super) fn error_response(status: StatusCode, code: &str, message: String) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: code.to_owned(),
+            message,
+        },
+    )
+}

@@ -1,0 +1,273 @@
+//! Wire types: the seed's JSON protocol on `POST /` and the JSON bodies of the REST face.
+//!
+//! The seed protocol is decoded the way Go's `encoding/json` decodes the seed's structs, so
+//! the seed's own client works unchanged: unknown fields are ignored, missing fields (and
+//! `null`) are zero values. Anything Go would refuse, and a few things it would let through
+//! silently (a `version` outside int64, duplicate fields, lone surrogates), is a
+//! [`DecodeError`] answered with a 4xx. `version` carries the fencing token, 0 meaning none.
+
+use serde::{Deserialize, Serialize};
+
+use crate::FencingToken;
+use crate::token::MAX_TOKEN;
+
+/// Fjall limits keys to 64 KiB; fence names and keys are stored as keys.
+pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
+
+/// The seed protocol's operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeedOp {
+    Read,
+    Write,
+}
+
+/// `{"op","key","val","version"}` plus the optional `"fence"`, as it arrives.
+#[derive(Debug, Deserialize)]
+struct RawSeedRequest {
+    #[serde(default)]
+    op: Option<SeedOp>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    val: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+    #[serde(default)]
+    fence: Option<String>,
+}
+
+/// A decoded, validated seed-protocol request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SeedRequest {
+    pub op: SeedOp,
+    pub key: String,
+    pub val: String,
+    /// `None` for the wire's 0.
+    pub token: Option<FencingToken>,
+    /// The lock name guarding the key; `None` when the key is its own fence.
+    pub fence: Option<String>,
+}
+
+/// Why a request body or parameter could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty request body")]
+    EmptyBody,
+    #[error("invalid JSON request: {0}")]
+    Json(String),
+    #[error("missing \"op\" (expected \"read\" or \"write\")")]
+    MissingOp,
+    #[error("\"version\" must be at most {MAX_TOKEN}, got {0}")]
+    TokenOutOfRange(u64),
+    #[error("the key must not be empty")]
+    EmptyKey,
+    #[error("{what} is {len} bytes long, the limit is {MAX_KEY_BYTES}")]
+    TooLong { what: &'static str, len: usize },
+    #[error("invalid Fencing-Token header: {0}")]
+    BadTokenHeader(String),
+    #[error("the value must be UTF-8 text")]
+    ValueNotUtf8,
+}
+
+impl SeedRequest {
+    /// Decodes one request body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(DecodeError::EmptyBody);
+        }
+        let raw: RawSeedRequest =
+            serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+        let op = raw.op.ok_or(DecodeError::MissingOp)?;
+        let version = raw.version.unwrap_or(0);
+        if version > MAX_TOKEN {
+            return Err(DecodeError::TokenOutOfRange(version));
+        }
+        let key = raw.key.unwrap_or_default();
+        check_name("the key", &key)?;
+        // Go's zero value for a missing fence is "", which means "no fence" here too.
+        let fence = raw.fence.filter(|f| !f.is_empty());
+        if let Some(fence) = &fence {
+            check_name("the fence name", fence)?;
+        }
+        Ok(SeedRequest {
+            op,
+            key,
+            val: raw.val.unwrap_or_default(),
+            token: FencingToken::new(version),
+            fence,
+        })
+    }
+}
+
+/// Checks a key or fence name: not empty, and short enough to be stored as a key.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), DecodeError> {
+    if name.is_empty() {
+        return Err(DecodeError::EmptyKey);
+    }
+    if name.len() > MAX_KEY_BYTES {
+        return Err(DecodeError::TooLong {
+            what,
+            len: name.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The `Fencing-Token` header of the REST face: absent is `None`, present must be a token.
+pub fn parse_token_header(
+    value: Option<&http::HeaderValue>,
+) -> Result<Option<FencingToken>, DecodeError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| DecodeError::BadTokenHeader("not ASCII".into()))?;
+    text.parse::<FencingToken>()
+        .map(Some)
+        .map_err(DecodeError::BadTokenHeader)
+}
+
+/// `{"val","version","err"}`: the seed's answer. `err` is empty on success; on an error
+/// `version` is -1 and `val` empty, as the seed answers.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeedResponse<'a> {
+    pub val: &'a str,
+    pub version: i64,
+    pub err: &'a str,
+}
+
+impl<'a> SeedResponse<'a> {
+    pub fn ok(val: &'a str, token: Option<FencingToken>) -> Self {
+        SeedResponse {
+            val,
+            version: wire_version(token),
+            err: "",
+        }
+    }
+
+    pub fn error(err: &'a str) -> Self {
+        SeedResponse {
+            val: "",
+            version: -1,
+            err,
+        }
+    }
+}
+
+/// A token as the seed's int64 `version`: 0 for none. Tokens never exceed `i64::MAX`.
+pub fn wire_version(token: Option<FencingToken>) -> i64 {
+    token.map_or(0, |t| i64::try_from(t.get()).unwrap_or(i64::MAX))
+}
+
+/// The text the seed answers for a read of a missing key.
+pub const KEY_NOT_FOUND: &str = "key not found";
+
+/// REST: `GET /v1/kv/{key}` answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvValue {
+    pub key: String,
+    pub value: String,
+    /// The token of the write that stored the value (`null` if it carried none).
+    pub token: Option<FencingToken>,
+}
+
+/// REST: `PUT /v1/kv/{key}` answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KvWritten {
+    pub key: String,
+    pub token: Option<FencingToken>,
+}
+
+/// REST: `GET /v1/fences/{name}` answer.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FenceState {
+    pub fence: String,
+    pub token: FencingToken,
+}
+
+/// REST: the 409 body for a stale token.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StaleBody {
+    /// Always `"stale_token"`.
+    pub error: String,
+    pub fence: String,
+    /// The presented token; `null` only under the seed policy for a write without one.
+    pub presented: Option<FencingToken>,
+    pub current: FencingToken,
+}
+
+/// REST and routing errors: `{"error": code, "message": text}`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(s: &str) -> Result<SeedRequest, DecodeError> {
+        SeedRequest::decode(s.as_bytes())
+    }
+
+    #[test]
+    fn decodes_what_the_seeds_go_client_sends() {
+        let req =
+            decode(r#"{"op":"write","key":"key0","val":"value","version":9223372036854775807}"#)
+                .unwrap();
+        assert_eq!(req.op, SeedOp::Write);
+        assert_eq!(req.key, "key0");
+        assert_eq!(req.val, "value");
+        assert_eq!(req.token.map(FencingToken::get), Some(MAX_TOKEN));
+        assert_eq!(req.fence, None);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_missing_ones_are_zero() {
+        let req = decode(r#"{"op":"read","key":"k","extra":[1,{"a":null}]}"#).unwrap();
+        assert_eq!((req.val.as_str(), req.token), ("", None));
+        let req = decode(r#"{"op":"read","key":"k","version":null,"fence":""}"#).unwrap();
+        assert_eq!((req.token, req.fence), (None, None));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        for body in [
+            "",
+            "  \n",
+            "{",
+            "[]",
+            "null",
+            r#"{"op":"read","key":"k"} trailing"#,
+            r#"{"op":"read","key":"k"}{}"#,
+            r#"{"op":"delete","key":"k"}"#,
+            r#"{"key":"k"}"#,
+            r#"{"op":5,"key":"k"}"#,
+            r#"{"op":"read","key":7}"#,
+            r#"{"op":"read","key":"k","version":"5"}"#,
+            r#"{"op":"read","key":"k","version":-1}"#,
+            r#"{"op":"read","key":"k","version":1.5}"#,
+            r#"{"op":"read","key":"k","version":1e3}"#,
+            r#"{"op":"read","key":"k","version":9223372036854775808}"#,
+            r#"{"op":"read","key":"k","version":18446744073709551616}"#,
+            r#"{"op":"read","key":"k","key":"j"}"#,
+            r#"{"op":"read","key":"\ud800"}"#,
+            r#"{"op":"read","key":""}"#,
+            r#"{"op":"read"}"#,
+        ] {
+            assert!(decode(body).is_err(), "accepted {body:?}");
+        }
+        let mut invalid_utf8 = br#"{"op":"read","key":"k"#.to_vec();
+        invalid_utf8.extend_from_slice(&[0xff, 0xfe, b'"', b'}']);
+        assert!(SeedRequest::decode(&invalid_utf8).is_err());
+    }
+
+    #[test]
+    fn error_answers_carry_version_minus_one() {
+        let body = serde_json::to_string(&SeedResponse::error(KEY_NOT_FOUND)).unwrap();
+        assert_eq!(body, r#"{"val":"","version":-1,"err":"key not found"}"#);
+    }
+}
