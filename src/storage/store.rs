@@ -1,28 +1,29 @@
-//! The store: one writer applying requests in arrival order, one committer making them
-//! durable in groups, replies only after the commit.
+//! The store: one writer thread applies requests in arrival order and commits them in
+//! groups; replies leave only after the commit.
 //!
 //! ```text
-//!  handlers ──mpsc──▶ writer thread ──batches──▶ committer thread ──oneshot──▶ handlers
-//!                     (fence rule, effects         (one engine commit for
-//!                      on a pending overlay)        every queued batch)
+//!  handlers ──mpsc──▶ writer thread: take everything queued, apply the fence rule and the
+//!      ▲              effects, one durable engine commit for the whole batch
+//!      └──oneshot──── then answer every request of the batch
 //! ```
 //!
 //! Invariants:
 //! - Requests take effect in the order they reach the writer, and the fence check and its
 //!   effect are one step: only the writer thread decides.
-//! - A reply leaves only after every batch up to and including its own is committed, so an
-//!   acknowledged write, and a fence raised by a read, are durable before anyone hears of
-//!   them; and nobody reads a value that could still vanish in a crash.
-//! - Batches grow with load by themselves: while the committer waits for the disk, the writer
-//!   keeps applying what arrives, and the committer then takes everything queued at once.
+//! - A reply leaves only after its batch is committed, so an acknowledged write, and a fence
+//!   raised by a read, are durable before anyone hears of them; and nobody reads a value that
+//!   could still vanish in a crash.
+//! - Batches grow with load by themselves: while the writer waits for the disk, requests
+//!   queue, and the next batch takes them all.
 //!
-//! The writer decides against the engine's committed state plus the *pending overlay*: the
-//! effects of batches handed to the committer and not yet committed, tagged with their batch
-//! number and dropped once the committer reports that number done.
+//! Why one thread and not a writer handing batches to a separate committer: on a small
+//! machine the CPU, not the disk, is the limit, and every hand-over between threads costs a
+//! wake-up. One thread that is busy in `fdatasync` while requests queue needs no wake-ups at
+//! all under load.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc as std_mpsc};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -41,8 +42,6 @@ const REQUEST_QUEUE: usize = 4096;
 /// Most requests the writer puts in one batch, so that one batch's replies are not held back
 /// by an endless stream of new arrivals.
 const MAX_BATCH: usize = 1024;
-/// Batches the writer may run ahead of the committer before it waits.
-const COMMIT_QUEUE: usize = 64;
 
 /// What a request asks the store to do.
 #[derive(Debug)]
@@ -118,11 +117,10 @@ impl StoreHandle {
 pub struct Store {
     handle: StoreHandle,
     writer: JoinHandle<()>,
-    committer: JoinHandle<()>,
 }
 
 impl Store {
-    /// Opens the engine and starts the writer and committer threads.
+    /// Opens the engine and starts the writer thread.
     pub fn open(
         engine: &Engine,
         policy: Policy,
@@ -133,30 +131,21 @@ impl Store {
             Engine::Memory => Arc::new(super::backend::Memory::default()),
         };
         let (requests, inbox) = mpsc::channel(REQUEST_QUEUE);
-        let (to_committer, batches) = std_mpsc::sync_channel(COMMIT_QUEUE);
         let broken = Arc::new(AtomicBool::new(false));
-        let committed = Arc::new(AtomicU64::new(0));
-
         let writer = Writer {
-            backend: backend.clone(),
+            backend,
             policy,
             pending: Pending::default(),
-            committed: committed.clone(),
-            broken: broken.clone(),
-        };
-        let committer = Committer {
-            backend,
-            committed,
             broken: broken.clone(),
             metrics,
             failure: None,
         };
-        let writer = spawn("fencelock-writer", move || writer.run(inbox, to_committer))?;
-        let committer = spawn("fencelock-committer", move || committer.run(batches))?;
+        let writer = std::thread::Builder::new()
+            .name("fencelock-writer".into())
+            .spawn(move || writer.run(inbox))?;
         Ok(Store {
             handle: StoreHandle { requests, broken },
             writer,
-            committer,
         })
     }
 
@@ -165,107 +154,97 @@ impl Store {
     }
 
     /// Waits until every handle is dropped and every accepted request is committed and
-    /// answered, then stops the threads. Blocks: call it off the async runtime.
+    /// answered, then stops the writer. Blocks: call it off the async runtime.
     pub fn close(self) {
         drop(self.handle);
-        for thread in [self.writer, self.committer] {
-            if thread.join().is_err() {
-                error!("a store thread panicked");
-            }
+        if self.writer.join().is_err() {
+            error!("the store's writer thread panicked");
         }
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, BackendError> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(BackendError::Thread)
-}
-
-/// Effects handed to the committer and not yet committed, with the batch that made them.
+/// Effects of the batch being applied, not yet committed: what later requests of the same
+/// batch must see. Emptied after every commit.
 #[derive(Default)]
 struct Pending {
-    values: HashMap<String, (u64, Entry)>,
-    fences: HashMap<String, (u64, FencingToken)>,
-    /// Batches up to this one are known committed and already dropped from the maps.
-    forgotten_through: u64,
+    values: HashMap<String, Entry>,
+    fences: HashMap<String, FencingToken>,
+    changes: Vec<Change>,
 }
 
 impl Pending {
-    /// Drops what the engine now holds itself.
-    fn forget_through(&mut self, committed: u64) {
-        if committed > self.forgotten_through {
-            self.values.retain(|_, (batch, _)| *batch > committed);
-            self.fences.retain(|_, (batch, _)| *batch > committed);
-            self.forgotten_through = committed;
-        }
+    fn clear(&mut self) {
+        self.values.clear();
+        self.fences.clear();
+        self.changes.clear();
     }
-}
-
-/// A batch on its way to the committer.
-struct Batch {
-    number: u64,
-    changes: Vec<Change>,
-    replies: Vec<(Responder, Result<Reply, StoreError>)>,
 }
 
 struct Writer {
     backend: Arc<dyn Backend>,
     policy: Policy,
     pending: Pending,
-    committed: Arc<AtomicU64>,
     broken: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// Set by the first failed commit; every later request is refused with it.
+    failure: Option<Arc<str>>,
 }
 
 impl Writer {
-    fn run(
-        mut self,
-        mut inbox: mpsc::Receiver<(Op, Responder)>,
-        to_committer: std_mpsc::SyncSender<Batch>,
-    ) {
-        let mut number = 0;
+    fn run(mut self, mut inbox: mpsc::Receiver<(Op, Responder)>) {
+        let mut replies = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = inbox.blocking_recv() {
-            number += 1;
-            self.pending
-                .forget_through(self.committed.load(Ordering::Acquire));
-            let mut batch = Batch {
-                number,
-                changes: Vec::new(),
-                replies: Vec::with_capacity(inbox.len() + 1),
-            };
+            // Everything that queued up while the last commit waited for the disk joins this
+            // batch: that is the group commit, and why batches grow with load.
             let mut next = Some(first);
             while let Some((op, responder)) = next {
-                let result = self.apply(number, op, &mut batch.changes);
-                batch.replies.push((responder, result));
-                if batch.replies.len() == MAX_BATCH {
+                let result = self.apply(op);
+                replies.push((responder, result));
+                if replies.len() == MAX_BATCH {
                     break;
                 }
                 next = inbox.try_recv().ok();
             }
-            if to_committer.send(batch).is_err() {
-                error!("the committer is gone; the store stops");
-                return;
+            self.commit(replies.len());
+            for (responder, mut result) in replies.drain(..) {
+                if let Some(failure) = &self.failure {
+                    if result.is_ok() {
+                        result = Err(StoreError::Failed(failure.clone()));
+                    }
+                }
+                // A handler that gave up (its client hung up) no longer listens; nothing to do.
+                let _ = responder.send(result);
             }
         }
     }
 
-    /// Decides one request and records its effects in `changes` and the pending overlay.
-    fn apply(
-        &mut self,
-        batch: u64,
-        op: Op,
-        changes: &mut Vec<Change>,
-    ) -> Result<Reply, StoreError> {
-        if self.broken.load(Ordering::Acquire) {
-            return Err(StoreError::Failed("an earlier commit failed".into()));
+    /// Makes the pending effects durable in one engine commit.
+    fn commit(&mut self, requests: usize) {
+        if self.failure.is_none() && !self.pending.changes.is_empty() {
+            let started = Instant::now();
+            match self.backend.commit(&self.pending.changes) {
+                Ok(()) => self.metrics.commit(requests, started.elapsed()),
+                Err(e) => {
+                    error!("commit failed, the store refuses all further requests: {e}");
+                    self.failure = Some(e.to_string().into());
+                    self.broken.store(true, Ordering::Release);
+                }
+            }
+        }
+        self.pending.clear();
+    }
+
+    /// Decides one request and records its effects as pending.
+    fn apply(&mut self, op: Op) -> Result<Reply, StoreError> {
+        if let Some(failure) = &self.failure {
+            return Err(StoreError::Failed(failure.clone()));
         }
         match op {
             Op::Read { key, fence, token } => {
                 let fence = fence.unwrap_or_else(|| key.clone());
-                self.pass_fence(batch, Access::Read, fence, token, changes)?;
+                self.pass_fence(Access::Read, &key, fence, token)?;
                 let value = match self.pending.values.get(&key) {
-                    Some((_, entry)) => Some(entry.clone()),
+                    Some(entry) => Some(entry.clone()),
                     None => self.backend.value(&key).map_err(failed)?,
                 };
                 Ok(Reply::Value(value))
@@ -280,12 +259,10 @@ impl Writer {
                     Some(fence) => fence,
                     None => key.clone(),
                 };
-                self.pass_fence(batch, Access::Write, fence, token, changes)?;
+                self.pass_fence(Access::Write, &key, fence, token)?;
                 let entry = Entry { value, token };
-                self.pending
-                    .values
-                    .insert(key.clone(), (batch, entry.clone()));
-                changes.push(Change::Value { key, entry });
+                self.pending.values.insert(key.clone(), entry.clone());
+                self.pending.changes.push(Change::Value { key, entry });
                 Ok(Reply::Written)
             }
             Op::Fence { name } => Ok(Reply::Fence(self.current_fence(&name)?)),
@@ -295,11 +272,10 @@ impl Writer {
     /// Applies the fence rule and raises the fence when the rule says so.
     fn pass_fence(
         &mut self,
-        batch: u64,
         access: Access,
+        key: &str,
         fence: String,
         token: Option<FencingToken>,
-        changes: &mut Vec<Change>,
     ) -> Result<(), StoreError> {
         if self.policy == Policy::Off {
             return Ok(());
@@ -308,8 +284,8 @@ impl Writer {
         match fence::check(self.policy, access, &fence, token, current) {
             Ok(accepted) => {
                 if let Some(raised) = accepted.raise_to {
-                    self.pending.fences.insert(fence.clone(), (batch, raised));
-                    changes.push(Change::Fence {
+                    self.pending.fences.insert(fence.clone(), raised);
+                    self.pending.changes.push(Change::Fence {
                         name: fence,
                         token: raised,
                     });
@@ -318,6 +294,7 @@ impl Writer {
             }
             Err(rejection) => {
                 warn!(
+                    key,
                     fence = %fence,
                     token = token.map_or(0, FencingToken::get),
                     current = current.map_or(0, FencingToken::get),
@@ -330,7 +307,7 @@ impl Writer {
 
     fn current_fence(&self, name: &str) -> Result<Option<FencingToken>, StoreError> {
         match self.pending.fences.get(name) {
-            Some((_, token)) => Ok(Some(*token)),
+            Some(token) => Ok(Some(*token)),
             None => self.backend.fence(name).map_err(failed),
         }
     }
@@ -338,59 +315,4 @@ impl Writer {
 
 fn failed(e: BackendError) -> StoreError {
     StoreError::Failed(e.to_string().into())
-}
-
-struct Committer {
-    backend: Arc<dyn Backend>,
-    committed: Arc<AtomicU64>,
-    broken: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    /// Set by the first failed commit; every later batch is answered with it.
-    failure: Option<Arc<str>>,
-}
-
-impl Committer {
-    fn run(mut self, batches: std_mpsc::Receiver<Batch>) {
-        let mut changes = Vec::new();
-        let mut replies = Vec::new();
-        while let Ok(first) = batches.recv() {
-            let mut last = first.number;
-            changes.extend(first.changes);
-            replies.extend(first.replies);
-            // Everything already queued shares this commit: that is the group commit.
-            while let Ok(batch) = batches.try_recv() {
-                last = batch.number;
-                changes.extend(batch.changes);
-                replies.extend(batch.replies);
-            }
-            self.commit(last, &changes, replies.len());
-            for (responder, mut result) in replies.drain(..) {
-                if let Some(failure) = &self.failure {
-                    if result.is_ok() {
-                        result = Err(StoreError::Failed(failure.clone()));
-                    }
-                }
-                // A handler that gave up (its client hung up) no longer listens; nothing to do.
-                let _ = responder.send(result);
-            }
-            changes.clear();
-        }
-    }
-
-    fn commit(&mut self, last: u64, changes: &[Change], requests: usize) {
-        if self.failure.is_some() {
-            return;
-        }
-        if !changes.is_empty() {
-            let started = Instant::now();
-            if let Err(e) = self.backend.commit(changes) {
-                error!("commit failed, the store refuses all further requests: {e}");
-                self.failure = Some(e.to_string().into());
-                self.broken.store(true, Ordering::Release);
-                return;
-            }
-            self.metrics.commit(requests, started.elapsed());
-        }
-        self.committed.store(last, Ordering::Release);
-    }
 }
