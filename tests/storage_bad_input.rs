@@ -31,10 +31,22 @@ async fn each_malformed_seed_request_gets_a_json_400_and_the_next_request_is_ser
         ("malformed JSON", br#"{"op":"write","key":"#.to_vec()),
         ("not an object", b"[1,2,3]".to_vec()),
         ("op of the wrong type", br#"{"op":1,"key":"k"}"#.to_vec()),
-        ("key of the wrong type", br#"{"op":"read","key":{}}"#.to_vec()),
-        ("version as a string", br#"{"op":"write","key":"k","val":"v","version":"7"}"#.to_vec()),
-        ("negative version", br#"{"op":"write","key":"k","val":"v","version":-7}"#.to_vec()),
-        ("fractional version", br#"{"op":"write","key":"k","val":"v","version":7.5}"#.to_vec()),
+        (
+            "key of the wrong type",
+            br#"{"op":"read","key":{}}"#.to_vec(),
+        ),
+        (
+            "version as a string",
+            br#"{"op":"write","key":"k","val":"v","version":"7"}"#.to_vec(),
+        ),
+        (
+            "negative version",
+            br#"{"op":"write","key":"k","val":"v","version":-7}"#.to_vec(),
+        ),
+        (
+            "fractional version",
+            br#"{"op":"write","key":"k","val":"v","version":7.5}"#.to_vec(),
+        ),
         (
             "version above 2^63-1",
             br#"{"op":"write","key":"k","val":"v","version":9223372036854775808}"#.to_vec(),
@@ -43,10 +55,16 @@ async fn each_malformed_seed_request_gets_a_json_400_and_the_next_request_is_ser
             "version above 2^64",
             br#"{"op":"write","key":"k","val":"v","version":1e30}"#.to_vec(),
         ),
-        ("trailing garbage", br#"{"op":"read","key":"k"}xyz"#.to_vec()),
+        (
+            "trailing garbage",
+            br#"{"op":"read","key":"k"}xyz"#.to_vec(),
+        ),
         ("invalid UTF-8", invalid_utf8),
         ("unknown op", br#"{"op":"delete","key":"k"}"#.to_vec()),
-        ("missing op", br#"{"key":"k","val":"v","version":1}"#.to_vec()),
+        (
+            "missing op",
+            br#"{"key":"k","val":"v","version":1}"#.to_vec(),
+        ),
         ("empty key", br#"{"op":"read","key":""}"#.to_vec()),
     ];
     for (what, body) in cases {
@@ -54,7 +72,10 @@ async fn each_malformed_seed_request_gets_a_json_400_and_the_next_request_is_ser
         let (status, body) = post_raw(&http, url, body).await;
         assert_eq!(status, 400, "{what}: {body}");
         assert_eq!(body["version"], -1, "{what}: {body}");
-        assert!(!body["err"].as_str().unwrap_or("").is_empty(), "{what}: {body}");
+        assert!(
+            !body["err"].as_str().unwrap_or("").is_empty(),
+            "{what}: {body}"
+        );
         assert_still_serving(&http, url).await;
     }
 }
@@ -72,12 +93,18 @@ async fn wrong_path_and_wrong_method_get_json_404_and_405() {
 
     println!("GET / (the seed protocol wants POST): 405 with a JSON error");
     let (status, body) = answer(http.get(format!("{url}/")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     assert_still_serving(&http, url).await;
 
     println!("DELETE /v1/kv/k: 405 with a JSON error");
     let (status, body) = answer(http.delete(format!("{url}/v1/kv/k")).send().await.unwrap()).await;
-    assert_eq!((status, body["error"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
     assert_still_serving(&http, url).await;
 }
 
@@ -103,7 +130,10 @@ async fn body_over_max_body_gets_a_json_413_and_the_next_request_is_served() {
         .await
         .unwrap();
     let (status, body) = answer(response).await;
-    assert_eq!((status, body["error"].as_str()), (413, Some("body_too_large")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("body_too_large"))
+    );
     assert_still_serving(&http, url).await;
 }
 
@@ -123,7 +153,11 @@ async fn bad_rest_input_gets_a_json_400_and_the_next_request_is_served() {
             .await
             .unwrap();
         let (status, body) = answer(response).await;
-        assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{body}"
+        );
         assert_still_serving(&http, url).await;
     }
 
@@ -139,9 +173,17 @@ async fn bad_rest_input_gets_a_json_400_and_the_next_request_is_served() {
     assert_still_serving(&http, url).await;
 
     println!("a PUT without a token under the strict policy: 400 missing_token");
-    let response = http.put(format!("{url}/v1/kv/k")).body("v").send().await.unwrap();
+    let response = http
+        .put(format!("{url}/v1/kv/k"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
     let (status, body) = answer(response).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("missing_token")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("missing_token"))
+    );
     assert_still_serving(&http, url).await;
 }
 
@@ -152,7 +194,9 @@ fn any_json() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::from),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         ".{0,12}".prop_map(Value::from),
         prop_oneof![Just("read"), Just("write"), Just("")].prop_map(Value::from),
     ];
@@ -208,7 +252,11 @@ fn random_bytes_and_random_json_get_2xx_or_4xx_and_the_server_survives() {
             "status {status} for {:?}",
             String::from_utf8_lossy(&body)
         );
-        prop_assert!(json.is_object(), "no JSON answer for {:?}", String::from_utf8_lossy(&body));
+        prop_assert!(
+            json.is_object(),
+            "no JSON answer for {:?}",
+            String::from_utf8_lossy(&body)
+        );
         Ok(())
     });
     result.unwrap();

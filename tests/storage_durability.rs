@@ -32,7 +32,9 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write_and_no_fenc
     let url = server.url.clone();
     let acks = Arc::new(AtomicU64::new(0));
 
-    println!("{KILL_WRITERS} writers: each raises its own key's fence with writes and strict reads");
+    println!(
+        "{KILL_WRITERS} writers: each raises its own key's fence with writes and strict reads"
+    );
     let mut writers = Vec::new();
     for w in 0..KILL_WRITERS {
         let (url, acks) = (url.clone(), acks.clone());
@@ -47,13 +49,21 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write_and_no_fenc
                 } else {
                     json!({"op": "write", "key": key, "val": token.to_string(), "version": token})
                 };
-                let response = http.post(format!("{url}/")).body(request.to_string()).send().await;
+                let response = http
+                    .post(format!("{url}/"))
+                    .body(request.to_string())
+                    .send()
+                    .await;
                 // The kill may cut a request or its answer anywhere: that request is simply
                 // not acknowledged.
                 let Ok(response) = response else { break };
                 let status = response.status();
-                let Ok(bytes) = response.bytes().await else { break };
-                let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else { break };
+                let Ok(bytes) = response.bytes().await else {
+                    break;
+                };
+                let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                    break;
+                };
                 assert_eq!((status.as_u16(), &body["err"]), (200, &json!("")), "{body}");
                 if token % 3 != 0 {
                     acked.write = token;
@@ -71,7 +81,10 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write_and_no_fenc
         assert!(Instant::now() < deadline, "writers made no progress");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    println!("kill -9 after {} acknowledged requests", acks.load(Ordering::Relaxed));
+    println!(
+        "kill -9 after {} acknowledged requests",
+        acks.load(Ordering::Relaxed)
+    );
     server.kill_9();
     let mut acked = HashMap::new();
     for writer in writers {
@@ -83,23 +96,47 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write_and_no_fenc
     let server = StorageProcess::durable(dir.path(), "strict");
     let http = reqwest::Client::new();
     for (key, a) in &acked {
-        println!("{key}: acknowledged write {}, acknowledged fence {}", a.write, a.fence);
+        println!(
+            "{key}: acknowledged write {}, acknowledged fence {}",
+            a.write, a.fence
+        );
         assert!(a.write > 0, "{key} never got a write acknowledged");
 
         let (_, body) = seed(&http, &server.url, json!({"op": "read", "key": key})).await;
-        let version = body["version"].as_u64().unwrap_or_else(|| panic!("{key} lost: {body}"));
-        assert!(version >= a.write, "{key}: acknowledged write {} lost, found {version}", a.write);
-        assert_eq!(body["val"], version.to_string(), "{key}: value and token disagree");
+        let version = body["version"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key} lost: {body}"));
+        assert!(
+            version >= a.write,
+            "{key}: acknowledged write {} lost, found {version}",
+            a.write
+        );
+        assert_eq!(
+            body["val"],
+            version.to_string(),
+            "{key}: value and token disagree"
+        );
 
-        let response = http.get(format!("{}/v1/fences/{key}", server.url)).send().await.unwrap();
+        let response = http
+            .get(format!("{}/v1/fences/{key}", server.url))
+            .send()
+            .await
+            .unwrap();
         let (status, fence) = answer(response).await;
         assert_eq!(status, 200, "{key}: fence gone: {fence}");
         let current = fence["token"].as_u64().unwrap();
-        assert!(current >= a.fence, "{key}: fence went back from {} to {current}", a.fence);
+        assert!(
+            current >= a.fence,
+            "{key}: fence went back from {} to {current}",
+            a.fence
+        );
 
         let stale = json!({"op": "write", "key": key, "val": "stale", "version": a.fence - 1});
         let (_, body) = seed(&http, &server.url, stale).await;
-        assert_eq!(body["version"], -1, "{key}: a token below the fence was accepted: {body}");
+        assert_eq!(
+            body["version"], -1,
+            "{key}: a token below the fence was accepted: {body}"
+        );
     }
 }
 
@@ -137,7 +174,10 @@ async fn thirty_two_concurrent_writers_on_distinct_keys_lose_no_acknowledged_wri
     for writer in writers {
         acked.extend(writer.await.unwrap());
     }
-    println!("{} writes acknowledged; reading every one back", acked.len());
+    println!(
+        "{} writes acknowledged; reading every one back",
+        acked.len()
+    );
     assert!(acked.len() >= WRITERS, "too few writes to mean anything");
 
     let acked = Arc::new(acked);
@@ -174,7 +214,15 @@ async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
     let server = StorageProcess::durable(dir.path(), "strict");
     let (_, body) = seed(&http, &server.url, json!({"op": "read", "key": "k"})).await;
     assert_eq!(body, json!({"val": "v", "version": 12, "err": ""}));
-    let (status, body) =
-        answer(http.get(format!("{}/v1/fences//lock", server.url)).send().await.unwrap()).await;
-    assert_eq!((status, body), (200, json!({"fence": "/lock", "token": 12})));
+    let (status, body) = answer(
+        http.get(format!("{}/v1/fences//lock", server.url))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body),
+        (200, json!({"fence": "/lock", "token": 12}))
+    );
 }

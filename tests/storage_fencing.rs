@@ -88,7 +88,11 @@ async fn strict_read_raises_the_fence_so_an_older_holders_later_write_is_rejecte
         ok("2", 6)
     );
     println!("A cannot even read any more");
-    assert_stale(&seed(&http, url, fenced_read("counter", 5, "/lock")).await, 5, 6);
+    assert_stale(
+        &seed(&http, url, fenced_read("counter", 5, "/lock")).await,
+        5,
+        6,
+    );
 }
 
 #[tokio::test]
@@ -164,12 +168,20 @@ async fn strict_write_without_a_token_is_refused_and_a_plain_read_is_allowed() {
     println!("a write with version 0 (no token) is refused");
     let (status, body) = seed(&http, url, write("k", "v", 0)).await;
     assert_eq!((status, &body["version"]), (200, &json!(-1)));
-    assert!(body["err"].as_str().unwrap().contains("must carry a fencing token"));
+    assert!(
+        body["err"]
+            .as_str()
+            .unwrap()
+            .contains("must carry a fencing token")
+    );
 
     println!("a read without a token is a plain read, and a missing key answers like the seed");
     assert_eq!(
         seed(&http, url, read("k", 0)).await,
-        (200, json!({"val": "", "version": -1, "err": "key not found"}))
+        (
+            200,
+            json!({"val": "", "version": -1, "err": "key not found"})
+        )
     );
     assert_eq!(seed(&http, url, write("k", "v", 3)).await, ok("v", 3));
     assert_eq!(seed(&http, url, read("k", 0)).await, ok("v", 3));

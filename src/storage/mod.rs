@@ -1,13 +1,13 @@
 //! The fenced storage server: a key/value store that refuses requests whose fencing token has
 //! gone backwards, and [`StorageClient`] to talk to it.
 //!
-//! - [`fence`]: the fence rule, one pure function, and the policies.
-//! - [`wire`]: the seed's JSON protocol and the REST face's bodies.
-//! - [`backend`]: the engines (fjall on disk, or memory).
-//! - [`store`]: the single writer and the group-committing committer.
-//! - [`server`]: routes, start-up, graceful shutdown; `seed` and `rest` hold the handlers.
-//! - [`metrics`]: Prometheus counters and histograms.
-//! - [`client`]: [`StorageClient`].
+//! - [`fence`] holds the fence rule, one pure function, and the policies.
+//! - [`wire`] holds the seed's JSON protocol and the REST face's bodies.
+//! - [`backend`] holds the engines (fjall on disk, or memory).
+//! - [`store`] holds the single writer thread and its group commit.
+//! - [`server`] holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers.
+//! - [`metrics`] holds the Prometheus counters and histograms.
+//! - [`client`] holds [`StorageClient`].
 //!
 //! The safety argument this module carries (DESIGN.md): per fence, the highest token seen;
 //! lower is rejected, equal accepted, higher raises; check and effect are one step, durable

@@ -36,20 +36,21 @@ struct KeyRequest {
     token: Option<FencingToken>,
 }
 
+/// Validates the path, `?fence=` and the `Fencing-Token` header; `Err` holds the message of
+/// a 400.
 fn key_request(
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<FenceParam>, QueryRejection>,
     headers: &HeaderMap,
-) -> Result<KeyRequest, Response> {
-    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_request", message);
-    let Path(key) = path.map_err(|e| bad(e.body_text()))?;
-    let Query(param) = query.map_err(|e| bad(e.body_text()))?;
-    check_name("the key", &key).map_err(|e| bad(e.to_string()))?;
+) -> Result<KeyRequest, String> {
+    let Path(key) = path.map_err(|e| e.body_text())?;
+    let Query(param) = query.map_err(|e| e.body_text())?;
+    check_name("the key", &key).map_err(|e| e.to_string())?;
     let fence = param.fence.filter(|f| !f.is_empty());
     if let Some(fence) = &fence {
-        check_name("the fence name", fence).map_err(|e| bad(e.to_string()))?;
+        check_name("the fence name", fence).map_err(|e| e.to_string())?;
     }
-    let token = parse_token_header(headers.get(FENCING_TOKEN)).map_err(|e| bad(e.to_string()))?;
+    let token = parse_token_header(headers.get(FENCING_TOKEN)).map_err(|e| e.to_string())?;
     debug!(
         key = %key,
         fence = fence.as_deref().unwrap_or(&key),
@@ -57,6 +58,11 @@ fn key_request(
         "request"
     );
     Ok(KeyRequest { key, fence, token })
+}
+
+fn bad_request(app: &AppState, op: MetricOp, message: String) -> Response {
+    app.metrics.request(op, Outcome::BadRequest);
+    error_response(StatusCode::BAD_REQUEST, "bad_request", message)
 }
 
 pub(super) async fn get_value(
@@ -67,10 +73,7 @@ pub(super) async fn get_value(
 ) -> Response {
     let request = match key_request(path, query, &headers) {
         Ok(request) => request,
-        Err(response) => {
-            app.metrics.request(MetricOp::Read, Outcome::BadRequest);
-            return response;
-        }
+        Err(message) => return bad_request(&app, MetricOp::Read, message),
     };
     let op = Op::Read {
         key: request.key.clone(),
@@ -121,18 +124,11 @@ pub(super) async fn put_value(
     let request =
         key_request(path, query, &headers).and_then(|request| match std::str::from_utf8(&body) {
             Ok(_) => Ok(request),
-            Err(_) => Err(error_response(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                DecodeError::ValueNotUtf8.to_string(),
-            )),
+            Err(_) => Err(DecodeError::ValueNotUtf8.to_string()),
         });
     let request = match request {
         Ok(request) => request,
-        Err(response) => {
-            app.metrics.request(MetricOp::Write, Outcome::BadRequest);
-            return response;
-        }
+        Err(message) => return bad_request(&app, MetricOp::Write, message),
     };
     let op = Op::Write {
         key: request.key.clone(),
@@ -157,16 +153,13 @@ pub(super) async fn get_fence(
     State(app): State<AppState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let name = match path.map_err(|e| e.body_text()).and_then(|Path(name)| {
-        check_name("the fence name", &name)
-            .map(|()| name)
-            .map_err(|e| e.to_string())
-    }) {
+    let name = path.map_err(|e| e.body_text()).and_then(|Path(name)| {
+        check_name("the fence name", &name).map_err(|e| e.to_string())?;
+        Ok(name)
+    });
+    let name = match name {
         Ok(name) => name,
-        Err(message) => {
-            app.metrics.request(MetricOp::Fence, Outcome::BadRequest);
-            return error_response(StatusCode::BAD_REQUEST, "bad_request", message);
-        }
+        Err(message) => return bad_request(&app, MetricOp::Fence, message),
     };
     match app.store.execute(Op::Fence { name: name.clone() }).await {
         Ok(Reply::Fence(Some(token))) => {

@@ -207,10 +207,8 @@ impl Writer {
             }
             self.commit(replies.len());
             for (responder, mut result) in replies.drain(..) {
-                if let Some(failure) = &self.failure {
-                    if result.is_ok() {
-                        result = Err(StoreError::Failed(failure.clone()));
-                    }
+                if let (Some(failure), Ok(_)) = (&self.failure, &result) {
+                    result = Err(StoreError::Failed(failure.clone()));
                 }
                 // A handler that gave up (its client hung up) no longer listens; nothing to do.
                 let _ = responder.send(result);

@@ -95,5 +95,8 @@ pub async fn seed(http: &reqwest::Client, url: &str, request: serde_json::Value)
 pub async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status().as_u16();
     let bytes = response.bytes().await.expect("answer body");
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
