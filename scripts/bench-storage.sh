@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Benchmark of `fencelock storage` on the seed protocol with wrk.
+#
+# For each store (durable strict, then --in-memory strict) it starts one server on a free
+# loopback port, runs wrk with 1 and 32 connections, one key (bench/wrk-onekey.lua) and
+# distinct keys (bench/wrk-manykeys.lua), and prints req/s, p50 and p99 in a table.
+# The "other CPU" column is the share of the machine used by processes other than the
+# server and wrk during the run: a busy neighbour makes the figures lower.
+#
+# Usage: scripts/bench-storage.sh            (10 s per run)
+#        DURATION=5s scripts/bench-storage.sh
+# Needs wrk. Only loopback addresses are used; only the processes started here are stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+THREADS=2
+BIN=target/release/fencelock
+
+command -v wrk >/dev/null || { echo "wrk is not installed" >&2; exit 1; }
+cargo build --release --locked --quiet
+work=$(mktemp -d)
+server_pid=""
+
+stop_server() {
+  if [ -n "$server_pid" ]; then
+    kill -TERM "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=""
+  fi
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+
+# start_server ARGS...: starts the server on 127.0.0.1:0 and sets $url from its first line.
+start_server() {
+  : >"$work/stdout"
+  "$BIN" storage --listen 127.0.0.1:0 "$@" >"$work/stdout" 2>"$work/stderr" &
+  server_pid=$!
+  url=""
+  for _ in $(seq 200); do
+    url=$(sed -n 's/^listening on //p' "$work/stdout")
+    [ -n "$url" ] && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "the server did not start:" >&2
+  cat "$work/stderr" >&2
+  exit 1
+}
+
+# Busy jiffies of the whole machine, and of one process.
+machine_busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
+proc_busy() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# to_ms VALUE: wrk's "567.00us" / "1.02ms" / "1.20s" in milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) { sub(/us$/, "", v); printf "%.3f", v / 1000 }
+    else if (v ~ /ms$/) { sub(/ms$/, "", v); printf "%.3f", v }
+    else if (v ~ /s$/) { sub(/s$/, "", v); printf "%.3f", v * 1000 }
+    else printf "?" }'
+}
+
+# run_wrk STORE CONNECTIONS SCRIPT: one wrk run, one table row.
+run_wrk() {
+  local store=$1 conns=$2 script=$3 threads=$THREADS
+  [ "$conns" -lt "$threads" ] && threads=$conns
+  local m0 s0 m1 s1 w
+  m0=$(machine_busy); s0=$(proc_busy "$server_pid")
+  wrk -t"$threads" -c"$conns" -d"$DURATION" --latency -s "bench/wrk-$script.lua" "$url/" \
+    >"$work/wrk" &
+  w=$!
+  local w_busy=0
+  while kill -0 "$w" 2>/dev/null; do
+    w_busy=$(proc_busy "$w")
+    sleep 0.2
+  done
+  wait "$w"
+  m1=$(machine_busy); s1=$(proc_busy "$server_pid")
+  local rps p50 p99 errors other
+  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$work/wrk")
+  p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$work/wrk")")
+  p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$work/wrk")")
+  errors=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' "$work/wrk")
+  # Machine busy time not spent in the server or (approximately, sampled) in wrk.
+  other=$(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) -v w="$w_busy" \
+    'BEGIN { o = (m - s - w) / m * 100; if (o < 0) o = 0; printf "%.0f%%", o }')
+  printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s |%s\n" \
+    "$store" "$conns" "$script" "$rps" "$p50" "$p99" "$other" "${errors:+ $errors}"
+}
+
+echo "fencelock storage, seed protocol, wrk -t$THREADS -d$DURATION, $(nproc) cores"
+echo
+printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s |\n" \
+  store conns keys "req/s" "p50 ms" "p99 ms" "other CPU"
+echo "|------------------|-------|-----------|-----------|----------|----------|-----------|"
+for store in durable in-memory; do
+  if [ "$store" = durable ]; then
+    rm -rf "$work/data"
+    start_server --fencing strict --data-dir "$work/data"
+    label="durable strict"
+  else
+    start_server --fencing strict --in-memory
+    label="in-memory strict"
+  fi
+  for conns in 1 32; do
+    for script in onekey manykeys; do
+      run_wrk "$label" "$conns" "$script"
+    done
+  done
+  stop_server
+done
