@@ -92,8 +92,8 @@ fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
             .context("cannot read the listening address")?;
         let server = storage::Server::open(config)
             .await
-            .with_context(|| format!("cannot open the store ({engine:?})"))?;
-        info!(%addr, policy = %args.fencing, ?engine, max_body = args.max_body, "storage ready");
+            .with_context(|| format!("cannot open the store ({engine})"))?;
+        info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
         // Tools that start the server on port 0 read this line to learn the real address.
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;

@@ -3,26 +3,27 @@
 //!
 //! - [`fence`] holds the fence rule, one pure function, and the policies.
 //! - [`wire`] holds the seed's JSON protocol and the REST face's bodies.
-//! - [`backend`] holds the engines (fjall on disk, or memory).
-//! - [`store`] holds the single writer thread and its group commit.
+//! - `backend` holds the engines (fjall on disk, or memory).
+//! - `store` holds the single writer thread and its group commit.
 //! - [`server`] holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers.
-//! - [`metrics`] holds the Prometheus counters and histograms.
+//! - `metrics` holds the Prometheus counters and histograms.
 //! - [`client`] holds [`StorageClient`].
 //!
 //! The safety argument this module carries (DESIGN.md): per fence, the highest token seen;
 //! lower is rejected, equal accepted, higher raises; check and effect are one step, durable
 //! before the reply; reads raise the fence too under the strict policy.
 
-pub mod backend;
+mod backend;
 pub mod client;
 pub mod fence;
-pub mod metrics;
+mod metrics;
 mod rest;
 mod seed;
 pub mod server;
-pub mod store;
+mod store;
 pub mod wire;
 
+pub use backend::BackendError;
 pub use client::{ClientError, StorageClient, Stored};
 pub use fence::Policy;
 pub use rest::FENCING_TOKEN;

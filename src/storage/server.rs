@@ -52,7 +52,7 @@ pub enum ServerError {
     Store(#[from] BackendError),
     #[error("server I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the store could not be opened: {0}")]
+    #[error("opening or closing the store panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
 

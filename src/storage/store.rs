@@ -16,10 +16,12 @@
 //! - Batches grow with load by themselves: while the writer waits for the disk, requests
 //!   queue, and the next batch takes them all.
 //!
-//! Why one thread and not a writer handing batches to a separate committer: on a small
-//! machine the CPU, not the disk, is the limit, and every hand-over between threads costs a
-//! wake-up. One thread that is busy in `fdatasync` while requests queue needs no wake-ups at
-//! all under load.
+//! Why one thread, and not a writer handing batches to a separate syncer so that deciding
+//! the next batch overlaps the running sync: fjall holds its journal lock for the whole
+//! sync, so the next batch could not be written meanwhile anyway, and the extra hand-over
+//! between threads costs a wake-up per batch. Measured on 2 cores under `wrk -c32`, the
+//! two-thread version was 15-25% slower. One thread that is busy in `fdatasync` while
+//! requests queue needs no wake-ups at all under load.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,10 +85,21 @@ pub enum StoreError {
 type Responder = oneshot::Sender<Result<Reply, StoreError>>;
 
 /// Which engine holds the data.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Engine {
+    /// fjall in this directory (created when missing).
     Durable(std::path::PathBuf),
+    /// Maps in memory: nothing survives the process.
     Memory,
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Engine::Durable(dir) => write!(f, "durable in {}", dir.display()),
+            Engine::Memory => f.write_str("in memory"),
+        }
+    }
 }
 
 /// A cheap, cloneable way to send requests to the store.

@@ -60,8 +60,8 @@ pub enum DecodeError {
     MissingOp,
     #[error("\"version\" must be at most {MAX_TOKEN}, got {0}")]
     TokenOutOfRange(u64),
-    #[error("the key must not be empty")]
-    EmptyKey,
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
     #[error("{what} is {len} bytes long, the limit is {MAX_KEY_BYTES}")]
     TooLong { what: &'static str, len: usize },
     #[error("invalid Fencing-Token header: {0}")]
@@ -103,7 +103,7 @@ impl SeedRequest {
 /// Checks a key or fence name: not empty, and short enough to be stored as a key.
 pub fn check_name(what: &'static str, name: &str) -> Result<(), DecodeError> {
     if name.is_empty() {
-        return Err(DecodeError::EmptyKey);
+        return Err(DecodeError::Empty(what));
     }
     if name.len() > MAX_KEY_BYTES {
         return Err(DecodeError::TooLong {
