@@ -56,9 +56,11 @@ pub enum ServerError {
     Join(#[from] tokio::task::JoinError),
 }
 
-/// What every handler shares.
-#[derive(Clone)]
-pub(super) struct AppState {
+/// What every handler shares, behind one `Arc` so that handing it to a handler costs one
+/// reference count, not one per field.
+pub(super) type AppState = Arc<App>;
+
+pub(super) struct App {
     pub store: StoreHandle,
     pub metrics: Arc<Metrics>,
     pub policy: Policy,
@@ -82,11 +84,11 @@ impl Server {
             tokio::task::spawn_blocking(move || Store::open(&engine, config.policy, metrics))
                 .await??
         };
-        let state = AppState {
+        let state = Arc::new(App {
             store: store.handle(),
             metrics,
             policy: config.policy,
-        };
+        });
         Ok(Server {
             store,
             state,
