@@ -4,8 +4,9 @@
 # For each store (durable strict, then --in-memory strict) it starts one server on a free
 # loopback port, runs wrk with 1 and 32 connections, one key (bench/wrk-onekey.lua) and
 # distinct keys (bench/wrk-manykeys.lua), and prints req/s, p50 and p99 in a table.
-# The "other CPU" column is the share of the machine used by processes other than the
-# server and wrk during the run: a busy neighbour makes the figures lower.
+# The "other CPU" column is the share of the machine's CPU time used by everything but the
+# server and wrk during the run: the kernel's I/O threads doing the server's syncs, and any
+# neighbour. A busy neighbour makes the figures lower; compare runs with little of it.
 #
 # Usage: scripts/bench-storage.sh            (10 s per run)
 #        DURATION=5s scripts/bench-storage.sh
