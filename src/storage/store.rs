@@ -252,8 +252,7 @@ impl Writer {
         }
         match op {
             Op::Read { key, fence, token } => {
-                let fence = fence.unwrap_or_else(|| key.clone());
-                self.pass_fence(Access::Read, &key, fence, token)?;
+                self.pass_fence(Access::Read, &key, fence.as_deref(), token)?;
                 let value = match self.pending.values.get(&key) {
                     Some(entry) => Some(entry.clone()),
                     None => self.backend.value(&key).map_err(failed)?,
@@ -266,11 +265,7 @@ impl Writer {
                 fence,
                 token,
             } => {
-                let fence = match fence {
-                    Some(fence) => fence,
-                    None => key.clone(),
-                };
-                self.pass_fence(Access::Write, &key, fence, token)?;
+                self.pass_fence(Access::Write, &key, fence.as_deref(), token)?;
                 let entry = Entry { value, token };
                 self.pending.values.insert(key.clone(), entry.clone());
                 self.pending.changes.push(Change::Value { key, entry });
@@ -280,24 +275,26 @@ impl Writer {
         }
     }
 
-    /// Applies the fence rule and raises the fence when the rule says so.
+    /// Applies the fence rule to the fence guarding `key` (`fence`, or the key itself) and
+    /// raises it when the rule says so.
     fn pass_fence(
         &mut self,
         access: Access,
         key: &str,
-        fence: String,
+        fence: Option<&str>,
         token: Option<FencingToken>,
     ) -> Result<(), StoreError> {
         if self.policy == Policy::Off {
             return Ok(());
         }
-        let current = self.current_fence(&fence)?;
-        match fence::check(self.policy, access, &fence, token, current) {
+        let fence = fence.unwrap_or(key);
+        let current = self.current_fence(fence)?;
+        match fence::check(self.policy, access, fence, token, current) {
             Ok(accepted) => {
                 if let Some(raised) = accepted.raise_to {
-                    self.pending.fences.insert(fence.clone(), raised);
+                    self.pending.fences.insert(fence.to_owned(), raised);
                     self.pending.changes.push(Change::Fence {
-                        name: fence,
+                        name: fence.to_owned(),
                         token: raised,
                     });
                 }
