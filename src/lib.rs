@@ -11,6 +11,7 @@
 //! - [`lock`]: the etcd lock client: `Client`, `Session` (a kept-alive lease), fenced locks.
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
 
+pub mod etcd_cluster;
 pub mod lock;
 pub mod token;
 

@@ -1,0 +1,339 @@
+//! Fenced locks on etcd, following etcd's client-side lock recipe.
+//!
+//! A lock named `/name` is a set of lock keys `/name/<lease id hex>`, one per session that
+//! holds or waits for it, each attached to its session's lease. Invariants:
+//! - The holder is the key with the lowest create_revision; the others wait in
+//!   create_revision order, each watching only the key created just before its own, so one
+//!   release wakes one waiter.
+//! - The fencing token is the lock key's create_revision. etcd's revision counter only grows,
+//!   so each holder's token is larger than every earlier holder's.
+//! - A lock is returned only after re-reading its key: a waiter whose lease died while it
+//!   waited gets `SessionLost`, never a guard.
+//! - A waiter that stops waiting (timeout, error, cancellation by drop) deletes its key, so it
+//!   never blocks the waiters behind it; a dropped `LockGuard` releases its key the same way.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+
+use super::client::{prefix_end, token_of};
+use super::pb::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
+use super::session::NameClaim;
+use super::watch::{self, WatchStart, Watched};
+use super::{Client, Error, LeaseId, LossReason, Result, Session};
+use crate::FencingToken;
+
+/// How a lock call waits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockOptions {
+    /// Give up after this long (deleting the waiter key) with [`Error::Timeout`].
+    pub timeout: Option<Duration>,
+    /// Where the watch on the predecessor starts; see [`WatchStart`].
+    pub watch_start: WatchStart,
+}
+
+impl Session {
+    /// Waits until this session holds the lock `name` and returns its guard.
+    pub async fn lock(&self, name: &str) -> Result<LockGuard> {
+        self.lock_with(name, LockOptions::default()).await
+    }
+
+    /// Like [`Session::lock`], but gives up after `timeout` with [`Error::Timeout`], leaving
+    /// no key behind.
+    pub async fn try_lock(&self, name: &str, timeout: Duration) -> Result<LockGuard> {
+        let options = LockOptions {
+            timeout: Some(timeout),
+            ..LockOptions::default()
+        };
+        self.lock_with(name, options).await
+    }
+
+    /// Locks `name` with explicit options.
+    pub async fn lock_with(&self, name: &str, options: LockOptions) -> Result<LockGuard> {
+        let started = Instant::now();
+        if let Some(reason) = self.lost_reason() {
+            return Err(Error::SessionLost {
+                lease: self.lease(),
+                reason,
+            });
+        }
+        let claim = self.claim(name)?;
+        let prefix = format!("{name}/");
+        let key = format!("{prefix}{}", self.lease());
+        let my_revision = create_key(self, &key).await?;
+        // From here on the key exists: every way out must delete it or hand it to a guard.
+        let mut pending = OwnedKey {
+            client: self.client().clone(),
+            key,
+            claim: Some(claim),
+        };
+        let deadline = options.timeout.map(|t| started + t);
+        let waited = tokio::select! {
+            waited = wait_for_predecessors(self.client(), &prefix, my_revision, options.watch_start) => waited,
+            reason = self.lost() => Err(Error::SessionLost { lease: self.lease(), reason }),
+            _ = until(deadline) => Err(Error::Timeout {
+                name: name.to_string(),
+                waited: started.elapsed(),
+            }),
+        };
+        if let Err(e) = waited {
+            pending.delete().await;
+            return Err(e);
+        }
+        // Our lease may have died while we waited (etcd then deleted the key, and our turn
+        // came only because of that): check that the key is still ours.
+        let range = self
+            .client()
+            .range(pb::RangeRequest {
+                key: pending.key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await;
+        let current = match range {
+            Ok(range) => range.kvs.first().map(|kv| kv.create_revision),
+            Err(e) => {
+                pending.delete().await;
+                return Err(e);
+            }
+        };
+        if current != Some(my_revision) {
+            pending.disarm();
+            return Err(Error::SessionLost {
+                lease: self.lease(),
+                reason: LossReason::KeyDeleted,
+            });
+        }
+        let token = token_of(my_revision)?;
+        tracing::info!(key = %pending.key, %token, lease = %self.lease(), "lock acquired");
+        Ok(LockGuard {
+            session: self.clone(),
+            token,
+            key: pending,
+        })
+    }
+}
+
+/// Creates the lock key with the session's lease unless it exists; returns its
+/// create_revision. The key is named by the lease, so if it exists it is ours: created by an
+/// earlier attempt of this same request whose answer was lost. That makes the request safe
+/// to retry; two lock calls of one session on one name are refused earlier, by the claim.
+async fn create_key(session: &Session, key: &str) -> Result<i64> {
+    let key_bytes = key.as_bytes().to_vec();
+    let request = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: key_bytes.clone(),
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            ..Default::default()
+        }],
+        success: vec![pb::RequestOp {
+            request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                key: key_bytes.clone(),
+                lease: session.lease().get(),
+                ..Default::default()
+            })),
+        }],
+        failure: vec![pb::RequestOp {
+            request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                key: key_bytes,
+                ..Default::default()
+            })),
+        }],
+    };
+    let response = session.client().txn(request).await?;
+    if response.succeeded {
+        // The put is the transaction's only change, so the revision it created is the
+        // transaction's revision.
+        return response
+            .header
+            .map(|h| h.revision)
+            .ok_or_else(|| Error::protocol("txn", "no header"));
+    }
+    let existing = response.responses.first().and_then(|r| match &r.response {
+        Some(response_op::Response::ResponseRange(range)) => range.kvs.first(),
+        _ => None,
+    });
+    match existing {
+        Some(kv) if kv.lease == session.lease().get() => Ok(kv.create_revision),
+        Some(kv) => Err(Error::protocol(
+            "txn",
+            format!("lock key {key} belongs to lease {}", LeaseId::new(kv.lease)),
+        )),
+        // Deleted between the compare and the range of the same transaction: impossible.
+        None => Err(Error::protocol("txn", "lock key neither created nor found")),
+    }
+}
+
+/// Returns once no key under `prefix` was created before `my_revision`.
+async fn wait_for_predecessors(
+    client: &Client,
+    prefix: &str,
+    my_revision: i64,
+    start: WatchStart,
+) -> Result<()> {
+    loop {
+        let request = pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            max_create_revision: my_revision - 1,
+            sort_target: range_request::SortTarget::Create as i32,
+            sort_order: range_request::SortOrder::Descend as i32,
+            limit: 1,
+            ..Default::default()
+        };
+        let range = client.range(request).await?;
+        let Some(predecessor) = range.kvs.first() else {
+            return Ok(());
+        };
+        let revision = range
+            .header
+            .map(|h| h.revision)
+            .ok_or_else(|| Error::protocol("range", "no header"))?;
+        let start_revision = match start {
+            WatchStart::AfterRange => revision + 1,
+            WatchStart::AtRange => revision,
+        };
+        tracing::debug!(
+            predecessor = %String::from_utf8_lossy(&predecessor.key),
+            start_revision,
+            "waiting for the predecessor's deletion"
+        );
+        // Deleted or not, look again: a waiter between us and the deleted key may have
+        // appeared meanwhile only if it was created before us, which the Range will show.
+        let _: Watched = watch::deleted(client, &predecessor.key, start_revision).await;
+    }
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A lock key this process must delete unless it hands it on: the key of a waiter, then of
+/// a holder. Dropped while armed, it deletes the key from a spawned task.
+struct OwnedKey {
+    client: Client,
+    key: String,
+    claim: Option<NameClaim>,
+}
+
+impl OwnedKey {
+    /// Deletes the key now. A failure is logged, not returned: the key is attached to the
+    /// lease, so it goes when the lease does.
+    async fn delete(&mut self) {
+        if self.claim.take().is_some()
+            && let Err(e) = self.client.delete(&self.key).await
+        {
+            tracing::warn!(key = %self.key, error = %e, "could not delete the lock key");
+        }
+    }
+
+    /// Forgets the key without deleting it (it is already gone).
+    fn disarm(&mut self) {
+        self.claim = None;
+    }
+}
+
+impl Drop for OwnedKey {
+    fn drop(&mut self) {
+        if self.claim.is_none() {
+            return;
+        }
+        // Dropped mid-wait (a cancelled lock future) or as a guard: delete in the background.
+        // Without a runtime (dropped after shutdown) the key stays until the lease ends.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let key = std::mem::take(&mut self.key);
+            let claim = self.claim.take();
+            runtime.spawn(async move {
+                if let Err(e) = client.delete(&key).await {
+                    tracing::warn!(%key, error = %e, "could not delete the lock key");
+                }
+                drop(claim);
+            });
+        }
+    }
+}
+
+/// A held lock. Its token fences every request made on the lock's behalf.
+///
+/// Dropping the guard releases the lock in the background; [`LockGuard::unlock`] releases it
+/// and waits for etcd to confirm.
+pub struct LockGuard {
+    session: Session,
+    token: FencingToken,
+    key: OwnedKey,
+}
+
+impl LockGuard {
+    /// The fencing token: the lock key's create_revision.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The lock key, `<lock name>/<lease id hex>`.
+    pub fn key(&self) -> &str {
+        &self.key.key
+    }
+
+    /// The session holding the lock.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Resolves when the lock is lost: the session is lost, or the lock key was deleted
+    /// (watched directly, which notices a revoked lease at once instead of at the next
+    /// keepalive).
+    pub async fn lost(&self) -> LossReason {
+        tokio::select! {
+            reason = self.session.lost() => reason,
+            () = key_deleted(&self.session, &self.key.key, self.token) => LossReason::KeyDeleted,
+        }
+    }
+
+    /// Releases the lock: deletes the lock key, so the next waiter acquires.
+    pub async fn unlock(mut self) -> Result<()> {
+        let client = self.key.client.clone();
+        let result = client.delete(&self.key.key).await;
+        if result.is_ok() {
+            tracing::info!(key = %self.key.key, token = %self.token, lease = %self.session.lease(), "lock released");
+            self.key.disarm();
+        }
+        result.map(drop)
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// Resolves when `key`, created at `token`, no longer exists; pends forever if etcd cannot
+/// be asked (the session's own loss detection covers that case).
+async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
+    let client = session.client();
+    // Every change after the creation: a delete in between is seen even if it happened
+    // before this watch started.
+    let mut start_revision = token.get() as i64 + 1;
+    loop {
+        if watch::deleted(client, key.as_bytes(), start_revision).await == Watched::Deleted {
+            return;
+        }
+        let request = pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        match client.range(request).await {
+            Ok(range) if range.kvs.first().map(|kv| kv.create_revision) != Some(token.get() as i64) => return,
+            Ok(range) => start_revision = range.header.map_or(start_revision, |h| h.revision + 1),
+            Err(_) => std::future::pending::<()>().await,
+        }
+    }
+}

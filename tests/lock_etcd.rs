@@ -1,0 +1,216 @@
+//! The lock library against a real single-member etcd (`support::etcd`): tokens, queueing,
+//! timeouts, cancellation, and loss of the session.
+
+mod support;
+
+use std::time::Duration;
+
+use fencelock::lock::{Client, Error, LossReason};
+use support::etcd::{self, etcdctl, within_ttl};
+use tokio::time::{Instant, timeout};
+
+const TTL: Duration = Duration::from_secs(2);
+
+async fn client(etcd: &etcd::TestEtcd) -> Client {
+    Client::connect(etcd.endpoints()).await.expect("connect")
+}
+
+/// Waits until `name` has exactly `count` lock keys (holder + waiters), or panics.
+async fn wait_for_keys(client: &Client, name: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys = client.lock_keys(name).await.expect("lock keys");
+        if keys.len() == count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "expected {count} keys under {name}, have {keys:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn successive_holders_get_strictly_increasing_tokens() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let sessions = [
+        client.session(TTL).await.unwrap(),
+        client.session(TTL).await.unwrap(),
+    ];
+    let mut last = None;
+    for round in 0..6 {
+        let session = &sessions[round % 2];
+        let guard = session.lock("/tokens").await.unwrap();
+        println!("holder {} got token {}", guard.key(), guard.token());
+        let keys = client.lock_keys("/tokens").await.unwrap();
+        assert_eq!(keys[0].token, guard.token(), "the token is the key's create_revision");
+        assert_eq!(keys[0].key, guard.key());
+        if let Some(last) = last {
+            assert!(guard.token() > last, "token {} after {last}", guard.token());
+        }
+        last = Some(guard.token());
+        guard.unlock().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn waiters_acquire_in_arrival_order() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let holder = client.session(TTL).await.unwrap();
+    let first = holder.lock("/queue").await.unwrap();
+    println!("holder has token {}", first.token());
+
+    let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for arrival in 0..4 {
+        let session = client.session(TTL).await.unwrap();
+        let order_tx = order_tx.clone();
+        waiters.push(tokio::spawn(async move {
+            let guard = session.lock("/queue").await.unwrap();
+            order_tx.send((arrival, guard.token())).unwrap();
+            guard.unlock().await.unwrap();
+        }));
+        // The next waiter starts only once this one's key exists: that is its arrival.
+        wait_for_keys(&client, "/queue", arrival + 2).await;
+    }
+    println!("4 waiters queued; releasing the holder");
+    let mut last_token = first.token();
+    first.unlock().await.unwrap();
+    for expected in 0..4 {
+        let (arrival, token) = timeout(Duration::from_secs(5), order_rx.recv())
+            .await
+            .expect("a waiter acquires")
+            .unwrap();
+        println!("waiter {arrival} acquired with token {token}");
+        assert_eq!(arrival, expected, "waiters are served in arrival order");
+        assert!(token > last_token);
+        last_token = token;
+    }
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn next_waiter_acquires_immediately_after_unlock() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let held = a.lock("/handover").await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let guard = b.lock("/handover").await.unwrap();
+        (Instant::now(), guard.token())
+    });
+    wait_for_keys(&client, "/handover", 2).await;
+    let released = Instant::now();
+    let first_token = held.token();
+    held.unlock().await.unwrap();
+    let (acquired, token) = waiter.await.unwrap();
+    let gap = acquired - released;
+    println!("the waiter acquired {gap:?} after the unlock began");
+    assert!(gap < Duration::from_secs(1), "handover took {gap:?}");
+    assert!(token > first_token);
+}
+
+#[tokio::test]
+async fn try_lock_timeout_leaves_no_key_under_the_lock_name() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let held = a.lock("/busy").await.unwrap();
+    let started = Instant::now();
+    let err = b.try_lock("/busy", Duration::from_millis(300)).await.unwrap_err();
+    println!("try_lock gave up after {:?}: {err}", started.elapsed());
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    let keys = client.lock_keys("/busy").await.unwrap();
+    assert_eq!(keys.len(), 1, "only the holder's key remains: {keys:?}");
+    assert_eq!(keys[0].key, held.key());
+}
+
+#[tokio::test]
+async fn a_cancelled_wait_deletes_its_waiter_key() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let held = a.lock("/cancel").await.unwrap();
+    let wait = tokio::spawn(async move { b.lock("/cancel").await });
+    wait_for_keys(&client, "/cancel", 2).await;
+    println!("the waiter is queued; dropping its lock future");
+    wait.abort();
+    assert!(wait.await.unwrap_err().is_cancelled());
+    wait_for_keys(&client, "/cancel", 1).await;
+    assert_eq!(client.lock_keys("/cancel").await.unwrap()[0].key, held.key());
+}
+
+#[tokio::test]
+async fn a_session_cannot_lock_the_same_name_twice() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let session = client.session(TTL).await.unwrap();
+    let held = session.lock("/twice").await.unwrap();
+    let err = session.try_lock("/twice", Duration::from_millis(100)).await.unwrap_err();
+    assert!(matches!(err, Error::AlreadyLocked { .. }), "{err:?}");
+    held.unlock().await.unwrap();
+    let again = session.lock("/twice").await.unwrap();
+    println!("after unlocking, the same session locks again with token {}", again.token());
+}
+
+#[tokio::test]
+async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_acquires() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let held = a.lock("/revoked").await.unwrap();
+    let waiter = tokio::spawn(async move { b.lock("/revoked").await.unwrap() });
+    wait_for_keys(&client, "/revoked", 2).await;
+
+    println!("revoking lease {} with etcdctl", a.lease());
+    let revoked = Instant::now();
+    etcdctl(&etcd.endpoints(), &["lease", "revoke", &a.lease().to_string()]);
+
+    let reason = timeout(within_ttl(a.ttl()), a.lost()).await.expect("session lost in time");
+    println!("session lost after {:?}: {reason}", revoked.elapsed());
+    assert_eq!(reason, LossReason::LeaseNotFound);
+    assert_eq!(a.remaining(), Duration::ZERO);
+    let guard_reason = timeout(Duration::from_secs(1), held.lost()).await.expect("guard lost");
+    println!("the guard reports: {guard_reason}");
+    let held_token = held.token();
+    drop(held);
+
+    let next = timeout(within_ttl(TTL), waiter).await.expect("waiter acquires").unwrap();
+    assert!(next.token() > held_token);
+    let err = a.lock("/revoked").await.unwrap_err();
+    assert!(matches!(err, Error::SessionLost { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
+    let Some(etcd) = etcd::start(1).await else { return };
+    let client = client(&etcd).await;
+    let session = client.session(Duration::from_millis(1)).await.unwrap();
+    println!("asked for 1 ms, etcd granted {:?}", session.ttl());
+    assert!(session.ttl() >= Duration::from_secs(1));
+    let guard = session.lock("/alive").await.unwrap();
+    // Nothing should happen for two TTLs: keepalives run in the background.
+    let quiet = timeout(session.ttl() * 2 + Duration::from_millis(500), guard.lost()).await;
+    assert!(quiet.is_err(), "lost while keepalives run: {quiet:?}");
+    assert!(session.remaining() > Duration::ZERO);
+    let keys = client.lock_keys("/alive").await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].lease, session.lease());
+}
+
+#[tokio::test]
+async fn connecting_to_a_dead_endpoint_fails_clearly_within_the_timeout() {
+    let port = support::proc::free_port();
+    let endpoint = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let err = Client::connect_with_timeout([endpoint.as_str()], Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    println!("failed after {took:?}: {err}");
+    assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains(&endpoint), "the error names the endpoint: {err}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
