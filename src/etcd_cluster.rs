@@ -100,7 +100,9 @@ impl EtcdCluster {
     }
 
     fn spawn(members: usize, binary: &Path) -> Result<Self, ClusterError> {
-        let dir = tempfile::Builder::new().prefix("fencelock-etcd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-etcd-")
+            .tempdir()?;
         let ports = free_ports(2 * members)?;
         let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
         let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
@@ -114,7 +116,9 @@ impl EtcdCluster {
         let token = format!(
             "fencelock-{}-{}",
             std::process::id(),
-            dir.path().file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            dir.path()
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         );
         let mut cluster = EtcdCluster {
             binary: binary.to_path_buf(),
@@ -177,7 +181,11 @@ impl EtcdCluster {
         Ok(())
     }
 
-    async fn wait_member_healthy(&mut self, i: usize, deadline: Instant) -> Result<(), StartFailure> {
+    async fn wait_member_healthy(
+        &mut self,
+        i: usize,
+        deadline: Instant,
+    ) -> Result<(), StartFailure> {
         let endpoint = self.endpoint(i);
         loop {
             let member = &mut self.members[i];
@@ -272,7 +280,10 @@ impl EtcdCluster {
     pub async fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
         self.members[i].kill();
         self.members[i].spawn(&self.binary)?;
-        match self.wait_member_healthy(i, Instant::now() + START_TIMEOUT).await {
+        match self
+            .wait_member_healthy(i, Instant::now() + START_TIMEOUT)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(StartFailure::Other(e)) => Err(e),
             Err(StartFailure::PortTaken) => Err(ClusterError::Exited {

@@ -1,19 +1,116 @@
 //! The `fencelock` command: argument parsing and start-up only; the work lives in the library.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fencelock::bench;
+use fencelock::lock::WatchStart;
+use fencelock::lock::hold::{self, HoldOptions, HoldOutcome};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "fencelock", version, about = "Fenced distributed locking on etcd")]
+#[command(
+    name = "fencelock",
+    version,
+    about = "Fenced distributed locking on etcd"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Acquire a lock and hold it until stdin closes or SIGTERM/SIGINT (like `etcdctl lock`).
+    ///
+    /// Prints JSON lines: {"event":"acquired","key","token","lease","ttl"}, then "released"
+    /// (exit 0) or "lost" (exit 3, when the session is lost while holding).
+    Lock(LockArgs),
+    /// Measurements.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
 
-fn main() -> std::process::ExitCode {
+#[derive(Args)]
+struct Endpoints {
+    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+}
+
+#[derive(Args)]
+struct LockArgs {
+    /// The lock name (a key prefix, e.g. /orders).
+    name: String,
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Session lease TTL in seconds (etcd may raise it to its minimum).
+    #[arg(long, default_value_t = 10)]
+    ttl: u64,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Lock+unlock cycles on etcd, with 1 and with 8 contending sessions.
+    Lock(BenchLockArgs),
+}
+
+#[derive(Args)]
+struct BenchLockArgs {
+    /// Use this etcd (comma-separated endpoints) instead of starting a loopback cluster.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// Members of the loopback cluster started when no endpoints are given.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// etcd binary for the loopback cluster.
+    #[arg(long, env = "FENCELOCK_ETCD_BIN", default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Contending sessions per run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    sessions: Vec<usize>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Where waiters' watches start, comma-separated, one set of runs each: `now` (the
+    /// library's default), `next` (the revision after the read), `read` (the read's own
+    /// revision, as etcd's Go client does).
+    #[arg(long, value_delimiter = ',', default_value = "now,next")]
+    watch_start: Vec<WatchStartArg>,
+    /// Also run with the watch at the read's own revision (same as adding `read`).
+    #[arg(long)]
+    go_watch: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WatchStartArg {
+    Now,
+    Next,
+    Read,
+}
+
+impl From<WatchStartArg> for WatchStart {
+    fn from(arg: WatchStartArg) -> Self {
+        match arg {
+            WatchStartArg::Now => WatchStart::Latest,
+            WatchStartArg::Next => WatchStart::AfterRange,
+            WatchStartArg::Read => WatchStart::AtRange,
+        }
+    }
+}
+
+/// Exit status when the lock was lost while held.
+const EXIT_LOST: u8 = 3;
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -21,5 +118,88 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    match cli.command {}
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fencelock: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = match cli.command {
+        Command::Lock(args) => runtime.block_on(lock(args)),
+        Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(bench_lock(args)),
+    };
+    // Reading stdin occupies a blocking thread that no one can interrupt; waiting for it
+    // would keep the process alive after its work is done.
+    runtime.shutdown_background();
+    result
+}
+
+async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
+    let options = HoldOptions {
+        endpoints: args.endpoints.endpoints,
+        name: args.name,
+        ttl: Duration::from_secs(args.ttl),
+    };
+    let outcome = hold::hold(&options, &mut std::io::stdout(), stop_requested())
+        .await
+        .with_context(|| format!("cannot hold lock {}", options.name))?;
+    Ok(match outcome {
+        HoldOutcome::Released | HoldOutcome::Stopped => ExitCode::SUCCESS,
+        HoldOutcome::Lost(reason) => {
+            eprintln!("fencelock: lock {} lost: {reason}", options.name);
+            ExitCode::from(EXIT_LOST)
+        }
+    })
+}
+
+/// Resolves on stdin EOF, SIGTERM or SIGINT: the ways a parent tells a holder to let go.
+async fn stop_requested() {
+    use tokio::io::AsyncReadExt;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let stdin_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    // Installing a handler only fails if the signal cannot be caught at all; then the
+    // remaining ways to stop still work.
+    let on = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = stdin_closed => {}
+        () = on(SignalKind::terminate()) => {}
+        () = on(SignalKind::interrupt()) => {}
+    }
+}
+
+async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    let mut watch_starts: Vec<WatchStart> = args.watch_start.into_iter().map(Into::into).collect();
+    if args.go_watch && !watch_starts.contains(&WatchStart::AtRange) {
+        watch_starts.push(WatchStart::AtRange);
+    }
+    let options = bench::lock::Options {
+        endpoints: args.endpoints,
+        members: args.members,
+        etcd_bin: args.etcd_bin,
+        sessions: args.sessions,
+        duration: Duration::from_secs_f64(args.duration),
+        watch_starts,
+    };
+    bench::lock::run(&options, &mut std::io::stdout())
+        .await
+        .context("lock benchmark failed")?;
+    Ok(ExitCode::SUCCESS)
 }

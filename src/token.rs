@@ -79,7 +79,10 @@ mod tests {
     fn zero_and_out_of_range_values_are_not_tokens() {
         assert_eq!(FencingToken::new(0), None);
         assert_eq!(FencingToken::new(MAX_TOKEN + 1), None);
-        assert_eq!(FencingToken::new(MAX_TOKEN).map(FencingToken::get), Some(MAX_TOKEN));
+        assert_eq!(
+            FencingToken::new(MAX_TOKEN).map(FencingToken::get),
+            Some(MAX_TOKEN)
+        );
     }
 
     #[test]

@@ -23,14 +23,19 @@ async fn wait_for_keys(client: &Client, name: &str, count: usize) {
         if keys.len() == count {
             return;
         }
-        assert!(Instant::now() < deadline, "expected {count} keys under {name}, have {keys:?}");
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} keys under {name}, have {keys:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 #[tokio::test]
 async fn successive_holders_get_strictly_increasing_tokens() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
     let sessions = [
         client.session(TTL).await.unwrap(),
@@ -42,7 +47,11 @@ async fn successive_holders_get_strictly_increasing_tokens() {
         let guard = session.lock("/tokens").await.unwrap();
         println!("holder {} got token {}", guard.key(), guard.token());
         let keys = client.lock_keys("/tokens").await.unwrap();
-        assert_eq!(keys[0].token, guard.token(), "the token is the key's create_revision");
+        assert_eq!(
+            keys[0].token,
+            guard.token(),
+            "the token is the key's create_revision"
+        );
         assert_eq!(keys[0].key, guard.key());
         if let Some(last) = last {
             assert!(guard.token() > last, "token {} after {last}", guard.token());
@@ -54,7 +63,9 @@ async fn successive_holders_get_strictly_increasing_tokens() {
 
 #[tokio::test]
 async fn waiters_acquire_in_arrival_order() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
     let holder = client.session(TTL).await.unwrap();
     let first = holder.lock("/queue").await.unwrap();
@@ -93,9 +104,14 @@ async fn waiters_acquire_in_arrival_order() {
 
 #[tokio::test]
 async fn next_waiter_acquires_immediately_after_unlock() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
-    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let (a, b) = (
+        client.session(TTL).await.unwrap(),
+        client.session(TTL).await.unwrap(),
+    );
     let held = a.lock("/handover").await.unwrap();
     let waiter = tokio::spawn(async move {
         let guard = b.lock("/handover").await.unwrap();
@@ -114,12 +130,20 @@ async fn next_waiter_acquires_immediately_after_unlock() {
 
 #[tokio::test]
 async fn try_lock_timeout_leaves_no_key_under_the_lock_name() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
-    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let (a, b) = (
+        client.session(TTL).await.unwrap(),
+        client.session(TTL).await.unwrap(),
+    );
     let held = a.lock("/busy").await.unwrap();
     let started = Instant::now();
-    let err = b.try_lock("/busy", Duration::from_millis(300)).await.unwrap_err();
+    let err = b
+        .try_lock("/busy", Duration::from_millis(300))
+        .await
+        .unwrap_err();
     println!("try_lock gave up after {:?}: {err}", started.elapsed());
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     let keys = client.lock_keys("/busy").await.unwrap();
@@ -129,9 +153,14 @@ async fn try_lock_timeout_leaves_no_key_under_the_lock_name() {
 
 #[tokio::test]
 async fn a_cancelled_wait_deletes_its_waiter_key() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
-    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let (a, b) = (
+        client.session(TTL).await.unwrap(),
+        client.session(TTL).await.unwrap(),
+    );
     let held = a.lock("/cancel").await.unwrap();
     let wait = tokio::spawn(async move { b.lock("/cancel").await });
     wait_for_keys(&client, "/cancel", 2).await;
@@ -139,45 +168,71 @@ async fn a_cancelled_wait_deletes_its_waiter_key() {
     wait.abort();
     assert!(wait.await.unwrap_err().is_cancelled());
     wait_for_keys(&client, "/cancel", 1).await;
-    assert_eq!(client.lock_keys("/cancel").await.unwrap()[0].key, held.key());
+    assert_eq!(
+        client.lock_keys("/cancel").await.unwrap()[0].key,
+        held.key()
+    );
 }
 
 #[tokio::test]
 async fn a_session_cannot_lock_the_same_name_twice() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
     let session = client.session(TTL).await.unwrap();
     let held = session.lock("/twice").await.unwrap();
-    let err = session.try_lock("/twice", Duration::from_millis(100)).await.unwrap_err();
+    let err = session
+        .try_lock("/twice", Duration::from_millis(100))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::AlreadyLocked { .. }), "{err:?}");
     held.unlock().await.unwrap();
     let again = session.lock("/twice").await.unwrap();
-    println!("after unlocking, the same session locks again with token {}", again.token());
+    println!(
+        "after unlocking, the same session locks again with token {}",
+        again.token()
+    );
 }
 
 #[tokio::test]
 async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_acquires() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
-    let (a, b) = (client.session(TTL).await.unwrap(), client.session(TTL).await.unwrap());
+    let (a, b) = (
+        client.session(TTL).await.unwrap(),
+        client.session(TTL).await.unwrap(),
+    );
     let held = a.lock("/revoked").await.unwrap();
     let waiter = tokio::spawn(async move { b.lock("/revoked").await.unwrap() });
     wait_for_keys(&client, "/revoked", 2).await;
 
     println!("revoking lease {} with etcdctl", a.lease());
     let revoked = Instant::now();
-    etcdctl(&etcd.endpoints(), &["lease", "revoke", &a.lease().to_string()]);
+    etcdctl(
+        &etcd.endpoints(),
+        &["lease", "revoke", &a.lease().to_string()],
+    );
 
-    let reason = timeout(within_ttl(a.ttl()), a.lost()).await.expect("session lost in time");
+    let reason = timeout(within_ttl(a.ttl()), a.lost())
+        .await
+        .expect("session lost in time");
     println!("session lost after {:?}: {reason}", revoked.elapsed());
     assert_eq!(reason, LossReason::LeaseNotFound);
     assert_eq!(a.remaining(), Duration::ZERO);
-    let guard_reason = timeout(Duration::from_secs(1), held.lost()).await.expect("guard lost");
+    let guard_reason = timeout(Duration::from_secs(1), held.lost())
+        .await
+        .expect("guard lost");
     println!("the guard reports: {guard_reason}");
     let held_token = held.token();
     drop(held);
 
-    let next = timeout(within_ttl(TTL), waiter).await.expect("waiter acquires").unwrap();
+    let next = timeout(within_ttl(TTL), waiter)
+        .await
+        .expect("waiter acquires")
+        .unwrap();
     assert!(next.token() > held_token);
     let err = a.lock("/revoked").await.unwrap_err();
     assert!(matches!(err, Error::SessionLost { .. }), "{err:?}");
@@ -185,7 +240,9 @@ async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_ac
 
 #[tokio::test]
 async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
-    let Some(etcd) = etcd::start(1).await else { return };
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
     let client = client(&etcd).await;
     let session = client.session(Duration::from_millis(1)).await.unwrap();
     println!("asked for 1 ms, etcd granted {:?}", session.ttl());
@@ -211,6 +268,9 @@ async fn connecting_to_a_dead_endpoint_fails_clearly_within_the_timeout() {
     let took = started.elapsed();
     println!("failed after {took:?}: {err}");
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
-    assert!(err.to_string().contains(&endpoint), "the error names the endpoint: {err}");
+    assert!(
+        err.to_string().contains(&endpoint),
+        "the error names the endpoint: {err}"
+    );
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }

@@ -329,7 +329,10 @@ mod tests {
 
     #[test]
     fn endpoints_accept_host_port_and_http_uris() {
-        assert_eq!(normalize_endpoint("127.0.0.1:2379").unwrap(), "http://127.0.0.1:2379");
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
         assert_eq!(
             normalize_endpoint(" http://localhost:2379/ ").unwrap(),
             "http://localhost:2379"

@@ -35,7 +35,9 @@ impl std::fmt::Display for LossReason {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No endpoint answered within the timeout.
-    #[error("no etcd endpoint answered within {timeout:?} (endpoints: {endpoints}; last error: {cause})")]
+    #[error(
+        "no etcd endpoint answered within {timeout:?} (endpoints: {endpoints}; last error: {cause})"
+    )]
     Unavailable {
         endpoints: String,
         timeout: Duration,

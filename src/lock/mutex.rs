@@ -60,7 +60,7 @@ impl Session {
         let claim = self.claim(name)?;
         let prefix = format!("{name}/");
         let key = format!("{prefix}{}", self.lease());
-        let my_revision = create_key(self, &key).await?;
+        let (my_revision, turn) = enqueue(self, &prefix, &key).await?;
         // From here on the key exists: every way out must delete it or hand it to a guard.
         let mut pending = OwnedKey {
             client: self.client().clone(),
@@ -69,39 +69,28 @@ impl Session {
         };
         let deadline = options.timeout.map(|t| started + t);
         let waited = tokio::select! {
-            waited = wait_for_predecessors(self.client(), &prefix, my_revision, options.watch_start) => waited,
+            waited = wait_turn(self, &prefix, my_revision, turn, options.watch_start) => waited,
             reason = self.lost() => Err(Error::SessionLost { lease: self.lease(), reason }),
             _ = until(deadline) => Err(Error::Timeout {
                 name: name.to_string(),
                 waited: started.elapsed(),
             }),
         };
-        if let Err(e) = waited {
-            pending.delete().await;
-            return Err(e);
-        }
-        // Our lease may have died while we waited (etcd then deleted the key, and our turn
-        // came only because of that): check that the key is still ours.
-        let range = self
-            .client()
-            .range(pb::RangeRequest {
-                key: pending.key.as_bytes().to_vec(),
-                ..Default::default()
-            })
-            .await;
-        let current = match range {
-            Ok(range) => range.kvs.first().map(|kv| kv.create_revision),
+        match waited {
+            Ok(()) => {}
+            Err(
+                e @ Error::SessionLost {
+                    reason: LossReason::KeyDeleted,
+                    ..
+                },
+            ) => {
+                pending.disarm();
+                return Err(e);
+            }
             Err(e) => {
                 pending.delete().await;
                 return Err(e);
             }
-        };
-        if current != Some(my_revision) {
-            pending.disarm();
-            return Err(Error::SessionLost {
-                lease: self.lease(),
-                reason: LossReason::KeyDeleted,
-            });
         }
         let token = token_of(my_revision)?;
         tracing::info!(key = %pending.key, %token, lease = %self.lease(), "lock acquired");
@@ -113,11 +102,21 @@ impl Session {
     }
 }
 
-/// Creates the lock key with the session's lease unless it exists; returns its
-/// create_revision. The key is named by the lease, so if it exists it is ours: created by an
-/// earlier attempt of this same request whose answer was lost. That makes the request safe
-/// to retry; two lock calls of one session on one name are refused earlier, by the claim.
-async fn create_key(session: &Session, key: &str) -> Result<i64> {
+/// Where a waiter stands: as of `revision`, `predecessor` is the newest lock key created
+/// before its own (`None`: it holds the lock).
+struct Turn {
+    predecessor: Option<Vec<u8>>,
+    revision: i64,
+}
+
+/// Creates the lock key with the session's lease unless it exists, and in the same
+/// transaction reads the two newest keys of the lock: the new key and its predecessor.
+/// Returns the key's create_revision (the future token) and the waiter's turn.
+///
+/// The key is named by the lease, so if it exists it is ours: created by an earlier attempt
+/// of this same request whose answer was lost. That makes the request safe to retry; two
+/// lock calls of one session on one name are refused earlier, by the claim.
+async fn enqueue(session: &Session, prefix: &str, key: &str) -> Result<(i64, Turn)> {
     let key_bytes = key.as_bytes().to_vec();
     let request = pb::TxnRequest {
         compare: vec![pb::Compare {
@@ -127,13 +126,18 @@ async fn create_key(session: &Session, key: &str) -> Result<i64> {
             target_union: Some(compare::TargetUnion::CreateRevision(0)),
             ..Default::default()
         }],
-        success: vec![pb::RequestOp {
-            request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                key: key_bytes.clone(),
-                lease: session.lease().get(),
-                ..Default::default()
-            })),
-        }],
+        success: vec![
+            pb::RequestOp {
+                request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                    key: key_bytes.clone(),
+                    lease: session.lease().get(),
+                    ..Default::default()
+                })),
+            },
+            pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(newest_keys(prefix, 0))),
+            },
+        ],
         failure: vec![pb::RequestOp {
             request: Some(request_op::Request::RequestRange(pb::RangeRequest {
                 key: key_bytes,
@@ -142,20 +146,33 @@ async fn create_key(session: &Session, key: &str) -> Result<i64> {
         }],
     };
     let response = session.client().txn(request).await?;
+    let revision = response
+        .header
+        .as_ref()
+        .map(|h| h.revision)
+        .ok_or_else(|| Error::protocol("txn", "no header"))?;
+    let range = |i: usize| match response.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::ResponseRange(range)) => Ok(range),
+        _ => Err(Error::protocol("txn", "missing range answer")),
+    };
     if response.succeeded {
-        // The put is the transaction's only change, so the revision it created is the
-        // transaction's revision.
-        return response
-            .header
-            .map(|h| h.revision)
-            .ok_or_else(|| Error::protocol("txn", "no header"));
+        // The put is the transaction's only change, so the key's create_revision is the
+        // transaction's revision, and the key is the newest of the lock.
+        let newest = &range(1)?.kvs;
+        if newest.first().map(|kv| kv.create_revision) != Some(revision) {
+            return Err(Error::protocol("txn", "the new lock key is not the newest"));
+        }
+        let turn = Turn {
+            predecessor: newest.get(1).map(|kv| kv.key.clone()),
+            revision,
+        };
+        return Ok((revision, turn));
     }
-    let existing = response.responses.first().and_then(|r| match &r.response {
-        Some(response_op::Response::ResponseRange(range)) => range.kvs.first(),
-        _ => None,
-    });
-    match existing {
-        Some(kv) if kv.lease == session.lease().get() => Ok(kv.create_revision),
+    match range(0)?.kvs.first() {
+        Some(kv) if kv.lease == session.lease().get() => {
+            let my_revision = kv.create_revision;
+            Ok((my_revision, look(session, prefix, my_revision).await?))
+        }
         Some(kv) => Err(Error::protocol(
             "txn",
             format!("lock key {key} belongs to lease {}", LeaseId::new(kv.lease)),
@@ -165,44 +182,64 @@ async fn create_key(session: &Session, key: &str) -> Result<i64> {
     }
 }
 
-/// Returns once no key under `prefix` was created before `my_revision`.
-async fn wait_for_predecessors(
-    client: &Client,
-    prefix: &str,
-    my_revision: i64,
-    start: WatchStart,
-) -> Result<()> {
-    loop {
-        let request = pb::RangeRequest {
-            key: prefix.as_bytes().to_vec(),
-            range_end: prefix_end(prefix.as_bytes()),
-            max_create_revision: my_revision - 1,
-            sort_target: range_request::SortTarget::Create as i32,
-            sort_order: range_request::SortOrder::Descend as i32,
-            limit: 1,
-            ..Default::default()
-        };
-        let range = client.range(request).await?;
-        let Some(predecessor) = range.kvs.first() else {
-            return Ok(());
-        };
-        let revision = range
+/// The two newest keys under `prefix` created at or before `max_create_revision` (0: no
+/// bound): a waiter's own key, then its predecessor.
+fn newest_keys(prefix: &str, max_create_revision: i64) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: prefix_end(prefix.as_bytes()),
+        max_create_revision,
+        sort_target: range_request::SortTarget::Create as i32,
+        sort_order: range_request::SortOrder::Descend as i32,
+        limit: 2,
+        keys_only: true,
+        ..Default::default()
+    }
+}
+
+/// Reads the waiter's turn again. This is also the re-check of the own key that comes before
+/// acquiring: a waiter whose lease died while it waited finds its key gone
+/// (`SessionLost`), even though its predecessor is gone too.
+async fn look(session: &Session, prefix: &str, my_revision: i64) -> Result<Turn> {
+    let range = session
+        .client()
+        .range(newest_keys(prefix, my_revision))
+        .await?;
+    if range.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
+        return Err(Error::SessionLost {
+            lease: session.lease(),
+            reason: LossReason::KeyDeleted,
+        });
+    }
+    Ok(Turn {
+        predecessor: range.kvs.get(1).map(|kv| kv.key.clone()),
+        revision: range
             .header
             .map(|h| h.revision)
-            .ok_or_else(|| Error::protocol("range", "no header"))?;
-        let start_revision = match start {
-            WatchStart::AfterRange => revision + 1,
-            WatchStart::AtRange => revision,
-        };
+            .ok_or_else(|| Error::protocol("range", "no header"))?,
+    })
+}
+
+/// Returns once no lock key created before `my_revision` remains.
+async fn wait_turn(
+    session: &Session,
+    prefix: &str,
+    my_revision: i64,
+    mut turn: Turn,
+    start: WatchStart,
+) -> Result<()> {
+    while let Some(predecessor) = turn.predecessor {
         tracing::debug!(
-            predecessor = %String::from_utf8_lossy(&predecessor.key),
-            start_revision,
+            predecessor = %String::from_utf8_lossy(&predecessor),
+            revision = turn.revision,
             "waiting for the predecessor's deletion"
         );
-        // Deleted or not, look again: a waiter between us and the deleted key may have
-        // appeared meanwhile only if it was created before us, which the Range will show.
-        let _: Watched = watch::deleted(client, &predecessor.key, start_revision).await;
+        // Deleted or not, look again: the keys before the deleted one may still be there
+        // (a waiter that gave up is deleted before the holder).
+        let _: Watched = watch::deleted(session.client(), &predecessor, turn.revision, start).await;
+        turn = look(session, prefix, my_revision).await?;
     }
+    Ok(())
 }
 
 async fn until(deadline: Option<Instant>) {
@@ -319,21 +356,28 @@ impl std::fmt::Debug for LockGuard {
 /// be asked (the session's own loss detection covers that case).
 async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
     let client = session.client();
-    // Every change after the creation: a delete in between is seen even if it happened
-    // before this watch started.
-    let mut start_revision = token.get() as i64 + 1;
     loop {
-        if watch::deleted(client, key.as_bytes(), start_revision).await == Watched::Deleted {
-            return;
-        }
         let request = pb::RangeRequest {
             key: key.as_bytes().to_vec(),
+            keys_only: true,
             ..Default::default()
         };
-        match client.range(request).await {
-            Ok(range) if range.kvs.first().map(|kv| kv.create_revision) != Some(token.get() as i64) => return,
-            Ok(range) => start_revision = range.header.map_or(start_revision, |h| h.revision + 1),
-            Err(_) => std::future::pending::<()>().await,
+        let revision = match client.range(request).await {
+            Ok(range)
+                if range.kvs.first().map(|kv| kv.create_revision) != Some(token.get() as i64) =>
+            {
+                return;
+            }
+            Ok(range) => match range.header {
+                Some(header) => header.revision,
+                None => std::future::pending().await,
+            },
+            Err(_) => std::future::pending().await,
+        };
+        if watch::deleted(client, key.as_bytes(), revision, WatchStart::Latest).await
+            == Watched::Deleted
+        {
+            return;
         }
     }
 }

@@ -118,7 +118,10 @@ impl Session {
             return Err(Error::protocol("lease grant", response.error));
         }
         if response.ttl <= 0 {
-            return Err(Error::protocol("lease grant", format!("TTL {}", response.ttl)));
+            return Err(Error::protocol(
+                "lease grant",
+                format!("TTL {}", response.ttl),
+            ));
         }
         let lease = LeaseId::new(response.id);
         let ttl = Duration::from_secs(response.ttl as u64);
@@ -204,7 +207,11 @@ impl Session {
             now.lost.is_none() && Instant::now() >= now.deadline
         };
         if expired {
-            lose(&self.shared.liveness, self.shared.lease, LossReason::Expired);
+            lose(
+                &self.shared.liveness,
+                self.shared.lease,
+                LossReason::Expired,
+            );
         }
     }
 
@@ -240,7 +247,12 @@ pub(crate) struct NameClaim {
 
 impl Drop for NameClaim {
     fn drop(&mut self) {
-        let mut names = self.session.shared.names.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = self
+            .session
+            .shared
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         names.remove(&self.name);
     }
 }

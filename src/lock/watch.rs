@@ -14,29 +14,46 @@ use super::client::RETRY_PAUSE;
 use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb::event::EventType;
 
-/// Where a waiter's watch on its predecessor starts.
+/// Where a waiter's watch on its predecessor starts. Every choice is correct; they differ
+/// in how fast etcd delivers the deletion.
+///
+/// etcd keeps a watcher whose start revision is not in the future in an "unsynced" group,
+/// which it catches up on a 100 ms tick, and serves the others ("synced") at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WatchStart {
-    /// The Range's revision + 1: the first revision at which the predecessor can be deleted
-    /// (it existed at the Range's revision). When nothing was written since the Range, etcd
-    /// serves such a watch at once from its "synced" watcher group.
-    #[default]
+    /// The revision after the one at which the predecessor was seen: the first at which it
+    /// can be deleted. Synced when nothing was written between the read and the watch; under
+    /// contention other waiters' writes often land in between, and the watch is unsynced.
     AfterRange,
     /// The Range's own revision, as etcd's Go `concurrency.Mutex` does. Equally correct, but
     /// a start revision that is not in the future puts the watcher in etcd's "unsynced" group,
     /// which is caught up on a 100 ms tick. Kept to measure the difference.
     AtRange,
+    /// The current revision (etcd's "from now"), always synced; if anything was written
+    /// since the predecessor was seen, one read of the predecessor covers the gap.
+    #[default]
+    Latest,
 }
 
-/// Outcome of one watch: the key was deleted, or the watch ended without telling.
+/// Outcome of one watch: the key was deleted, or the caller must read again to know.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Watched {
     Deleted,
     LookAgain,
 }
 
-/// Watches `key` from `start_revision` until a delete event arrives.
-pub(crate) async fn deleted(client: &Client, key: &[u8], start_revision: i64) -> Watched {
+/// Waits for the deletion of `key`, which existed at revision `seen_at`.
+pub(crate) async fn deleted(
+    client: &Client,
+    key: &[u8],
+    seen_at: i64,
+    start: WatchStart,
+) -> Watched {
+    let start_revision = match start {
+        WatchStart::AfterRange => seen_at + 1,
+        WatchStart::AtRange => seen_at,
+        WatchStart::Latest => 0,
+    };
     // `requests` lives until this function returns: closing the request side of the stream
     // could end the watch early.
     let (requests, rx) = mpsc::channel(1);
@@ -51,14 +68,15 @@ pub(crate) async fn deleted(client: &Client, key: &[u8], start_revision: i64) ->
             },
         )),
     };
-    // The channel has room for the one create request.
+    // The channel is new and has room for the one create request.
     let _ = requests.try_send(create);
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     // Ask the member to cancel the watch if it loses its leader (etcd's "require leader"
     // option), so a waiter behind a partitioned member looks again instead of hanging.
-    request
-        .metadata_mut()
-        .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
     let mut answers = match client.watch().watch(request).await {
         Ok(answers) => answers.into_inner(),
         Err(status) => {
@@ -68,23 +86,38 @@ pub(crate) async fn deleted(client: &Client, key: &[u8], start_revision: i64) ->
         }
     };
     loop {
-        match answers.message().await {
-            Ok(Some(answer)) => {
-                if answer
-                    .events
-                    .iter()
-                    .any(|e| e.r#type == EventType::Delete as i32)
-                {
-                    return Watched::Deleted;
-                }
-                if answer.canceled {
-                    tracing::debug!(reason = %answer.cancel_reason, "watch cancelled");
-                    return Watched::LookAgain;
-                }
-            }
+        let answer = match answers.message().await {
+            Ok(Some(answer)) => answer,
             Ok(None) | Err(_) => {
                 sleep(RETRY_PAUSE).await;
                 return Watched::LookAgain;
+            }
+        };
+        if answer
+            .events
+            .iter()
+            .any(|e| e.r#type == EventType::Delete as i32)
+        {
+            return Watched::Deleted;
+        }
+        if answer.canceled {
+            tracing::debug!(reason = %answer.cancel_reason, "watch cancelled");
+            return Watched::LookAgain;
+        }
+        // A "from now" watch reports deletions after the revision in its created answer; one
+        // between `seen_at` and that revision shows in a read.
+        let created_at = answer.header.map_or(i64::MAX, |h| h.revision);
+        if answer.created && start == WatchStart::Latest && created_at > seen_at {
+            let read = pb::RangeRequest {
+                key: key.to_vec(),
+                count_only: true,
+                ..Default::default()
+            };
+            match client.range(read).await {
+                Ok(range) if range.count == 0 => return Watched::Deleted,
+                // Still there at a revision the watch covers: keep waiting on it.
+                Ok(_) => {}
+                Err(_) => return Watched::LookAgain,
             }
         }
     }

@@ -70,7 +70,8 @@ pub async fn start(members: u32) -> Option<TestEtcd> {
     }
     let slots = SLOTS
         .acquire_many(members.min(SLOTS_TOTAL))
-        .await.expect("the semaphore is never closed");
+        .await
+        .expect("the semaphore is never closed");
     let cluster = EtcdCluster::start(members as usize, &binary)
         .await
         .unwrap_or_else(|e| panic!("cannot start a {members}-member etcd from {binary}: {e}"));

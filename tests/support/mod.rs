@@ -3,5 +3,5 @@
 //! Every test binary compiles this whole module and uses part of it.
 #![allow(dead_code)]
 
-pub mod proc;
 pub mod etcd;
+pub mod proc;
