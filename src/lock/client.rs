@@ -212,6 +212,7 @@ impl Client {
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.timeout;
+        let mut failures = 0usize;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let cause = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(self.clone())).await {
@@ -224,7 +225,13 @@ impl Client {
             if Instant::now() + RETRY_PAUSE >= deadline {
                 return Err(self.unavailable(cause));
             }
-            sleep(RETRY_PAUSE).await;
+            // The balancer keeps a refused endpoint in rotation (it looks idle, so it is even
+            // preferred), so an immediate retry most likely reaches a live member. Pause only
+            // once every endpoint may have had its chance.
+            failures += 1;
+            if failures % self.endpoints.len() == 0 {
+                sleep(RETRY_PAUSE).await;
+            }
         }
     }
 
