@@ -229,7 +229,7 @@ impl Client {
             // preferred), so an immediate retry most likely reaches a live member. Pause only
             // once every endpoint may have had its chance.
             failures += 1;
-            if failures % self.endpoints.len() == 0 {
+            if failures.is_multiple_of(self.endpoints.len()) {
                 sleep(RETRY_PAUSE).await;
             }
         }
