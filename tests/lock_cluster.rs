@@ -107,6 +107,41 @@ async fn sessions_and_locks_keep_working_with_one_member_of_three_killed() {
     let fresh = client.session(TTL).await.unwrap();
     let guard = fresh.lock("/ha").await.unwrap();
     assert!(guard.token() > last, "a new session locks too");
+    last = guard.token();
+    guard.unlock().await.unwrap();
+
+    println!("restarting member {leader} on its data");
+    etcd.restart(leader).await.unwrap();
+    let through_it = Client::connect([etcd.endpoint(leader)]).await.unwrap();
+    let session = through_it.session(TTL).await.unwrap();
+    let guard = session.lock("/ha").await.unwrap();
+    println!("through the restarted member: token {}", guard.token());
+    assert!(
+        guard.token() > last,
+        "the restarted member knows every earlier revision"
+    );
+    guard.unlock().await.unwrap();
+}
+
+#[tokio::test]
+async fn sessions_survive_a_frozen_member() {
+    let Some(etcd) = etcd::start(3).await else {
+        return;
+    };
+    let client = Client::connect(etcd.endpoints()).await.unwrap();
+    let session = client.session(TTL).await.unwrap();
+    let frozen = (leader_index(&etcd).await + 1) % etcd.len();
+    println!("freezing member {frozen}, a follower, for two TTLs");
+    etcd.pause(frozen);
+    let woken = tokio::time::timeout(TTL * 2, session.lost()).await;
+    etcd.resume(frozen);
+    assert!(woken.is_err(), "the session was lost: {woken:?}");
+    let guard = session.lock("/frozen-member").await.unwrap();
+    println!(
+        "after the freeze: lease {} still renewed, token {}",
+        session.lease(),
+        guard.token()
+    );
     guard.unlock().await.unwrap();
 }
 

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use fencelock::lock::pb::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
 use fencelock::lock::{Client, Error, LossReason};
 use support::etcd::{self, etcdctl, within_ttl};
 use tokio::time::{Instant, timeout};
@@ -255,6 +256,43 @@ async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
     let keys = client.lock_keys("/alive").await.unwrap();
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].lease, session.lease());
+}
+
+#[tokio::test]
+async fn dropping_a_session_stops_its_keepalive_and_etcd_expires_the_lease() {
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
+    let client = client(&etcd).await;
+    let session = client.session(TTL).await.unwrap();
+    let (lease, ttl) = (session.lease(), session.ttl());
+    drop(session);
+    let dropped = Instant::now();
+    loop {
+        let request = TimeToLive {
+            id: lease.get(),
+            keys: false,
+        };
+        let left = client
+            .lease()
+            .lease_time_to_live(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .ttl;
+        if left < 0 {
+            break;
+        }
+        assert!(
+            dropped.elapsed() < within_ttl(ttl),
+            "lease {lease} still alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "lease {lease} expired {:?} after its session was dropped",
+        dropped.elapsed()
+    );
 }
 
 #[tokio::test]

@@ -7,8 +7,10 @@
 //!   release wakes one waiter.
 //! - The fencing token is the lock key's create_revision. etcd's revision counter only grows,
 //!   so each holder's token is larger than every earlier holder's.
-//! - A lock is returned only after re-reading its key: a waiter whose lease died while it
-//!   waited gets `SessionLost`, never a guard.
+//! - A lock is returned only after a read that includes its own key shows no key created
+//!   before it: the creating transaction's own read when the lock was free, otherwise the
+//!   Range after the last predecessor's deletion. A waiter whose lease died while it waited
+//!   finds its key gone and gets `SessionLost`, never a guard.
 //! - A waiter that stops waiting (timeout, error, cancellation by drop) deletes its key, so it
 //!   never blocks the waiters behind it; a dropped `LockGuard` releases its key the same way.
 

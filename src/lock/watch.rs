@@ -29,8 +29,10 @@ pub enum WatchStart {
     /// a start revision that is not in the future puts the watcher in etcd's "unsynced" group,
     /// which is caught up on a 100 ms tick. Kept to measure the difference.
     AtRange,
-    /// The current revision (etcd's "from now"), always synced; if anything was written
-    /// since the predecessor was seen, one read of the predecessor covers the gap.
+    /// The current revision (etcd's "from now"), which etcd serves from its synced group
+    /// (unless a write lands in the very instant of the watch's registration); if anything
+    /// was written since the predecessor was seen, one read of the predecessor covers the
+    /// gap. The default: it keeps contended handovers off the 100 ms tick.
     #[default]
     Latest,
 }
