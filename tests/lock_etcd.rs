@@ -163,7 +163,8 @@ async fn a_cancelled_wait_deletes_its_waiter_key() {
         client.session(TTL).await.unwrap(),
     );
     let held = a.lock("/cancel").await.unwrap();
-    let wait = tokio::spawn(async move { b.lock("/cancel").await });
+    let waiter = b.clone();
+    let wait = tokio::spawn(async move { waiter.lock("/cancel").await });
     wait_for_keys(&client, "/cancel", 2).await;
     println!("the waiter is queued; dropping its lock future");
     wait.abort();
@@ -172,6 +173,27 @@ async fn a_cancelled_wait_deletes_its_waiter_key() {
     assert_eq!(
         client.lock_keys("/cancel").await.unwrap()[0].key,
         held.key()
+    );
+
+    println!("dropping lock calls at various points, also while the key is being created");
+    for delay_us in [0, 200, 500, 1000, 2000, 5000] {
+        let waiter = b.clone();
+        let wait = tokio::spawn(async move { waiter.lock("/cancel").await });
+        tokio::time::sleep(Duration::from_micros(delay_us)).await;
+        wait.abort();
+        let _ = wait.await;
+        wait_for_keys(&client, "/cancel", 1).await;
+    }
+    // The name is free for the session again once its cleanup is done.
+    let again = tokio::spawn(async move { b.lock("/cancel").await.unwrap() });
+    held.unlock().await.unwrap();
+    let guard = timeout(Duration::from_secs(5), again)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        client.lock_keys("/cancel").await.unwrap()[0].key,
+        guard.key()
     );
 }
 

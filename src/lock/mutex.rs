@@ -62,7 +62,7 @@ impl Session {
         let claim = self.claim(name)?;
         let prefix = format!("{name}/");
         let key = format!("{prefix}{}", self.lease());
-        let (my_revision, turn) = enqueue(self, &prefix, &key).await?;
+        let (my_revision, turn, claim) = enqueue_to_completion(self, &prefix, &key, claim).await?;
         // From here on the key exists: every way out must delete it or hand it to a guard.
         let mut pending = OwnedKey {
             client: self.client().clone(),
@@ -109,6 +109,49 @@ impl Session {
 struct Turn {
     predecessor: Option<Vec<u8>>,
     revision: i64,
+}
+
+/// Runs `enqueue` in a task of its own, so that dropping the lock call while the request is
+/// in flight cannot leave a key behind: if nobody is left to receive the answer, the task
+/// deletes the key, and only then releases the lock name for this session's next call.
+/// A failed `enqueue` may also have created the key (its answer lost), so its key is deleted
+/// in the background too, the name staying claimed until that is done.
+async fn enqueue_to_completion(
+    session: &Session,
+    prefix: &str,
+    key: &str,
+    claim: NameClaim,
+) -> Result<(i64, Turn, NameClaim)> {
+    let (answer, received) = tokio::sync::oneshot::channel();
+    let (session, prefix, key) = (session.clone(), prefix.to_string(), key.to_string());
+    tokio::spawn(async move {
+        let unowned = match enqueue(&session, &prefix, &key).await {
+            Ok((revision, turn)) => match answer.send(Ok((revision, turn, claim))) {
+                Ok(()) => None,
+                // The lock call was dropped meanwhile: nobody owns the key.
+                Err(Ok((_, _, claim))) => Some(claim),
+                // `send` hands back what it was given, which was `Ok`.
+                Err(Err(_)) => None,
+            },
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                Some(claim)
+            }
+        };
+        if let Some(claim) = unowned {
+            delete_quietly(session.client(), &key).await;
+            drop(claim);
+        }
+    });
+    received
+        .await
+        .map_err(|_| Error::protocol("txn", "the request task ended without an answer"))?
+}
+
+async fn delete_quietly(client: &Client, key: &str) {
+    if let Err(e) = client.delete(key).await {
+        tracing::warn!(%key, error = %e, "could not delete the lock key");
+    }
 }
 
 /// Creates the lock key with the session's lease unless it exists, and in the same
@@ -263,10 +306,9 @@ impl OwnedKey {
     /// Deletes the key now. A failure is logged, not returned: the key is attached to the
     /// lease, so it goes when the lease does.
     async fn delete(&mut self) {
-        if self.claim.take().is_some()
-            && let Err(e) = self.client.delete(&self.key).await
-        {
-            tracing::warn!(key = %self.key, error = %e, "could not delete the lock key");
+        if let Some(claim) = self.claim.take() {
+            delete_quietly(&self.client, &self.key).await;
+            drop(claim);
         }
     }
 
@@ -288,9 +330,7 @@ impl Drop for OwnedKey {
             let key = std::mem::take(&mut self.key);
             let claim = self.claim.take();
             runtime.spawn(async move {
-                if let Err(e) = client.delete(&key).await {
-                    tracing::warn!(%key, error = %e, "could not delete the lock key");
-                }
+                delete_quietly(&client, &key).await;
                 drop(claim);
             });
         }
