@@ -262,6 +262,42 @@ async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_ac
 }
 
 #[tokio::test]
+async fn a_waiter_whose_lease_is_revoked_while_it_waits_never_gets_the_lock() {
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
+    let client = client(&etcd).await;
+    let (a, b) = (
+        client.session(TTL).await.unwrap(),
+        client.session(TTL).await.unwrap(),
+    );
+    let held = a.lock("/revoked-waiter").await.unwrap();
+    let b_lease = b.lease();
+    let waiter = tokio::spawn(async move { b.lock("/revoked-waiter").await });
+    wait_for_keys(&client, "/revoked-waiter", 2).await;
+
+    println!("revoking the waiter's lease {b_lease}, then releasing the holder at once");
+    client.revoke(b_lease).await.unwrap();
+    held.unlock().await.unwrap();
+    let outcome = timeout(within_ttl(TTL), waiter)
+        .await
+        .expect("the waiter ends")
+        .unwrap();
+    println!("the waiter ends with: {outcome:?}");
+    assert!(
+        matches!(outcome, Err(Error::SessionLost { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        client
+            .lock_keys("/revoked-waiter")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
     let Some(etcd) = etcd::start(1).await else {
         return;

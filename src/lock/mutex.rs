@@ -216,7 +216,7 @@ async fn enqueue(session: &Session, prefix: &str, key: &str) -> Result<(i64, Tur
     match range(0)?.kvs.first() {
         Some(kv) if kv.lease == session.lease().get() => {
             let my_revision = kv.create_revision;
-            Ok((my_revision, look(session, prefix, my_revision).await?))
+            Ok((my_revision, look(session, prefix, my_revision, None).await?))
         }
         Some(kv) => Err(Error::protocol(
             "txn",
@@ -245,23 +245,45 @@ fn newest_keys(prefix: &str, max_create_revision: i64) -> pb::RangeRequest {
 /// Reads the waiter's turn again. This is also the re-check of the own key that comes before
 /// acquiring: a waiter whose lease died while it waited finds its key gone
 /// (`SessionLost`), even though its predecessor is gone too.
-async fn look(session: &Session, prefix: &str, my_revision: i64) -> Result<Turn> {
-    let range = session
-        .client()
-        .range(newest_keys(prefix, my_revision))
-        .await?;
+///
+/// With `at`, the revision at which the predecessor was seen deleted, the read is of that
+/// revision and served by any member that has applied it, without a round of consensus. A
+/// read of revision `at` is as good as a read now: keys created before ours cannot appear
+/// later, and ours could as well be deleted just after a current read. A member that has not
+/// reached `at` yet refuses (a "future revision"), and the read is made linearizable.
+async fn look(session: &Session, prefix: &str, my_revision: i64, at: Option<i64>) -> Result<Turn> {
+    let client = session.client();
+    let request = newest_keys(prefix, my_revision);
+    let (range, revision) = match at {
+        Some(at) => {
+            let past = pb::RangeRequest {
+                revision: at,
+                serializable: true,
+                ..request.clone()
+            };
+            match client.range(past).await {
+                Ok(range) => (range, Some(at)),
+                Err(_) => (client.range(request).await?, None),
+            }
+        }
+        None => (client.range(request).await?, None),
+    };
     if range.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
         return Err(Error::SessionLost {
             lease: session.lease(),
             reason: LossReason::KeyDeleted,
         });
     }
-    Ok(Turn {
-        predecessor: range.kvs.get(1).map(|kv| kv.key.clone()),
-        revision: range
+    let revision = match revision {
+        Some(at) => at,
+        None => range
             .header
             .map(|h| h.revision)
             .ok_or_else(|| Error::protocol("range", "no header"))?,
+    };
+    Ok(Turn {
+        predecessor: range.kvs.get(1).map(|kv| kv.key.clone()),
+        revision,
     })
 }
 
@@ -281,8 +303,11 @@ async fn wait_turn(
         );
         // Deleted or not, look again: the keys before the deleted one may still be there
         // (a waiter that gave up is deleted before the holder).
-        let _: Watched = watch::deleted(session.client(), &predecessor, turn.revision, start).await;
-        turn = look(session, prefix, my_revision).await?;
+        let at = match watch::deleted(session.client(), &predecessor, turn.revision, start).await {
+            Watched::Deleted { at } => Some(at),
+            Watched::LookAgain => None,
+        };
+        turn = look(session, prefix, my_revision, at).await?;
     }
     Ok(())
 }
@@ -416,8 +441,8 @@ async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
             },
             Err(_) => std::future::pending().await,
         };
-        if watch::deleted(client, key.as_bytes(), revision, WatchStart::Latest).await
-            == Watched::Deleted
+        if let Watched::Deleted { .. } =
+            watch::deleted(client, key.as_bytes(), revision, WatchStart::Latest).await
         {
             return;
         }

@@ -37,10 +37,11 @@ pub enum WatchStart {
     Latest,
 }
 
-/// Outcome of one watch: the key was deleted, or the caller must read again to know.
+/// Outcome of one watch: the key was deleted (it was absent at revision `at`), or the caller
+/// must read again to know.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Watched {
-    Deleted,
+    Deleted { at: i64 },
     LookAgain,
 }
 
@@ -95,12 +96,17 @@ pub(crate) async fn deleted(
                 return Watched::LookAgain;
             }
         };
-        if answer
+        let deletion = answer
             .events
             .iter()
-            .any(|e| e.r#type == EventType::Delete as i32)
-        {
-            return Watched::Deleted;
+            .find(|e| e.r#type == EventType::Delete as i32);
+        if let Some(deletion) = deletion {
+            // A delete event carries the key with mod_revision set to the deletion's revision.
+            let at = match &deletion.kv {
+                Some(kv) => kv.mod_revision,
+                None => answer.header.as_ref().map_or(0, |h| h.revision),
+            };
+            return Watched::Deleted { at };
         }
         if answer.canceled {
             tracing::debug!(reason = %answer.cancel_reason, "watch cancelled");
@@ -116,7 +122,10 @@ pub(crate) async fn deleted(
                 ..Default::default()
             };
             match client.range(read).await {
-                Ok(range) if range.count == 0 => return Watched::Deleted,
+                Ok(range) if range.count == 0 => {
+                    let at = range.header.map_or(created_at, |h| h.revision);
+                    return Watched::Deleted { at };
+                }
                 // Still there at a revision the watch covers: keep waiting on it.
                 Ok(_) => {}
                 Err(_) => return Watched::LookAgain,
