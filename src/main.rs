@@ -186,6 +186,11 @@ async fn stop_requested() {
 
 async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    anyhow::ensure!(args.members > 0, "--members must be at least 1");
+    anyhow::ensure!(
+        args.sessions.iter().all(|&n| n > 0),
+        "--sessions must be positive numbers"
+    );
     let mut watch_starts: Vec<WatchStart> = args.watch_start.into_iter().map(Into::into).collect();
     if args.go_watch && !watch_starts.contains(&WatchStart::AtRange) {
         watch_starts.push(WatchStart::AtRange);
