@@ -193,7 +193,9 @@ impl Session {
     /// Stops the keepalive and revokes the lease, releasing every lock the session holds.
     pub async fn close(self) -> Result<()> {
         self.shared.keepalive.abort();
-        lose(&self.shared.liveness, self.shared.lease, LossReason::Closed);
+        self.shared
+            .liveness
+            .send_if_modified(|l| l.lose(LossReason::Closed));
         self.shared.client.revoke(self.shared.lease).await?;
         tracing::info!(lease = %self.shared.lease, "session closed");
         Ok(())
