@@ -7,10 +7,14 @@
 //! - Unary requests are retried on transient failures (an endpoint that is down, a leader
 //!   election) until the request timeout, so one dead member of three goes unnoticed. Every
 //!   request the library retries is idempotent, or made so by its caller (see `mutex.rs`).
+//! - A first attempt goes through the balanced channel; retries go to the endpoints in turn,
+//!   each through a channel of its own, because the balancer cannot tell a frozen member (its
+//!   connection open, nothing answered) from a busy one and may pick it again and again.
 //! - Cloning is cheap and clones share the connections.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep, timeout};
@@ -44,7 +48,13 @@ const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connection to an etcd cluster (or anything speaking its v3 API).
 #[derive(Clone)]
 pub struct Client {
+    /// The channel this handle sends on: the balanced one, or one member's for a retry.
     channel: Channel,
+    balanced: Channel,
+    /// One lazily connected channel per endpoint, in `endpoints` order.
+    members: Arc<[Channel]>,
+    /// Which member the next retry goes to.
+    next_member: Arc<AtomicUsize>,
     endpoints: Arc<[String]>,
     timeout: Duration,
 }
@@ -86,6 +96,7 @@ impl Client {
             });
         }
         let mut list = Vec::with_capacity(endpoints.len());
+        let mut members = Vec::with_capacity(endpoints.len());
         for uri in &endpoints {
             let endpoint = Endpoint::from_shared(uri.clone())
                 .map_err(|e| Error::InvalidEndpoint {
@@ -96,10 +107,15 @@ impl Client {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
                 .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+            members.push(endpoint.connect_lazy());
             list.push(endpoint);
         }
+        let balanced = Channel::balance_list(list.into_iter());
         let client = Client {
-            channel: Channel::balance_list(list.into_iter()),
+            channel: balanced.clone(),
+            balanced,
+            members: members.into(),
+            next_member: Arc::new(AtomicUsize::new(0)),
             endpoints: endpoints.into(),
             timeout,
         };
@@ -177,6 +193,22 @@ impl Client {
         MaintenanceClient::new(self.channel.clone())
     }
 
+    /// A handle for attempt number `attempt` (0 = first) of a request: the first goes
+    /// through the balancer, later ones to the members in turn.
+    pub(crate) fn for_attempt(&self, attempt: usize) -> Client {
+        if attempt == 0 || self.members.len() < 2 {
+            return Client {
+                channel: self.balanced.clone(),
+                ..self.clone()
+            };
+        }
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        Client {
+            channel: self.members[member].clone(),
+            ..self.clone()
+        }
+    }
+
     pub(crate) async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse> {
         self.unary("range", |c| {
             let request = request.clone();
@@ -215,7 +247,8 @@ impl Client {
         let mut failures = 0usize;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let cause = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(self.clone())).await {
+            let handle = self.for_attempt(failures);
+            let cause = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(handle)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) if !is_transient(&status) => return Err(Error::rpc(op, status)),
                 Ok(Err(status)) => status.message().to_string(),
@@ -225,9 +258,8 @@ impl Client {
             if Instant::now() + RETRY_PAUSE >= deadline {
                 return Err(self.unavailable(cause));
             }
-            // The balancer keeps a refused endpoint in rotation (it looks idle, so it is even
-            // preferred), so an immediate retry most likely reaches a live member. Pause only
-            // once every endpoint may have had its chance.
+            // The retries go to the members in turn, so an immediate one most likely reaches
+            // a live member. Pause only once every endpoint may have had its chance.
             failures += 1;
             if failures.is_multiple_of(self.endpoints.len()) {
                 sleep(RETRY_PAUSE).await;
@@ -238,11 +270,16 @@ impl Client {
     /// A client that has not checked its endpoints, for unit tests that never reach them.
     #[cfg(test)]
     pub(crate) fn unconnected(endpoints: &[&str]) -> Client {
-        let list = endpoints
+        let list: Vec<Endpoint> = endpoints
             .iter()
-            .map(|e| Endpoint::from_shared(e.to_string()).expect("test endpoint"));
+            .map(|e| Endpoint::from_shared(e.to_string()).expect("test endpoint"))
+            .collect();
+        let balanced = Channel::balance_list(list.clone().into_iter());
         Client {
-            channel: Channel::balance_list(list),
+            channel: balanced.clone(),
+            balanced,
+            members: list.iter().map(Endpoint::connect_lazy).collect(),
+            next_member: Arc::new(AtomicUsize::new(0)),
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
             timeout: DEFAULT_TIMEOUT,
         }

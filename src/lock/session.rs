@@ -276,6 +276,8 @@ async fn keep_alive(
 ) {
     let interval = ttl / RENEWALS_PER_TTL;
     let mut stream: Option<KeepAliveStream> = None;
+    // Streams that failed or stayed silent in a row: each new one goes to another member.
+    let mut failures = 0usize;
     loop {
         let Liveness { deadline, lost } = *liveness.borrow();
         if lost.is_some() {
@@ -292,13 +294,19 @@ async fn keep_alive(
                     let answer = open.renew(lease).await;
                     (Some(open), answer)
                 }
-                None => match KeepAliveStream::open(&client, lease).await {
+                None => match KeepAliveStream::open(&client.for_attempt(failures), lease).await {
                     Ok((open, answer)) => (Some(open), Ok(answer)),
                     Err(status) => (None, Err(status)),
                 },
             }
         };
-        let answer = match timeout_at((sent + interval).min(deadline), attempt).await {
+        // A renewal normally gets a whole interval. After a failure the time left is shared
+        // among the members, so that trying a frozen one first still leaves time for the rest.
+        let patience = match failures {
+            0 => interval,
+            _ => (deadline - sent) / client.endpoints().len().max(1) as u32,
+        };
+        let answer = match timeout_at((sent + patience).min(deadline), attempt).await {
             Ok((open, answer)) => {
                 stream = open;
                 answer
@@ -308,11 +316,13 @@ async fn keep_alive(
                 // the balanced channel pick another member.
                 tracing::debug!(%lease, "keepalive unanswered; reopening the stream");
                 stream = None;
+                failures += 1;
                 continue;
             }
         };
         match answer {
             Ok(Some(granted)) if granted > 0 => {
+                failures = 0;
                 let granted = Duration::from_secs(granted as u64);
                 liveness.send_if_modified(|l| l.renew(sent, granted, Instant::now()));
                 if liveness.borrow().lost.is_some() {
@@ -329,6 +339,7 @@ async fn keep_alive(
             Ok(None) | Err(_) => {
                 tracing::debug!(%lease, "keepalive stream ended; reopening");
                 stream = None;
+                failures += 1;
                 sleep_until((Instant::now() + RETRY_PAUSE).min(deadline)).await;
             }
         }
