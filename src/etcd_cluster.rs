@@ -7,13 +7,15 @@
 //! - `start` returns only once every member answers a linearizable read, i.e. the cluster
 //!   has a leader and a quorum.
 //! - Every member process is killed and reaped when the cluster is dropped, also if it was
-//!   paused (SIGSTOP) and also when a test panics. Only processes started here are signalled,
-//!   by their own PID.
+//!   paused (SIGSTOP) and also when a test panics; the kernel kills the members if this
+//!   process dies without dropping it (they are started with a parent-death signal). Only
+//!   processes started here are signalled, by their own PID.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -310,16 +312,29 @@ impl Drop for EtcdCluster {
 impl Member {
     fn spawn(&mut self, binary: &Path) -> Result<(), ClusterError> {
         let log = File::options().create(true).append(true).open(&self.log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|source| ClusterError::Spawn {
-                binary: binary.display().to_string(),
-                source,
-            })?;
+            .stderr(log);
+        // If this process dies without dropping the cluster (SIGKILL, an unhandled SIGINT),
+        // the kernel kills the members too instead of leaving them running. (Linux ties the
+        // signal to the thread that started the member: a runtime's worker or main thread,
+        // which lives as long as the cluster.)
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| ClusterError::Spawn {
+            binary: binary.display().to_string(),
+            source,
+        })?;
         self.child = Some(child);
         Ok(())
     }

@@ -203,8 +203,16 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
         duration: Duration::from_secs_f64(args.duration),
         watch_starts,
     };
-    bench::lock::run(&options, &mut std::io::stdout())
-        .await
-        .context("lock benchmark failed")?;
-    Ok(ExitCode::SUCCESS)
+    // On Ctrl-C the benchmark is dropped, which stops the etcd cluster it started.
+    let mut out = std::io::stdout();
+    tokio::select! {
+        result = bench::lock::run(&options, &mut out) => {
+            result.context("lock benchmark failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("fencelock: interrupted");
+            Ok(ExitCode::from(130))
+        }
+    }
 }

@@ -104,6 +104,49 @@ async fn waiters_acquire_in_arrival_order() {
 }
 
 #[tokio::test]
+async fn contending_sessions_hand_the_lock_over_in_token_order_without_stalling() {
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
+    let client = client(&etcd).await;
+    let acquisitions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let session = client.session(TTL).await.unwrap();
+        let acquisitions = acquisitions.clone();
+        workers.push(tokio::spawn(async move {
+            let mut cycles = 0;
+            while Instant::now() < until {
+                // A lost wake-up would leave a waiter stuck: give up loudly instead.
+                let guard = session
+                    .try_lock("/busy-loop", Duration::from_secs(5))
+                    .await
+                    .unwrap();
+                acquisitions.lock().unwrap().push(guard.token());
+                guard.unlock().await.unwrap();
+                cycles += 1;
+            }
+            cycles
+        }));
+    }
+    let mut per_session = Vec::new();
+    for worker in workers {
+        per_session.push(worker.await.unwrap());
+    }
+    let tokens = acquisitions.lock().unwrap().clone();
+    println!("{} acquisitions, per session {per_session:?}", tokens.len());
+    assert!(
+        per_session.iter().all(|&n| n > 0),
+        "every session got the lock"
+    );
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens increase in the order holders acquired"
+    );
+}
+
+#[tokio::test]
 async fn next_waiter_acquires_immediately_after_unlock() {
     let Some(etcd) = etcd::start(1).await else {
         return;

@@ -105,9 +105,9 @@ impl Session {
 }
 
 /// Where a waiter stands: as of `revision`, `predecessor` is the newest lock key created
-/// before its own (`None`: it holds the lock).
+/// before its own, with its create_revision (`None`: it holds the lock).
 struct Turn {
-    predecessor: Option<Vec<u8>>,
+    predecessor: Option<(Vec<u8>, i64)>,
     revision: i64,
 }
 
@@ -208,7 +208,7 @@ async fn enqueue(session: &Session, prefix: &str, key: &str) -> Result<(i64, Tur
             return Err(Error::protocol("txn", "the new lock key is not the newest"));
         }
         let turn = Turn {
-            predecessor: newest.get(1).map(|kv| kv.key.clone()),
+            predecessor: newest.get(1).map(|kv| (kv.key.clone(), kv.create_revision)),
             revision,
         };
         return Ok((revision, turn));
@@ -282,7 +282,10 @@ async fn look(session: &Session, prefix: &str, my_revision: i64, at: Option<i64>
             .ok_or_else(|| Error::protocol("range", "no header"))?,
     };
     Ok(Turn {
-        predecessor: range.kvs.get(1).map(|kv| kv.key.clone()),
+        predecessor: range
+            .kvs
+            .get(1)
+            .map(|kv| (kv.key.clone(), kv.create_revision)),
         revision,
     })
 }
@@ -295,7 +298,7 @@ async fn wait_turn(
     mut turn: Turn,
     start: WatchStart,
 ) -> Result<()> {
-    while let Some(predecessor) = turn.predecessor {
+    while let Some((predecessor, created)) = turn.predecessor {
         tracing::debug!(
             predecessor = %String::from_utf8_lossy(&predecessor),
             revision = turn.revision,
@@ -303,7 +306,14 @@ async fn wait_turn(
         );
         // Deleted or not, look again: the keys before the deleted one may still be there
         // (a waiter that gave up is deleted before the holder).
-        let at = match watch::deleted(session.client(), &predecessor, turn.revision, start).await {
+        let watched = watch::deleted(
+            session.client(),
+            &predecessor,
+            created,
+            turn.revision,
+            start,
+        );
+        let at = match watched.await {
             Watched::Deleted { at } => Some(at),
             Watched::LookAgain => None,
         };
@@ -441,8 +451,14 @@ async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
             },
             Err(_) => std::future::pending().await,
         };
-        if let Watched::Deleted { .. } =
-            watch::deleted(client, key.as_bytes(), revision, WatchStart::Latest).await
+        if let Watched::Deleted { .. } = watch::deleted(
+            client,
+            key.as_bytes(),
+            token.get() as i64,
+            revision,
+            WatchStart::Latest,
+        )
+        .await
         {
             return;
         }

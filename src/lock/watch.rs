@@ -45,10 +45,13 @@ pub(crate) enum Watched {
     LookAgain,
 }
 
-/// Waits for the deletion of `key`, which existed at revision `seen_at`.
+/// Waits for the deletion of `key`, which existed at revision `seen_at` with create_revision
+/// `created`. A lock key's name is reused when its session locks again, so a key of that name
+/// with another create_revision means this one was deleted.
 pub(crate) async fn deleted(
     client: &Client,
     key: &[u8],
+    created: i64,
     seen_at: i64,
     start: WatchStart,
 ) -> Watched {
@@ -118,11 +121,11 @@ pub(crate) async fn deleted(
         if answer.created && start == WatchStart::Latest && created_at > seen_at {
             let read = pb::RangeRequest {
                 key: key.to_vec(),
-                count_only: true,
+                keys_only: true,
                 ..Default::default()
             };
             match client.range(read).await {
-                Ok(range) if range.count == 0 => {
+                Ok(range) if range.kvs.first().map(|kv| kv.create_revision) != Some(created) => {
                     let at = range.header.map_or(created_at, |h| h.revision);
                     return Watched::Deleted { at };
                 }
