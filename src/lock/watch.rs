@@ -30,9 +30,10 @@ pub enum WatchStart {
     /// which is caught up on a 100 ms tick. Kept to measure the difference.
     AtRange,
     /// The current revision (etcd's "from now"), which etcd serves from its synced group
-    /// (unless a write lands in the very instant of the watch's registration); if anything
-    /// was written since the predecessor was seen, one read of the predecessor covers the
-    /// gap. The default: it keeps contended handovers off the 100 ms tick.
+    /// unless a write lands during the watch's registration; a second watcher on the same
+    /// stream, registered just after the first, makes that rare twice over. If anything was
+    /// written since the predecessor was seen, one read of the predecessor covers the gap.
+    /// The default: it keeps contended handovers off the 100 ms tick.
     #[default]
     Latest,
 }
@@ -63,7 +64,7 @@ pub(crate) async fn deleted(
     // `requests` lives until this function returns: closing the request side of the stream
     // could end the watch early.
     let (requests, rx) = mpsc::channel(1);
-    let create = pb::WatchRequest {
+    let create = || pb::WatchRequest {
         request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
             pb::WatchCreateRequest {
                 key: key.to_vec(),
@@ -75,7 +76,7 @@ pub(crate) async fn deleted(
         )),
     };
     // The channel is new and has room for the one create request.
-    let _ = requests.try_send(create);
+    let _ = requests.try_send(create());
     let mut request = tonic::Request::new(ReceiverStream::new(rx));
     // Ask the member to cancel the watch if it loses its leader (etcd's "require leader"
     // option), so a waiter behind a partitioned member looks again instead of hanging.
@@ -91,6 +92,7 @@ pub(crate) async fn deleted(
             return Watched::LookAgain;
         }
     };
+    let mut second_sent = false;
     loop {
         let answer = match answers.message().await {
             Ok(Some(answer)) => answer,
@@ -115,10 +117,19 @@ pub(crate) async fn deleted(
             tracing::debug!(reason = %answer.cancel_reason, "watch cancelled");
             return Watched::LookAgain;
         }
+        if !answer.created || start != WatchStart::Latest || second_sent {
+            continue;
+        }
+        // etcd registers a "from now" watcher as unsynced (caught up only on its 100 ms
+        // tick) when a write commits between its reading of the current revision and the
+        // registration, which under contention happens to about one watch in a hundred. A
+        // second watcher on the same stream, registered a moment later, is unlucky too only
+        // rarely; the first still covers any deletion before the second's registration.
+        second_sent = requests.try_send(create()).is_ok();
         // A "from now" watch reports deletions after the revision in its created answer; one
         // between `seen_at` and that revision shows in a read.
         let created_at = answer.header.map_or(i64::MAX, |h| h.revision);
-        if answer.created && start == WatchStart::Latest && created_at > seen_at {
+        if created_at > seen_at {
             let read = pb::RangeRequest {
                 key: key.to_vec(),
                 keys_only: true,
