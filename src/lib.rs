@@ -10,7 +10,11 @@
 //!   fence rule, and [`storage::StorageClient`].
 //! - [`lock`]: the etcd lock client: `Client`, `Session` (a kept-alive lease), fenced locks.
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
+//! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
+pub mod bench;
+pub mod etcd_cluster;
+pub mod lock;
 pub mod storage;
 pub mod token;
 

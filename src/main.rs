@@ -3,9 +3,13 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fencelock::bench;
+use fencelock::lock::WatchStart;
+use fencelock::lock::hold::{self, HoldOptions, HoldOutcome};
 use fencelock::storage::{self, DEFAULT_MAX_BODY, Engine, Policy};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
@@ -25,9 +29,17 @@ struct Cli {
 enum Command {
     /// Run the fenced storage server (the seed's JSON protocol on `POST /`, plus a REST face).
     Storage(StorageArgs),
+    /// Acquire a lock and hold it until stdin closes or SIGTERM/SIGINT (like `etcdctl lock`).
+    ///
+    /// Prints JSON lines: {"event":"acquired","key","token","lease","ttl"}, then "released"
+    /// (exit 0) or "lost" (exit 3, when the session is lost while holding).
+    Lock(LockArgs),
+    /// Measurements.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
-#[derive(clap::Args)]
+#[derive(Args)]
 struct StorageArgs {
     /// Address to listen on; port 0 picks a free port. The address is printed on stdout as
     /// `listening on http://IP:PORT` once the server is ready.
@@ -48,6 +60,82 @@ struct StorageArgs {
     max_body: usize,
 }
 
+#[derive(Args)]
+struct Endpoints {
+    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    endpoints: Vec<String>,
+}
+
+#[derive(Args)]
+struct LockArgs {
+    /// The lock name (a key prefix, e.g. /orders).
+    name: String,
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Session lease TTL in seconds (etcd may raise it to its minimum).
+    #[arg(long, default_value_t = 10)]
+    ttl: u64,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Lock+unlock cycles on etcd, with 1 and with 8 contending sessions.
+    Lock(BenchLockArgs),
+}
+
+#[derive(Args)]
+struct BenchLockArgs {
+    /// Use this etcd (comma-separated endpoints) instead of starting a loopback cluster.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// Members of the loopback cluster started when no endpoints are given.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// etcd binary for the loopback cluster.
+    #[arg(long, env = "FENCELOCK_ETCD_BIN", default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Contending sessions per run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    sessions: Vec<usize>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Where waiters' watches start, comma-separated, one set of runs each: `now` (the
+    /// library's default), `next` (the revision after the read), `read` (the read's own
+    /// revision, as etcd's Go client does).
+    #[arg(long, value_delimiter = ',', default_value = "now,next")]
+    watch_start: Vec<WatchStartArg>,
+    /// Also run with the watch at the read's own revision (same as adding `read`).
+    #[arg(long)]
+    go_watch: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WatchStartArg {
+    Now,
+    Next,
+    Read,
+}
+
+impl From<WatchStartArg> for WatchStart {
+    fn from(arg: WatchStartArg) -> Self {
+        match arg {
+            WatchStartArg::Now => WatchStart::Latest,
+            WatchStartArg::Next => WatchStart::AfterRange,
+            WatchStartArg::Read => WatchStart::AtRange,
+        }
+    }
+}
+
+/// Exit status when the lock was lost while held.
+const EXIT_LOST: u8 = 3;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -56,19 +144,110 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Storage(args) => run_storage(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    match run(cli) {
+        Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("fencelock: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // One async worker per core (tokio's default). Measured for the storage on 2 cores with
+    // wrk sharing them: a single worker cuts throughput by a third, since parsing and
+    // answering HTTP, not the disk, is what runs out first.
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let result = match cli.command {
+        Command::Storage(args) => runtime.block_on(run_storage(args)),
+        Command::Lock(args) => runtime.block_on(lock(args)),
+        Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(bench_lock(args)),
+    };
+    // Reading stdin occupies a blocking thread that no one can interrupt; waiting for it
+    // would keep the process alive after its work is done.
+    runtime.shutdown_background();
+    result
+}
+
+async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
+    let options = HoldOptions {
+        endpoints: args.endpoints.endpoints,
+        name: args.name,
+        ttl: Duration::from_secs(args.ttl),
+    };
+    let outcome = hold::hold(&options, &mut std::io::stdout(), stop_requested())
+        .await
+        .with_context(|| format!("cannot hold lock {}", options.name))?;
+    Ok(match outcome {
+        HoldOutcome::Released | HoldOutcome::Stopped => ExitCode::SUCCESS,
+        HoldOutcome::Lost(reason) => {
+            eprintln!("fencelock: lock {} lost: {reason}", options.name);
+            ExitCode::from(EXIT_LOST)
+        }
+    })
+}
+
+/// Resolves on stdin EOF, SIGTERM or SIGINT: the ways a parent tells a holder to let go.
+async fn stop_requested() {
+    use tokio::io::AsyncReadExt;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let stdin_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    // Installing a handler only fails if the signal cannot be caught at all; then the
+    // remaining ways to stop still work.
+    let on = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = stdin_closed => {}
+        () = on(SignalKind::terminate()) => {}
+        () = on(SignalKind::interrupt()) => {}
+    }
+}
+
+async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.duration > 0.0, "--duration must be positive");
+    anyhow::ensure!(args.members > 0, "--members must be at least 1");
+    anyhow::ensure!(
+        args.sessions.iter().all(|&n| n > 0),
+        "--sessions must be positive numbers"
+    );
+    let mut watch_starts: Vec<WatchStart> = args.watch_start.into_iter().map(Into::into).collect();
+    if args.go_watch && !watch_starts.contains(&WatchStart::AtRange) {
+        watch_starts.push(WatchStart::AtRange);
+    }
+    let options = bench::lock::Options {
+        endpoints: args.endpoints,
+        members: args.members,
+        etcd_bin: args.etcd_bin,
+        sessions: args.sessions,
+        duration: Duration::from_secs_f64(args.duration),
+        watch_starts,
+    };
+    // On Ctrl-C the benchmark is dropped, which stops the etcd cluster it started.
+    let mut out = std::io::stdout();
+    tokio::select! {
+        result = bench::lock::run(&options, &mut out) => {
+            result.context("lock benchmark failed")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("fencelock: interrupted");
+            Ok(ExitCode::from(130))
+        }
+    }
+}
+
+async fn run_storage(args: StorageArgs) -> anyhow::Result<ExitCode> {
     let engine = if args.in_memory {
         Engine::Memory
     } else {
@@ -79,34 +258,26 @@ fn run_storage(args: StorageArgs) -> anyhow::Result<()> {
         policy: args.fencing,
         max_body: args.max_body,
     };
-    // One async worker per core (tokio's default). Measured on 2 cores with wrk sharing them:
-    // a single worker cuts throughput by a third, since parsing and answering HTTP, not the
-    // disk, is what runs out first; the writer thread sleeps in fdatasync most of the time.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
-        let addr = listener
-            .local_addr()
-            .context("cannot read the listening address")?;
-        let server = storage::Server::open(config)
-            .await
-            .with_context(|| format!("cannot open the store ({engine})"))?;
-        info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
-        // Tools that start the server on port 0 read this line to learn the real address.
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
-        stdout.flush().context("cannot write to stdout")?;
-        drop(stdout);
-        server
-            .serve(listener, shutdown_signal())
-            .await
-            .context("storage server failed")
-    })
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let server = storage::Server::open(config)
+        .await
+        .with_context(|| format!("cannot open the store ({engine})"))?;
+    info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
+    // Tools that start the server on port 0 read this line to learn the real address.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")?;
+    drop(stdout);
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .context("storage server failed")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -3,5 +3,6 @@
 //! Every test binary compiles this whole module and uses part of it.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod proc;
 pub mod storage;

@@ -1,0 +1,413 @@
+//! A real etcd cluster on loopback, started, faulted and stopped by this process.
+//!
+//! Used by the tests, the benchmark and any command that needs etcd without asking the user
+//! to run one. Invariants:
+//! - Members listen on 127.0.0.1 only, on ports that were free when chosen, with data in a
+//!   temporary directory removed on drop.
+//! - `start` returns only once every member answers a linearizable read, i.e. the cluster
+//!   has a leader and a quorum.
+//! - Every member process is killed and reaped when the cluster is dropped, also if it was
+//!   paused (SIGSTOP) and also when a test panics; the kernel kills the members if this
+//!   process dies without dropping it (they are started with a parent-death signal). Only
+//!   processes started here are signalled, by their own PID.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep};
+
+use crate::lock::Client;
+
+/// Raft heartbeat for loopback members. etcd's default (100 ms) is sized for real networks;
+/// on loopback 50 ms elects a leader twice as fast and still leaves room on a busy 2-core
+/// machine. Both flags exist in etcd 3.4 and 3.5.
+const HEARTBEAT_MS: u32 = 50;
+/// Election timeout: etcd wants at least 5 heartbeats; 10 keeps spurious elections rare
+/// under load. It also sets etcd's minimum lease TTL: ceil(1.5 × 500 ms) = 1 s.
+const ELECTION_MS: u32 = 500;
+
+/// How long a cluster may take to elect a leader and answer reads.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Attempts with fresh ports when a member cannot bind: a "free" port can be taken by
+/// another process between choosing it and etcd binding it.
+const START_ATTEMPTS: usize = 3;
+
+/// Errors starting or restarting etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("etcd member {name} exited during start-up; its log ends with:\n{log_tail}")]
+    Exited { name: String, log_tail: String },
+    #[error("etcd member {name} did not become healthy within {timeout:?}: {detail}")]
+    Unhealthy {
+        name: String,
+        timeout: Duration,
+        detail: String,
+    },
+    #[error("cannot prepare etcd's data directory or ports: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One etcd process of the cluster.
+struct Member {
+    name: String,
+    client_port: u16,
+    args: Vec<OsString>,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running loopback etcd cluster owned by this process.
+pub struct EtcdCluster {
+    binary: PathBuf,
+    members: Vec<Member>,
+    // Removed after the members are killed (fields drop in order).
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// Starts `members` etcd members from `binary` (a path or a name on PATH) and waits until
+    /// the cluster answers reads.
+    pub async fn start(members: usize, binary: impl Into<PathBuf>) -> Result<Self, ClusterError> {
+        let binary = binary.into();
+        let mut attempt = 1;
+        loop {
+            let mut cluster = Self::spawn(members, &binary)?;
+            match cluster.wait_started().await {
+                Ok(()) => return Ok(cluster),
+                Err(StartFailure::PortTaken) if attempt < START_ATTEMPTS => {
+                    tracing::debug!(attempt, "an etcd port was taken; retrying with new ports");
+                    attempt += 1;
+                }
+                Err(StartFailure::PortTaken) => {
+                    return Err(ClusterError::Exited {
+                        name: "etcd".into(),
+                        log_tail: "address already in use, on every attempt".into(),
+                    });
+                }
+                Err(StartFailure::Other(e)) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn(members: usize, binary: &Path) -> Result<Self, ClusterError> {
+        let dir = tempfile::Builder::new()
+            .prefix("fencelock-etcd-")
+            .tempdir()?;
+        let ports = free_ports(2 * members)?;
+        let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
+        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let initial_cluster = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| format!("{name}={}", peer_url(i)))
+            .collect::<Vec<_>>()
+            .join(",");
+        // A token unique to this cluster, so members of two test clusters never join up.
+        let token = format!(
+            "fencelock-{}-{}",
+            std::process::id(),
+            dir.path()
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        );
+        let mut cluster = EtcdCluster {
+            binary: binary.to_path_buf(),
+            members: Vec::with_capacity(members),
+            dir,
+        };
+        for (i, name) in names.iter().enumerate() {
+            let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+            let data_dir = cluster.dir.path().join(format!("{name}.etcd"));
+            let args: Vec<OsString> = [
+                "--name",
+                name,
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url(i),
+                "--initial-advertise-peer-urls",
+                &peer_url(i),
+                "--initial-cluster",
+                &initial_cluster,
+                "--initial-cluster-token",
+                &token,
+                "--initial-cluster-state",
+                "new",
+                "--heartbeat-interval",
+                &HEARTBEAT_MS.to_string(),
+                "--election-timeout",
+                &ELECTION_MS.to_string(),
+                "--logger",
+                "zap",
+                "--log-level",
+                "warn",
+                "--data-dir",
+            ]
+            .iter()
+            .map(OsString::from)
+            .chain([data_dir.into_os_string()])
+            .collect();
+            let mut member = Member {
+                name: name.clone(),
+                client_port: ports[2 * i],
+                args,
+                log: cluster.dir.path().join(format!("{name}.log")),
+                child: None,
+            };
+            member.spawn(&cluster.binary)?;
+            cluster.members.push(member);
+        }
+        Ok(cluster)
+    }
+
+    async fn wait_started(&mut self) -> Result<(), StartFailure> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        for i in 0..self.members.len() {
+            self.wait_member_healthy(i, deadline).await?;
+        }
+        tracing::debug!(members = self.members.len(), "etcd cluster started");
+        Ok(())
+    }
+
+    async fn wait_member_healthy(
+        &mut self,
+        i: usize,
+        deadline: Instant,
+    ) -> Result<(), StartFailure> {
+        let endpoint = self.endpoint(i);
+        loop {
+            let member = &mut self.members[i];
+            if let Some(child) = member.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                member.child = None;
+                let log_tail = member.log_tail();
+                if log_tail.contains("address already in use") {
+                    return Err(StartFailure::PortTaken);
+                }
+                return Err(StartFailure::Other(ClusterError::Exited {
+                    name: member.name.clone(),
+                    log_tail,
+                }));
+            }
+            let detail = match member_answers(&endpoint).await {
+                Ok(()) => return Ok(()),
+                Err(detail) => detail,
+            };
+            if Instant::now() >= deadline {
+                return Err(StartFailure::Other(ClusterError::Unhealthy {
+                    name: member.name.clone(),
+                    timeout: START_TIMEOUT,
+                    detail,
+                }));
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Client endpoints (`127.0.0.1:port`), one per member, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        (0..self.members.len()).map(|i| self.endpoint(i)).collect()
+    }
+
+    /// Client endpoint of member `i`.
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Always false: a cluster has at least one member.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// PID of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child.as_ref().map(Child::id)
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Stops member `i` with SIGTERM, waiting up to 10 s before resorting to SIGKILL.
+    pub async fn stop(&mut self, i: usize) {
+        let member = &mut self.members[i];
+        if member.signal(libc::SIGTERM) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Some(child) = member.child.as_mut()
+                    && let Ok(Some(_)) = child.try_wait()
+                {
+                    member.child = None;
+                    return;
+                }
+                sleep(Duration::from_millis(20)).await;
+            }
+        }
+        member.kill();
+    }
+
+    /// Freezes member `i` (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.members[i].signal(libc::SIGSTOP);
+    }
+
+    /// Resumes a paused member `i` (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.members[i].signal(libc::SIGCONT);
+    }
+
+    /// Starts a stopped or killed member `i` again on its data directory and ports, and waits
+    /// until it answers reads.
+    pub async fn restart(&mut self, i: usize) -> Result<(), ClusterError> {
+        self.members[i].kill();
+        self.members[i].spawn(&self.binary)?;
+        match self
+            .wait_member_healthy(i, Instant::now() + START_TIMEOUT)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(StartFailure::Other(e)) => Err(e),
+            Err(StartFailure::PortTaken) => Err(ClusterError::Exited {
+                name: self.members[i].name.clone(),
+                log_tail: "its port was taken while it was down".into(),
+            }),
+        }
+    }
+
+    /// Where member `i` writes its log.
+    pub fn log_path(&self, i: usize) -> &Path {
+        &self.members[i].log
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            member.kill();
+        }
+    }
+}
+
+impl Member {
+    fn spawn(&mut self, binary: &Path) -> Result<(), ClusterError> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let mut command = Command::new(binary);
+        command
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // If this process dies without dropping the cluster (SIGKILL, an unhandled SIGINT),
+        // the kernel kills the members too instead of leaving them running. (Linux ties the
+        // signal to the thread that started the member: a runtime's worker or main thread,
+        // which lives as long as the cluster.)
+        // SAFETY: prctl(2) is async-signal-safe and touches only the child being set up.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().map_err(|source| ClusterError::Spawn {
+            binary: binary.display().to_string(),
+            source,
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Sends `signal` if the member runs; false if it does not.
+    fn signal(&self, signal: libc::c_int) -> bool {
+        let Some(child) = self.child.as_ref() else {
+            return false;
+        };
+        // A PID from `Child::id` fits pid_t on every platform Rust supports.
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child, which has not been reaped (we still hold it).
+        unsafe { libc::kill(pid, signal) == 0 }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A stopped process acts on SIGKILL too, but continuing it first lets it be
+            // reaped promptly on every kernel.
+            // SAFETY: as in `signal`.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        const TAIL: u64 = 2000;
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log) {
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+enum StartFailure {
+    PortTaken,
+    Other(ClusterError),
+}
+
+impl From<ClusterError> for StartFailure {
+    fn from(e: ClusterError) -> Self {
+        StartFailure::Other(e)
+    }
+}
+
+/// `count` distinct loopback ports that were free a moment ago. All listeners stay open
+/// until every port is chosen, so the same port is never returned twice.
+fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+/// Ok once `endpoint` serves a linearizable read (it has a leader and a quorum).
+async fn member_answers(endpoint: &str) -> Result<(), String> {
+    let client = Client::connect_with_timeout([endpoint], Duration::from_secs(1))
+        .await
+        .map_err(|e| e.to_string())?;
+    let read = crate::lock::pb::etcdserverpb::RangeRequest {
+        key: b"health".to_vec(),
+        ..Default::default()
+    };
+    match tokio::time::timeout(Duration::from_secs(1), client.kv().range(read)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(status)) => Err(status.to_string()),
+        Err(_) => Err("no answer to a read within 1 s".into()),
+    }
+}

@@ -1,0 +1,395 @@
+//! `Client`: one gRPC channel to an etcd cluster, balanced over every endpoint.
+//!
+//! Invariants:
+//! - A `Client` exists only after an endpoint answered a real request: tonic channels connect
+//!   lazily, so `connect` sends a Maintenance.Status and fails with
+//!   [`Error::Unavailable`], naming the endpoints, when none answers within the timeout.
+//! - Unary requests are retried on transient failures (an endpoint that is down, a leader
+//!   election) until the request timeout, so one dead member of three goes unnoticed. Every
+//!   request the library retries is idempotent, or made so by its caller (see `mutex.rs`).
+//! - A first attempt goes through the balanced channel; retries go to the endpoints in turn,
+//!   each through a channel of its own, because the balancer cannot tell a frozen member (its
+//!   connection open, nothing answered) from a busy one and may pick it again and again.
+//! - Cloning is cheap and clones share the connections.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep, timeout};
+use tonic::transport::{Channel, Endpoint};
+
+use super::pb::etcdserverpb::{
+    self as pb, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+};
+use super::pb::mvccpb::KeyValue as PbKeyValue;
+use super::{Error, LeaseId, Result, Session};
+use crate::FencingToken;
+
+/// How long `connect` waits for an answer, and how long a request keeps retrying.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long one attempt of a unary request may take before it is tried again. A member
+/// frozen by SIGSTOP accepts requests and never answers them; this bounds the damage.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pause between attempts: long enough not to spin on a refused connection, short next to
+/// a lease TTL (a second or more).
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// HTTP/2 pings on busy connections detect a member that stopped answering (SIGSTOP, a cut
+/// network). etcd refuses pings more often than every 5 s (its `--grpc-keepalive-min-time`)
+/// by closing the connection, so the interval stays above that.
+const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to an etcd cluster (or anything speaking its v3 API).
+#[derive(Clone)]
+pub struct Client {
+    /// The channel this handle sends on: the balanced one, or one member's for a retry.
+    channel: Channel,
+    balanced: Channel,
+    /// One lazily connected channel per endpoint, in `endpoints` order.
+    members: Arc<[Channel]>,
+    /// Which member the next retry goes to.
+    next_member: Arc<AtomicUsize>,
+    endpoints: Arc<[String]>,
+    timeout: Duration,
+}
+
+/// A lock key as stored in etcd: who holds or waits, in create_revision order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockKey {
+    pub key: String,
+    pub token: FencingToken,
+    pub lease: LeaseId,
+}
+
+impl Client {
+    /// Connects to the cluster behind `endpoints` (`host:port` or `http://host:port`) with
+    /// [`DEFAULT_TIMEOUT`].
+    pub async fn connect<I, S>(endpoints: I) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::connect_with_timeout(endpoints, DEFAULT_TIMEOUT).await
+    }
+
+    /// Connects, waiting at most `timeout` for an endpoint to answer; the same value bounds
+    /// the retries of every later request.
+    pub async fn connect_with_timeout<I, S>(endpoints: I, timeout: Duration) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| normalize_endpoint(e.as_ref()))
+            .collect::<Result<_>>()?;
+        if endpoints.is_empty() {
+            return Err(Error::InvalidEndpoint {
+                endpoint: String::new(),
+                reason: "no endpoints given".into(),
+            });
+        }
+        let mut list = Vec::with_capacity(endpoints.len());
+        let mut members = Vec::with_capacity(endpoints.len());
+        for uri in &endpoints {
+            let endpoint = Endpoint::from_shared(uri.clone())
+                .map_err(|e| Error::InvalidEndpoint {
+                    endpoint: uri.clone(),
+                    reason: e.to_string(),
+                })?
+                .connect_timeout(timeout.min(ATTEMPT_TIMEOUT))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
+                .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+            members.push(endpoint.connect_lazy());
+            list.push(endpoint);
+        }
+        let balanced = Channel::balance_list(list.into_iter());
+        let client = Client {
+            channel: balanced.clone(),
+            balanced,
+            members: members.into(),
+            next_member: Arc::new(AtomicUsize::new(0)),
+            endpoints: endpoints.into(),
+            timeout,
+        };
+        client
+            .unary("status", |c| async move {
+                c.maintenance().status(pb::StatusRequest {}).await
+            })
+            .await?;
+        Ok(client)
+    }
+
+    /// The endpoints this client balances over, as URIs.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Grants a lease of `ttl` (rounded up to whole seconds) and keeps it alive.
+    pub async fn session(&self, ttl: Duration) -> Result<Session> {
+        Session::grant(self.clone(), ttl).await
+    }
+
+    /// The lock keys under `name`, holder first, then the waiters in the order they will be
+    /// served.
+    pub async fn lock_keys(&self, name: &str) -> Result<Vec<LockKey>> {
+        let prefix = format!("{name}/").into_bytes();
+        let request = pb::RangeRequest {
+            range_end: prefix_end(&prefix),
+            key: prefix,
+            sort_target: pb::range_request::SortTarget::Create as i32,
+            sort_order: pb::range_request::SortOrder::Ascend as i32,
+            ..Default::default()
+        };
+        let response = self.range(request).await?;
+        response.kvs.iter().map(lock_key).collect()
+    }
+
+    /// Revokes a lease: every key attached to it is deleted. Revoking a lease that no longer
+    /// exists is not an error.
+    pub async fn revoke(&self, lease: LeaseId) -> Result<()> {
+        let request = pb::LeaseRevokeRequest { id: lease.get() };
+        match self
+            .unary("lease revoke", |c| async move {
+                c.lease().lease_revoke(request).await
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Error::Rpc { status, .. }) if status.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Generated KV client on this client's channel, for requests the library does not wrap.
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone())
+    }
+
+    /// Generated Lease client on this client's channel.
+    pub fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone())
+    }
+
+    /// Generated Watch client on this client's channel.
+    pub fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone())
+    }
+
+    /// Generated Cluster client on this client's channel.
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone())
+    }
+
+    /// Generated Maintenance client on this client's channel.
+    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel.clone())
+    }
+
+    /// A handle for attempt number `attempt` (0 = first) of a request: the first goes
+    /// through the balancer, later ones to the members in turn.
+    pub(crate) fn for_attempt(&self, attempt: usize) -> Client {
+        if attempt == 0 || self.members.len() < 2 {
+            return Client {
+                channel: self.balanced.clone(),
+                ..self.clone()
+            };
+        }
+        let member = self.next_member.fetch_add(1, Ordering::Relaxed) % self.members.len();
+        Client {
+            channel: self.members[member].clone(),
+            ..self.clone()
+        }
+    }
+
+    pub(crate) async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse> {
+        self.unary("range", |c| {
+            let request = request.clone();
+            async move { c.kv().range(request).await }
+        })
+        .await
+    }
+
+    pub(crate) async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse> {
+        self.unary("txn", |c| {
+            let request = request.clone();
+            async move { c.kv().txn(request).await }
+        })
+        .await
+    }
+
+    pub(crate) async fn delete(&self, key: &str) -> Result<pb::DeleteRangeResponse> {
+        let request = pb::DeleteRangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        self.unary("delete", |c| {
+            let request = request.clone();
+            async move { c.kv().delete_range(request).await }
+        })
+        .await
+    }
+
+    /// Runs one unary request, retrying transient failures until the client's timeout.
+    pub(crate) async fn unary<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut failures = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let handle = self.for_attempt(failures);
+            let cause = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(handle)).await {
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if !is_transient(&status) => return Err(Error::rpc(op, status)),
+                Ok(Err(status)) => status.message().to_string(),
+                Err(_) => format!("no answer within {:?}", left.min(ATTEMPT_TIMEOUT)),
+            };
+            tracing::debug!(op, %cause, "retrying");
+            if Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(self.unavailable(cause));
+            }
+            // The retries go to the members in turn, so an immediate one most likely reaches
+            // a live member. Pause only once every endpoint may have had its chance.
+            failures += 1;
+            if failures.is_multiple_of(self.endpoints.len()) {
+                sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+
+    /// A client that has not checked its endpoints, for unit tests that never reach them.
+    #[cfg(test)]
+    pub(crate) fn unconnected(endpoints: &[&str]) -> Client {
+        let list: Vec<Endpoint> = endpoints
+            .iter()
+            .map(|e| Endpoint::from_shared(e.to_string()).expect("test endpoint"))
+            .collect();
+        let balanced = Channel::balance_list(list.clone().into_iter());
+        Client {
+            channel: balanced.clone(),
+            balanced,
+            members: list.iter().map(Endpoint::connect_lazy).collect(),
+            next_member: Arc::new(AtomicUsize::new(0)),
+            endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    pub(crate) fn unavailable(&self, cause: String) -> Error {
+        Error::Unavailable {
+            endpoints: self.endpoints.join(","),
+            timeout: self.timeout,
+            cause,
+        }
+    }
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.endpoints)
+            .finish()
+    }
+}
+
+/// Failures worth another attempt: the endpoint is unreachable or the cluster is between
+/// leaders. etcd reports both as UNAVAILABLE; tonic reports a broken connection the same way.
+fn is_transient(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => status.message().contains("transport"),
+        _ => false,
+    }
+}
+
+/// `host:port` becomes `http://host:port`; `http://` URIs pass; TLS is not supported.
+fn normalize_endpoint(endpoint: &str) -> Result<String> {
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    let invalid = |reason: &str| Error::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        reason: reason.to_string(),
+    };
+    if endpoint.is_empty() {
+        return Err(invalid("empty endpoint"));
+    }
+    if endpoint.starts_with("https://") {
+        return Err(invalid("TLS endpoints are not supported"));
+    }
+    let uri = if endpoint.starts_with("http://") {
+        endpoint.to_string()
+    } else if endpoint.contains("://") {
+        return Err(invalid("only http:// endpoints are supported"));
+    } else {
+        format!("http://{endpoint}")
+    };
+    let parsed: http::Uri = uri.parse().map_err(|_| invalid("not a URI"))?;
+    if parsed.port_u16().is_none() {
+        return Err(invalid("a port is required, e.g. 127.0.0.1:2379"));
+    }
+    Ok(uri)
+}
+
+/// The end of the key range holding every key that starts with `prefix`: the prefix with its
+/// last byte below 0xff incremented (etcd's convention; "\0" means "no end").
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+pub(crate) fn lock_key(kv: &PbKeyValue) -> Result<LockKey> {
+    Ok(LockKey {
+        key: String::from_utf8_lossy(&kv.key).into_owned(),
+        token: token_of(kv.create_revision)?,
+        lease: LeaseId::new(kv.lease),
+    })
+}
+
+pub(crate) fn token_of(create_revision: i64) -> Result<FencingToken> {
+    u64::try_from(create_revision)
+        .ok()
+        .and_then(FencingToken::new)
+        .ok_or_else(|| Error::protocol("range", format!("create_revision {create_revision}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_host_port_and_http_uris() {
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:2379").unwrap(),
+            "http://127.0.0.1:2379"
+        );
+        assert_eq!(
+            normalize_endpoint(" http://localhost:2379/ ").unwrap(),
+            "http://localhost:2379"
+        );
+        assert!(normalize_endpoint("https://127.0.0.1:2379").is_err());
+        assert!(normalize_endpoint("127.0.0.1").is_err());
+        assert!(normalize_endpoint("").is_err());
+    }
+
+    #[test]
+    fn prefix_end_covers_exactly_the_prefix() {
+        assert_eq!(prefix_end(b"/lock/"), b"/lock0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}

@@ -1,0 +1,92 @@
+//! The lock library's error type: one enum whose kinds callers branch on.
+//!
+//! `SessionLost` and `Timeout` are outcomes a lock holder must handle; `Unavailable` means no
+//! endpoint could be reached in time; `Rpc` carries any other answer etcd gave.
+
+use std::time::Duration;
+
+use super::LeaseId;
+
+/// Why a session ended (the lease is gone, or may be gone, on the lock service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossReason {
+    /// The lock service answered that the lease no longer exists (revoked or expired there).
+    LeaseNotFound,
+    /// No renewal succeeded before the locally estimated expiry; the lease may be gone.
+    Expired,
+    /// The session was closed by its owner, which revokes the lease.
+    Closed,
+    /// The lock key was deleted while waiting or holding (revoked lease, or deleted by hand).
+    KeyDeleted,
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossReason::LeaseNotFound => "the lock service no longer knows the lease",
+            LossReason::Expired => "no renewal before the locally estimated expiry",
+            LossReason::Closed => "the session was closed",
+            LossReason::KeyDeleted => "the lock key was deleted",
+        })
+    }
+}
+
+/// Errors of the lock client library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No endpoint answered within the timeout.
+    #[error(
+        "no etcd endpoint answered within {timeout:?} (endpoints: {endpoints}; last error: {cause})"
+    )]
+    Unavailable {
+        endpoints: String,
+        timeout: Duration,
+        cause: String,
+    },
+
+    /// An endpoint string could not be parsed.
+    #[error("invalid etcd endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+
+    /// The session's lease is gone, or may be gone: the lock is not held any more.
+    #[error("session lost (lease {lease}): {reason}")]
+    SessionLost { lease: LeaseId, reason: LossReason },
+
+    /// `try_lock` gave up waiting; its waiter key was deleted.
+    #[error("timed out after {waited:?} waiting for lock {name:?}")]
+    Timeout { name: String, waited: Duration },
+
+    /// This session already holds, or waits for, the lock name. A second holder on the same
+    /// lease would share the first one's key and token, so it is refused.
+    #[error("lock {name:?} is already held or awaited by this session")]
+    AlreadyLocked { name: String },
+
+    /// etcd answered a request with an error.
+    #[error("etcd {op} failed: {status}")]
+    Rpc {
+        op: &'static str,
+        status: Box<tonic::Status>,
+    },
+
+    /// etcd answered in a way the protocol does not allow (a bug on one side).
+    #[error("unexpected answer from etcd to {op}: {detail}")]
+    Protocol { op: &'static str, detail: String },
+}
+
+impl Error {
+    pub(crate) fn rpc(op: &'static str, status: tonic::Status) -> Self {
+        Error::Rpc {
+            op,
+            status: Box::new(status),
+        }
+    }
+
+    pub(crate) fn protocol(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Protocol {
+            op,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

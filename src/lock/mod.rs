@@ -1,0 +1,37 @@
+//! The etcd lock client: connect, keep a session, take fenced locks.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), fencelock::lock::Error> {
+//! use std::time::Duration;
+//! use fencelock::lock::Client;
+//!
+//! let client = Client::connect(["127.0.0.1:2379"]).await?;
+//! let session = client.session(Duration::from_secs(5)).await?;
+//! let guard = session.lock("/orders").await?;
+//! println!("holding {} with fencing token {}", guard.key(), guard.token());
+//! // ... pass guard.token() with every request to the fenced resource ...
+//! guard.unlock().await?;
+//! session.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Files: `client.rs` (the balanced channel, retries), `session.rs` (lease + keepalive + loss
+//! detection), `mutex.rs` (the lock recipe and `LockGuard`), `watch.rs` (waiting for a
+//! deletion), `lease_id.rs`, `error.rs`, `hold.rs` (the `fencelock lock` command), `pb.rs`
+//! (generated protocol types).
+
+mod client;
+mod error;
+pub mod hold;
+mod lease_id;
+mod mutex;
+pub mod pb;
+mod session;
+mod watch;
+
+pub use client::{Client, DEFAULT_TIMEOUT, LockKey};
+pub use error::{Error, LossReason, Result};
+pub use lease_id::LeaseId;
+pub use mutex::{LockGuard, LockOptions};
+pub use session::Session;
+pub use watch::WatchStart;

@@ -1,0 +1,466 @@
+//! Fenced locks on etcd, following etcd's client-side lock recipe.
+//!
+//! A lock named `/name` is a set of lock keys `/name/<lease id hex>`, one per session that
+//! holds or waits for it, each attached to its session's lease. Invariants:
+//! - The holder is the key with the lowest create_revision; the others wait in
+//!   create_revision order, each watching only the key created just before its own, so one
+//!   release wakes one waiter.
+//! - The fencing token is the lock key's create_revision. etcd's revision counter only grows,
+//!   so each holder's token is larger than every earlier holder's.
+//! - A lock is returned only after a read that includes its own key shows no key created
+//!   before it: the creating transaction's own read when the lock was free, otherwise the
+//!   Range after the last predecessor's deletion. A waiter whose lease died while it waited
+//!   finds its key gone and gets `SessionLost`, never a guard.
+//! - A waiter that stops waiting (timeout, error, cancellation by drop) deletes its key, so it
+//!   never blocks the waiters behind it; a dropped `LockGuard` releases its key the same way.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, sleep_until};
+
+use super::client::{prefix_end, token_of};
+use super::pb::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
+use super::session::NameClaim;
+use super::watch::{self, WatchStart, Watched};
+use super::{Client, Error, LeaseId, LossReason, Result, Session};
+use crate::FencingToken;
+
+/// How a lock call waits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockOptions {
+    /// Give up after this long (deleting the waiter key) with [`Error::Timeout`].
+    pub timeout: Option<Duration>,
+    /// Where the watch on the predecessor starts; see [`WatchStart`].
+    pub watch_start: WatchStart,
+}
+
+impl Session {
+    /// Waits until this session holds the lock `name` and returns its guard.
+    pub async fn lock(&self, name: &str) -> Result<LockGuard> {
+        self.lock_with(name, LockOptions::default()).await
+    }
+
+    /// Like [`Session::lock`], but gives up after `timeout` with [`Error::Timeout`], leaving
+    /// no key behind.
+    pub async fn try_lock(&self, name: &str, timeout: Duration) -> Result<LockGuard> {
+        let options = LockOptions {
+            timeout: Some(timeout),
+            ..LockOptions::default()
+        };
+        self.lock_with(name, options).await
+    }
+
+    /// Locks `name` with explicit options.
+    pub async fn lock_with(&self, name: &str, options: LockOptions) -> Result<LockGuard> {
+        let started = Instant::now();
+        if let Some(reason) = self.lost_reason() {
+            return Err(Error::SessionLost {
+                lease: self.lease(),
+                reason,
+            });
+        }
+        let claim = self.claim(name)?;
+        let prefix = format!("{name}/");
+        let key = format!("{prefix}{}", self.lease());
+        let (my_revision, turn, claim) = enqueue_to_completion(self, &prefix, &key, claim).await?;
+        // From here on the key exists: every way out must delete it or hand it to a guard.
+        let mut pending = OwnedKey {
+            client: self.client().clone(),
+            key,
+            claim: Some(claim),
+        };
+        let deadline = options.timeout.map(|t| started + t);
+        let waited = tokio::select! {
+            waited = wait_turn(self, &prefix, my_revision, turn, options.watch_start) => waited,
+            reason = self.lost() => Err(Error::SessionLost { lease: self.lease(), reason }),
+            _ = until(deadline) => Err(Error::Timeout {
+                name: name.to_string(),
+                waited: started.elapsed(),
+            }),
+        };
+        match waited {
+            Ok(()) => {}
+            Err(
+                e @ Error::SessionLost {
+                    reason: LossReason::KeyDeleted,
+                    ..
+                },
+            ) => {
+                pending.disarm();
+                return Err(e);
+            }
+            Err(e) => {
+                pending.delete().await;
+                return Err(e);
+            }
+        }
+        let token = token_of(my_revision)?;
+        tracing::info!(key = %pending.key, %token, lease = %self.lease(), "lock acquired");
+        Ok(LockGuard {
+            session: self.clone(),
+            token,
+            key: pending,
+        })
+    }
+}
+
+/// Where a waiter stands: as of `revision`, `predecessor` is the newest lock key created
+/// before its own, with its create_revision (`None`: it holds the lock).
+struct Turn {
+    predecessor: Option<(Vec<u8>, i64)>,
+    revision: i64,
+}
+
+/// Runs `enqueue` in a task of its own, so that dropping the lock call while the request is
+/// in flight cannot leave a key behind: if nobody is left to receive the answer, the task
+/// deletes the key, and only then releases the lock name for this session's next call.
+/// A failed `enqueue` may also have created the key (its answer lost), so its key is deleted
+/// in the background too, the name staying claimed until that is done.
+async fn enqueue_to_completion(
+    session: &Session,
+    prefix: &str,
+    key: &str,
+    claim: NameClaim,
+) -> Result<(i64, Turn, NameClaim)> {
+    let (answer, received) = tokio::sync::oneshot::channel();
+    let (session, prefix, key) = (session.clone(), prefix.to_string(), key.to_string());
+    tokio::spawn(async move {
+        let unowned = match enqueue(&session, &prefix, &key).await {
+            Ok((revision, turn)) => match answer.send(Ok((revision, turn, claim))) {
+                Ok(()) => None,
+                // The lock call was dropped meanwhile: nobody owns the key.
+                Err(Ok((_, _, claim))) => Some(claim),
+                // `send` hands back what it was given, which was `Ok`.
+                Err(Err(_)) => None,
+            },
+            Err(e) => {
+                let _ = answer.send(Err(e));
+                Some(claim)
+            }
+        };
+        if let Some(claim) = unowned {
+            delete_quietly(session.client(), &key).await;
+            drop(claim);
+        }
+    });
+    received
+        .await
+        .map_err(|_| Error::protocol("txn", "the request task ended without an answer"))?
+}
+
+async fn delete_quietly(client: &Client, key: &str) {
+    if let Err(e) = client.delete(key).await {
+        tracing::warn!(%key, error = %e, "could not delete the lock key");
+    }
+}
+
+/// Creates the lock key with the session's lease unless it exists, and in the same
+/// transaction reads the two newest keys of the lock: the new key and its predecessor.
+/// Returns the key's create_revision (the future token) and the waiter's turn.
+///
+/// The key is named by the lease, so if it exists it is ours: created by an earlier attempt
+/// of this same request whose answer was lost. That makes the request safe to retry; two
+/// lock calls of one session on one name are refused earlier, by the claim.
+async fn enqueue(session: &Session, prefix: &str, key: &str) -> Result<(i64, Turn)> {
+    let key_bytes = key.as_bytes().to_vec();
+    let request = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: key_bytes.clone(),
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            ..Default::default()
+        }],
+        success: vec![
+            pb::RequestOp {
+                request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                    key: key_bytes.clone(),
+                    lease: session.lease().get(),
+                    ..Default::default()
+                })),
+            },
+            pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(newest_keys(prefix, 0))),
+            },
+        ],
+        failure: vec![pb::RequestOp {
+            request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                key: key_bytes,
+                ..Default::default()
+            })),
+        }],
+    };
+    let response = session.client().txn(request).await?;
+    let revision = response
+        .header
+        .as_ref()
+        .map(|h| h.revision)
+        .ok_or_else(|| Error::protocol("txn", "no header"))?;
+    let range = |i: usize| match response.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::ResponseRange(range)) => Ok(range),
+        _ => Err(Error::protocol("txn", "missing range answer")),
+    };
+    if response.succeeded {
+        // The put is the transaction's only change, so the key's create_revision is the
+        // transaction's revision, and the key is the newest of the lock.
+        let newest = &range(1)?.kvs;
+        if newest.first().map(|kv| kv.create_revision) != Some(revision) {
+            return Err(Error::protocol("txn", "the new lock key is not the newest"));
+        }
+        let turn = Turn {
+            predecessor: newest.get(1).map(|kv| (kv.key.clone(), kv.create_revision)),
+            revision,
+        };
+        return Ok((revision, turn));
+    }
+    match range(0)?.kvs.first() {
+        Some(kv) if kv.lease == session.lease().get() => {
+            let my_revision = kv.create_revision;
+            Ok((my_revision, look(session, prefix, my_revision, None).await?))
+        }
+        Some(kv) => Err(Error::protocol(
+            "txn",
+            format!("lock key {key} belongs to lease {}", LeaseId::new(kv.lease)),
+        )),
+        // Deleted between the compare and the range of the same transaction: impossible.
+        None => Err(Error::protocol("txn", "lock key neither created nor found")),
+    }
+}
+
+/// The two newest keys under `prefix` created at or before `max_create_revision` (0: no
+/// bound): a waiter's own key, then its predecessor.
+fn newest_keys(prefix: &str, max_create_revision: i64) -> pb::RangeRequest {
+    pb::RangeRequest {
+        key: prefix.as_bytes().to_vec(),
+        range_end: prefix_end(prefix.as_bytes()),
+        max_create_revision,
+        sort_target: range_request::SortTarget::Create as i32,
+        sort_order: range_request::SortOrder::Descend as i32,
+        limit: 2,
+        keys_only: true,
+        ..Default::default()
+    }
+}
+
+/// Reads the waiter's turn again. This is also the re-check of the own key that comes before
+/// acquiring: a waiter whose lease died while it waited finds its key gone
+/// (`SessionLost`), even though its predecessor is gone too.
+///
+/// With `at`, the revision at which the predecessor was seen deleted, the read is of that
+/// revision and served by any member that has applied it, without a round of consensus. A
+/// read of revision `at` is as good as a read now: keys created before ours cannot appear
+/// later, and ours could as well be deleted just after a current read. A member that has not
+/// reached `at` yet refuses (a "future revision"), and the read is made linearizable.
+async fn look(session: &Session, prefix: &str, my_revision: i64, at: Option<i64>) -> Result<Turn> {
+    let client = session.client();
+    let request = newest_keys(prefix, my_revision);
+    let (range, revision) = match at {
+        Some(at) => {
+            let past = pb::RangeRequest {
+                revision: at,
+                serializable: true,
+                ..request.clone()
+            };
+            match client.range(past).await {
+                Ok(range) => (range, Some(at)),
+                Err(_) => (client.range(request).await?, None),
+            }
+        }
+        None => (client.range(request).await?, None),
+    };
+    if range.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
+        return Err(Error::SessionLost {
+            lease: session.lease(),
+            reason: LossReason::KeyDeleted,
+        });
+    }
+    let revision = match revision {
+        Some(at) => at,
+        None => range
+            .header
+            .map(|h| h.revision)
+            .ok_or_else(|| Error::protocol("range", "no header"))?,
+    };
+    Ok(Turn {
+        predecessor: range
+            .kvs
+            .get(1)
+            .map(|kv| (kv.key.clone(), kv.create_revision)),
+        revision,
+    })
+}
+
+/// Returns once no lock key created before `my_revision` remains.
+async fn wait_turn(
+    session: &Session,
+    prefix: &str,
+    my_revision: i64,
+    mut turn: Turn,
+    start: WatchStart,
+) -> Result<()> {
+    while let Some((predecessor, created)) = turn.predecessor {
+        tracing::debug!(
+            predecessor = %String::from_utf8_lossy(&predecessor),
+            revision = turn.revision,
+            "waiting for the predecessor's deletion"
+        );
+        // Deleted or not, look again: the keys before the deleted one may still be there
+        // (a waiter that gave up is deleted before the holder).
+        let watched = watch::deleted(
+            session.client(),
+            &predecessor,
+            created,
+            turn.revision,
+            start,
+        );
+        let at = match watched.await {
+            Watched::Deleted { at } => Some(at),
+            Watched::LookAgain => None,
+        };
+        turn = look(session, prefix, my_revision, at).await?;
+    }
+    Ok(())
+}
+
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A lock key this process must delete unless it hands it on: the key of a waiter, then of
+/// a holder. Dropped while armed, it deletes the key from a spawned task.
+struct OwnedKey {
+    client: Client,
+    key: String,
+    claim: Option<NameClaim>,
+}
+
+impl OwnedKey {
+    /// Deletes the key now. A failure is logged, not returned: the key is attached to the
+    /// lease, so it goes when the lease does.
+    async fn delete(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            delete_quietly(&self.client, &self.key).await;
+            drop(claim);
+        }
+    }
+
+    /// Forgets the key without deleting it (it is already gone).
+    fn disarm(&mut self) {
+        self.claim = None;
+    }
+}
+
+impl Drop for OwnedKey {
+    fn drop(&mut self) {
+        if self.claim.is_none() {
+            return;
+        }
+        // Dropped mid-wait (a cancelled lock future) or as a guard: delete in the background.
+        // Without a runtime (dropped after shutdown) the key stays until the lease ends.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            let key = std::mem::take(&mut self.key);
+            let claim = self.claim.take();
+            runtime.spawn(async move {
+                delete_quietly(&client, &key).await;
+                drop(claim);
+            });
+        }
+    }
+}
+
+/// A held lock. Its token fences every request made on the lock's behalf.
+///
+/// Dropping the guard releases the lock in the background; [`LockGuard::unlock`] releases it
+/// and waits for etcd to confirm.
+pub struct LockGuard {
+    session: Session,
+    token: FencingToken,
+    key: OwnedKey,
+}
+
+impl LockGuard {
+    /// The fencing token: the lock key's create_revision.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// The lock key, `<lock name>/<lease id hex>`.
+    pub fn key(&self) -> &str {
+        &self.key.key
+    }
+
+    /// The session holding the lock.
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Resolves when the lock is lost: the session is lost, or the lock key was deleted
+    /// (watched directly, which notices a revoked lease at once instead of at the next
+    /// keepalive).
+    pub async fn lost(&self) -> LossReason {
+        tokio::select! {
+            reason = self.session.lost() => reason,
+            () = key_deleted(&self.session, &self.key.key, self.token) => LossReason::KeyDeleted,
+        }
+    }
+
+    /// Releases the lock: deletes the lock key, so the next waiter acquires.
+    pub async fn unlock(mut self) -> Result<()> {
+        let client = self.key.client.clone();
+        let result = client.delete(&self.key.key).await;
+        if result.is_ok() {
+            tracing::info!(key = %self.key.key, token = %self.token, lease = %self.session.lease(), "lock released");
+            self.key.disarm();
+        }
+        result.map(drop)
+    }
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("key", &self.key.key)
+            .field("token", &self.token)
+            .finish()
+    }
+}
+
+/// Resolves when `key`, created at `token`, no longer exists; pends forever if etcd cannot
+/// be asked (the session's own loss detection covers that case).
+async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
+    let client = session.client();
+    loop {
+        let request = pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            keys_only: true,
+            ..Default::default()
+        };
+        let revision = match client.range(request).await {
+            Ok(range)
+                if range.kvs.first().map(|kv| kv.create_revision) != Some(token.get() as i64) =>
+            {
+                return;
+            }
+            Ok(range) => match range.header {
+                Some(header) => header.revision,
+                None => std::future::pending().await,
+            },
+            Err(_) => std::future::pending().await,
+        };
+        if let Watched::Deleted { .. } = watch::deleted(
+            client,
+            key.as_bytes(),
+            token.get() as i64,
+            revision,
+            WatchStart::Latest,
+        )
+        .await
+        {
+            return;
+        }
+    }
+}

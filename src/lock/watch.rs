@@ -1,0 +1,149 @@
+//! Waiting for a key's deletion with etcd's Watch service.
+//!
+//! Invariant: `deleted` returns only when the key is gone or when its caller must look again
+//! (the watch was cancelled, e.g. for a compacted start revision, or its stream failed); it
+//! never reports a deletion that did not happen. Callers re-read the key with a Range, which
+//! makes a lost or failed watch harmless.
+
+use tokio::sync::mpsc;
+use tokio::time::sleep;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::Client;
+use super::client::RETRY_PAUSE;
+use super::pb::etcdserverpb as pb;
+use super::pb::mvccpb::event::EventType;
+
+/// Where a waiter's watch on its predecessor starts. Every choice is correct; they differ
+/// in how fast etcd delivers the deletion.
+///
+/// etcd keeps a watcher whose start revision is not in the future in an "unsynced" group,
+/// which it catches up on a 100 ms tick, and serves the others ("synced") at once.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WatchStart {
+    /// The revision after the one at which the predecessor was seen: the first at which it
+    /// can be deleted. Synced when nothing was written between the read and the watch; under
+    /// contention other waiters' writes often land in between, and the watch is unsynced.
+    AfterRange,
+    /// The Range's own revision, as etcd's Go `concurrency.Mutex` does. Equally correct, but
+    /// a start revision that is not in the future puts the watcher in etcd's "unsynced" group,
+    /// which is caught up on a 100 ms tick. Kept to measure the difference.
+    AtRange,
+    /// The current revision (etcd's "from now"), which etcd serves from its synced group
+    /// unless a write lands during the watch's registration; a second watcher on the same
+    /// stream, registered just after the first, makes that rare twice over. If anything was
+    /// written since the predecessor was seen, one read of the predecessor covers the gap.
+    /// The default: it keeps contended handovers off the 100 ms tick.
+    #[default]
+    Latest,
+}
+
+/// Outcome of one watch: the key was deleted (it was absent at revision `at`), or the caller
+/// must read again to know.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Watched {
+    Deleted { at: i64 },
+    LookAgain,
+}
+
+/// Waits for the deletion of `key`, which existed at revision `seen_at` with create_revision
+/// `created`. A lock key's name is reused when its session locks again, so a key of that name
+/// with another create_revision means this one was deleted.
+pub(crate) async fn deleted(
+    client: &Client,
+    key: &[u8],
+    created: i64,
+    seen_at: i64,
+    start: WatchStart,
+) -> Watched {
+    let start_revision = match start {
+        WatchStart::AfterRange => seen_at + 1,
+        WatchStart::AtRange => seen_at,
+        WatchStart::Latest => 0,
+    };
+    // `requests` lives until this function returns: closing the request side of the stream
+    // could end the watch early.
+    let (requests, rx) = mpsc::channel(1);
+    let create = || pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: key.to_vec(),
+                start_revision,
+                // Only deletes matter; etcd drops the rest before sending.
+                filters: vec![pb::watch_create_request::FilterType::Noput as i32],
+                ..Default::default()
+            },
+        )),
+    };
+    // The channel is new and has room for the one create request.
+    let _ = requests.try_send(create());
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    // Ask the member to cancel the watch if it loses its leader (etcd's "require leader"
+    // option), so a waiter behind a partitioned member looks again instead of hanging.
+    request.metadata_mut().insert(
+        "hasleader",
+        tonic::metadata::MetadataValue::from_static("true"),
+    );
+    let mut answers = match client.watch().watch(request).await {
+        Ok(answers) => answers.into_inner(),
+        Err(status) => {
+            tracing::debug!(%status, "watch failed to start");
+            sleep(RETRY_PAUSE).await;
+            return Watched::LookAgain;
+        }
+    };
+    let mut second_sent = false;
+    loop {
+        let answer = match answers.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) | Err(_) => {
+                sleep(RETRY_PAUSE).await;
+                return Watched::LookAgain;
+            }
+        };
+        let deletion = answer
+            .events
+            .iter()
+            .find(|e| e.r#type == EventType::Delete as i32);
+        if let Some(deletion) = deletion {
+            // A delete event carries the key with mod_revision set to the deletion's revision.
+            let at = match &deletion.kv {
+                Some(kv) => kv.mod_revision,
+                None => answer.header.as_ref().map_or(0, |h| h.revision),
+            };
+            return Watched::Deleted { at };
+        }
+        if answer.canceled {
+            tracing::debug!(reason = %answer.cancel_reason, "watch cancelled");
+            return Watched::LookAgain;
+        }
+        if !answer.created || start != WatchStart::Latest || second_sent {
+            continue;
+        }
+        // etcd registers a "from now" watcher as unsynced (caught up only on its 100 ms
+        // tick) when a write commits between its reading of the current revision and the
+        // registration, which under contention happens to about one watch in a hundred. A
+        // second watcher on the same stream, registered a moment later, is unlucky too only
+        // rarely; the first still covers any deletion before the second's registration.
+        second_sent = requests.try_send(create()).is_ok();
+        // A "from now" watch reports deletions after the revision in its created answer; one
+        // between `seen_at` and that revision shows in a read.
+        let created_at = answer.header.map_or(i64::MAX, |h| h.revision);
+        if created_at > seen_at {
+            let read = pb::RangeRequest {
+                key: key.to_vec(),
+                keys_only: true,
+                ..Default::default()
+            };
+            match client.range(read).await {
+                Ok(range) if range.kvs.first().map(|kv| kv.create_revision) != Some(created) => {
+                    let at = range.header.map_or(created_at, |h| h.revision);
+                    return Watched::Deleted { at };
+                }
+                // Still there at a revision the watch covers: keep waiting on it.
+                Ok(_) => {}
+                Err(_) => return Watched::LookAgain,
+            }
+        }
+    }
+}
