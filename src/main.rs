@@ -137,20 +137,42 @@ impl From<WatchStartArg> for WatchStart {
 const EXIT_LOST: u8 = 3;
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A benchmark logs only problems: a line per lock cycle would cost more than the cycle.
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("fencelock: {e:#}");
+            eprintln!("fencelock: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. Library errors often show their cause in their own
+/// message as well, so a cause already shown is not repeated.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -266,7 +288,7 @@ async fn run_storage(args: StorageArgs) -> anyhow::Result<ExitCode> {
         .context("cannot read the listening address")?;
     let server = storage::Server::open(config)
         .await
-        .with_context(|| format!("cannot open the store ({engine})"))?;
+        .with_context(|| format!("cannot start the storage ({engine})"))?;
     info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
     // Tools that start the server on port 0 read this line to learn the real address.
     let mut stdout = std::io::stdout().lock();
