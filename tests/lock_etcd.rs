@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use fencelock::lock::pb::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
-use fencelock::lock::{Client, Error, LossReason};
+use fencelock::lock::{Client, Error, LossReason, Session};
 use support::etcd::{self, etcdctl, within_ttl};
 use tokio::time::{Instant, timeout};
 
@@ -14,6 +14,11 @@ const TTL: Duration = Duration::from_secs(2);
 
 async fn client(etcd: &etcd::TestEtcd) -> Client {
     Client::connect(etcd.endpoints()).await.expect("connect")
+}
+
+/// A session with the tests' TTL.
+async fn session(client: &Client) -> Session {
+    client.session(TTL).await.expect("session")
 }
 
 /// Waits until `name` has exactly `count` lock keys (holder + waiters), or panics.
@@ -38,10 +43,7 @@ async fn successive_holders_get_strictly_increasing_tokens() {
         return;
     };
     let client = client(&etcd).await;
-    let sessions = [
-        client.session(TTL).await.unwrap(),
-        client.session(TTL).await.unwrap(),
-    ];
+    let sessions = [session(&client).await, session(&client).await];
     let mut last = None;
     for round in 0..6 {
         let session = &sessions[round % 2];
@@ -68,14 +70,14 @@ async fn waiters_acquire_in_arrival_order() {
         return;
     };
     let client = client(&etcd).await;
-    let holder = client.session(TTL).await.unwrap();
+    let holder = session(&client).await;
     let first = holder.lock("/queue").await.unwrap();
     println!("holder has token {}", first.token());
 
     let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut waiters = Vec::new();
     for arrival in 0..4 {
-        let session = client.session(TTL).await.unwrap();
+        let session = session(&client).await;
         let order_tx = order_tx.clone();
         waiters.push(tokio::spawn(async move {
             let guard = session.lock("/queue").await.unwrap();
@@ -113,7 +115,7 @@ async fn contending_sessions_hand_the_lock_over_in_token_order_without_stalling(
     let until = Instant::now() + Duration::from_secs(3);
     let mut workers = Vec::new();
     for _ in 0..6 {
-        let session = client.session(TTL).await.unwrap();
+        let session = session(&client).await;
         let acquisitions = acquisitions.clone();
         workers.push(tokio::spawn(async move {
             let mut cycles = 0;
@@ -152,10 +154,7 @@ async fn next_waiter_acquires_immediately_after_unlock() {
         return;
     };
     let client = client(&etcd).await;
-    let (a, b) = (
-        client.session(TTL).await.unwrap(),
-        client.session(TTL).await.unwrap(),
-    );
+    let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/handover").await.unwrap();
     let waiter = tokio::spawn(async move {
         let guard = b.lock("/handover").await.unwrap();
@@ -178,10 +177,7 @@ async fn try_lock_timeout_leaves_no_key_under_the_lock_name() {
         return;
     };
     let client = client(&etcd).await;
-    let (a, b) = (
-        client.session(TTL).await.unwrap(),
-        client.session(TTL).await.unwrap(),
-    );
+    let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/busy").await.unwrap();
     let started = Instant::now();
     let err = b
@@ -201,10 +197,7 @@ async fn a_cancelled_wait_deletes_its_waiter_key() {
         return;
     };
     let client = client(&etcd).await;
-    let (a, b) = (
-        client.session(TTL).await.unwrap(),
-        client.session(TTL).await.unwrap(),
-    );
+    let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/cancel").await.unwrap();
     let waiter = b.clone();
     let wait = tokio::spawn(async move { waiter.lock("/cancel").await });
@@ -246,7 +239,7 @@ async fn a_session_cannot_lock_the_same_name_twice() {
         return;
     };
     let client = client(&etcd).await;
-    let session = client.session(TTL).await.unwrap();
+    let session = session(&client).await;
     let held = session.lock("/twice").await.unwrap();
     let err = session
         .try_lock("/twice", Duration::from_millis(100))
@@ -267,10 +260,7 @@ async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_ac
         return;
     };
     let client = client(&etcd).await;
-    let (a, b) = (
-        client.session(TTL).await.unwrap(),
-        client.session(TTL).await.unwrap(),
-    );
+    let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/revoked").await.unwrap();
     let waiter = tokio::spawn(async move { b.lock("/revoked").await.unwrap() });
     wait_for_keys(&client, "/revoked", 2).await;
@@ -310,10 +300,7 @@ async fn a_waiter_whose_lease_is_revoked_while_it_waits_never_gets_the_lock() {
         return;
     };
     let client = client(&etcd).await;
-    let (a, b) = (
-        client.session(TTL).await.unwrap(),
-        client.session(TTL).await.unwrap(),
-    );
+    let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/revoked-waiter").await.unwrap();
     let b_lease = b.lease();
     let waiter = tokio::spawn(async move { b.lock("/revoked-waiter").await });
@@ -354,7 +341,7 @@ async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
     );
     tiny.close().await.unwrap();
 
-    let session = client.session(TTL).await.unwrap();
+    let session = session(&client).await;
     let guard = session.lock("/alive").await.unwrap();
     // Nothing should happen for two TTLs: keepalives run in the background.
     let quiet = timeout(TTL * 2 + Duration::from_millis(500), guard.lost()).await;
@@ -371,7 +358,7 @@ async fn dropping_a_session_stops_its_keepalive_and_etcd_expires_the_lease() {
         return;
     };
     let client = client(&etcd).await;
-    let session = client.session(TTL).await.unwrap();
+    let session = session(&client).await;
     let (lease, ttl) = (session.lease(), session.ttl());
     drop(session);
     let dropped = Instant::now();
