@@ -213,27 +213,15 @@ async fn lock(args: LockArgs) -> anyhow::Result<ExitCode> {
 /// Resolves on stdin EOF, SIGTERM or SIGINT: the ways a parent tells a holder to let go.
 async fn stop_requested() {
     use tokio::io::AsyncReadExt;
-    use tokio::signal::unix::{SignalKind, signal};
 
     let stdin_closed = async {
         let mut stdin = tokio::io::stdin();
         let mut buf = [0u8; 256];
         while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
     };
-    // Installing a handler only fails if the signal cannot be caught at all; then the
-    // remaining ways to stop still work.
-    let on = |kind: SignalKind| async move {
-        match signal(kind) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
     tokio::select! {
         () = stdin_closed => {}
-        () = on(SignalKind::terminate()) => {}
-        () = on(SignalKind::interrupt()) => {}
+        () = shutdown_signal() => {}
     }
 }
 
@@ -306,20 +294,23 @@ async fn run_storage(args: StorageArgs) -> anyhow::Result<ExitCode> {
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut sigterm) => {
-                sigterm.recv().await;
+    // A handler that cannot be installed never fires; the signal's default action (ending
+    // the process) then still applies.
+    let on = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
             }
-            // Without a SIGTERM handler the default action still ends the process.
             Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
+                tracing::warn!("cannot listen for {name}: {e}");
                 std::future::pending::<()>().await;
             }
         }
+        name
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => info!("SIGINT received, shutting down"),
-        () = terminate => info!("SIGTERM received, shutting down"),
-    }
+    let name = tokio::select! {
+        name = on(SignalKind::interrupt(), "SIGINT") => name,
+        name = on(SignalKind::terminate(), "SIGTERM") => name,
+    };
+    info!("{name} received, shutting down");
 }
