@@ -9,12 +9,15 @@
 //! - [`storage`]: the fenced key/value server (seed-compatible JSON and a REST face), the
 //!   fence rule, and [`storage::StorageClient`].
 //! - [`lock`]: the etcd lock client: `Client`, `Session` (a kept-alive lease), fenced locks.
+//! - [`lockd`]: the embedded lock service, speaking etcd's protocol, for a machine without
+//!   etcd.
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
 //! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
 pub mod bench;
 pub mod etcd_cluster;
 pub mod lock;
+pub mod lockd;
 pub mod storage;
 pub mod token;
 

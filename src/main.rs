@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use fencelock::bench;
 use fencelock::lock::WatchStart;
 use fencelock::lock::hold::{self, HoldOptions, HoldOutcome};
 use fencelock::storage::{self, DEFAULT_MAX_BODY, Engine, Policy};
+use fencelock::{bench, lockd};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -34,6 +34,12 @@ enum Command {
     /// Prints JSON lines: {"event":"acquired","key","token","lease","ttl"}, then "released"
     /// (exit 0) or "lost" (exit 3, when the session is lost while holding).
     Lock(LockArgs),
+    /// Run the embedded lock service: etcd's v3 gRPC protocol (KV, Watch, Lease, Lock,
+    /// MemberList, Status) in one process, for `fencelock` commands and etcd's own clients.
+    ///
+    /// Keys and leases live in memory; only the revision high-water mark is kept in the data
+    /// dir, so that lock tokens keep growing across a restart.
+    Lockd(LockdArgs),
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -58,6 +64,37 @@ struct StorageArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
     max_body: usize,
+}
+
+#[derive(Args)]
+struct LockdArgs {
+    /// Address to listen on; port 0 picks a free port. The address is printed on stdout as
+    /// `listening on http://IP:PORT` once lockd is ready.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2379")]
+    listen: String,
+    /// Directory for the revision high-water mark, created when missing.
+    #[arg(long, value_name = "DIR", default_value = "fencelock-lockd.data")]
+    data_dir: PathBuf,
+    /// Keep nothing on disk: revisions start again at 1 with every start, so tokens from an
+    /// earlier run may be repeated.
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// Lease TTLs below this many seconds are raised to it.
+    #[arg(long, value_name = "SECS", default_value_t = lockd::DEFAULT_MIN_TTL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    min_ttl: u64,
+    /// Events kept for watches and reads of past revisions; older ones are compacted.
+    #[arg(long, value_name = "EVENTS", default_value_t = lockd::DEFAULT_HISTORY,
+          value_parser = parse_history)]
+    history: usize,
+}
+
+fn parse_history(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args)]
@@ -184,6 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let result = match cli.command {
         Command::Storage(args) => runtime.block_on(run_storage(args)),
         Command::Lock(args) => runtime.block_on(lock(args)),
+        Command::Lockd(args) => runtime.block_on(run_lockd(args)),
         Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(bench_lock(args)),
     };
     // Reading stdin occupies a blocking thread that no one can interrupt; waiting for it
@@ -279,16 +317,45 @@ async fn run_storage(args: StorageArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot start the storage ({engine})"))?;
     info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
-    // Tools that start the server on port 0 read this line to learn the real address.
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
-    stdout.flush().context("cannot write to stdout")?;
-    drop(stdout);
+    announce(addr)?;
     server
         .serve(listener, shutdown_signal())
         .await
         .context("storage server failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+async fn run_lockd(args: LockdArgs) -> anyhow::Result<ExitCode> {
+    let config = lockd::Config {
+        data_dir: (!args.in_memory).then(|| args.data_dir.clone()),
+        min_ttl: Duration::from_secs(args.min_ttl),
+        history: args.history,
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    let server = lockd::Server::open(&config).context("cannot start lockd")?;
+    let data = match &config.data_dir {
+        Some(dir) => dir.display().to_string(),
+        None => "none (in memory)".into(),
+    };
+    info!(%addr, data_dir = %data, revision = server.revision(), min_ttl = args.min_ttl, "lockd ready");
+    announce(addr)?;
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .context("lockd failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the address a server listens on: tools that start it on port 0 read this line.
+fn announce(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -20,7 +20,7 @@
 //! deletion), `lease_id.rs`, `error.rs`, `hold.rs` (the `fencelock lock` command), `pb.rs`
 //! (generated protocol types).
 
-mod client;
+pub(crate) mod client;
 mod error;
 pub mod hold;
 mod lease_id;

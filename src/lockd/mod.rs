@@ -1,0 +1,185 @@
+//! `lockd`: an embedded lock service that speaks etcd's v3 gRPC protocol (the subset in
+//! `proto/`), so that fencelock's commands, etcd's `etcdctl` and etcd's client libraries can
+//! use it for locking and leasing as they use etcd.
+//!
+//! - KV: Range (prefixes, limits, sorting, revision filters, past revisions, keys-only,
+//!   count-only), Put, DeleteRange, Txn with compares, Compact.
+//! - Watch from now or from a past revision, served from a bounded history; a start older
+//!   than the history gets etcd's compacted answer.
+//! - Leases on lockd's own clock: grant (TTLs below [`Config::min_ttl`] are raised to it),
+//!   keep-alive streams, revoke, time-to-live with keys, listing. A lease's keys are deleted
+//!   when it expires (checked at each deadline, so within milliseconds of it) or is revoked.
+//! - The v3lock service (Lock/Unlock), MemberList and Status describing one member.
+//!
+//! One process, one member, memory only, except for one promise: the revision, and with it
+//! every fencing token, never goes back, also across a restart ([`meta`]). Keys and leases do
+//! not survive a restart; a holder then finds its lease gone and its session lost, which is
+//! safe: it was never told it still held the lock.
+
+mod error;
+mod meta;
+mod service;
+mod state;
+mod watch;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch as signal;
+use tokio::time::{Instant, sleep_until};
+use tonic::transport::server::TcpIncoming;
+
+pub use error::EtcdError;
+pub use meta::{MetaError, RESERVATION_BLOCK};
+pub use service::API_VERSION;
+
+use crate::lock::pb::etcdserverpb::watch_server;
+use crate::lock::pb::etcdserverpb::{cluster_server, kv_server, lease_server, maintenance_server};
+use crate::lock::pb::v3lockpb::lock_server;
+use meta::Revisions;
+use service::{Core, Services};
+use state::{Limits, State};
+
+/// The default for [`Config::min_ttl`].
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
+/// The default for [`Config::history`].
+pub const DEFAULT_HISTORY: usize = 100_000;
+/// The longest wait between two looks for expired leases. Every lease deadline is at least
+/// [`DEFAULT_MIN_TTL`] away when set, so this never delays an expiry; it bounds the wait
+/// should a deadline be set in a way this loop did not see.
+const EXPIRY_CHECK: Duration = Duration::from_millis(50);
+
+/// How lockd runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the revision high-water mark is kept; `None` keeps nothing (revisions restart at
+    /// 1 with the process: fine for a demo, wrong for tokens that must outlive it).
+    pub data_dir: Option<PathBuf>,
+    /// Lease TTLs below this are raised to it (etcd does the same with its own minimum). Whole
+    /// seconds, at least one: the protocol counts TTLs in seconds.
+    pub min_ttl: Duration,
+    /// Changes kept for past-revision reads and watches, counted in events.
+    pub history: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            min_ttl: DEFAULT_MIN_TTL,
+            history: DEFAULT_HISTORY,
+        }
+    }
+}
+
+/// Why lockd could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum LockdError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("invalid configuration: {0}")]
+    Config(&'static str),
+    #[error("cannot read the listening address: {0}")]
+    Address(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A lockd whose state is ready (and whose data dir is locked), waiting for a listener.
+pub struct Server {
+    state: State,
+}
+
+impl Server {
+    pub fn open(config: &Config) -> Result<Self, LockdError> {
+        let min_ttl = config.min_ttl.as_secs();
+        if min_ttl == 0 || config.min_ttl.subsec_nanos() != 0 {
+            return Err(LockdError::Config(
+                "the minimum TTL must be a whole number of seconds, at least 1",
+            ));
+        }
+        if config.history == 0 {
+            return Err(LockdError::Config(
+                "the history must keep at least one event",
+            ));
+        }
+        let (revisions, start) = match &config.data_dir {
+            Some(dir) => Revisions::open(dir)?,
+            None => Revisions::in_memory(),
+        };
+        let limits = Limits {
+            min_ttl: min_ttl as i64,
+            history: config.history,
+        };
+        Ok(Self {
+            state: State::new(revisions, start, limits),
+        })
+    }
+
+    /// The revision the next change will follow.
+    pub fn revision(&self) -> i64 {
+        self.state.revision()
+    }
+
+    /// Serves `listener` until `shutdown` resolves; then ends every stream and waiting call
+    /// and returns once the connections are closed.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), LockdError> {
+        let addr = listener.local_addr().map_err(LockdError::Address)?;
+        let (stop, stopping) = signal::channel(false);
+        let core = Arc::new(Core::new(self.state, format!("http://{addr}"), stopping));
+        let services = Services(core.clone());
+        let expiry = tokio::spawn(expire_leases(core.clone()));
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let result = tonic::transport::Server::builder()
+            .add_service(kv_server::KvServer::new(services.clone()))
+            .add_service(watch_server::WatchServer::new(services.clone()))
+            .add_service(lease_server::LeaseServer::new(services.clone()))
+            .add_service(lock_server::LockServer::new(services.clone()))
+            .add_service(cluster_server::ClusterServer::new(services.clone()))
+            .add_service(maintenance_server::MaintenanceServer::new(services))
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            })
+            .await;
+        expiry.abort();
+        result.map_err(LockdError::from)
+    }
+}
+
+/// Serves an in-memory lockd with the default [`Config`] on `listener` until `shutdown`:
+/// the embedded lock service of the demo and the tests.
+pub async fn serve(
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), LockdError> {
+    Server::open(&Config::default())?
+        .serve(listener, shutdown)
+        .await
+}
+
+/// Revokes leases as their deadlines pass: sleeps until the earliest one.
+async fn expire_leases(core: Arc<Core>) {
+    loop {
+        let wake = {
+            let mut state = core.state();
+            let now = Instant::now();
+            for id in state.expire(now) {
+                tracing::debug!(lease = %format!("{id:x}"), "lease expired");
+            }
+            let latest = now + EXPIRY_CHECK;
+            state.next_deadline().map_or(latest, |d| d.min(latest))
+        };
+        tokio::select! {
+            () = sleep_until(wake) => {}
+            () = core.stopped() => return,
+        }
+    }
+}

@@ -1,0 +1,1228 @@
+//! lockd's state machine: a multi-version key space, leases, and the event history, behind
+//! one lock and free of I/O apart from revision reservations.
+//!
+//! Invariants:
+//! - `revision` grows by one per committed change (a Put, a DeleteRange that deleted
+//!   something, a Txn that wrote, a lease revocation that deleted keys) and never goes back;
+//!   every revision is reserved durably ([`Revisions::ensure`]) before it is used.
+//! - `history` holds every change with a revision of at least `oldest_kept`, oldest first,
+//!   each with the key's previous version; that is what lets a Range read a past revision
+//!   (by undoing newer changes) and a Watch start in the past.
+//! - Each change is published on `changes` while the state is still locked, so a subscriber
+//!   that subscribes under the lock sees exactly the changes after what it read.
+//! - A lease's `keys` are exactly the live keys whose `lease` field names it.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use tokio::time::{Duration, Instant};
+
+use super::error::EtcdError;
+use super::meta::{Identity, Revisions};
+use crate::lock::client::prefix_end;
+use crate::lock::pb::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
+use crate::lock::pb::mvccpb::{Event, KeyValue, event::EventType};
+
+/// etcd's upper bound on a lease TTL, in seconds.
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// etcd's default limit on operations in one branch of a Txn.
+pub const MAX_TXN_OPS: usize = 128;
+
+/// One committed change: everything written at `revision`, in order, each event carrying the
+/// key's previous version (`prev_kv`) whether or not a watcher asked for it.
+#[derive(Debug)]
+pub struct Change {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// A key range as etcd's requests give it: `range_end` empty means the key alone, `"\0"`
+/// means every key from `key` on, anything else is the exclusive end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRange {
+    start: Vec<u8>,
+    end: End,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum End {
+    Single,
+    Unbounded,
+    Before(Vec<u8>),
+}
+
+impl KeyRange {
+    pub fn new(key: &[u8], range_end: &[u8]) -> Self {
+        let end = match range_end {
+            [] => End::Single,
+            [0] => End::Unbounded,
+            end => End::Before(end.to_vec()),
+        };
+        Self {
+            start: key.to_vec(),
+            end,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        match &self.end {
+            End::Single => key == self.start.as_slice(),
+            End::Unbounded => key >= self.start.as_slice(),
+            End::Before(end) => key >= self.start.as_slice() && key < end.as_slice(),
+        }
+    }
+
+    /// Bounds for a `BTreeMap` scan, or `None` for an empty range (an end at or before the
+    /// start), which `BTreeMap::range` would refuse.
+    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+        let start = Bound::Included(self.start.as_slice());
+        match &self.end {
+            End::Single => Some((start, Bound::Included(self.start.as_slice()))),
+            End::Unbounded => Some((start, Bound::Unbounded)),
+            End::Before(end) if end.as_slice() > self.start.as_slice() => {
+                Some((start, Bound::Excluded(end.as_slice())))
+            }
+            End::Before(_) => None,
+        }
+    }
+
+    fn overlaps(&self, other: &KeyRange) -> bool {
+        let self_end: Option<&[u8]> = match &self.end {
+            End::Single => None,
+            End::Unbounded => return other.reaches(&self.start),
+            End::Before(end) => Some(end),
+        };
+        match self_end {
+            None => other.contains(&self.start),
+            Some(end) => {
+                other.contains(&self.start)
+                    || (other.start.as_slice() >= self.start.as_slice()
+                        && other.start.as_slice() < end)
+            }
+        }
+    }
+
+    /// Whether some key at or after `from` is in the range.
+    fn reaches(&self, from: &[u8]) -> bool {
+        match &self.end {
+            End::Single => self.start.as_slice() >= from,
+            End::Unbounded => true,
+            End::Before(end) => end.as_slice() > from && end.as_slice() > self.start.as_slice(),
+        }
+    }
+}
+
+struct Lease {
+    /// Granted TTL in seconds.
+    ttl: i64,
+    deadline: Instant,
+    keys: BTreeSet<Vec<u8>>,
+}
+
+/// Where a v3lock waiter stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Turn {
+    Owner,
+    Waiting,
+    /// Its key is gone (lease expired or revoked, or unlocked by someone else).
+    Gone,
+}
+
+/// Tunables fixed at start-up.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Shorter TTLs are raised to this, in seconds.
+    pub min_ttl: i64,
+    /// Events kept for past-revision reads and watches.
+    pub history: usize,
+}
+
+pub struct State {
+    keys: BTreeMap<Vec<u8>, KeyValue>,
+    revision: i64,
+    history: VecDeque<Arc<Change>>,
+    history_events: usize,
+    oldest_kept: i64,
+    leases: HashMap<i64, Lease>,
+    deadlines: BTreeSet<(Instant, i64)>,
+    revisions: Revisions,
+    identity: Identity,
+    limits: Limits,
+    changes: broadcast::Sender<Arc<Change>>,
+}
+
+/// Capacity of the change feed; a watcher further behind catches up from the history.
+const FEED_CAPACITY: usize = 4096;
+
+impl State {
+    /// A state starting at `revision` with nothing in it. Changes before `revision`, if any,
+    /// belong to an earlier run and are reported as compacted.
+    pub fn new(revisions: Revisions, revision: i64, limits: Limits) -> Self {
+        let identity = revisions.identity();
+        Self {
+            keys: BTreeMap::new(),
+            revision,
+            history: VecDeque::new(),
+            history_events: 0,
+            // A fresh store has had no changes: its whole history, from revision 1, is kept.
+            // After a restart, the changes up to `revision` are gone with the old process.
+            oldest_kept: if revision <= 1 { 1 } else { revision + 1 },
+            leases: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            revisions,
+            identity,
+            limits,
+            changes: broadcast::channel(FEED_CAPACITY).0,
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// Oldest revision a watch can start from and a Range can read.
+    pub fn oldest_kept(&self) -> i64 {
+        self.oldest_kept
+    }
+
+    pub fn header(&self) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.identity.cluster_id,
+            member_id: self.identity.member_id,
+            revision: self.revision,
+            raft_term: self.identity.term,
+        }
+    }
+
+    /// A feed of every change after this call; call it with the state locked to know where
+    /// the feed starts.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.changes.subscribe()
+    }
+
+    /// Bytes of keys and values held, reported as the database size.
+    pub fn size(&self) -> i64 {
+        let live: usize = self
+            .keys
+            .values()
+            .map(|kv| kv.key.len() + kv.value.len())
+            .sum();
+        live as i64
+    }
+
+    // ---- reads ----
+
+    fn scan<'a>(&'a self, range: &KeyRange) -> impl Iterator<Item = &'a KeyValue> + 'a {
+        range
+            .bounds()
+            .map(|bounds| self.keys.range::<[u8], _>(bounds))
+            .into_iter()
+            .flatten()
+            .map(|(_, kv)| kv)
+    }
+
+    /// The keys of `range` as of `revision` (0 or less: now), in key order.
+    fn read_at(&self, range: &KeyRange, revision: i64) -> Result<Vec<KeyValue>, EtcdError> {
+        if revision > self.revision {
+            return Err(EtcdError::FutureRevision);
+        }
+        if revision <= 0 || revision == self.revision {
+            return Ok(self.scan(range).cloned().collect());
+        }
+        if revision < self.oldest_kept {
+            return Err(EtcdError::Compacted);
+        }
+        let mut keys: BTreeMap<Vec<u8>, KeyValue> = self
+            .scan(range)
+            .map(|kv| (kv.key.clone(), kv.clone()))
+            .collect();
+        'undo: for change in self.history.iter().rev() {
+            if change.revision <= revision {
+                break 'undo;
+            }
+            for event in change.events.iter().rev() {
+                let Some(kv) = &event.kv else { continue };
+                if !range.contains(&kv.key) {
+                    continue;
+                }
+                match &event.prev_kv {
+                    Some(prev) => keys.insert(kv.key.clone(), prev.clone()),
+                    None => keys.remove(&kv.key),
+                };
+            }
+        }
+        Ok(keys.into_values().collect())
+    }
+
+    pub fn range(&self, request: &pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
+        if request.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        let range = KeyRange::new(&request.key, &request.range_end);
+        let mut kvs = self.read_at(&range, request.revision)?;
+        let count = kvs.len() as i64;
+        let within = |value: i64, min: i64, max: i64| {
+            (min == 0 || value >= min) && (max == 0 || value <= max)
+        };
+        kvs.retain(|kv| {
+            within(
+                kv.mod_revision,
+                request.min_mod_revision,
+                request.max_mod_revision,
+            ) && within(
+                kv.create_revision,
+                request.min_create_revision,
+                request.max_create_revision,
+            )
+        });
+        sort(&mut kvs, request.sort_target(), request.sort_order());
+        let mut more = false;
+        if request.limit > 0 && kvs.len() > request.limit as usize {
+            kvs.truncate(request.limit as usize);
+            more = true;
+        }
+        if request.count_only {
+            kvs.clear();
+            more = false;
+        } else if request.keys_only {
+            for kv in &mut kvs {
+                kv.value = Vec::new();
+            }
+        }
+        Ok(pb::RangeResponse {
+            header: Some(self.header()),
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    fn compare_holds(&self, compare: &pb::Compare) -> bool {
+        let range = KeyRange::new(&compare.key, &compare.range_end);
+        let mut kvs = self.scan(&range).peekable();
+        if kvs.peek().is_none() {
+            // A missing key compares as a zero key, except on its value, which it lacks.
+            return compare.target() != compare::CompareTarget::Value
+                && compare_kv(compare, &KeyValue::default());
+        }
+        kvs.all(|kv| compare_kv(compare, kv))
+    }
+
+    // ---- writes ----
+
+    /// Reserves the next revision, before anything is changed.
+    fn begin(&mut self) -> Result<i64, EtcdError> {
+        let next = self.revision + 1;
+        self.revisions
+            .ensure(next)
+            .map_err(|e| EtcdError::Storage(e.to_string()))?;
+        Ok(next)
+    }
+
+    /// Makes `events`, written at `revision`, the newest change.
+    fn commit(&mut self, revision: i64, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        debug_assert_eq!(revision, self.revision + 1);
+        self.revision = revision;
+        let change = Arc::new(Change { revision, events });
+        self.history_events += change.events.len();
+        self.history.push_back(change.clone());
+        while self.history_events > self.limits.history && self.history.len() > 1 {
+            let oldest = self.history.pop_front().expect("history is not empty");
+            self.history_events -= oldest.events.len();
+            self.oldest_kept = oldest.revision + 1;
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(change);
+    }
+
+    fn attach(&mut self, lease: i64, key: &[u8]) {
+        if let Some(lease) = self.leases.get_mut(&lease) {
+            lease.keys.insert(key.to_vec());
+        }
+    }
+
+    fn detach(&mut self, lease: i64, key: &[u8]) {
+        if let Some(lease) = self.leases.get_mut(&lease) {
+            lease.keys.remove(key);
+        }
+    }
+
+    fn check_put(&self, request: &pb::PutRequest) -> Result<(), EtcdError> {
+        if request.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        if request.ignore_value && !request.value.is_empty() {
+            return Err(EtcdError::ValueProvided);
+        }
+        if request.ignore_lease && request.lease != 0 {
+            return Err(EtcdError::LeaseProvided);
+        }
+        if (request.ignore_value || request.ignore_lease) && !self.keys.contains_key(&request.key) {
+            return Err(EtcdError::KeyNotFound);
+        }
+        if request.lease != 0 && !self.leases.contains_key(&request.lease) {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn apply_put(
+        &mut self,
+        revision: i64,
+        request: &pb::PutRequest,
+        events: &mut Vec<Event>,
+    ) -> pb::PutResponse {
+        let prev = self.keys.get(&request.key).cloned();
+        let lease = match (&prev, request.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => request.lease,
+        };
+        let value = match (&prev, request.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => request.value.clone(),
+        };
+        let kv = KeyValue {
+            key: request.key.clone(),
+            create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
+            mod_revision: revision,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value,
+            lease,
+        };
+        if let Some(prev) = &prev
+            && prev.lease != lease
+        {
+            self.detach(prev.lease, &prev.key);
+        }
+        self.attach(lease, &kv.key);
+        self.keys.insert(kv.key.clone(), kv.clone());
+        events.push(Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv),
+            prev_kv: prev.clone(),
+        });
+        pb::PutResponse {
+            header: Some(self.header()),
+            prev_kv: prev.filter(|_| request.prev_kv),
+        }
+    }
+
+    fn apply_delete(
+        &mut self,
+        revision: i64,
+        range: &KeyRange,
+        want_prev: bool,
+        events: &mut Vec<Event>,
+    ) -> pb::DeleteRangeResponse {
+        let doomed: Vec<Vec<u8>> = self.scan(range).map(|kv| kv.key.clone()).collect();
+        let mut prev_kvs = Vec::new();
+        for key in &doomed {
+            let prev = self.keys.remove(key).expect("scanned key exists");
+            self.detach(prev.lease, key);
+            events.push(Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(KeyValue {
+                    key: key.clone(),
+                    mod_revision: revision,
+                    ..Default::default()
+                }),
+                prev_kv: Some(prev.clone()),
+            });
+            if want_prev {
+                prev_kvs.push(prev);
+            }
+        }
+        pb::DeleteRangeResponse {
+            header: Some(self.header()),
+            deleted: doomed.len() as i64,
+            prev_kvs,
+        }
+    }
+
+    pub fn put(&mut self, request: &pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
+        self.check_put(request)?;
+        let revision = self.begin()?;
+        let mut events = Vec::with_capacity(1);
+        let mut response = self.apply_put(revision, request, &mut events);
+        self.commit(revision, events);
+        response.header = Some(self.header());
+        Ok(response)
+    }
+
+    pub fn delete_range(
+        &mut self,
+        request: &pb::DeleteRangeRequest,
+    ) -> Result<pb::DeleteRangeResponse, EtcdError> {
+        if request.key.is_empty() {
+            return Err(EtcdError::EmptyKey);
+        }
+        let revision = self.begin()?;
+        let range = KeyRange::new(&request.key, &request.range_end);
+        let mut events = Vec::new();
+        let mut response = self.apply_delete(revision, &range, request.prev_kv, &mut events);
+        self.commit(revision, events);
+        response.header = Some(self.header());
+        Ok(response)
+    }
+
+    pub fn txn(&mut self, request: &pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
+        check_txn_shape(request)?;
+        // Like etcd, every compare, nested ones included, reads the state before the Txn.
+        let mut path = Vec::new();
+        self.choose_path(request, &mut path);
+        let mut chosen = path.iter().copied();
+        self.check_path(request, &mut chosen)?;
+        let revision = self.begin()?;
+        let mut events = Vec::new();
+        let mut chosen = path.iter().copied();
+        let mut response = self.apply_txn(revision, request, &mut chosen, &mut events)?;
+        self.commit(revision, events);
+        set_headers(&mut response, &self.header());
+        Ok(response)
+    }
+
+    fn choose_path(&self, txn: &pb::TxnRequest, path: &mut Vec<bool>) {
+        let succeeded = txn.compare.iter().all(|c| self.compare_holds(c));
+        path.push(succeeded);
+        for op in branch(txn, succeeded) {
+            if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+                self.choose_path(nested, path);
+            }
+        }
+    }
+
+    fn check_path(
+        &self,
+        txn: &pb::TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+    ) -> Result<(), EtcdError> {
+        let succeeded = path.next().expect("a path entry per txn");
+        for op in branch(txn, succeeded) {
+            match &op.request {
+                Some(request_op::Request::RequestPut(put)) => self.check_put(put)?,
+                Some(request_op::Request::RequestRange(range)) => {
+                    if range.key.is_empty() {
+                        return Err(EtcdError::EmptyKey);
+                    }
+                    if range.revision > self.revision {
+                        return Err(EtcdError::FutureRevision);
+                    }
+                    if range.revision > 0 && range.revision < self.oldest_kept {
+                        return Err(EtcdError::Compacted);
+                    }
+                }
+                Some(request_op::Request::RequestDeleteRange(delete)) if delete.key.is_empty() => {
+                    return Err(EtcdError::EmptyKey);
+                }
+                Some(request_op::Request::RequestTxn(nested)) => self.check_path(nested, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_txn(
+        &mut self,
+        revision: i64,
+        txn: &pb::TxnRequest,
+        path: &mut impl Iterator<Item = bool>,
+        events: &mut Vec<Event>,
+    ) -> Result<pb::TxnResponse, EtcdError> {
+        let succeeded = path.next().expect("a path entry per txn");
+        let mut responses = Vec::new();
+        for op in branch(txn, succeeded) {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(range)) => {
+                    response_op::Response::ResponseRange(self.range(range)?)
+                }
+                Some(request_op::Request::RequestPut(put)) => {
+                    response_op::Response::ResponsePut(self.apply_put(revision, put, events))
+                }
+                Some(request_op::Request::RequestDeleteRange(delete)) => {
+                    let range = KeyRange::new(&delete.key, &delete.range_end);
+                    response_op::Response::ResponseDeleteRange(self.apply_delete(
+                        revision,
+                        &range,
+                        delete.prev_kv,
+                        events,
+                    ))
+                }
+                Some(request_op::Request::RequestTxn(nested)) => {
+                    response_op::Response::ResponseTxn(
+                        self.apply_txn(revision, nested, path, events)?,
+                    )
+                }
+                None => continue,
+            };
+            responses.push(pb::ResponseOp {
+                response: Some(response),
+            });
+        }
+        Ok(pb::TxnResponse {
+            header: None,
+            succeeded,
+            responses,
+        })
+    }
+
+    /// Drops the history before `revision`: older watches and reads become "compacted".
+    pub fn compact(&mut self, revision: i64) -> Result<pb::CompactionResponse, EtcdError> {
+        if revision < self.oldest_kept {
+            return Err(EtcdError::Compacted);
+        }
+        if revision > self.revision {
+            return Err(EtcdError::FutureRevision);
+        }
+        while self.history.front().is_some_and(|c| c.revision < revision) {
+            let oldest = self.history.pop_front().expect("checked");
+            self.history_events -= oldest.events.len();
+        }
+        self.oldest_kept = revision;
+        Ok(pb::CompactionResponse {
+            header: Some(self.header()),
+        })
+    }
+
+    /// The changes from `from` on, for a watch catching up; `Err` when `from` is older than
+    /// the history (the compacted answer).
+    pub fn changes_since(&self, from: i64) -> Result<Vec<Arc<Change>>, EtcdError> {
+        if from < self.oldest_kept {
+            return Err(EtcdError::Compacted);
+        }
+        let first = self.history.partition_point(|c| c.revision < from);
+        Ok(self.history.range(first..).cloned().collect())
+    }
+
+    // ---- leases ----
+
+    pub fn grant(
+        &mut self,
+        now: Instant,
+        id: i64,
+        ttl: i64,
+    ) -> Result<pb::LeaseGrantResponse, EtcdError> {
+        if ttl > MAX_LEASE_TTL {
+            return Err(EtcdError::LeaseTtlTooLarge);
+        }
+        let ttl = ttl.max(self.limits.min_ttl);
+        let id = match id {
+            0 => loop {
+                // Positive, like etcd's, and never 0 ("no lease").
+                let candidate = (rand::random::<u64>() >> 1) as i64;
+                if candidate != 0 && !self.leases.contains_key(&candidate) {
+                    break candidate;
+                }
+            },
+            id if self.leases.contains_key(&id) => return Err(EtcdError::LeaseExists),
+            id => id,
+        };
+        let deadline = now + Duration::from_secs(ttl as u64);
+        self.leases.insert(
+            id,
+            Lease {
+                ttl,
+                deadline,
+                keys: BTreeSet::new(),
+            },
+        );
+        self.deadlines.insert((deadline, id));
+        Ok(pb::LeaseGrantResponse {
+            header: Some(self.header()),
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    /// Renews lease `id` for its TTL; `None` when it does not exist (or just expired).
+    pub fn renew(&mut self, now: Instant, id: i64) -> Option<i64> {
+        let lease = self.leases.get_mut(&id)?;
+        if lease.deadline <= now {
+            // Past its deadline but not yet reaped: it is dead, and a renewal cannot save it.
+            let _ = self.revoke(id);
+            return None;
+        }
+        self.deadlines.remove(&(lease.deadline, id));
+        lease.deadline = now + Duration::from_secs(lease.ttl as u64);
+        self.deadlines.insert((lease.deadline, id));
+        Some(lease.ttl)
+    }
+
+    /// Ends lease `id` and deletes its keys, all at one revision.
+    pub fn revoke(&mut self, id: i64) -> Result<pb::LeaseRevokeResponse, EtcdError> {
+        if !self.leases.contains_key(&id) {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        let revision = self.begin()?;
+        let lease = self.leases.remove(&id).expect("checked above");
+        self.deadlines.remove(&(lease.deadline, id));
+        let mut events = Vec::with_capacity(lease.keys.len());
+        for key in &lease.keys {
+            self.apply_delete(revision, &KeyRange::new(key, &[]), false, &mut events);
+        }
+        self.commit(revision, events);
+        Ok(pb::LeaseRevokeResponse {
+            header: Some(self.header()),
+        })
+    }
+
+    /// The earliest lease deadline, if any lease exists.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|&(deadline, _)| deadline)
+    }
+
+    /// Revokes every lease whose deadline has passed; returns their IDs.
+    pub fn expire(&mut self, now: Instant) -> Vec<i64> {
+        let due: Vec<i64> = self
+            .deadlines
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .map(|&(_, id)| id)
+            .collect();
+        due.into_iter()
+            .filter(|&id| match self.revoke(id) {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::error!(lease = %format!("{id:x}"), "cannot expire the lease: {e}");
+                    false
+                }
+            })
+            .collect()
+    }
+
+    pub fn time_to_live(
+        &self,
+        now: Instant,
+        request: &pb::LeaseTimeToLiveRequest,
+    ) -> pb::LeaseTimeToLiveResponse {
+        let header = Some(self.header());
+        match self.leases.get(&request.id) {
+            None => pb::LeaseTimeToLiveResponse {
+                header,
+                id: request.id,
+                ttl: -1,
+                ..Default::default()
+            },
+            Some(lease) => pb::LeaseTimeToLiveResponse {
+                header,
+                id: request.id,
+                ttl: lease.deadline.saturating_duration_since(now).as_secs() as i64,
+                granted_ttl: lease.ttl,
+                keys: if request.keys {
+                    lease.keys.iter().cloned().collect()
+                } else {
+                    Vec::new()
+                },
+            },
+        }
+    }
+
+    pub fn leases(&self) -> pb::LeaseLeasesResponse {
+        let mut ids: Vec<i64> = self.leases.keys().copied().collect();
+        ids.sort_unstable();
+        pb::LeaseLeasesResponse {
+            header: Some(self.header()),
+            leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
+        }
+    }
+
+    // ---- the v3lock service ----
+
+    /// Puts the lock key `name/<lease hex>` (or finds it, when this lease already queued for
+    /// `name`) and returns it with its create_revision.
+    pub fn enqueue(&mut self, name: &[u8], lease: i64) -> Result<(Vec<u8>, i64), EtcdError> {
+        if !self.leases.contains_key(&lease) {
+            return Err(EtcdError::LeaseNotFound);
+        }
+        let mut key = name.to_vec();
+        key.extend_from_slice(format!("/{lease:x}").as_bytes());
+        if let Some(kv) = self.keys.get(&key) {
+            return Ok((key, kv.create_revision));
+        }
+        let put = pb::PutRequest {
+            key: key.clone(),
+            lease,
+            ..Default::default()
+        };
+        self.put(&put)?;
+        Ok((key, self.revision))
+    }
+
+    /// Whether the lock key `key`, created at `created`, holds the lock `name`.
+    pub fn turn(&self, name: &[u8], key: &[u8], created: i64) -> Turn {
+        if self.keys.get(key).map(|kv| kv.create_revision) != Some(created) {
+            return Turn::Gone;
+        }
+        let mut prefix = name.to_vec();
+        prefix.push(b'/');
+        let range = KeyRange::new(&prefix, &prefix_end(&prefix));
+        if self.scan(&range).any(|kv| kv.create_revision < created) {
+            Turn::Waiting
+        } else {
+            Turn::Owner
+        }
+    }
+
+    /// Deletes the lock key `key` if it is still the one created at `created`.
+    pub fn withdraw(&mut self, key: &[u8], created: i64) {
+        if self.keys.get(key).map(|kv| kv.create_revision) == Some(created) {
+            let delete = pb::DeleteRangeRequest {
+                key: key.to_vec(),
+                ..Default::default()
+            };
+            if let Err(e) = self.delete_range(&delete) {
+                tracing::error!("cannot withdraw lock key: {e}");
+            }
+        }
+    }
+}
+
+fn branch(txn: &pb::TxnRequest, succeeded: bool) -> &[pb::RequestOp] {
+    if succeeded {
+        &txn.success
+    } else {
+        &txn.failure
+    }
+}
+
+/// etcd's shape checks: at most [`MAX_TXN_OPS`] per branch, and no key written twice in one
+/// branch (two puts, or a put inside a deleted range).
+fn check_txn_shape(txn: &pb::TxnRequest) -> Result<(), EtcdError> {
+    for ops in [&txn.success, &txn.failure] {
+        if ops.len() > MAX_TXN_OPS || txn.compare.len() > MAX_TXN_OPS {
+            return Err(EtcdError::TooManyOps);
+        }
+        let mut puts = BTreeSet::new();
+        let mut deletes = Vec::new();
+        for op in ops.iter() {
+            match &op.request {
+                Some(request_op::Request::RequestPut(put)) => {
+                    if !puts.insert(put.key.as_slice()) {
+                        return Err(EtcdError::DuplicateKey);
+                    }
+                }
+                Some(request_op::Request::RequestDeleteRange(delete)) => {
+                    deletes.push(KeyRange::new(&delete.key, &delete.range_end));
+                }
+                Some(request_op::Request::RequestTxn(nested)) => check_txn_shape(nested)?,
+                _ => {}
+            }
+        }
+        for put in puts {
+            let put = KeyRange::new(put, &[]);
+            if deletes.iter().any(|d| d.overlaps(&put)) {
+                return Err(EtcdError::DuplicateKey);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn set_headers(txn: &mut pb::TxnResponse, header: &pb::ResponseHeader) {
+    txn.header = Some(*header);
+    for op in &mut txn.responses {
+        match &mut op.response {
+            Some(response_op::Response::ResponseRange(r)) => r.header = Some(*header),
+            Some(response_op::Response::ResponsePut(r)) => r.header = Some(*header),
+            Some(response_op::Response::ResponseDeleteRange(r)) => r.header = Some(*header),
+            Some(response_op::Response::ResponseTxn(r)) => set_headers(r, header),
+            None => {}
+        }
+    }
+}
+
+fn compare_kv(compare: &pb::Compare, kv: &KeyValue) -> bool {
+    use compare::{CompareResult, CompareTarget, TargetUnion};
+    let wanted = compare.target_union.as_ref();
+    let ordering = match compare.target() {
+        CompareTarget::Version => kv.version.cmp(match wanted {
+            Some(TargetUnion::Version(v)) => v,
+            _ => &0,
+        }),
+        CompareTarget::Create => kv.create_revision.cmp(match wanted {
+            Some(TargetUnion::CreateRevision(v)) => v,
+            _ => &0,
+        }),
+        CompareTarget::Mod => kv.mod_revision.cmp(match wanted {
+            Some(TargetUnion::ModRevision(v)) => v,
+            _ => &0,
+        }),
+        CompareTarget::Lease => kv.lease.cmp(match wanted {
+            Some(TargetUnion::Lease(v)) => v,
+            _ => &0,
+        }),
+        CompareTarget::Value => kv.value.as_slice().cmp(match wanted {
+            Some(TargetUnion::Value(v)) => v.as_slice(),
+            _ => &[],
+        }),
+    };
+    match compare.result() {
+        CompareResult::Equal => ordering == Ordering::Equal,
+        CompareResult::NotEqual => ordering != Ordering::Equal,
+        CompareResult::Greater => ordering == Ordering::Greater,
+        CompareResult::Less => ordering == Ordering::Less,
+    }
+}
+
+/// etcd's Range sorting: a target other than the key with no order means ascending; ties
+/// keep key order.
+fn sort(kvs: &mut [KeyValue], target: range_request::SortTarget, order: range_request::SortOrder) {
+    use range_request::{SortOrder, SortTarget};
+    let order = match (target, order) {
+        (SortTarget::Key, SortOrder::None | SortOrder::Ascend) => return,
+        (_, SortOrder::None) => SortOrder::Ascend,
+        (_, order) => order,
+    };
+    let key = |a: &KeyValue, b: &KeyValue| match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    };
+    match order {
+        SortOrder::Descend => kvs.sort_by(|a, b| key(b, a)),
+        _ => kvs.sort_by(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let (revisions, start) = Revisions::in_memory();
+        State::new(
+            revisions,
+            start,
+            Limits {
+                min_ttl: 1,
+                history: 100,
+            },
+        )
+    }
+
+    fn put(state: &mut State, key: &str, value: &str) -> i64 {
+        let request = pb::PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        };
+        state.put(&request).unwrap();
+        state.revision()
+    }
+
+    fn get(state: &State, key: &str, revision: i64) -> Result<Option<KeyValue>, EtcdError> {
+        let request = pb::RangeRequest {
+            key: key.into(),
+            revision,
+            ..Default::default()
+        };
+        Ok(state.range(&request)?.kvs.into_iter().next())
+    }
+
+    #[test]
+    fn revisions_versions_and_create_revisions_follow_etcd() {
+        let mut s = state();
+        assert_eq!(s.revision(), 1);
+        let first = put(&mut s, "k", "a");
+        assert_eq!(first, 2);
+        put(&mut s, "k", "b");
+        let kv = get(&s, "k", 0).unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+        let delete = pb::DeleteRangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(s.delete_range(&delete).unwrap().deleted, 1);
+        // Deleting nothing is not a change.
+        assert_eq!(s.delete_range(&delete).unwrap().deleted, 0);
+        assert_eq!(s.revision(), 4);
+        put(&mut s, "k", "c");
+        let kv = get(&s, "k", 0).unwrap().unwrap();
+        assert_eq!((kv.create_revision, kv.version), (5, 1));
+    }
+
+    #[test]
+    fn past_revisions_read_as_they_were_until_compacted() {
+        let mut s = state();
+        let r1 = put(&mut s, "k", "a");
+        let r2 = put(&mut s, "k", "b");
+        s.delete_range(&pb::DeleteRangeRequest {
+            key: b"k".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(get(&s, "k", r1).unwrap().unwrap().value, b"a");
+        assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, b"b");
+        assert_eq!(get(&s, "k", 1).unwrap(), None);
+        assert_eq!(get(&s, "k", 0).unwrap(), None);
+        assert_eq!(get(&s, "k", 99), Err(EtcdError::FutureRevision));
+        s.compact(r2).unwrap();
+        assert_eq!(get(&s, "k", r1), Err(EtcdError::Compacted));
+        assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, b"b");
+        assert_eq!(s.changes_since(r1).err(), Some(EtcdError::Compacted));
+        assert_eq!(s.changes_since(r2).unwrap()[0].revision, r2);
+    }
+
+    #[test]
+    fn the_history_is_bounded_and_its_floor_moves_up() {
+        let mut s = state();
+        for i in 0..250 {
+            put(&mut s, &format!("k{}", i % 7), "v");
+        }
+        assert!(s.history_events <= 100);
+        assert_eq!(s.oldest_kept(), s.revision() - 99);
+        assert!(s.changes_since(s.oldest_kept() - 1).is_err());
+        assert_eq!(s.changes_since(s.oldest_kept()).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn ranges_sort_limit_filter_and_count_like_etcd() {
+        let mut s = state();
+        for (key, value) in [("a/1", "z"), ("a/2", "y"), ("a/3", "x"), ("b", "w")] {
+            put(&mut s, key, value);
+        }
+        put(&mut s, "a/1", "zz");
+        let request = pb::RangeRequest {
+            key: b"a/".to_vec(),
+            range_end: prefix_end(b"a/"),
+            sort_target: range_request::SortTarget::Mod as i32,
+            sort_order: range_request::SortOrder::Descend as i32,
+            limit: 2,
+            ..Default::default()
+        };
+        let response = s.range(&request).unwrap();
+        let keys: Vec<_> = response.kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(keys, [b"a/1".to_vec(), b"a/3".to_vec()]);
+        assert!(response.more);
+        assert_eq!(response.count, 3);
+
+        let filtered = pb::RangeRequest {
+            max_create_revision: 3,
+            sort_target: range_request::SortTarget::Value as i32,
+            limit: 0,
+            keys_only: true,
+            ..request.clone()
+        };
+        let response = s.range(&filtered).unwrap();
+        let keys: Vec<_> = response.kvs.iter().map(|kv| kv.key.clone()).collect();
+        assert_eq!(keys, [b"a/2".to_vec(), b"a/1".to_vec()]);
+        assert!(response.kvs.iter().all(|kv| kv.value.is_empty()));
+
+        let all = pb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            count_only: true,
+            ..Default::default()
+        };
+        let response = s.range(&all).unwrap();
+        assert_eq!((response.count, response.kvs.len()), (4, 0));
+        assert_eq!(
+            s.range(&pb::RangeRequest::default()).err(),
+            Some(EtcdError::EmptyKey)
+        );
+    }
+
+    fn create_is_zero(key: &str) -> pb::Compare {
+        pb::Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: key.into(),
+            target_union: Some(compare::TargetUnion::CreateRevision(0)),
+            ..Default::default()
+        }
+    }
+
+    fn put_op(key: &str) -> pb::RequestOp {
+        pb::RequestOp {
+            request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_txn_writes_at_one_revision_and_takes_the_branch_its_compares_choose() {
+        let mut s = state();
+        let txn = pb::TxnRequest {
+            compare: vec![create_is_zero("x")],
+            success: vec![put_op("x"), put_op("y")],
+            failure: vec![pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                    key: b"x".to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let first = s.txn(&txn).unwrap();
+        assert!(first.succeeded);
+        assert_eq!(s.revision(), 2);
+        let x = get(&s, "x", 0).unwrap().unwrap();
+        let y = get(&s, "y", 0).unwrap().unwrap();
+        assert_eq!((x.mod_revision, y.mod_revision), (2, 2));
+        let second = s.txn(&txn).unwrap();
+        assert!(!second.succeeded);
+        assert_eq!(s.revision(), 2, "a read-only branch is not a change");
+        let Some(response_op::Response::ResponseRange(range)) = &second.responses[0].response
+        else {
+            panic!("expected a range response: {second:?}");
+        };
+        assert_eq!(range.kvs[0].create_revision, 2);
+
+        let twice = pb::TxnRequest {
+            success: vec![put_op("z"), put_op("z")],
+            ..Default::default()
+        };
+        assert_eq!(s.txn(&twice).err(), Some(EtcdError::DuplicateKey));
+        let value_compare_on_missing = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                target: compare::CompareTarget::Value as i32,
+                key: b"missing".to_vec(),
+                target_union: Some(compare::TargetUnion::Value(Vec::new())),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!s.txn(&value_compare_on_missing).unwrap().succeeded);
+    }
+
+    #[test]
+    fn a_put_with_an_unknown_lease_changes_nothing() {
+        let mut s = state();
+        let request = pb::PutRequest {
+            key: b"k".to_vec(),
+            lease: 42,
+            ..Default::default()
+        };
+        assert_eq!(s.put(&request).err(), Some(EtcdError::LeaseNotFound));
+        assert_eq!(s.revision(), 1);
+        let txn = pb::TxnRequest {
+            success: vec![
+                put_op("a"),
+                pb::RequestOp {
+                    request: Some(request_op::Request::RequestPut(request)),
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(s.txn(&txn).err(), Some(EtcdError::LeaseNotFound));
+        assert_eq!(get(&s, "a", 0).unwrap(), None);
+    }
+
+    #[test]
+    fn leases_raise_short_ttls_expire_at_their_deadline_and_take_their_keys() {
+        let mut s = state();
+        let now = Instant::now();
+        let grant = s.grant(now, 0, 0).unwrap();
+        assert_eq!(grant.ttl, 1, "raised to the minimum");
+        assert!(grant.id > 0);
+        assert_eq!(
+            s.grant(now, grant.id, 5).err(),
+            Some(EtcdError::LeaseExists)
+        );
+        let request = pb::PutRequest {
+            key: b"owned".to_vec(),
+            lease: grant.id,
+            ..Default::default()
+        };
+        s.put(&request).unwrap();
+        let ttl = s.time_to_live(
+            now,
+            &pb::LeaseTimeToLiveRequest {
+                id: grant.id,
+                keys: true,
+            },
+        );
+        assert_eq!(ttl.keys, [b"owned".to_vec()]);
+        assert_eq!(ttl.granted_ttl, 1);
+
+        let half = now + Duration::from_millis(500);
+        assert!(s.expire(half).is_empty());
+        assert_eq!(s.renew(half, grant.id), Some(1));
+        // Renewed at +0.5 s: alive at +1.4 s, dead at +1.5 s.
+        assert!(s.expire(now + Duration::from_millis(1400)).is_empty());
+        let before = s.revision();
+        assert_eq!(s.expire(now + Duration::from_millis(1500)), vec![grant.id]);
+        assert_eq!(get(&s, "owned", 0).unwrap(), None);
+        assert_eq!(s.revision(), before + 1);
+        assert_eq!(s.renew(now, grant.id), None);
+        assert_eq!(s.revoke(grant.id).err(), Some(EtcdError::LeaseNotFound));
+        let gone = s.time_to_live(
+            now,
+            &pb::LeaseTimeToLiveRequest {
+                id: grant.id,
+                keys: false,
+            },
+        );
+        assert_eq!(gone.ttl, -1);
+        assert_eq!(
+            s.grant(now, 0, MAX_LEASE_TTL + 1).err(),
+            Some(EtcdError::LeaseTtlTooLarge)
+        );
+    }
+
+    #[test]
+    fn moving_a_key_to_another_lease_detaches_it_from_the_first() {
+        let mut s = state();
+        let now = Instant::now();
+        let a = s.grant(now, 0, 10).unwrap().id;
+        let b = s.grant(now, 0, 10).unwrap().id;
+        for lease in [a, b] {
+            let request = pb::PutRequest {
+                key: b"k".to_vec(),
+                lease,
+                ..Default::default()
+            };
+            s.put(&request).unwrap();
+        }
+        s.revoke(a).unwrap();
+        assert!(get(&s, "k", 0).unwrap().is_some(), "the key moved to b");
+        s.revoke(b).unwrap();
+        assert!(get(&s, "k", 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn lock_keys_queue_in_create_revision_order() {
+        let mut s = state();
+        let now = Instant::now();
+        let a = s.grant(now, 0, 10).unwrap().id;
+        let b = s.grant(now, 0, 10).unwrap().id;
+        let (key_a, rev_a) = s.enqueue(b"/l", a).unwrap();
+        let (key_b, rev_b) = s.enqueue(b"/l", b).unwrap();
+        assert_eq!(key_a, format!("/l/{a:x}").into_bytes());
+        assert!(rev_b > rev_a);
+        assert_eq!(s.enqueue(b"/l", a).unwrap(), (key_a.clone(), rev_a));
+        assert_eq!(s.turn(b"/l", &key_a, rev_a), Turn::Owner);
+        assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Waiting);
+        s.withdraw(&key_a, rev_a);
+        assert_eq!(s.turn(b"/l", &key_a, rev_a), Turn::Gone);
+        assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Owner);
+        assert_eq!(s.enqueue(b"/l", 7).err(), Some(EtcdError::LeaseNotFound));
+    }
+
+    #[test]
+    fn key_ranges_follow_etcds_conventions() {
+        let single = KeyRange::new(b"a", b"");
+        assert!(single.contains(b"a") && !single.contains(b"ab"));
+        let from = KeyRange::new(b"b", b"\0");
+        assert!(from.contains(b"zzz") && !from.contains(b"a"));
+        let empty = KeyRange::new(b"b", b"a");
+        assert!(empty.bounds().is_none() && !empty.contains(b"b"));
+        let prefix = KeyRange::new(b"p/", &prefix_end(b"p/"));
+        assert!(prefix.overlaps(&KeyRange::new(b"p/x", b"")));
+        assert!(!prefix.overlaps(&KeyRange::new(b"q", b"")));
+    }
+}

@@ -1,0 +1,350 @@
+//! The Watch service: one task per stream, holding that stream's watchers.
+//!
+//! Invariant: a watcher has reported every matching change before `next`, and nothing at or
+//! after it. A watcher is created with the state locked: its past changes come from the
+//! history, and the stream's change feed, subscribed before, carries everything after; the
+//! overlap is skipped by `next`. A stream that falls behind the feed resubscribes with the
+//! state locked and catches up from the history, or, if the history no longer reaches back
+//! that far, gets etcd's compacted answer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Duration, MissedTickBehavior, interval};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::error::EtcdError;
+use super::service::{Core, Services};
+use super::state::{Change, KeyRange, State};
+use crate::lock::pb::etcdserverpb::{
+    self as pb, watch_create_request::FilterType, watch_request::RequestUnion, watch_server,
+};
+use crate::lock::pb::mvccpb::{Event, event::EventType};
+
+/// How often a watcher that asked for progress notifications gets one while idle (etcd's
+/// default).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+/// Events per answer when catching up from the history.
+const CATCH_UP_BATCH: usize = 1000;
+/// etcd's watch ID for answers that concern the whole stream (progress).
+const STREAM_WATCH_ID: i64 = -1;
+
+struct Watcher {
+    range: KeyRange,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
+    progress_notify: bool,
+    /// First revision not yet reported.
+    next: i64,
+    /// Whether anything was sent since the last progress tick.
+    active: bool,
+}
+
+impl Watcher {
+    /// The events of `change` this watcher reports.
+    fn select(&self, change: &Change) -> Vec<Event> {
+        change
+            .events
+            .iter()
+            .filter(|event| {
+                let put = event.r#type == EventType::Put as i32;
+                !(put && self.no_put || !put && self.no_delete)
+                    && event
+                        .kv
+                        .as_ref()
+                        .is_some_and(|kv| self.range.contains(&kv.key))
+            })
+            .map(|event| Event {
+                prev_kv: event.prev_kv.clone().filter(|_| self.prev_kv),
+                ..event.clone()
+            })
+            .collect()
+    }
+}
+
+type Outbox = mpsc::Sender<Result<pb::WatchResponse, Status>>;
+
+struct Stream {
+    core: Arc<Core>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    out: Outbox,
+}
+
+/// The stream is gone (client went away): stop.
+struct Closed;
+
+#[tonic::async_trait]
+impl watch_server::Watch for Services {
+    type WatchStream = ReceiverStream<Result<pb::WatchResponse, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<pb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let (out, answers) = mpsc::channel(64);
+        let stream = Stream {
+            core: self.0.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            out,
+        };
+        tokio::spawn(stream.run(request.into_inner()));
+        Ok(Response::new(ReceiverStream::new(answers)))
+    }
+}
+
+impl Stream {
+    async fn run(mut self, mut requests: Streaming<pb::WatchRequest>) {
+        let mut changes = self.core.state().subscribe();
+        let mut progress = interval(PROGRESS_INTERVAL);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        progress.reset();
+        let core = self.core.clone();
+        loop {
+            let step = tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(request)) => self.handle(request).await,
+                    // The client closed its side, or the connection failed.
+                    Ok(None) | Err(_) => Err(Closed),
+                },
+                change = changes.recv() => match change {
+                    Ok(change) => self.deliver(&change).await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.resync(&mut changes).await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
+                },
+                _ = progress.tick() => self.notify_progress().await,
+                () = core.stopped() => Err(Closed),
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn send(&self, response: pb::WatchResponse) -> Result<(), Closed> {
+        self.out.send(Ok(response)).await.map_err(|_| Closed)
+    }
+
+    fn answer(&self, state: &State, watch_id: i64) -> pb::WatchResponse {
+        pb::WatchResponse {
+            header: Some(state.header()),
+            watch_id,
+            ..Default::default()
+        }
+    }
+
+    async fn handle(&mut self, request: pb::WatchRequest) -> Result<(), Closed> {
+        match request.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                self.watchers.remove(&cancel.watch_id);
+                let response = {
+                    let state = self.core.state();
+                    pb::WatchResponse {
+                        canceled: true,
+                        ..self.answer(&state, cancel.watch_id)
+                    }
+                };
+                self.send(response).await
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                // Every watcher here is caught up to the revision in the header.
+                let response = self.answer(&self.core.state(), STREAM_WATCH_ID);
+                self.send(response).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
+        let id = match create.watch_id {
+            0 => {
+                while self.watchers.contains_key(&self.next_id) {
+                    self.next_id += 1;
+                }
+                self.next_id
+            }
+            id => id,
+        };
+        let mut watcher = Watcher {
+            range: KeyRange::new(&create.key, &create.range_end),
+            no_put: create.filters.contains(&(FilterType::Noput as i32)),
+            no_delete: create.filters.contains(&(FilterType::Nodelete as i32)),
+            prev_kv: create.prev_kv,
+            progress_notify: create.progress_notify,
+            next: 0,
+            active: false,
+        };
+        // Decided with the state locked; sent after.
+        let (created, past) = {
+            let state = self.core.state();
+            let created = pb::WatchResponse {
+                created: true,
+                ..self.answer(&state, id)
+            };
+            if self.watchers.contains_key(&id) {
+                let refused = pb::WatchResponse {
+                    canceled: true,
+                    cancel_reason: EtcdError::DuplicateWatchId.to_string(),
+                    ..created
+                };
+                (refused, Err(None))
+            } else {
+                let now = state.revision();
+                watcher.next = if create.start_revision > 0 {
+                    create.start_revision
+                } else {
+                    now + 1
+                };
+                let past = if watcher.next > now {
+                    Ok(Vec::new())
+                } else {
+                    state.changes_since(watcher.next).map_err(|_| {
+                        Some(pb::WatchResponse {
+                            compact_revision: state.oldest_kept(),
+                            canceled: true,
+                            cancel_reason: EtcdError::Compacted.to_string(),
+                            ..self.answer(&state, id)
+                        })
+                    })
+                };
+                (created, past)
+            }
+        };
+        self.send(created).await?;
+        match past {
+            Ok(changes) => {
+                self.watchers.insert(id, watcher);
+                self.catch_up(id, &changes).await
+            }
+            // Like etcd, the watcher is created, then cancelled as compacted.
+            Err(Some(compacted)) => self.send(compacted).await,
+            // Refused (a duplicate ID): the answer sent was the refusal.
+            Err(None) => Ok(()),
+        }
+    }
+
+    /// Reports `changes` (in revision order) to watcher `id`, batched.
+    async fn catch_up(&mut self, id: i64, changes: &[Arc<Change>]) -> Result<(), Closed> {
+        let Some(watcher) = self.watchers.get_mut(&id) else {
+            return Ok(());
+        };
+        let mut batches = Vec::new();
+        let mut events = Vec::new();
+        let mut last = 0;
+        for change in changes.iter().filter(|c| c.revision >= watcher.next) {
+            events.extend(watcher.select(change));
+            last = change.revision;
+            if events.len() >= CATCH_UP_BATCH {
+                batches.push((last, std::mem::take(&mut events)));
+            }
+        }
+        if !events.is_empty() {
+            batches.push((last, events));
+        }
+        if last > 0 {
+            watcher.next = last + 1;
+        }
+        watcher.active |= !batches.is_empty();
+        let header = self.core.state().header();
+        for (revision, events) in batches {
+            let response = pb::WatchResponse {
+                header: Some(pb::ResponseHeader {
+                    revision: revision.max(header.revision),
+                    ..header
+                }),
+                watch_id: id,
+                events,
+                ..Default::default()
+            };
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, change: &Change) -> Result<(), Closed> {
+        let header = {
+            let state = self.core.state();
+            pb::ResponseHeader {
+                revision: change.revision,
+                ..state.header()
+            }
+        };
+        let mut responses = Vec::new();
+        for (&id, watcher) in &mut self.watchers {
+            if change.revision < watcher.next {
+                continue;
+            }
+            watcher.next = change.revision + 1;
+            let events = watcher.select(change);
+            if events.is_empty() {
+                continue;
+            }
+            watcher.active = true;
+            responses.push(pb::WatchResponse {
+                header: Some(header),
+                watch_id: id,
+                events,
+                ..Default::default()
+            });
+        }
+        for response in responses {
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+
+    /// After the feed dropped changes for this stream: a new feed, and every watcher caught
+    /// up from the history (or cancelled as compacted).
+    async fn resync(
+        &mut self,
+        changes: &mut broadcast::Receiver<Arc<Change>>,
+    ) -> Result<(), Closed> {
+        let mut catch_ups = Vec::new();
+        let mut compacted = Vec::new();
+        {
+            let state = self.core.state();
+            *changes = state.subscribe();
+            for (&id, watcher) in &self.watchers {
+                match state.changes_since(watcher.next) {
+                    Ok(past) => catch_ups.push((id, past)),
+                    Err(_) => compacted.push(pb::WatchResponse {
+                        compact_revision: state.oldest_kept(),
+                        canceled: true,
+                        cancel_reason: EtcdError::Compacted.to_string(),
+                        ..self.answer(&state, id)
+                    }),
+                }
+            }
+        }
+        for response in compacted {
+            self.watchers.remove(&response.watch_id);
+            self.send(response).await?;
+        }
+        for (id, past) in catch_ups {
+            self.catch_up(id, &past).await?;
+        }
+        Ok(())
+    }
+
+    async fn notify_progress(&mut self) -> Result<(), Closed> {
+        let mut due = Vec::new();
+        for (&id, watcher) in &mut self.watchers {
+            if watcher.progress_notify && !watcher.active {
+                due.push(id);
+            }
+            watcher.active = false;
+        }
+        for id in due {
+            let response = self.answer(&self.core.state(), id);
+            self.send(response).await?;
+        }
+        Ok(())
+    }
+}
