@@ -122,15 +122,19 @@ struct LockArgs {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Lock+unlock cycles on etcd, with 1 and with 8 contending sessions.
+    /// Lock+unlock cycles on lockd and on a loopback etcd cluster, with 1 and with 8
+    /// contending sessions.
     Lock(BenchLockArgs),
 }
 
 #[derive(Args)]
 struct BenchLockArgs {
-    /// Use this etcd (comma-separated endpoints) instead of starting a loopback cluster.
+    /// Measure this lock service (comma-separated endpoints) instead of starting lockd and etcd.
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<String>>,
+    /// Services to start and measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "lockd,etcd")]
+    services: Vec<ServiceArg>,
     /// Members of the loopback cluster started when no endpoints are given.
     #[arg(long, default_value_t = 3)]
     members: usize,
@@ -151,6 +155,12 @@ struct BenchLockArgs {
     /// Also run with the watch at the read's own revision (same as adding `read`).
     #[arg(long)]
     go_watch: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ServiceArg {
+    Lockd,
+    Etcd,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -274,8 +284,18 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<ExitCode> {
     if args.go_watch && !watch_starts.contains(&WatchStart::AtRange) {
         watch_starts.push(WatchStart::AtRange);
     }
+    let services = args
+        .services
+        .into_iter()
+        .map(|s| match s {
+            ServiceArg::Lockd => bench::lock::Service::Lockd,
+            ServiceArg::Etcd => bench::lock::Service::Etcd,
+        })
+        .collect();
     let options = bench::lock::Options {
         endpoints: args.endpoints,
+        services,
+        lockd_bin: std::env::current_exe().context("cannot find the fencelock binary")?,
         members: args.members,
         etcd_bin: args.etcd_bin,
         sessions: args.sessions,

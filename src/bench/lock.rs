@@ -1,5 +1,8 @@
-//! `fencelock bench lock`: lock+unlock cycles per second on etcd, with 1 session and with
-//! several sessions contending for one lock.
+//! `fencelock bench lock`: lock+unlock cycles per second on lockd and on a loopback etcd
+//! cluster in the same run, with 1 session and with several sessions contending for one lock.
+//!
+//! lockd runs as its own process (`fencelock lockd --in-memory`), as etcd's members do, so
+//! that neither shares the benchmark's threads.
 //!
 //! Each cycle is one `lock` (including the wait for the sessions ahead) and one `unlock`,
 //! timed from the lock call to the unlock's answer. Runs can repeat with the watch starting
@@ -17,18 +20,35 @@ use tokio::time::Instant;
 use crate::etcd_cluster::{ClusterError, EtcdCluster};
 use crate::lock::pb::etcdserverpb::StatusRequest;
 use crate::lock::{Client, LockOptions, WatchStart};
+use crate::lockd::{LockdProcess, SpawnError};
 
 /// Lease TTL of the benchmark's sessions: long enough that no session expires under load.
 const TTL: Duration = Duration::from_secs(10);
 
+/// The longest a lock call may wait before the run is declared failed.
+const CYCLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Cycles run before measuring, so connections and etcd's caches are warm.
 const WARMUP_CYCLES: usize = 20;
 
-/// Where the benchmark finds etcd and how long it runs.
+/// A lock service the benchmark starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// `fencelock lockd --in-memory` on a loopback port.
+    Lockd,
+    /// A loopback etcd cluster of `Options::members`.
+    Etcd,
+}
+
+/// Where the benchmark finds its lock services and how long it runs.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// An existing cluster's endpoints; `None` starts a loopback cluster.
+    /// An existing service's endpoints, measured instead of `services`.
     pub endpoints: Option<Vec<String>>,
+    /// Services to start and measure, one after the other.
+    pub services: Vec<Service>,
+    /// The `fencelock` binary that runs lockd.
+    pub lockd_bin: PathBuf,
     /// Members of the cluster started when no endpoints are given.
     pub members: usize,
     /// etcd binary for that cluster.
@@ -47,12 +67,16 @@ pub enum BenchError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
+    Lockd(#[from] SpawnError),
+    #[error(transparent)]
     Lock(#[from] crate::lock::Error),
 }
 
 /// One run's figures.
 #[derive(Clone, Debug)]
 pub struct RunStats {
+    /// Which service: "lockd", "etcd" or "given".
+    pub service: &'static str,
     pub sessions: usize,
     pub watch_start: WatchStart,
     pub cycles: u64,
@@ -67,45 +91,79 @@ impl RunStats {
     }
 }
 
-/// Runs every case and prints a table to `out`; returns the figures.
+/// Runs every case on every service and prints a table to `out`, then how lockd's median
+/// compares with etcd's; returns the figures.
 pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats>, BenchError> {
-    // Kept alive until the end: dropping it stops the cluster.
-    let mut _cluster = None;
-    let endpoints = match &options.endpoints {
-        Some(endpoints) => endpoints.clone(),
-        None => {
-            let cluster = EtcdCluster::start(options.members, &options.etcd_bin).await?;
-            let endpoints = cluster.endpoints();
-            _cluster = Some(cluster);
-            endpoints
+    let _ = writeln!(out, "{:?} per run", options.duration);
+    let _ = writeln!(
+        out,
+        "{:<24}  {:>8}  {:<22}  {:>7}  {:>9}  {:>10}  {:>10}",
+        "service", "sessions", "watch starts at", "cycles", "cycles/s", "median", "p99"
+    );
+    let mut all = Vec::new();
+    if let Some(endpoints) = &options.endpoints {
+        all.extend(run_service("given", endpoints, options, out).await?);
+        return Ok(all);
+    }
+    for &service in &options.services {
+        // Each service runs alone: the one measured before is stopped first.
+        match service {
+            Service::Lockd => {
+                let lockd = LockdProcess::spawn(&options.lockd_bin, &["--in-memory"]).await?;
+                let endpoints = [lockd.endpoint().to_string()];
+                all.extend(run_service("lockd", &endpoints, options, out).await?);
+            }
+            Service::Etcd => {
+                let cluster = EtcdCluster::start(options.members, &options.etcd_bin).await?;
+                all.extend(run_service("etcd", &cluster.endpoints(), options, out).await?);
+            }
         }
-    };
-    let client = Client::connect(&endpoints).await?;
-    let version = client
-        .maintenance()
-        .status(StatusRequest {})
-        .await
-        .map(|s| s.into_inner().version)
-        .unwrap_or_else(|_| "unknown".into());
-    let _ = writeln!(
-        out,
-        "etcd {version}, {} endpoint(s): {}; {:?} per run",
-        endpoints.len(),
-        endpoints.join(","),
-        options.duration
-    );
-    let _ = writeln!(
-        out,
-        "{:>8}  {:<22}  {:>7}  {:>9}  {:>10}  {:>10}",
-        "sessions", "watch starts at", "cycles", "cycles/s", "median", "p99"
-    );
+    }
+    compare(&all, out);
+    Ok(all)
+}
+
+/// One line per (sessions, watch start) measured on both: lockd's median over etcd's.
+fn compare(all: &[RunStats], out: &mut impl Write) {
+    for lockd in all.iter().filter(|s| s.service == "lockd") {
+        let etcd = all.iter().find(|s| {
+            s.service == "etcd"
+                && s.sessions == lockd.sessions
+                && s.watch_start == lockd.watch_start
+        });
+        if let Some(etcd) = etcd {
+            let _ = writeln!(
+                out,
+                "lockd/etcd median, {} session(s), watch {}: {:.2} ({:.2?} / {:.2?})",
+                lockd.sessions,
+                watch_start_label(lockd.watch_start),
+                lockd.median.as_secs_f64() / etcd.median.as_secs_f64(),
+                lockd.median,
+                etcd.median
+            );
+        }
+    }
+}
+
+async fn run_service(
+    service: &'static str,
+    endpoints: &[String],
+    options: &Options,
+    out: &mut impl Write,
+) -> Result<Vec<RunStats>, BenchError> {
+    let client = Client::connect(endpoints).await?;
+    let status = client.maintenance().status(StatusRequest {}).await;
+    let version = status.map_or_else(|_| "?".into(), |s| s.into_inner().version);
+    let label = format!("{service} {version}, {}x", endpoints.len());
     let mut all = Vec::new();
     for &watch_start in &options.watch_starts {
         for &sessions in &options.sessions {
-            let stats = run_case(&client, sessions, watch_start, options.duration).await?;
+            let mut stats = run_case(&client, sessions, watch_start, options.duration).await?;
+            stats.service = service;
             let _ = writeln!(
                 out,
-                "{:>8}  {:<22}  {:>7}  {:>9.0}  {:>10.2?}  {:>10.2?}",
+                "{:<24}  {:>8}  {:<22}  {:>7}  {:>9.0}  {:>10.2?}  {:>10.2?}",
+                label,
                 stats.sessions,
                 watch_start_label(watch_start),
                 stats.cycles,
@@ -137,9 +195,10 @@ async fn run_case(
         "/fencelock-bench/{sessions}-{watch_start:?}-{}",
         std::process::id()
     );
+    // A cycle that takes this long means a stuck waiter: the run fails instead of hanging.
     let options = LockOptions {
         watch_start,
-        ..LockOptions::default()
+        timeout: Some(CYCLE_TIMEOUT),
     };
     let mut all = Vec::with_capacity(sessions);
     for _ in 0..sessions {
@@ -156,11 +215,11 @@ async fn run_case(
     ));
     let started = Instant::now();
     let until = started + duration;
-    let mut tasks = Vec::with_capacity(sessions);
+    let mut tasks = tokio::task::JoinSet::new();
     for session in &all {
         let session = session.clone();
         let (name, histogram) = (name.clone(), Arc::clone(&histogram));
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut cycles = 0u64;
             while Instant::now() < until {
                 let cycle = Instant::now();
@@ -173,13 +232,13 @@ async fn run_case(
                 cycles += 1;
             }
             Ok::<_, crate::lock::Error>(cycles)
-        }));
+        });
     }
     let mut cycles = 0;
-    for task in tasks {
-        cycles += task
-            .await
-            .map_err(|e| crate::lock::Error::protocol("bench", e.to_string()))??;
+    // The first failure ends the run: the other sessions may be waiting for a key that the
+    // failed one left behind.
+    while let Some(joined) = tasks.join_next().await {
+        cycles += joined.map_err(|e| crate::lock::Error::protocol("bench", e.to_string()))??;
     }
     let elapsed = started.elapsed();
     for session in all {
@@ -187,6 +246,7 @@ async fn run_case(
     }
     let histogram = histogram.lock().unwrap_or_else(|e| e.into_inner());
     Ok(RunStats {
+        service: "",
         sessions,
         watch_start,
         cycles,

@@ -18,6 +18,7 @@
 
 mod error;
 mod meta;
+mod process;
 mod service;
 mod state;
 mod watch;
@@ -34,6 +35,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub use error::EtcdError;
 pub use meta::{MetaError, RESERVATION_BLOCK};
+pub use process::{LockdProcess, SpawnError};
 pub use service::API_VERSION;
 
 use crate::lock::pb::etcdserverpb::watch_server;
@@ -181,5 +183,63 @@ async fn expire_leases(core: Arc<Core>) {
             () = sleep_until(wake) => {}
             () = core.stopped() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::pb::etcdserverpb as pb;
+
+    fn core() -> Arc<Core> {
+        let server = Server::open(&Config::default()).unwrap();
+        // The sender is leaked so that the core never sees a shutdown.
+        let (stop, stopping) = signal::channel(false);
+        std::mem::forget(stop);
+        Arc::new(Core::new(server.state, "http://test".into(), stopping))
+    }
+
+    /// On a paused clock: the expiry loop must delete a lease's keys within 100 ms of its
+    /// deadline, whenever the lease was granted or last renewed.
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_dies_within_100_ms_of_its_deadline() {
+        let core = core();
+        tokio::spawn(expire_leases(core.clone()));
+        for offset_ms in [0u64, 13, 37, 49, 50, 77] {
+            tokio::time::sleep(Duration::from_millis(offset_ms)).await;
+            let (id, mut changes, granted) = {
+                let mut state = core.state();
+                let id = state.grant(Instant::now(), 0, 1).unwrap().id;
+                let put = pb::PutRequest {
+                    key: b"k".to_vec(),
+                    lease: id,
+                    ..Default::default()
+                };
+                state.put(&put).unwrap();
+                (id, state.subscribe(), Instant::now())
+            };
+            // Renewed half-way: the deadline moves to 1 s after the renewal.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(core.state().renew(Instant::now(), id), Some(1));
+            let renewed = Instant::now();
+            let change = changes.recv().await.unwrap();
+            let waited = renewed.elapsed();
+            assert_eq!(change.events.len(), 1, "the key's deletion");
+            assert!(
+                waited >= Duration::from_secs(1) && waited <= Duration::from_millis(1100),
+                "lease granted at +{offset_ms} ms died {waited:?} after its renewal \
+                 ({:?} after its grant)",
+                granted.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn a_minimum_ttl_below_one_second_is_refused() {
+        let config = Config {
+            min_ttl: Duration::from_millis(500),
+            ..Config::default()
+        };
+        assert!(matches!(Server::open(&config), Err(LockdError::Config(_))));
     }
 }

@@ -1011,6 +1011,7 @@ mod tests {
         let filtered = pb::RangeRequest {
             max_create_revision: 3,
             sort_target: range_request::SortTarget::Value as i32,
+            sort_order: range_request::SortOrder::None as i32,
             limit: 0,
             keys_only: true,
             ..request.clone()
