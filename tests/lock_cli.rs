@@ -1,5 +1,6 @@
-//! `fencelock lock` as a process of its own, against real etcd (`support::etcd`): a holder
-//! the tests can freeze with SIGSTOP, and its JSON events and exit statuses.
+//! `fencelock lock` as a process of its own, against both lock services (`support::backend`:
+//! a real etcd from `support::etcd`, and `fencelock lockd`): a holder the tests can freeze with
+//! SIGSTOP, and its JSON events and exit statuses.
 
 mod support;
 
@@ -11,7 +12,8 @@ use std::time::Duration;
 use fencelock::FencingToken;
 use fencelock::lock::Client;
 use serde_json::Value;
-use support::etcd::{self, within_ttl};
+use support::backend::Service;
+use support::etcd::within_ttl;
 use support::proc::{ChildGuard, fencelock_bin};
 use tokio::time::{Instant, timeout};
 
@@ -75,12 +77,10 @@ async fn wait_for_keys(client: &Client, name: &str, count: usize) {
     }
 }
 
-#[tokio::test]
-async fn a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when_resumed() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let endpoints = etcd.endpoints();
+async fn a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when_resumed(
+    service: Service,
+) {
+    let endpoints = service.endpoints();
     let holder = Holder::spawn(&endpoints, "/frozen");
     let acquired = holder.expect("acquired", Duration::from_secs(10));
     println!("holder process acquired: {acquired}");
@@ -113,13 +113,10 @@ async fn a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when
     let status = holder.child.wait_exit(Duration::from_secs(5));
     assert_eq!(status.code(), Some(3), "a lost lock exits with status 3");
 }
+both_backends!(a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when_resumed);
 
-#[tokio::test]
-async fn the_lock_command_releases_on_stdin_eof_and_on_sigterm() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let endpoints = etcd.endpoints();
+async fn the_lock_command_releases_on_stdin_eof_and_on_sigterm(service: Service) {
+    let endpoints = service.endpoints();
     let client = Client::connect(&endpoints).await.unwrap();
 
     let mut first = Holder::spawn(&endpoints, "/released");
@@ -148,6 +145,7 @@ async fn the_lock_command_releases_on_stdin_eof_and_on_sigterm() {
     assert!(second.child.wait_exit(Duration::from_secs(5)).success());
     assert!(client.lock_keys("/released").await.unwrap().is_empty());
 }
+both_backends!(the_lock_command_releases_on_stdin_eof_and_on_sigterm);
 
 #[test]
 fn the_lock_command_reports_an_unreachable_etcd_in_one_line() {

@@ -1,5 +1,9 @@
 //! The lock library against a real 3-member etcd (`support::etcd`): fencing tokens across
 //! members, and a cluster that loses a member.
+//!
+//! etcd only: these tests are about members (killed, frozen, lease IDs carrying member bits),
+//! and `fencelock lockd` is a single member. The single-member suite runs on both services in
+//! `lock_suite.rs`.
 
 mod support;
 

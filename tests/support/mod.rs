@@ -3,6 +3,8 @@
 //! Every test binary compiles this whole module and uses part of it.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod etcd;
+pub mod lockd;
 pub mod proc;
 pub mod storage;

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct ChildGuard {
     child: Option<Child>,
     name: String,
+    /// Set when the child leads a process group of its own, which is killed with it.
+    group: bool,
 }
 
 impl ChildGuard {
@@ -20,7 +22,17 @@ impl ChildGuard {
         Self {
             child: Some(child),
             name,
+            group: false,
         }
+    }
+
+    /// Spawns `cmd` as the leader of a new process group, so that killing it also kills the
+    /// programs it starts (e.g. the command `etcdctl lock NAME CMD` runs).
+    pub fn spawn_group(name: impl Into<String>, cmd: &mut Command) -> Self {
+        use std::os::unix::process::CommandExt;
+        let mut guard = Self::spawn(name, cmd.process_group(0));
+        guard.group = true;
+        guard
     }
 
     pub fn pid(&self) -> u32 {
@@ -45,6 +57,11 @@ impl ChildGuard {
     /// SIGKILLs the child and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.group {
+                // The group's ID is the leader's PID, which stays ours until it is reaped
+                // below. SAFETY: kill(2) on a process group this guard created.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -55,6 +72,11 @@ impl ChildGuard {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
+                if self.group {
+                    // Programs the leader started may outlive it; the group keeps its ID
+                    // while any of them runs. SAFETY: kill(2) on a group this guard created.
+                    unsafe { libc::kill(-(self.pid() as libc::pid_t), libc::SIGKILL) };
+                }
                 self.child = None;
                 return status;
             }

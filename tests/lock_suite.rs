@@ -1,5 +1,6 @@
-//! The lock library against a real single-member etcd (`support::etcd`): tokens, queueing,
-//! timeouts, cancellation, and loss of the session.
+//! The lock library's suite, run against both lock services (`support::backend`): a real
+//! single-member etcd (`support::etcd`) and `fencelock lockd`. Tokens, queueing, timeouts,
+//! cancellation, and loss of the session; the same assertions hold on either.
 
 mod support;
 
@@ -7,13 +8,14 @@ use std::time::Duration;
 
 use fencelock::lock::pb::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
 use fencelock::lock::{Client, Error, LossReason, Session};
-use support::etcd::{self, etcdctl, within_ttl};
+use support::backend::Service;
+use support::etcd::{etcdctl, within_ttl};
 use tokio::time::{Instant, timeout};
 
 const TTL: Duration = Duration::from_secs(2);
 
-async fn client(etcd: &etcd::TestEtcd) -> Client {
-    Client::connect(etcd.endpoints()).await.expect("connect")
+async fn client(service: &Service) -> Client {
+    Client::connect(service.endpoints()).await.expect("connect")
 }
 
 /// A session with the tests' TTL.
@@ -37,12 +39,8 @@ async fn wait_for_keys(client: &Client, name: &str, count: usize) {
     }
 }
 
-#[tokio::test]
-async fn successive_holders_get_strictly_increasing_tokens() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn successive_holders_get_strictly_increasing_tokens(service: Service) {
+    let client = client(&service).await;
     let sessions = [session(&client).await, session(&client).await];
     let mut last = None;
     for round in 0..6 {
@@ -63,13 +61,10 @@ async fn successive_holders_get_strictly_increasing_tokens() {
         guard.unlock().await.unwrap();
     }
 }
+both_backends!(successive_holders_get_strictly_increasing_tokens);
 
-#[tokio::test]
-async fn waiters_acquire_in_arrival_order() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn waiters_acquire_in_arrival_order(service: Service) {
+    let client = client(&service).await;
     let holder = session(&client).await;
     let first = holder.lock("/queue").await.unwrap();
     println!("holder has token {}", first.token());
@@ -104,13 +99,10 @@ async fn waiters_acquire_in_arrival_order() {
         waiter.await.unwrap();
     }
 }
+both_backends!(waiters_acquire_in_arrival_order);
 
-#[tokio::test]
-async fn contending_sessions_hand_the_lock_over_in_token_order_without_stalling() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn contending_sessions_hand_the_lock_over_in_token_order_without_stalling(service: Service) {
+    let client = client(&service).await;
     let acquisitions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let until = Instant::now() + Duration::from_secs(3);
     let mut workers = Vec::new();
@@ -147,13 +139,10 @@ async fn contending_sessions_hand_the_lock_over_in_token_order_without_stalling(
         "tokens increase in the order holders acquired"
     );
 }
+both_backends!(contending_sessions_hand_the_lock_over_in_token_order_without_stalling);
 
-#[tokio::test]
-async fn next_waiter_acquires_immediately_after_unlock() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn next_waiter_acquires_immediately_after_unlock(service: Service) {
+    let client = client(&service).await;
     let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/handover").await.unwrap();
     let waiter = tokio::spawn(async move {
@@ -170,13 +159,10 @@ async fn next_waiter_acquires_immediately_after_unlock() {
     assert!(gap < Duration::from_secs(1), "handover took {gap:?}");
     assert!(token > first_token);
 }
+both_backends!(next_waiter_acquires_immediately_after_unlock);
 
-#[tokio::test]
-async fn try_lock_timeout_leaves_no_key_under_the_lock_name() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn try_lock_timeout_leaves_no_key_under_the_lock_name(service: Service) {
+    let client = client(&service).await;
     let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/busy").await.unwrap();
     let started = Instant::now();
@@ -190,13 +176,10 @@ async fn try_lock_timeout_leaves_no_key_under_the_lock_name() {
     assert_eq!(keys.len(), 1, "only the holder's key remains: {keys:?}");
     assert_eq!(keys[0].key, held.key());
 }
+both_backends!(try_lock_timeout_leaves_no_key_under_the_lock_name);
 
-#[tokio::test]
-async fn a_cancelled_wait_deletes_its_waiter_key() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn a_cancelled_wait_deletes_its_waiter_key(service: Service) {
+    let client = client(&service).await;
     let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/cancel").await.unwrap();
     let waiter = b.clone();
@@ -232,13 +215,10 @@ async fn a_cancelled_wait_deletes_its_waiter_key() {
         guard.key()
     );
 }
+both_backends!(a_cancelled_wait_deletes_its_waiter_key);
 
-#[tokio::test]
-async fn a_session_cannot_lock_the_same_name_twice() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn a_session_cannot_lock_the_same_name_twice(service: Service) {
+    let client = client(&service).await;
     let session = session(&client).await;
     let held = session.lock("/twice").await.unwrap();
     let err = session
@@ -253,13 +233,12 @@ async fn a_session_cannot_lock_the_same_name_twice() {
         again.token()
     );
 }
+both_backends!(a_session_cannot_lock_the_same_name_twice);
 
-#[tokio::test]
-async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_acquires() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_acquires(
+    service: Service,
+) {
+    let client = client(&service).await;
     let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/revoked").await.unwrap();
     let waiter = tokio::spawn(async move { b.lock("/revoked").await.unwrap() });
@@ -268,7 +247,7 @@ async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_ac
     println!("revoking lease {} with etcdctl", a.lease());
     let revoked = Instant::now();
     etcdctl(
-        &etcd.endpoints(),
+        &service.endpoints(),
         &["lease", "revoke", &a.lease().to_string()],
     );
 
@@ -293,13 +272,10 @@ async fn lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_ac
     let err = a.lock("/revoked").await.unwrap_err();
     assert!(matches!(err, Error::SessionLost { .. }), "{err:?}");
 }
+both_backends!(lost_fires_within_ttl_after_the_lease_is_revoked_and_the_next_waiter_acquires);
 
-#[tokio::test]
-async fn a_waiter_whose_lease_is_revoked_while_it_waits_never_gets_the_lock() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn a_waiter_whose_lease_is_revoked_while_it_waits_never_gets_the_lock(service: Service) {
+    let client = client(&service).await;
     let (a, b) = (session(&client).await, session(&client).await);
     let held = a.lock("/revoked-waiter").await.unwrap();
     let b_lease = b.lease();
@@ -326,18 +302,19 @@ async fn a_waiter_whose_lease_is_revoked_while_it_waits_never_gets_the_lock() {
             .is_empty()
     );
 }
+both_backends!(a_waiter_whose_lease_is_revoked_while_it_waits_never_gets_the_lock);
 
-#[tokio::test]
-async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it(service: Service) {
+    let client = client(&service).await;
     let tiny = client.session(Duration::from_millis(1)).await.unwrap();
-    println!("asked for 1 ms, etcd granted {:?}", tiny.ttl());
+    println!(
+        "asked for 1 ms, the {:?} lock service granted {:?}",
+        service.backend(),
+        tiny.ttl()
+    );
     assert!(
         tiny.ttl() >= Duration::from_secs(1),
-        "etcd raises TTLs to its minimum"
+        "the lock service raises TTLs to its minimum"
     );
     tiny.close().await.unwrap();
 
@@ -351,13 +328,10 @@ async fn the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it() {
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].lease, session.lease());
 }
+both_backends!(the_granted_ttl_is_reported_and_the_lease_stays_alive_past_it);
 
-#[tokio::test]
-async fn dropping_a_session_stops_its_keepalive_and_etcd_expires_the_lease() {
-    let Some(etcd) = etcd::start(1).await else {
-        return;
-    };
-    let client = client(&etcd).await;
+async fn dropping_a_session_stops_its_keepalive_and_the_lease_expires(service: Service) {
+    let client = client(&service).await;
     let session = session(&client).await;
     let (lease, ttl) = (session.lease(), session.ttl());
     drop(session);
@@ -388,6 +362,7 @@ async fn dropping_a_session_stops_its_keepalive_and_etcd_expires_the_lease() {
         dropped.elapsed()
     );
 }
+both_backends!(dropping_a_session_stops_its_keepalive_and_the_lease_expires);
 
 #[tokio::test]
 async fn connecting_to_a_dead_endpoint_fails_clearly_within_the_timeout() {
