@@ -54,6 +54,9 @@ pub const DEFAULT_HISTORY: usize = 100_000;
 /// should a deadline be set in a way this loop did not see.
 const EXPIRY_CHECK: Duration = Duration::from_millis(50);
 
+/// How long connections may take to close after a shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// How lockd runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -139,7 +142,8 @@ impl Server {
         let services = Services(core.clone());
         let expiry = tokio::spawn(expire_leases(core.clone()));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let result = tonic::transport::Server::builder()
+        let mut stopped = stop.subscribe();
+        let serve = tonic::transport::Server::builder()
             .add_service(kv_server::KvServer::new(services.clone()))
             .add_service(watch_server::WatchServer::new(services.clone()))
             .add_service(lease_server::LeaseServer::new(services.clone()))
@@ -147,10 +151,23 @@ impl Server {
             .add_service(cluster_server::ClusterServer::new(services.clone()))
             .add_service(maintenance_server::MaintenanceServer::new(services))
             .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.await;
+                let _ = stopped.wait_for(|&stop| stop).await;
+            });
+        tokio::pin!(serve);
+        let result = tokio::select! {
+            result = &mut serve => result,
+            () = shutdown => {
+                // Streams and waiting calls end now; the connections get a moment to close.
                 let _ = stop.send(true);
-            })
-            .await;
+                match tokio::time::timeout(SHUTDOWN_GRACE, &mut serve).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::info!("closing connections still open after {SHUTDOWN_GRACE:?}");
+                        Ok(())
+                    }
+                }
+            }
+        };
         expiry.abort();
         result.map_err(LockdError::from)
     }

@@ -77,7 +77,7 @@ impl KeyRange {
 
     /// Bounds for a `BTreeMap` scan, or `None` for an empty range (an end at or before the
     /// start), which `BTreeMap::range` would refuse.
-    fn bounds(&self) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    fn bounds(&self) -> Option<KeyBounds<'_>> {
         let start = Bound::Included(self.start.as_slice());
         match &self.end {
             End::Single => Some((start, Bound::Included(self.start.as_slice()))),
@@ -114,6 +114,9 @@ impl KeyRange {
         }
     }
 }
+
+/// Bounds of a `BTreeMap<Vec<u8>, _>` scan.
+type KeyBounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 struct Lease {
     /// Granted TTL in seconds.
@@ -806,10 +809,8 @@ fn check_txn_shape(txn: &pb::TxnRequest) -> Result<(), EtcdError> {
         let mut deletes = Vec::new();
         for op in ops.iter() {
             match &op.request {
-                Some(request_op::Request::RequestPut(put)) => {
-                    if !puts.insert(put.key.as_slice()) {
-                        return Err(EtcdError::DuplicateKey);
-                    }
+                Some(request_op::Request::RequestPut(put)) if !puts.insert(put.key.as_slice()) => {
+                    return Err(EtcdError::DuplicateKey);
                 }
                 Some(request_op::Request::RequestDeleteRange(delete)) => {
                     deletes.push(KeyRange::new(&delete.key, &delete.range_end));
