@@ -25,6 +25,7 @@ use super::pb::etcdserverpb::{
     maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use super::pb::mvccpb::KeyValue as PbKeyValue;
+use super::pb::v3lockpb::lock_client::LockClient;
 use super::{Error, LeaseId, Result, Session};
 use crate::FencingToken;
 
@@ -191,6 +192,12 @@ impl Client {
     /// Generated Maintenance client on this client's channel.
     pub fn maintenance(&self) -> MaintenanceClient<Channel> {
         MaintenanceClient::new(self.channel.clone())
+    }
+
+    /// Generated client of etcd's v3lock service (server-side Lock/Unlock) on this client's
+    /// channel.
+    pub fn v3lock(&self) -> LockClient<Channel> {
+        LockClient::new(self.channel.clone())
     }
 
     /// A handle for attempt number `attempt` (0 = first) of a request: the first goes
