@@ -14,7 +14,13 @@ use tokio::time::timeout;
 
 async fn lease(client: &Client) -> i64 {
     let grant = LeaseGrantRequest { ttl: 30, id: 0 };
-    client.lease().lease_grant(grant).await.unwrap().into_inner().id
+    client
+        .lease()
+        .lease_grant(grant)
+        .await
+        .unwrap()
+        .into_inner()
+        .id
 }
 
 fn lock(name: &str, lease: i64) -> LockRequest {
@@ -50,7 +56,10 @@ async fn waiters_get_the_lock_in_turn_and_keys_carry_growing_revisions(service: 
     };
     println!("queued: {keys:?}");
     assert!(keys[1].token > keys[0].token);
-    assert!(!waiting.is_finished(), "the second lock waits for the first");
+    assert!(
+        !waiting.is_finished(),
+        "the second lock waits for the first"
+    );
 
     let unlock = UnlockRequest {
         key: held.key.clone(),
@@ -62,14 +71,21 @@ async fn waiters_get_the_lock_in_turn_and_keys_carry_growing_revisions(service: 
         .unwrap()
         .unwrap()
         .into_inner();
-    assert_eq!(granted.key, format!("/v3/{}", LeaseId::new(second)).into_bytes());
+    assert_eq!(
+        granted.key,
+        format!("/v3/{}", LeaseId::new(second)).into_bytes()
+    );
     assert!(granted.header.unwrap().revision > held.header.unwrap().revision);
 }
 
 async fn a_waiter_that_gives_up_leaves_no_key(service: Service) {
     let client = Client::connect(service.endpoints()).await.unwrap();
     let (first, second) = (lease(&client).await, lease(&client).await);
-    client.v3lock().lock(lock("/v3-cancel", first)).await.unwrap();
+    client
+        .v3lock()
+        .lock(lock("/v3-cancel", first))
+        .await
+        .unwrap();
     let gave_up = timeout(
         Duration::from_millis(300),
         client.v3lock().lock(lock("/v3-cancel", second)),

@@ -244,6 +244,33 @@ impl Client {
         .await
     }
 
+    /// Deletes `key` only while it is the incarnation created at revision `created`.
+    ///
+    /// A lock key's name is reused by its session's next lock of the same name, and a
+    /// request that timed out may still be applied later, after its retry succeeded. A plain
+    /// delete applied that late would remove the next incarnation; this one cannot.
+    pub(crate) async fn delete_created(&self, key: &str, created: i64) -> Result<()> {
+        let request = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: key.as_bytes().to_vec(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(created)),
+                ..Default::default()
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: key.as_bytes().to_vec(),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            failure: Vec::new(),
+        };
+        self.txn(request).await.map(drop)
+    }
+
     /// Runs one unary request, retrying transient failures until the client's timeout.
     pub(crate) async fn unary<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
     where

@@ -67,6 +67,7 @@ impl Session {
         let mut pending = OwnedKey {
             client: self.client().clone(),
             key,
+            created: my_revision,
             claim: Some(claim),
         };
         let deadline = options.timeout.map(|t| started + t);
@@ -129,17 +130,18 @@ async fn enqueue_to_completion(
             Ok((revision, turn)) => match answer.send(Ok((revision, turn, claim))) {
                 Ok(()) => None,
                 // The lock call was dropped meanwhile: nobody owns the key.
-                Err(Ok((_, _, claim))) => Some(claim),
+                Err(Ok((revision, _, claim))) => Some((claim, Some(revision))),
                 // `send` hands back what it was given, which was `Ok`.
                 Err(Err(_)) => None,
             },
             Err(e) => {
                 let _ = answer.send(Err(e));
-                Some(claim)
+                // Whether, and at which revision, the key was created is unknown.
+                Some((claim, None))
             }
         };
-        if let Some(claim) = unowned {
-            delete_quietly(session.client(), &key).await;
+        if let Some((claim, created)) = unowned {
+            delete_quietly(session.client(), &key, created).await;
             drop(claim);
         }
     });
@@ -148,8 +150,13 @@ async fn enqueue_to_completion(
         .map_err(|_| Error::protocol("txn", "the request task ended without an answer"))?
 }
 
-async fn delete_quietly(client: &Client, key: &str) {
-    if let Err(e) = client.delete(key).await {
+/// Deletes `key`: only the incarnation created at `created` when that is known.
+async fn delete_quietly(client: &Client, key: &str, created: Option<i64>) {
+    let deleted = match created {
+        Some(created) => client.delete_created(key, created).await,
+        None => client.delete(key).await.map(drop),
+    };
+    if let Err(e) = deleted {
         tracing::warn!(%key, error = %e, "could not delete the lock key");
     }
 }
@@ -334,6 +341,8 @@ async fn until(deadline: Option<Instant>) {
 struct OwnedKey {
     client: Client,
     key: String,
+    /// The key's create_revision: deletes remove this incarnation only.
+    created: i64,
     claim: Option<NameClaim>,
 }
 
@@ -342,7 +351,7 @@ impl OwnedKey {
     /// lease, so it goes when the lease does.
     async fn delete(&mut self) {
         if let Some(claim) = self.claim.take() {
-            delete_quietly(&self.client, &self.key).await;
+            delete_quietly(&self.client, &self.key, Some(self.created)).await;
             drop(claim);
         }
     }
@@ -363,9 +372,9 @@ impl Drop for OwnedKey {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let client = self.client.clone();
             let key = std::mem::take(&mut self.key);
-            let claim = self.claim.take();
+            let (claim, created) = (self.claim.take(), self.created);
             runtime.spawn(async move {
-                delete_quietly(&client, &key).await;
+                delete_quietly(&client, &key, Some(created)).await;
                 drop(claim);
             });
         }
@@ -411,7 +420,7 @@ impl LockGuard {
     /// Releases the lock: deletes the lock key, so the next waiter acquires.
     pub async fn unlock(mut self) -> Result<()> {
         let client = self.key.client.clone();
-        let result = client.delete(&self.key.key).await;
+        let result = client.delete_created(&self.key.key, self.key.created).await;
         if result.is_ok() {
             tracing::info!(key = %self.key.key, token = %self.token, lease = %self.session.lease(), "lock released");
             self.key.disarm();
@@ -462,5 +471,40 @@ async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
         {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A late copy of an earlier unlock (a retried delete whose first attempt was only slow)
+    /// must not delete the next lock key of the same name, which has the same key name.
+    #[tokio::test]
+    async fn a_late_delete_of_an_old_lock_key_spares_the_new_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(crate::lockd::serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::connect([endpoint]).await.unwrap();
+        let session = client.session(Duration::from_secs(10)).await.unwrap();
+        let first = session.lock("/late").await.unwrap();
+        let old = first.token().get() as i64;
+        first.unlock().await.unwrap();
+        let second = session.lock("/late").await.unwrap();
+        assert_eq!(second.key(), format!("/late/{}", session.lease()));
+
+        client.delete_created(second.key(), old).await.unwrap();
+        let keys = client.lock_keys("/late").await.unwrap();
+        assert_eq!(keys.len(), 1, "the new incarnation survives: {keys:?}");
+        assert_eq!(keys[0].token, second.token());
+
+        second.unlock().await.unwrap();
+        assert!(client.lock_keys("/late").await.unwrap().is_empty());
+        session.close().await.unwrap();
+        let _ = stop.send(());
+        server.await.unwrap().unwrap();
     }
 }
