@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::Client;
 use super::client::RETRY_PAUSE;
 use super::pb::etcdserverpb as pb;
+use super::pb::mvccpb::Event;
 use super::pb::mvccpb::event::EventType;
 
 /// Where a waiter's watch on its predecessor starts. Every choice is correct; they differ
@@ -101,16 +102,8 @@ pub(crate) async fn deleted(
                 return Watched::LookAgain;
             }
         };
-        let deletion = answer
-            .events
-            .iter()
-            .find(|e| e.r#type == EventType::Delete as i32);
-        if let Some(deletion) = deletion {
-            // A delete event carries the key with mod_revision set to the deletion's revision.
-            let at = match &deletion.kv {
-                Some(kv) => kv.mod_revision,
-                None => answer.header.as_ref().map_or(0, |h| h.revision),
-            };
+        let deletion = deletion_after(&answer.events, seen_at);
+        if let Some(at) = deletion {
             return Watched::Deleted { at };
         }
         if answer.canceled {
@@ -145,5 +138,45 @@ pub(crate) async fn deleted(
                 Err(_) => return Watched::LookAgain,
             }
         }
+    }
+}
+
+/// The revision of the first deletion in `events` after `seen_at`, when the key was known to
+/// exist. A delete event carries the key with mod_revision set to the deletion's revision.
+/// One at or before `seen_at` deleted an earlier key of the same name (lock key names are
+/// reused): a "from now" watch on a member that lags behind the one that answered the read
+/// starts before `seen_at` and reports it.
+fn deletion_after(events: &[Event], seen_at: i64) -> Option<i64> {
+    events.iter().find_map(|e| {
+        let at = e.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        (e.r#type == EventType::Delete as i32 && at > seen_at).then_some(at)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lock::pb::mvccpb::KeyValue;
+
+    fn deleted_at(revision: i64) -> Event {
+        Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: b"/l/1".to_vec(),
+                mod_revision: revision,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    #[test]
+    fn a_deletion_of_an_earlier_key_of_the_same_name_is_not_this_keys() {
+        assert_eq!(deletion_after(&[deleted_at(7)], 9), None);
+        assert_eq!(deletion_after(&[deleted_at(9)], 9), None);
+        assert_eq!(
+            deletion_after(&[deleted_at(7), deleted_at(12)], 9),
+            Some(12)
+        );
     }
 }
