@@ -327,12 +327,7 @@ async fn run_storage(args: StorageArgs) -> anyhow::Result<ExitCode> {
         policy: args.fencing,
         max_body: args.max_body,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+    let (listener, addr) = listen(&args.listen).await?;
     let server = storage::Server::open(config)
         .await
         .with_context(|| format!("cannot start the storage ({engine})"))?;
@@ -351,12 +346,7 @@ async fn run_lockd(args: LockdArgs) -> anyhow::Result<ExitCode> {
         min_ttl: Duration::from_secs(args.min_ttl),
         history: args.history,
     };
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+    let (listener, addr) = listen(&args.listen).await?;
     let server = lockd::Server::open(&config).context("cannot start lockd")?;
     let data = match &config.data_dir {
         Some(dir) => dir.display().to_string(),
@@ -369,6 +359,17 @@ async fn run_lockd(args: LockdArgs) -> anyhow::Result<ExitCode> {
         .await
         .context("lockd failed")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Binds `address` (port 0 picks a free port) and returns the listener with its real address.
+async fn listen(address: &str) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    Ok((listener, addr))
 }
 
 /// Prints the address a server listens on: tools that start it on port 0 read this line.
