@@ -33,7 +33,11 @@ async fn main() -> anyhow::Result<()> {
         // The sender lives until the round ends: closing it would end the watch.
         let (requests, rx) = tokio::sync::mpsc::channel(1);
         requests.send(create).await?;
-        let mut answers = client.watch().watch(ReceiverStream::new(rx)).await?.into_inner();
+        let mut answers = client
+            .watch()
+            .watch(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
         answers.message().await?;
         let grant = LeaseGrantRequest {
             ttl: TTL.as_secs() as i64,
@@ -48,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
         };
         client.kv().put(put).await?;
         'deleted: while let Some(answer) = answers.message().await? {
-            if answer.events.iter().any(|e| e.r#type == EventType::Delete as i32) {
+            if answer
+                .events
+                .iter()
+                .any(|e| e.r#type == EventType::Delete as i32)
+            {
                 break 'deleted;
             }
         }

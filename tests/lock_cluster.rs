@@ -149,6 +149,79 @@ async fn sessions_survive_a_frozen_member() {
     guard.unlock().await.unwrap();
 }
 
+/// Waiters whose watches may run through a frozen member still take their turn promptly:
+/// a waiter looks again on its own every few seconds, through any member that answers,
+/// instead of waiting for the frozen connection to be declared dead.
+#[tokio::test]
+async fn waiters_take_their_turn_promptly_while_a_member_is_frozen() {
+    let Some(etcd) = etcd::start(3).await else {
+        return;
+    };
+    let leader = leader_index(&etcd).await;
+    let frozen = (leader + 1) % etcd.len();
+    let other = (leader + 2) % etcd.len();
+    let holder_client = Client::connect([etcd.endpoint(leader)]).await.unwrap();
+    let holder = holder_client.session(TTL).await.unwrap();
+    let held = holder.lock("/frozen-watch").await.unwrap();
+
+    // Each waiter has its own client on the member to be frozen and one other; where its
+    // watch runs is up to the client's balancer.
+    const WAITERS: usize = 4;
+    let (acquired_tx, mut acquired) = tokio::sync::mpsc::unbounded_channel();
+    let mut waiters = Vec::new();
+    for i in 0..WAITERS {
+        let client = Client::connect([etcd.endpoint(frozen), etcd.endpoint(other)])
+            .await
+            .unwrap();
+        let session = client.session(TTL).await.unwrap();
+        let acquired_tx = acquired_tx.clone();
+        waiters.push(tokio::spawn(async move {
+            let guard = session.lock("/frozen-watch").await.unwrap();
+            acquired_tx.send((i, Instant::now())).unwrap();
+            guard.unlock().await.unwrap();
+            session.close().await.unwrap();
+        }));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while holder_client
+            .lock_keys("/frozen-watch")
+            .await
+            .unwrap()
+            .len()
+            < i + 2
+        {
+            assert!(Instant::now() < deadline, "waiter {i} did not queue");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    println!("{WAITERS} waiters queued; freezing member {frozen} (a follower)");
+    etcd.pause(frozen);
+    // Let the watches' connections to the frozen member go quiet before the hand-overs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut last = Instant::now();
+    held.unlock().await.unwrap();
+    // A look again is due every 2 s; its read may try the frozen member first through the
+    // balancer and then once more in the rotation over members, 2 s each, before a live one
+    // answers: about 6 s at worst. Waiting for the frozen connection to be declared dead
+    // instead would take the client's HTTP/2 ping interval and timeout, 15 s.
+    let bound = Duration::from_secs(9);
+    for expected in 0..WAITERS {
+        let (i, at) = tokio::time::timeout(bound, acquired.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no hand-over within {bound:?} (waiter {expected})"))
+            .unwrap();
+        println!(
+            "waiter {i} acquired {:?} after the previous release",
+            at - last
+        );
+        assert_eq!(i, expected, "waiters keep their order");
+        last = at;
+    }
+    etcd.resume(frozen);
+    for waiter in waiters {
+        waiter.await.unwrap();
+    }
+}
+
 /// Index of the member that currently leads, as the members themselves report it.
 async fn leader_index(etcd: &etcd::TestEtcd) -> usize {
     let mut ids = Vec::new();

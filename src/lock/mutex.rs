@@ -25,6 +25,9 @@ use super::watch::{self, WatchStart, Watched};
 use super::{Client, Error, LeaseId, LossReason, Result, Session};
 use crate::FencingToken;
 
+/// How long a waiter trusts one watch before it reads its turn again.
+const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(2);
+
 /// How a lock call waits.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LockOptions {
@@ -320,9 +323,12 @@ async fn wait_turn(
             turn.revision,
             start,
         );
-        let at = match watched.await {
-            Watched::Deleted { at } => Some(at),
-            Watched::LookAgain => None,
+        // A watch through a frozen member hears nothing until its connection is declared
+        // dead, which takes the client's HTTP/2 ping interval and timeout; looking again now
+        // and then, through whichever member answers, bounds the wait after a deletion.
+        let at = match tokio::time::timeout(LOOK_AGAIN_AFTER, watched).await {
+            Ok(Watched::Deleted { at }) => Some(at),
+            Ok(Watched::LookAgain) | Err(_) => None,
         };
         turn = look(session, prefix, my_revision, at).await?;
     }
