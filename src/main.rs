@@ -83,7 +83,8 @@ struct LockdArgs {
     #[arg(long, value_name = "SECS", default_value_t = lockd::DEFAULT_MIN_TTL.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     min_ttl: u64,
-    /// Events kept for watches and reads of past revisions; older ones are compacted.
+    /// Events kept for watches and reads of past revisions (and at most 64 MiB of keys and
+    /// values); older ones are compacted.
     #[arg(long, value_name = "EVENTS", default_value_t = lockd::DEFAULT_HISTORY,
           value_parser = parse_history)]
     history: usize,

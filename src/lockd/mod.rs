@@ -49,6 +49,9 @@ use state::{Limits, State};
 pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
 /// The default for [`Config::history`].
 pub const DEFAULT_HISTORY: usize = 100_000;
+/// Bytes of keys and values the history holds at most, previous versions included, so that
+/// rewriting large values cannot grow it without bound.
+pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
 /// The longest wait between two looks for expired leases. Every lease deadline is at least
 /// [`DEFAULT_MIN_TTL`] away when set, so this never delays an expiry; it bounds the wait
 /// should a deadline be set in a way this loop did not see.
@@ -118,6 +121,7 @@ impl Server {
         let limits = Limits {
             min_ttl: min_ttl as i64,
             history: config.history,
+            history_bytes: HISTORY_BYTES,
         };
         Ok(Self {
             state: State::new(revisions, start, limits),

@@ -39,6 +39,18 @@ pub struct Change {
     pub events: Vec<Event>,
 }
 
+impl Change {
+    /// Bytes of keys and values held, previous versions included.
+    fn size(&self) -> usize {
+        let kv_size =
+            |kv: &Option<KeyValue>| kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len());
+        self.events
+            .iter()
+            .map(|e| kv_size(&e.kv) + kv_size(&e.prev_kv))
+            .sum()
+    }
+}
+
 /// A key range as etcd's requests give it: `range_end` empty means the key alone, `"\0"`
 /// means every key from `key` on, anything else is the exclusive end.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +153,8 @@ pub struct Limits {
     pub min_ttl: i64,
     /// Events kept for past-revision reads and watches.
     pub history: usize,
+    /// Bytes of keys and values the history may hold, whatever its length in events.
+    pub history_bytes: usize,
 }
 
 pub struct State {
@@ -148,6 +162,7 @@ pub struct State {
     revision: i64,
     history: VecDeque<Arc<Change>>,
     history_events: usize,
+    history_size: usize,
     oldest_kept: i64,
     leases: HashMap<i64, Lease>,
     deadlines: BTreeSet<(Instant, i64)>,
@@ -170,6 +185,7 @@ impl State {
             revision,
             history: VecDeque::new(),
             history_events: 0,
+            history_size: 0,
             // A fresh store has had no changes: its whole history, from revision 1, is kept.
             // After a restart, the changes up to `revision` are gone with the old process.
             oldest_kept: if revision <= 1 { 1 } else { revision + 1 },
@@ -338,14 +354,24 @@ impl State {
         self.revision = revision;
         let change = Arc::new(Change { revision, events });
         self.history_events += change.events.len();
+        self.history_size += change.size();
         self.history.push_back(change.clone());
-        while self.history_events > self.limits.history && self.history.len() > 1 {
-            let oldest = self.history.pop_front().expect("history is not empty");
-            self.history_events -= oldest.events.len();
+        while (self.history_events > self.limits.history
+            || self.history_size > self.limits.history_bytes)
+            && self.history.len() > 1
+        {
+            let oldest = self.drop_oldest();
             self.oldest_kept = oldest.revision + 1;
         }
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(change);
+    }
+
+    fn drop_oldest(&mut self) -> Arc<Change> {
+        let oldest = self.history.pop_front().expect("history is not empty");
+        self.history_events -= oldest.events.len();
+        self.history_size -= oldest.size();
+        oldest
     }
 
     fn attach(&mut self, lease: i64, key: &[u8]) {
@@ -587,8 +613,7 @@ impl State {
             return Err(EtcdError::FutureRevision);
         }
         while self.history.front().is_some_and(|c| c.revision < revision) {
-            let oldest = self.history.pop_front().expect("checked");
-            self.history_events -= oldest.events.len();
+            self.drop_oldest();
         }
         self.oldest_kept = revision;
         Ok(pb::CompactionResponse {
@@ -909,6 +934,7 @@ mod tests {
             Limits {
                 min_ttl: 1,
                 history: 100,
+                history_bytes: 10_000,
             },
         )
     }
@@ -986,6 +1012,19 @@ mod tests {
         assert_eq!(s.oldest_kept(), s.revision() - 99);
         assert!(s.changes_since(s.oldest_kept() - 1).is_err());
         assert_eq!(s.changes_since(s.oldest_kept()).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn large_values_bound_the_history_by_bytes_too() {
+        let mut s = state();
+        let big = "x".repeat(1_000);
+        for _ in 0..20 {
+            put(&mut s, "big", &big);
+        }
+        // Each change holds the value and the previous one: 2,003 bytes.
+        assert!(s.history_size <= 10_000, "{} bytes kept", s.history_size);
+        assert_eq!(s.changes_since(s.oldest_kept()).unwrap().len(), 4);
+        assert!(s.changes_since(s.oldest_kept() - 1).is_err());
     }
 
     #[test]
