@@ -21,6 +21,9 @@ pub const API_VERSION: &str = "3.5.0";
 
 /// What every call shares.
 pub struct Core {
+    /// A std mutex, not tokio's: it is never held across an await, every call holds it for
+    /// microseconds, and the change feed is published under it so that a subscriber knows
+    /// exactly where its feed starts.
     state: Mutex<State>,
     /// The URL clients reach this member at, for MemberList.
     pub client_url: String,
