@@ -100,31 +100,6 @@ impl KeyRange {
             End::Before(_) => None,
         }
     }
-
-    fn overlaps(&self, other: &KeyRange) -> bool {
-        let self_end: Option<&[u8]> = match &self.end {
-            End::Single => None,
-            End::Unbounded => return other.reaches(&self.start),
-            End::Before(end) => Some(end),
-        };
-        match self_end {
-            None => other.contains(&self.start),
-            Some(end) => {
-                other.contains(&self.start)
-                    || (other.start.as_slice() >= self.start.as_slice()
-                        && other.start.as_slice() < end)
-            }
-        }
-    }
-
-    /// Whether some key at or after `from` is in the range.
-    fn reaches(&self, from: &[u8]) -> bool {
-        match &self.end {
-            End::Single => self.start.as_slice() >= from,
-            End::Unbounded => true,
-            End::Before(end) => end.as_slice() > from && end.as_slice() > self.start.as_slice(),
-        }
-    }
 }
 
 /// Bounds of a `BTreeMap<Vec<u8>, _>` scan.
@@ -301,10 +276,21 @@ impl State {
                 request.max_create_revision,
             )
         });
+        let limit = usize::try_from(request.limit).unwrap_or(0);
+        let filtered = request.min_mod_revision != 0
+            || request.max_mod_revision != 0
+            || request.min_create_revision != 0
+            || request.max_create_revision != 0;
+        // Like etcd: without an explicit order or a filter, only the first `limit + 1` keys
+        // in key order are read (one more than asked, to know whether there are more), and
+        // only those are then sorted by a non-key target.
+        if limit > 0 && request.sort_order() == range_request::SortOrder::None && !filtered {
+            kvs.truncate(limit + 1);
+        }
         sort(&mut kvs, request.sort_target(), request.sort_order());
         let mut more = false;
-        if request.limit > 0 && kvs.len() > request.limit as usize {
-            kvs.truncate(request.limit as usize);
+        if limit > 0 && kvs.len() > limit {
+            kvs.truncate(limit);
             more = true;
         }
         if request.count_only {
@@ -386,16 +372,9 @@ impl State {
         }
     }
 
-    fn check_put(&self, request: &pb::PutRequest) -> Result<(), EtcdError> {
-        if request.key.is_empty() {
-            return Err(EtcdError::EmptyKey);
-        }
-        if request.ignore_value && !request.value.is_empty() {
-            return Err(EtcdError::ValueProvided);
-        }
-        if request.ignore_lease && request.lease != 0 {
-            return Err(EtcdError::LeaseProvided);
-        }
+    /// etcd's checks of a Put against the state (made on a Txn's chosen path only): the key
+    /// must exist to keep its value or lease, and a lease must exist to be attached.
+    fn check_put_state(&self, request: &pb::PutRequest) -> Result<(), EtcdError> {
         if (request.ignore_value || request.ignore_lease) && !self.keys.contains_key(&request.key) {
             return Err(EtcdError::KeyNotFound);
         }
@@ -479,7 +458,8 @@ impl State {
     }
 
     pub fn put(&mut self, request: &pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
-        self.check_put(request)?;
+        check_put_form(request)?;
+        self.check_put_state(request)?;
         let revision = self.begin()?;
         let mut events = Vec::with_capacity(1);
         let mut response = self.apply_put(revision, request, &mut events);
@@ -505,16 +485,17 @@ impl State {
     }
 
     pub fn txn(&mut self, request: &pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
-        check_txn_shape(request)?;
+        check_txn_form(request)?;
+        check_txn_intervals(request)?;
         // Like etcd, every compare, nested ones included, reads the state before the Txn.
         let mut path = Vec::new();
         self.choose_path(request, &mut path);
-        let mut chosen = path.iter().copied();
-        self.check_path(request, &mut chosen)?;
+        let mut chosen_ops = Vec::new();
+        chosen(request, &mut path.iter().copied(), &mut chosen_ops);
+        self.check_chosen(&chosen_ops)?;
         let revision = self.begin()?;
         let mut events = Vec::new();
-        let mut chosen = path.iter().copied();
-        let mut response = self.apply_txn(revision, request, &mut chosen, &mut events)?;
+        let mut response = self.apply_txn(revision, request, &mut path.into_iter(), &mut events)?;
         self.commit(revision, events);
         set_headers(&mut response, &self.header());
         Ok(response)
@@ -530,31 +511,22 @@ impl State {
         }
     }
 
-    fn check_path(
-        &self,
-        txn: &pb::TxnRequest,
-        path: &mut impl Iterator<Item = bool>,
-    ) -> Result<(), EtcdError> {
-        let succeeded = path.next().expect("a path entry per txn");
-        for op in branch(txn, succeeded) {
-            match &op.request {
-                Some(request_op::Request::RequestPut(put)) => self.check_put(put)?,
-                Some(request_op::Request::RequestRange(range)) => {
-                    if range.key.is_empty() {
-                        return Err(EtcdError::EmptyKey);
-                    }
-                    if range.revision > self.revision {
-                        return Err(EtcdError::FutureRevision);
-                    }
-                    if range.revision > 0 && range.revision < self.oldest_kept {
-                        return Err(EtcdError::Compacted);
-                    }
+    /// etcd's checks of a Txn's chosen operations against the state, in etcd's order: every
+    /// Put first, then every Range's revision.
+    fn check_chosen(&self, ops: &[&pb::RequestOp]) -> Result<(), EtcdError> {
+        for op in ops {
+            if let Some(request_op::Request::RequestPut(put)) = &op.request {
+                self.check_put_state(put)?;
+            }
+        }
+        for op in ops {
+            if let Some(request_op::Request::RequestRange(range)) = &op.request {
+                if range.revision > self.revision {
+                    return Err(EtcdError::FutureRevision);
                 }
-                Some(request_op::Request::RequestDeleteRange(delete)) if delete.key.is_empty() => {
-                    return Err(EtcdError::EmptyKey);
+                if range.revision > 0 && range.revision < self.oldest_kept {
+                    return Err(EtcdError::Compacted);
                 }
-                Some(request_op::Request::RequestTxn(nested)) => self.check_path(nested, path)?,
-                _ => {}
             }
         }
         Ok(())
@@ -823,35 +795,132 @@ fn branch(txn: &pb::TxnRequest, succeeded: bool) -> &[pb::RequestOp] {
     }
 }
 
-/// etcd's shape checks: at most [`MAX_TXN_OPS`] per branch, and no key written twice in one
-/// branch (two puts, or a put inside a deleted range).
-fn check_txn_shape(txn: &pb::TxnRequest) -> Result<(), EtcdError> {
-    for ops in [&txn.success, &txn.failure] {
-        if ops.len() > MAX_TXN_OPS || txn.compare.len() > MAX_TXN_OPS {
-            return Err(EtcdError::TooManyOps);
+/// The operations a Txn runs, nested ones included, in order, for the branches in `path`.
+fn chosen<'a>(
+    txn: &'a pb::TxnRequest,
+    path: &mut impl Iterator<Item = bool>,
+    ops: &mut Vec<&'a pb::RequestOp>,
+) {
+    let succeeded = path.next().expect("a path entry per txn");
+    for op in branch(txn, succeeded) {
+        ops.push(op);
+        if let Some(request_op::Request::RequestTxn(nested)) = &op.request {
+            chosen(nested, path, ops);
         }
-        let mut puts = BTreeSet::new();
-        let mut deletes = Vec::new();
-        for op in ops.iter() {
-            match &op.request {
-                Some(request_op::Request::RequestPut(put)) if !puts.insert(put.key.as_slice()) => {
-                    return Err(EtcdError::DuplicateKey);
-                }
-                Some(request_op::Request::RequestDeleteRange(delete)) => {
-                    deletes.push(KeyRange::new(&delete.key, &delete.range_end));
-                }
-                Some(request_op::Request::RequestTxn(nested)) => check_txn_shape(nested)?,
-                _ => {}
+    }
+}
+
+/// etcd's checks of a Put's form, made before anything is read: a key, and neither a value
+/// nor a lease given along with the flag that keeps the old one.
+fn check_put_form(request: &pb::PutRequest) -> Result<(), EtcdError> {
+    if request.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if request.ignore_value && !request.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if request.ignore_lease && request.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// etcd's checks of a Txn's form, made before anything is read, over both branches and
+/// nested Txns, in etcd's order: at most [`MAX_TXN_OPS`] compares or operations per branch,
+/// then a key on every compare, then each operation's form.
+fn check_txn_form(txn: &pb::TxnRequest) -> Result<(), EtcdError> {
+    let widest = txn
+        .compare
+        .len()
+        .max(txn.success.len())
+        .max(txn.failure.len());
+    if widest > MAX_TXN_OPS {
+        return Err(EtcdError::TooManyOps);
+    }
+    if txn.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EtcdError::EmptyKey);
+    }
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestPut(put)) => check_put_form(put)?,
+            Some(request_op::Request::RequestRange(range)) if range.key.is_empty() => {
+                return Err(EtcdError::EmptyKey);
             }
-        }
-        for put in puts {
-            let put = KeyRange::new(put, &[]);
-            if deletes.iter().any(|d| d.overlaps(&put)) {
-                return Err(EtcdError::DuplicateKey);
+            Some(request_op::Request::RequestDeleteRange(delete)) if delete.key.is_empty() => {
+                return Err(EtcdError::EmptyKey);
             }
+            Some(request_op::Request::RequestTxn(nested)) => check_txn_form(nested)?,
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// etcd's rule that a Txn writes a key once: no two Puts of a key, and no Put inside a range
+/// deleted at its level or above, nested Txns included (a key put in both branches of one
+/// nested Txn is fine: only one runs).
+///
+/// Like etcd, this takes a delete's range literally: a range ending in `"\0"` ("to the
+/// end") reads as an empty interval here, so a Put beside such a delete is let through.
+fn check_txn_intervals(txn: &pb::TxnRequest) -> Result<(), EtcdError> {
+    check_intervals(&txn.success)?;
+    check_intervals(&txn.failure)?;
+    Ok(())
+}
+
+/// A deleted range as etcd's duplicate check sees it: `[start, end)`, or one key.
+type Deleted = (Vec<u8>, Option<Vec<u8>>);
+
+fn hits(deleted: &[Deleted], key: &[u8]) -> bool {
+    deleted.iter().any(|(start, end)| match end {
+        None => start.as_slice() == key,
+        Some(end) => start.as_slice() <= key && key < end.as_slice(),
+    })
+}
+
+/// The keys `ops` put and the ranges they delete, nested Txns included, or the duplicate.
+fn check_intervals(ops: &[pb::RequestOp]) -> Result<(BTreeSet<Vec<u8>>, Vec<Deleted>), EtcdError> {
+    let mut deleted: Vec<Deleted> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => Some((
+                d.key.clone(),
+                (!d.range_end.is_empty()).then(|| d.range_end.clone()),
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut puts = BTreeSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(nested)) = &op.request else {
+            continue;
+        };
+        let (puts_then, deleted_then) = check_intervals(&nested.success)?;
+        let (puts_else, deleted_else) = check_intervals(&nested.failure)?;
+        for key in &puts_then {
+            if puts.contains(key) || hits(&deleted, key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(key.clone());
+        }
+        for key in &puts_else {
+            if (puts.contains(key) && !puts_then.contains(key)) || hits(&deleted, key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(key.clone());
+        }
+        deleted.extend(deleted_then);
+        deleted.extend(deleted_else);
+    }
+    for op in ops {
+        if let Some(request_op::Request::RequestPut(put)) = &op.request {
+            if puts.contains(&put.key) || hits(&deleted, &put.key) {
+                return Err(EtcdError::DuplicateKey);
+            }
+            puts.insert(put.key.clone());
+        }
+    }
+    Ok((puts, deleted))
 }
 
 fn set_headers(txn: &mut pb::TxnResponse, header: &pb::ResponseHeader) {
@@ -1263,7 +1332,6 @@ mod tests {
         let empty = KeyRange::new(b"b", b"a");
         assert!(empty.bounds().is_none() && !empty.contains(b"b"));
         let prefix = KeyRange::new(b"p/", &prefix_end(b"p/"));
-        assert!(prefix.overlaps(&KeyRange::new(b"p/x", b"")));
-        assert!(!prefix.overlaps(&KeyRange::new(b"q", b"")));
+        assert!(prefix.contains(b"p/x") && !prefix.contains(b"q"));
     }
 }
