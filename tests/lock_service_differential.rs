@@ -5,23 +5,31 @@
 //! create and mod revisions, counts, `more`, `succeeded`, previous values, the header's
 //! revision, and for refusals the gRPC code and message.
 //!
+//! At the end, a watch from revision 1 with previous values replays the whole history on
+//! both, and the two replays must be the same event for event.
+//!
 //! The sequences come from fixed seeds, so a failure names the seed and the step that
 //! diverged and reproduces exactly.
 
 mod support;
+
+use std::time::Duration;
 
 use fencelock::lock::Client;
 use fencelock::lock::pb::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, ResponseOp,
     TxnRequest, compare, request_op, response_op,
 };
+use fencelock::lock::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, watch_request};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::etcd;
 use support::lockd::LockdProcess;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// Steps per seed.
 const STEPS: usize = 400;
+/// Seeds run by the suite; others are worth a run after a change to lockd's KV.
 const SEEDS: [u64; 5] = [1, 2, 3, 4, 5];
 const KEYS: [&str; 6] = ["/d/a", "/d/b", "/d/b/x", "/d/c", "/d/d", "/d/e"];
 const VALUES: [&str; 4] = ["", "1", "2", "10"];
@@ -85,8 +93,15 @@ fn put(rng: &mut StdRng) -> PutRequest {
     }
 }
 
-fn delete(rng: &mut StdRng) -> DeleteRangeRequest {
-    let (key, range_end) = range(rng);
+/// A delete. In a Txn its range never runs "to the end" (`"\0"`): etcd's check that a Txn
+/// writes a key once takes that range literally, as empty, and so lets a Put of a key it
+/// covers through; etcd then reports no previous value for such a key re-created in the
+/// same revision, where lockd reports the one before the revision. That corner is left out.
+fn delete(rng: &mut StdRng, in_txn: bool) -> DeleteRangeRequest {
+    let (key, mut range_end) = range(rng);
+    if in_txn && range_end == [0] {
+        range_end.clear();
+    }
     DeleteRangeRequest {
         key,
         range_end,
@@ -156,7 +171,7 @@ fn txn(rng: &mut StdRng, revision: i64, depth: u32) -> TxnRequest {
             .map(|_| RequestOp {
                 request: Some(match rng.random_range(0..7) {
                     0 | 1 => request_op::Request::RequestPut(put(rng)),
-                    2 => request_op::Request::RequestDeleteRange(delete(rng)),
+                    2 => request_op::Request::RequestDeleteRange(delete(rng, true)),
                     3 if depth > 0 => {
                         request_op::Request::RequestTxn(txn(rng, revision, depth - 1))
                     }
@@ -177,7 +192,7 @@ fn txn(rng: &mut StdRng, revision: i64, depth: u32) -> TxnRequest {
 fn op(rng: &mut StdRng, revision: i64) -> Op {
     match rng.random_range(0..10) {
         0..=3 => Op::Put(put(rng)),
-        4 => Op::Delete(delete(rng)),
+        4 => Op::Delete(delete(rng, false)),
         5..=7 => Op::Range(read(rng, revision)),
         _ => Op::Txn(txn(rng, revision, 1)),
     }
@@ -269,6 +284,63 @@ async fn run(client: &Client, op: &Op) -> Answer {
     }
 }
 
+/// Every event on `/d/` from revision 1 to `last`, with previous values, one line each.
+async fn replay(client: &Client, last: i64) -> Vec<String> {
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: b"/d/".to_vec(),
+                range_end: b"/d0".to_vec(),
+                start_revision: 1,
+                prev_kv: true,
+                ..Default::default()
+            },
+        )),
+    };
+    let (requests, rx) = tokio::sync::mpsc::channel(1);
+    requests.send(create).await.unwrap();
+    let mut answers = client
+        .watch()
+        .watch(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    let mut seen = 0;
+    while seen < last {
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
+            .await
+            .expect("the replay goes on")
+            .unwrap()
+            .expect("the watch stays open");
+        assert!(!answer.canceled, "{answer:?}");
+        for event in answer.events {
+            let kv = event.kv.unwrap_or_default();
+            seen = kv.mod_revision;
+            let prev = event.prev_kv.map(|p| {
+                format!(
+                    "{} c{} m{} v{}",
+                    String::from_utf8_lossy(&p.value),
+                    p.create_revision,
+                    p.mod_revision,
+                    p.version
+                )
+            });
+            events.push(format!(
+                "{} {}={} c{} m{} v{} prev {prev:?}",
+                event.r#type,
+                String::from_utf8_lossy(&kv.key),
+                String::from_utf8_lossy(&kv.value),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version
+            ));
+        }
+    }
+    drop(requests);
+    events
+}
+
 #[tokio::test]
 async fn lockd_answers_every_kv_request_as_etcd_does() {
     for seed in SEEDS {
@@ -297,8 +369,20 @@ async fn lockd_answers_every_kv_request_as_etcd_does() {
                 Answer::Put(None, _) => {}
             }
         }
+        let expected = replay(&on_etcd, revision).await;
+        let actual = replay(&on_lockd, revision).await;
+        for (step, (a, e)) in actual.iter().zip(&expected).enumerate() {
+            assert_eq!(a, e, "seed {seed}: event {step} of the replay differs");
+        }
+        assert_eq!(
+            actual.len(),
+            expected.len(),
+            "seed {seed}: replays differ in length"
+        );
         println!(
-            "seed {seed}: {STEPS} requests alike, {refusals} refused alike; revision {revision}"
+            "seed {seed}: {STEPS} requests alike, {refusals} refused alike; {} events replayed \
+             alike up to revision {revision}",
+            expected.len()
         );
         assert!(
             revision > STEPS as i64 / 4,

@@ -416,8 +416,8 @@ impl State {
         self.keys.insert(kv.key.clone(), kv.clone());
         events.push(Event {
             r#type: EventType::Put as i32,
+            prev_kv: before_revision(events, &kv.key, &prev),
             kv: Some(kv),
-            prev_kv: prev.clone(),
         });
         pb::PutResponse {
             header: Some(self.header()),
@@ -439,12 +439,12 @@ impl State {
             self.detach(prev.lease, key);
             events.push(Event {
                 r#type: EventType::Delete as i32,
+                prev_kv: before_revision(events, key, &Some(prev.clone())),
                 kv: Some(KeyValue {
                     key: key.clone(),
                     mod_revision: revision,
                     ..Default::default()
                 }),
-                prev_kv: Some(prev.clone()),
             });
             if want_prev {
                 prev_kvs.push(prev);
@@ -784,6 +784,19 @@ impl State {
                 tracing::error!("cannot withdraw lock key: {e}");
             }
         }
+    }
+}
+
+/// The previous version an event reports for `key`: the key as it was before this revision,
+/// like etcd, even when an earlier operation of the same Txn already changed it (`events`
+/// holds this revision's events so far; `current` is the key just before this operation).
+fn before_revision(events: &[Event], key: &[u8], current: &Option<KeyValue>) -> Option<KeyValue> {
+    let earlier = events
+        .iter()
+        .find(|e| e.kv.as_ref().is_some_and(|kv| kv.key == key));
+    match earlier {
+        Some(event) => event.prev_kv.clone(),
+        None => current.clone(),
     }
 }
 
