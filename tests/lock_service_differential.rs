@@ -1,6 +1,7 @@
 //! lockd against a real etcd (`support::etcd`), request by request: the same random sequence
 //! of Puts, DeleteRanges, Ranges (limits, sorting, filters, past revisions, keys-only,
-//! count-only) and Txns (compares on every target, over single keys and ranges) goes to a
+//! count-only), Txns (compares on every target, over single keys and ranges) and lease
+//! grants, revocations and time-to-live queries (keys attached and detached) goes to a
 //! fresh etcd and a fresh lockd, and every answer must be the same: keys, values, versions,
 //! create and mod revisions, counts, `more`, `succeeded`, previous values, the header's
 //! revision, and for refusals the gRPC code and message.
@@ -17,8 +18,9 @@ use std::time::Duration;
 
 use fencelock::lock::Client;
 use fencelock::lock::pb::etcdserverpb::{
-    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, ResponseOp,
-    TxnRequest, compare, request_op, response_op,
+    Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
+    PutRequest, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, compare,
+    request_op, response_op,
 };
 use fencelock::lock::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, watch_request};
 use rand::rngs::StdRng;
@@ -41,6 +43,9 @@ enum Op {
     Delete(DeleteRangeRequest),
     Range(RangeRequest),
     Txn(TxnRequest),
+    Grant(LeaseGrantRequest),
+    Revoke(i64),
+    TimeToLive(i64),
 }
 
 /// An answer with what differs between any two services (cluster and member IDs, the term)
@@ -52,6 +57,9 @@ enum Answer {
     Delete(i64, i64, Vec<Vec<u8>>),
     Range(i64, String),
     Txn(i64, bool, Vec<String>),
+    /// A lease operation's header revision and what it reports (not the seconds left, which
+    /// depend on timing).
+    Lease(i64, String),
 }
 
 fn key(rng: &mut StdRng) -> Vec<u8> {
@@ -81,6 +89,16 @@ fn range(rng: &mut StdRng) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// Lease IDs the sequence uses, chosen by the client so that both services use the same
+/// ones; a grant of one that exists is refused, an operation on one that does not exist too.
+const LEASES: [i64; 3] = [0x51, 0x52, 0x53];
+/// Long enough that no lease expires during a sequence.
+const LEASE_TTL: i64 = 600;
+
+fn lease(rng: &mut StdRng) -> i64 {
+    LEASES[rng.random_range(0..LEASES.len())]
+}
+
 fn put(rng: &mut StdRng) -> PutRequest {
     PutRequest {
         key: key(rng),
@@ -89,7 +107,8 @@ fn put(rng: &mut StdRng) -> PutRequest {
         // Refused when the key is missing, or when a value is given along: both sides must
         // refuse alike.
         ignore_value: rng.random_bool(0.1),
-        ..Default::default()
+        lease: if rng.random_bool(0.2) { lease(rng) } else { 0 },
+        ignore_lease: rng.random_bool(0.05),
     }
 }
 
@@ -190,10 +209,16 @@ fn txn(rng: &mut StdRng, revision: i64, depth: u32) -> TxnRequest {
 }
 
 fn op(rng: &mut StdRng, revision: i64) -> Op {
-    match rng.random_range(0..10) {
+    match rng.random_range(0..13) {
         0..=3 => Op::Put(put(rng)),
         4 => Op::Delete(delete(rng, false)),
         5..=7 => Op::Range(read(rng, revision)),
+        8 => Op::Grant(LeaseGrantRequest {
+            ttl: LEASE_TTL,
+            id: lease(rng),
+        }),
+        9 => Op::Revoke(lease(rng)),
+        10 => Op::TimeToLive(lease(rng)),
         _ => Op::Txn(txn(rng, revision, 1)),
     }
 }
@@ -281,6 +306,45 @@ async fn run(client: &Client, op: &Op) -> Answer {
             }
             Err(s) => refused(s),
         },
+        Op::Grant(request) => match client.lease().lease_grant(*request).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                Answer::Lease(
+                    revision(&r.header),
+                    format!("granted {:x} ttl {}", r.id, r.ttl),
+                )
+            }
+            Err(s) => refused(s),
+        },
+        Op::Revoke(id) => match client
+            .lease()
+            .lease_revoke(LeaseRevokeRequest { id: *id })
+            .await
+        {
+            Ok(r) => Answer::Lease(revision(&r.into_inner().header), "revoked".into()),
+            Err(s) => refused(s),
+        },
+        Op::TimeToLive(id) => {
+            let request = LeaseTimeToLiveRequest {
+                id: *id,
+                keys: true,
+            };
+            match client.lease().lease_time_to_live(request).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let mut keys: Vec<_> = r
+                        .keys
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .collect();
+                    keys.sort();
+                    let alive = if r.ttl < 0 { "gone" } else { "alive" };
+                    let what = format!("{alive} granted {} keys {keys:?}", r.granted_ttl);
+                    Answer::Lease(revision(&r.header), what)
+                }
+                Err(s) => refused(s),
+            }
+        }
     }
 }
 
@@ -364,7 +428,10 @@ async fn lockd_answers_every_kv_request_as_etcd_does() {
             );
             match &expected {
                 Answer::Put(Some(r), _) => revision = *r,
-                Answer::Delete(r, ..) | Answer::Range(r, _) | Answer::Txn(r, ..) => revision = *r,
+                Answer::Delete(r, ..)
+                | Answer::Range(r, _)
+                | Answer::Txn(r, ..)
+                | Answer::Lease(r, _) => revision = *r,
                 Answer::Refused(..) => refusals += 1,
                 Answer::Put(None, _) => {}
             }

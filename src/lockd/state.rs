@@ -222,12 +222,19 @@ impl State {
             .map(|(_, kv)| kv)
     }
 
-    /// The keys of `range` as of `revision` (0 or less: now), in key order.
-    fn read_at(&self, range: &KeyRange, revision: i64) -> Result<Vec<KeyValue>, EtcdError> {
+    /// The keys of `range` as of `revision` (0 or less: now, `pending` included), in key
+    /// order. `pending` are the uncommitted events of the Txn being applied, already in
+    /// `keys`: a read of a committed revision undoes them first.
+    fn read_at(
+        &self,
+        range: &KeyRange,
+        revision: i64,
+        pending: &[Event],
+    ) -> Result<Vec<KeyValue>, EtcdError> {
         if revision > self.revision {
             return Err(EtcdError::FutureRevision);
         }
-        if revision <= 0 || revision == self.revision {
+        if revision <= 0 || (revision == self.revision && pending.is_empty()) {
             return Ok(self.scan(range).cloned().collect());
         }
         if revision < self.oldest_kept {
@@ -237,30 +244,40 @@ impl State {
             .scan(range)
             .map(|kv| (kv.key.clone(), kv.clone()))
             .collect();
-        'undo: for change in self.history.iter().rev() {
-            if change.revision <= revision {
-                break 'undo;
+        let newer = self
+            .history
+            .iter()
+            .rev()
+            .take_while(|change| change.revision > revision)
+            .flat_map(|change| change.events.iter().rev());
+        for event in pending.iter().rev().chain(newer) {
+            let Some(kv) = &event.kv else { continue };
+            if !range.contains(&kv.key) {
+                continue;
             }
-            for event in change.events.iter().rev() {
-                let Some(kv) = &event.kv else { continue };
-                if !range.contains(&kv.key) {
-                    continue;
-                }
-                match &event.prev_kv {
-                    Some(prev) => keys.insert(kv.key.clone(), prev.clone()),
-                    None => keys.remove(&kv.key),
-                };
-            }
+            match &event.prev_kv {
+                Some(prev) => keys.insert(kv.key.clone(), prev.clone()),
+                None => keys.remove(&kv.key),
+            };
         }
         Ok(keys.into_values().collect())
     }
 
     pub fn range(&self, request: &pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
+        self.range_within(request, &[])
+    }
+
+    /// A Range inside a Txn whose writes so far are `pending`.
+    fn range_within(
+        &self,
+        request: &pb::RangeRequest,
+        pending: &[Event],
+    ) -> Result<pb::RangeResponse, EtcdError> {
         if request.key.is_empty() {
             return Err(EtcdError::EmptyKey);
         }
         let range = KeyRange::new(&request.key, &request.range_end);
-        let mut kvs = self.read_at(&range, request.revision)?;
+        let mut kvs = self.read_at(&range, request.revision, pending)?;
         let count = kvs.len() as i64;
         let within = |value: i64, min: i64, max: i64| {
             (min == 0 || value >= min) && (max == 0 || value <= max)
@@ -459,6 +476,10 @@ impl State {
 
     pub fn put(&mut self, request: &pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
         check_put_form(request)?;
+        // etcd looks the lease up before the key here, and after it inside a Txn.
+        if request.lease != 0 && !self.leases.contains_key(&request.lease) {
+            return Err(EtcdError::LeaseNotFound);
+        }
         self.check_put_state(request)?;
         let revision = self.begin()?;
         let mut events = Vec::with_capacity(1);
@@ -544,7 +565,7 @@ impl State {
         for op in branch(txn, succeeded) {
             let response = match &op.request {
                 Some(request_op::Request::RequestRange(range)) => {
-                    response_op::Response::ResponseRange(self.range(range)?)
+                    response_op::Response::ResponseRange(self.range_within(range, events)?)
                 }
                 Some(request_op::Request::RequestPut(put)) => {
                     response_op::Response::ResponsePut(self.apply_put(revision, put, events))
