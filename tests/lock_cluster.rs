@@ -199,11 +199,11 @@ async fn waiters_take_their_turn_promptly_while_a_member_is_frozen() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut last = Instant::now();
     held.unlock().await.unwrap();
-    // A look again is due every 2 s; its read may try the frozen member first through the
-    // balancer and then once more in the rotation over members, 2 s each, before a live one
-    // answers: about 6 s at worst. Waiting for the frozen connection to be declared dead
-    // instead would take the client's HTTP/2 ping interval and timeout, 15 s.
-    let bound = Duration::from_secs(9);
+    // A look again is due every 2 s; its read is sent through another member after 0.5 s
+    // without an answer, and may reach the frozen one twice (through the balancer, then in
+    // the rotation over members): about 3 s at worst. Waiting for the frozen connection to
+    // be declared dead instead would take the client's HTTP/2 ping interval and timeout, 15 s.
+    let bound = Duration::from_secs(6);
     for expected in 0..WAITERS {
         let (i, at) = tokio::time::timeout(bound, acquired.recv())
             .await

@@ -10,6 +10,10 @@
 //! - A first attempt goes through the balanced channel; retries go to the endpoints in turn,
 //!   each through a channel of its own, because the balancer cannot tell a frozen member (its
 //!   connection open, nothing answered) from a busy one and may pick it again and again.
+//! - Requests that may run twice (reads, and writes made idempotent by a compare) are also
+//!   hedged: without an answer after [`HEDGE_AFTER`], the same request goes through the next
+//!   member too, and the first answer wins. Only a lease grant, which would leave a second
+//!   lease behind, waits for a whole attempt before it is retried.
 //! - Cloning is cheap and clones share the connections.
 
 use std::future::Future;
@@ -17,6 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use tokio::time::{Instant, sleep, timeout};
 use tonic::transport::{Channel, Endpoint};
 
@@ -35,6 +40,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one attempt of a unary request may take before it is tried again. A member
 /// frozen by SIGSTOP accepts requests and never answers them; this bounds the damage.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a hedged request waits for an answer before it is sent through another member
+/// as well.
+/// Far above a healthy member's answer on a LAN, far below the attempt timeout.
+const HEDGE_AFTER: Duration = Duration::from_millis(500);
 
 /// Pause between attempts: long enough not to spin on a refused connection, short next to
 /// a lease TTL (a second or more).
@@ -121,7 +131,7 @@ impl Client {
             timeout,
         };
         client
-            .unary("status", |c| async move {
+            .hedged("status", |c| async move {
                 c.maintenance().status(pb::StatusRequest {}).await
             })
             .await?;
@@ -158,7 +168,7 @@ impl Client {
     pub async fn revoke(&self, lease: LeaseId) -> Result<()> {
         let request = pb::LeaseRevokeRequest { id: lease.get() };
         match self
-            .unary("lease revoke", |c| async move {
+            .hedged("lease revoke", |c| async move {
                 c.lease().lease_revoke(request).await
             })
             .await
@@ -217,7 +227,7 @@ impl Client {
     }
 
     pub(crate) async fn range(&self, request: pb::RangeRequest) -> Result<pb::RangeResponse> {
-        self.unary("range", |c| {
+        self.hedged("range", |c| {
             let request = request.clone();
             async move { c.kv().range(request).await }
         })
@@ -225,7 +235,7 @@ impl Client {
     }
 
     pub(crate) async fn txn(&self, request: pb::TxnRequest) -> Result<pb::TxnResponse> {
-        self.unary("txn", |c| {
+        self.hedged("txn", |c| {
             let request = request.clone();
             async move { c.kv().txn(request).await }
         })
@@ -237,7 +247,7 @@ impl Client {
             key: key.as_bytes().to_vec(),
             ..Default::default()
         };
-        self.unary("delete", |c| {
+        self.hedged("delete", |c| {
             let request = request.clone();
             async move { c.kv().delete_range(request).await }
         })
@@ -299,6 +309,52 @@ impl Client {
                 sleep(RETRY_PAUSE).await;
             }
         }
+    }
+
+    /// Runs a request that may run twice, sending it again through the next member each
+    /// time [`HEDGE_AFTER`] passes without an answer, and returns the first answer. Every
+    /// request sent this way reads, or is idempotent by its compare (a lock key's
+    /// put-if-absent, its delete by create_revision, a revoke); in exchange, a frozen member
+    /// (its connection open, nothing answered) delays it by [`HEDGE_AFTER`] instead of an
+    /// attempt timeout.
+    pub(crate) async fn hedged<T, F, Fut>(&self, op: &'static str, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut cause = String::from("no answer");
+        for launched in 0usize.. {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if launched > 0 && launched.is_multiple_of(self.endpoints.len()) {
+                // Every endpoint has had its chance: do not spin on refusals.
+                sleep(RETRY_PAUSE.min(left)).await;
+            }
+            let budget = left.min(ATTEMPT_TIMEOUT);
+            running.push(timeout(budget, attempt(self.for_attempt(launched))));
+            // The next attempt starts when one fails or when this one is slow to answer.
+            tokio::select! {
+                Some(done) = running.next() => {
+                    match done {
+                        Ok(Ok(response)) => return Ok(response.into_inner()),
+                        Ok(Err(status)) if !is_transient(&status) => {
+                            return Err(Error::rpc(op, status));
+                        }
+                        Ok(Err(status)) => cause = status.message().to_string(),
+                        Err(_) => cause = format!("no answer within {budget:?}"),
+                    }
+                    tracing::debug!(op, %cause, "retrying");
+                }
+                () = sleep(HEDGE_AFTER.min(left)) => {
+                    tracing::debug!(op, "no answer yet; asking another member as well");
+                }
+            }
+        }
+        Err(self.unavailable(cause))
     }
 
     /// A client that has not checked its endpoints, for unit tests that never reach them.
