@@ -203,8 +203,19 @@ async fn a_cancelled_wait_deletes_its_waiter_key(service: Service) {
         let _ = wait.await;
         wait_for_keys(&client, "/cancel", 1).await;
     }
-    // The name is free for the session again once its cleanup is done.
-    let again = tokio::spawn(async move { b.lock("/cancel").await.unwrap() });
+    // The name is free for the session again once its cleanup is done: the key is seen gone
+    // a moment before the cleanup has its answer and releases the name.
+    let again = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match b.lock("/cancel").await {
+                Err(Error::AlreadyLocked { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                locked => return locked.unwrap(),
+            }
+        }
+    });
     held.unlock().await.unwrap();
     let guard = timeout(Duration::from_secs(5), again)
         .await

@@ -65,14 +65,9 @@ impl Session {
         let claim = self.claim(name)?;
         let prefix = format!("{name}/");
         let key = format!("{prefix}{}", self.lease());
-        let (my_revision, turn, claim) = enqueue_to_completion(self, &prefix, &key, claim).await?;
         // From here on the key exists: every way out must delete it or hand it to a guard.
-        let mut pending = OwnedKey {
-            client: self.client().clone(),
-            key,
-            created: my_revision,
-            claim: Some(claim),
-        };
+        let (turn, mut pending) = enqueue_to_completion(self, name, &key, claim).await?;
+        let my_revision = pending.created;
         let deadline = options.timeout.map(|t| started + t);
         let waited = tokio::select! {
             waited = wait_turn(self, &prefix, my_revision, turn, options.watch_start) => waited,
@@ -116,36 +111,38 @@ struct Turn {
 }
 
 /// Runs `enqueue` in a task of its own, so that dropping the lock call while the request is
-/// in flight cannot leave a key behind: if nobody is left to receive the answer, the task
-/// deletes the key, and only then releases the lock name for this session's next call.
-/// A failed `enqueue` may also have created the key (its answer lost), so its key is deleted
-/// in the background too, the name staying claimed until that is done.
+/// in flight cannot leave a key behind. The key travels back as an armed [`OwnedKey`]: if
+/// the lock call is gone before it receives it (also just after the send), the guard is
+/// dropped with the channel and deletes the key, and only then releases the lock name for
+/// this session's next call. A failed `enqueue` may also have created the key (its answer
+/// lost), so its key is deleted in the background too, the name staying claimed until that
+/// is done.
 async fn enqueue_to_completion(
     session: &Session,
-    prefix: &str,
+    name: &str,
     key: &str,
     claim: NameClaim,
-) -> Result<(i64, Turn, NameClaim)> {
+) -> Result<(Turn, OwnedKey)> {
     let (answer, received) = tokio::sync::oneshot::channel();
-    let (session, prefix, key) = (session.clone(), prefix.to_string(), key.to_string());
+    let (session, name, key) = (session.clone(), name.to_string(), key.to_string());
     tokio::spawn(async move {
-        let unowned = match enqueue(&session, &prefix, &key).await {
-            Ok((revision, turn)) => match answer.send(Ok((revision, turn, claim))) {
-                Ok(()) => None,
-                // The lock call was dropped meanwhile: nobody owns the key.
-                Err(Ok((revision, _, claim))) => Some((claim, Some(revision))),
-                // `send` hands back what it was given, which was `Ok`.
-                Err(Err(_)) => None,
-            },
+        match enqueue(&session, &name, &key).await {
+            Ok((created, turn)) => {
+                let owned = OwnedKey {
+                    client: session.client().clone(),
+                    key,
+                    created,
+                    claim: Some(claim),
+                };
+                // Unsent, the answer is dropped here, and with it the guard.
+                let _ = answer.send(Ok((turn, owned)));
+            }
             Err(e) => {
                 let _ = answer.send(Err(e));
                 // Whether, and at which revision, the key was created is unknown.
-                Some((claim, None))
+                delete_quietly(session.client(), &key, None).await;
+                drop(claim);
             }
-        };
-        if let Some((claim, created)) = unowned {
-            delete_quietly(session.client(), &key, created).await;
-            drop(claim);
         }
     });
     received
@@ -164,77 +161,141 @@ async fn delete_quietly(client: &Client, key: &str, created: Option<i64>) {
     }
 }
 
+/// Where a session counts its enqueue attempts on lock `name`: outside the lock's prefix, so
+/// no waiter ever sees it, and attached to the session's lease, so it ends with the session.
+pub(crate) fn attempt_key(lease: LeaseId, name: &str) -> String {
+    format!("{ATTEMPTS_PREFIX}{lease}/{name}")
+}
+
+/// The namespace of attempt keys.
+pub const ATTEMPTS_PREFIX: &str = "/fencelock/attempts/";
+
+/// How many times an enqueue re-reads a moved attempt count before giving up: each retry
+/// follows a change this session made itself, so more than one is already unusual.
+const ENQUEUE_TRIES: usize = 3;
+
+/// The enqueue transaction for attempt `attempt` of lock `name`: if the lock key is absent
+/// and the attempt key has version `attempt`, create both and read the two newest lock keys;
+/// otherwise read the lock key and the attempt key.
+pub(crate) fn enqueue_request(
+    session: &Session,
+    name: &str,
+    key: &str,
+    attempt: i64,
+) -> pb::TxnRequest {
+    let prefix = format!("{name}/");
+    let key = key.as_bytes().to_vec();
+    let attempt_key = attempt_key(session.lease(), name).into_bytes();
+    let put = |key: &[u8]| pb::RequestOp {
+        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+            key: key.to_vec(),
+            lease: session.lease().get(),
+            ..Default::default()
+        })),
+    };
+    let get = |key: &[u8]| pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })),
+    };
+    pb::TxnRequest {
+        compare: vec![
+            pb::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: key.clone(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                ..Default::default()
+            },
+            pb::Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Version as i32,
+                key: attempt_key.clone(),
+                target_union: Some(compare::TargetUnion::Version(attempt)),
+                ..Default::default()
+            },
+        ],
+        success: vec![
+            put(&key),
+            put(&attempt_key),
+            pb::RequestOp {
+                request: Some(request_op::Request::RequestRange(newest_keys(&prefix, 0))),
+            },
+        ],
+        failure: vec![get(&key), get(&attempt_key)],
+    }
+}
+
 /// Creates the lock key with the session's lease unless it exists, and in the same
 /// transaction reads the two newest keys of the lock: the new key and its predecessor.
 /// Returns the key's create_revision (the future token) and the waiter's turn.
 ///
-/// The key is named by the lease, so if it exists it is ours: created by an earlier attempt
-/// of this same request whose answer was lost. That makes the request safe to retry; two
-/// lock calls of one session on one name are refused earlier, by the claim.
-async fn enqueue(session: &Session, prefix: &str, key: &str) -> Result<(i64, Turn)> {
-    let key_bytes = key.as_bytes().to_vec();
-    let request = pb::TxnRequest {
-        compare: vec![pb::Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Create as i32,
-            key: key_bytes.clone(),
-            target_union: Some(compare::TargetUnion::CreateRevision(0)),
-            ..Default::default()
-        }],
-        success: vec![
-            pb::RequestOp {
-                request: Some(request_op::Request::RequestPut(pb::PutRequest {
-                    key: key_bytes.clone(),
-                    lease: session.lease().get(),
-                    ..Default::default()
-                })),
-            },
-            pb::RequestOp {
-                request: Some(request_op::Request::RequestRange(newest_keys(prefix, 0))),
-            },
-        ],
-        failure: vec![pb::RequestOp {
-            request: Some(request_op::Request::RequestRange(pb::RangeRequest {
-                key: key_bytes,
-                ..Default::default()
-            })),
-        }],
-    };
-    let response = session.client().txn(request).await?;
-    let revision = response
-        .header
-        .as_ref()
-        .map(|h| h.revision)
-        .ok_or_else(|| Error::protocol("txn", "no header"))?;
-    let range = |i: usize| match response.responses.get(i).and_then(|r| r.response.as_ref()) {
-        Some(response_op::Response::ResponseRange(range)) => Ok(range),
-        _ => Err(Error::protocol("txn", "missing range answer")),
-    };
-    if response.succeeded {
-        // The put is the transaction's only change, so the key's create_revision is the
-        // transaction's revision, and the key is the newest of the lock.
-        let newest = &range(1)?.kvs;
-        if newest.first().map(|kv| kv.create_revision) != Some(revision) {
-            return Err(Error::protocol("txn", "the new lock key is not the newest"));
-        }
-        let turn = Turn {
-            predecessor: newest.get(1).map(|kv| (kv.key.clone(), kv.create_revision)),
-            revision,
+/// The key is named by the lease, so if it exists it is ours: created by an earlier copy of
+/// this same request (a retry or a hedge whose answer came second). That makes the request
+/// safe to send twice; two lock calls of one session on one name are refused earlier, by
+/// the claim.
+///
+/// A copy can also arrive late, after this lock was taken and released: it would find the
+/// key absent and create it again, a key nobody owns, blocking every other session until
+/// this one ends. So the transaction also requires the session's attempt key for the name
+/// to be at the version this call saw, and bumps it: a late copy finds it moved and changes
+/// nothing.
+async fn enqueue(session: &Session, name: &str, key: &str) -> Result<(i64, Turn)> {
+    let prefix = format!("{name}/");
+    for _ in 0..ENQUEUE_TRIES {
+        let attempt = session.attempts(name);
+        let request = enqueue_request(session, name, key, attempt);
+        let response = session.client().txn(request).await?;
+        let revision = response
+            .header
+            .as_ref()
+            .map(|h| h.revision)
+            .ok_or_else(|| Error::protocol("txn", "no header"))?;
+        let range = |i: usize| match response.responses.get(i).and_then(|r| r.response.as_ref()) {
+            Some(response_op::Response::ResponseRange(range)) => Ok(range),
+            _ => Err(Error::protocol("txn", "missing range answer")),
         };
-        return Ok((revision, turn));
-    }
-    match range(0)?.kvs.first() {
-        Some(kv) if kv.lease == session.lease().get() => {
-            let my_revision = kv.create_revision;
-            Ok((my_revision, look(session, prefix, my_revision, None).await?))
+        if response.succeeded {
+            session.attempted(name, attempt, attempt + 1);
+            // Both puts share the transaction's revision, which is so the lock key's
+            // create_revision, and the lock key is the newest of the lock.
+            let newest = &range(2)?.kvs;
+            if newest.first().map(|kv| kv.create_revision) != Some(revision) {
+                return Err(Error::protocol("txn", "the new lock key is not the newest"));
+            }
+            let turn = Turn {
+                predecessor: newest.get(1).map(|kv| (kv.key.clone(), kv.create_revision)),
+                revision,
+            };
+            return Ok((revision, turn));
         }
-        Some(kv) => Err(Error::protocol(
-            "txn",
-            format!("lock key {key} belongs to lease {}", LeaseId::new(kv.lease)),
-        )),
-        // Deleted between the compare and the range of the same transaction: impossible.
-        None => Err(Error::protocol("txn", "lock key neither created nor found")),
+        let seen = range(1)?.kvs.first().map_or(0, |kv| kv.version);
+        session.attempted(name, attempt, seen);
+        match range(0)?.kvs.first() {
+            Some(kv) if kv.lease == session.lease().get() => {
+                let my_revision = kv.create_revision;
+                return Ok((
+                    my_revision,
+                    look(session, &prefix, my_revision, None).await?,
+                ));
+            }
+            Some(kv) => {
+                return Err(Error::protocol(
+                    "txn",
+                    format!("lock key {key} belongs to lease {}", LeaseId::new(kv.lease)),
+                ));
+            }
+            // The attempt count had moved (an earlier call's copy, applied late): try again
+            // with the count as it is now.
+            None => tracing::debug!(%key, attempt, seen, "attempt count moved; enqueuing again"),
+        }
     }
+    Err(Error::protocol(
+        "txn",
+        format!("the attempt count of {key} kept moving"),
+    ))
 }
 
 /// The two newest keys under `prefix` created at or before `max_create_revision` (0: no
@@ -484,17 +545,70 @@ async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
 mod tests {
     use super::*;
 
+    /// An in-process lockd on a loopback port, stopped when the returned sender drops.
+    async fn lockd() -> (Client, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::lockd::serve(listener, async {
+            let _ = stopped.await;
+        }));
+        (Client::connect([endpoint]).await.unwrap(), stop)
+    }
+
+    /// A copy of an enqueue that arrives after its lock was taken and released (a retry or a
+    /// hedge held up on the way) must not create the lock key again: nobody would own it,
+    /// and it would block every other session until this one ends.
+    #[tokio::test]
+    async fn a_late_copy_of_an_enqueue_creates_no_key() {
+        let (client, _stop) = lockd().await;
+        let session = client.session(Duration::from_secs(10)).await.unwrap();
+        let key = format!("/late-enqueue/{}", session.lease());
+        let guard = session.lock("/late-enqueue").await.unwrap();
+        guard.unlock().await.unwrap();
+
+        let late = enqueue_request(&session, "/late-enqueue", &key, 0);
+        let replayed = client.txn(late).await.unwrap();
+        assert!(
+            !replayed.succeeded,
+            "the late copy must find the attempt count moved"
+        );
+        assert!(client.lock_keys("/late-enqueue").await.unwrap().is_empty());
+
+        let other = client.session(Duration::from_secs(10)).await.unwrap();
+        let taken = tokio::time::timeout(Duration::from_secs(2), other.lock("/late-enqueue"))
+            .await
+            .expect("nothing blocks another session")
+            .unwrap();
+        taken.unlock().await.unwrap();
+        let again = session.lock("/late-enqueue").await.unwrap();
+        again.unlock().await.unwrap();
+    }
+
+    /// When the attempt count moved without this session seeing it (an earlier call's copy
+    /// applied after its answer was lost), the next lock reads the count and goes on.
+    #[tokio::test]
+    async fn a_lock_goes_on_after_its_attempt_count_moved_unseen() {
+        let (client, _stop) = lockd().await;
+        let session = client.session(Duration::from_secs(10)).await.unwrap();
+        let bump = pb::PutRequest {
+            key: attempt_key(session.lease(), "/moved").into_bytes(),
+            lease: session.lease().get(),
+            ..Default::default()
+        };
+        for _ in 0..2 {
+            client.kv().put(bump.clone()).await.unwrap();
+        }
+        let guard = session.lock("/moved").await.unwrap();
+        assert_eq!(session.attempts("/moved"), 3);
+        guard.unlock().await.unwrap();
+    }
+
     /// A late copy of an earlier unlock (a retried delete whose first attempt was only slow)
     /// must not delete the next lock key of the same name, which has the same key name.
     #[tokio::test]
     async fn a_late_delete_of_an_old_lock_key_spares_the_new_one() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(crate::lockd::serve(listener, async {
-            let _ = stopped.await;
-        }));
-        let client = Client::connect([endpoint]).await.unwrap();
+        let (client, _stop) = lockd().await;
         let session = client.session(Duration::from_secs(10)).await.unwrap();
         let first = session.lock("/late").await.unwrap();
         let old = first.token().get() as i64;
@@ -510,7 +624,5 @@ mod tests {
         second.unlock().await.unwrap();
         assert!(client.lock_keys("/late").await.unwrap().is_empty());
         session.close().await.unwrap();
-        let _ = stop.send(());
-        server.await.unwrap().unwrap();
     }
 }

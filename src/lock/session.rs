@@ -13,7 +13,7 @@
 //!   aborted when the last of them is dropped (the lease then expires after its TTL).
 //! - These signals are hints that let a holder stop early. Safety comes from fencing tokens.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,8 @@ struct Shared {
     /// Lock names this session holds or waits for: a second lock on the same name would
     /// share the first one's lock key (it is named by the lease) and so its token.
     names: Mutex<HashSet<String>>,
+    /// Per lock name, the version of this session's attempt key as last seen (absent: 0).
+    attempts: Mutex<HashMap<String, i64>>,
 }
 
 impl Drop for Shared {
@@ -141,6 +143,7 @@ impl Session {
                 liveness,
                 keepalive: task.abort_handle(),
                 names: Mutex::new(HashSet::new()),
+                attempts: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -215,6 +218,28 @@ impl Session {
                 LossReason::Expired,
             );
         }
+    }
+
+    /// The version of this session's attempt key for lock `name`, as last seen.
+    pub(crate) fn attempts(&self, name: &str) -> i64 {
+        let attempts = self
+            .shared
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        attempts.get(name).copied().unwrap_or(0)
+    }
+
+    /// Records that the attempt key for `name`, expected at `expected`, is now at `seen`.
+    /// Concurrent copies of one request may answer in any order; the count only grows.
+    pub(crate) fn attempted(&self, name: &str, expected: i64, seen: i64) {
+        let mut attempts = self
+            .shared
+            .attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let count = attempts.entry(name.to_string()).or_insert(expected);
+        *count = (*count).max(seen);
     }
 
     /// Claims `name` for one lock call of this session; released when the claim drops.
@@ -434,6 +459,7 @@ mod tests {
                 liveness,
                 keepalive: idle.abort_handle(),
                 names: Mutex::new(HashSet::new()),
+                attempts: Mutex::new(HashMap::new()),
             }),
         };
         assert_eq!(session.remaining(), TTL);
