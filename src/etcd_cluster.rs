@@ -322,14 +322,9 @@ impl Member {
         // the kernel kills the members too instead of leaving them running. (Linux ties the
         // signal to the thread that started the member: a runtime's worker or main thread,
         // which lives as long as the cluster.)
-        // SAFETY: prctl(2) is async-signal-safe and touches only the child being set up.
+        // SAFETY: the hook makes one async-signal-safe call (see `die_with_parent`).
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(crate::child::die_with_parent);
         }
         let child = command.spawn().map_err(|source| ClusterError::Spawn {
             binary: binary.display().to_string(),

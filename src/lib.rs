@@ -15,6 +15,7 @@
 //! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
 pub mod bench;
+mod child;
 pub mod etcd_cluster;
 pub mod lock;
 pub mod lockd;

@@ -43,14 +43,9 @@ impl LockdProcess {
             .stderr(Stdio::null())
             .kill_on_drop(true);
         // If this process dies without dropping the child, the kernel ends the child too.
-        // SAFETY: prctl(2) is async-signal-safe and touches only the child being set up.
+        // SAFETY: the hook makes one async-signal-safe call (see `die_with_parent`).
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(crate::child::die_with_parent);
         }
         let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
             binary: name.clone(),
