@@ -55,19 +55,29 @@ fn runs(binary: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Whether etcd can run here; `false` after printing why the calling test is skipped, and a
+/// panic instead when `FENCELOCK_REQUIRE_ETCD=1`.
+pub fn available() -> bool {
+    let binary = etcd_bin();
+    if runs(&binary) {
+        return true;
+    }
+    let required = std::env::var("FENCELOCK_REQUIRE_ETCD").is_ok_and(|v| v == "1");
+    assert!(
+        !required,
+        "FENCELOCK_REQUIRE_ETCD=1 but `{binary} --version` does not run"
+    );
+    eprintln!("skipped: etcd not found (`{binary}`); set FENCELOCK_ETCD_BIN or install etcd");
+    false
+}
+
 /// Starts an etcd cluster of `members` for the calling test, or returns `None` after printing
 /// why the test is skipped.
 pub async fn start(members: u32) -> Option<TestEtcd> {
-    let binary = etcd_bin();
-    if !runs(&binary) {
-        let required = std::env::var("FENCELOCK_REQUIRE_ETCD").is_ok_and(|v| v == "1");
-        assert!(
-            !required,
-            "FENCELOCK_REQUIRE_ETCD=1 but `{binary} --version` does not run"
-        );
-        eprintln!("skipped: etcd not found (`{binary}`); set FENCELOCK_ETCD_BIN or install etcd");
+    if !available() {
         return None;
     }
+    let binary = etcd_bin();
     let slots = SLOTS
         .acquire_many(members.min(SLOTS_TOTAL))
         .await
