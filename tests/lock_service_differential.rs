@@ -6,8 +6,10 @@
 //! create and mod revisions, counts, `more`, `succeeded`, previous values, the header's
 //! revision, and for refusals the gRPC code and message.
 //!
-//! At the end, a watch from revision 1 with previous values replays the whole history on
-//! both, and the two replays must be the same event for event.
+//! Four live watchers on one stream per service (a prefix with previous values, one key
+//! without puts, a range without deletes, everything from a key on), created before the
+//! sequence and not read while it runs, must then report the same events; and a watch from
+//! revision 1 with previous values must replay the same history on both.
 //!
 //! The sequences come from fixed seeds, so a failure names the seed and the step that
 //! diverged and reproduces exactly.
@@ -22,7 +24,10 @@ use fencelock::lock::pb::etcdserverpb::{
     PutRequest, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, compare,
     request_op, response_op,
 };
-use fencelock::lock::pb::etcdserverpb::{WatchCreateRequest, WatchRequest, watch_request};
+use fencelock::lock::pb::etcdserverpb::{
+    WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
+};
+use fencelock::lock::pb::mvccpb::Event;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::etcd;
@@ -348,6 +353,112 @@ async fn run(client: &Client, op: &Op) -> Answer {
     }
 }
 
+/// An event with every field a watcher sees, on one line.
+fn describe_event(event: Event) -> String {
+    let kv = event.kv.unwrap_or_default();
+    let prev = event.prev_kv.map(|p| {
+        format!(
+            "{} c{} m{} v{}",
+            String::from_utf8_lossy(&p.value),
+            p.create_revision,
+            p.mod_revision,
+            p.version
+        )
+    });
+    format!(
+        "{} {}={} c{} m{} v{} l{} prev {prev:?}",
+        event.r#type,
+        String::from_utf8_lossy(&kv.key),
+        String::from_utf8_lossy(&kv.value),
+        kv.create_revision,
+        kv.mod_revision,
+        kv.version,
+        kv.lease
+    )
+}
+
+/// Live watchers on one stream, created before the sequence runs: a prefix with previous
+/// values, one key without puts, a range without deletes and with previous values, and
+/// everything from `/d/` on. etcd and lockd number them alike, from 0.
+struct LiveWatch {
+    requests: tokio::sync::mpsc::Sender<WatchRequest>,
+    answers: tonic::Streaming<WatchResponse>,
+}
+
+impl LiveWatch {
+    /// On a connection of its own: the stream is not read while the sequence runs, and its
+    /// unread answers must not hold up the requests' answers on a shared connection.
+    async fn start(endpoints: Vec<String>) -> Self {
+        use fencelock::lock::pb::etcdserverpb::watch_create_request::FilterType;
+        let client = Client::connect(endpoints).await.unwrap();
+        let watchers = [
+            ("/d/", "/d0", vec![], true),
+            ("/d/b", "", vec![FilterType::Noput as i32], false),
+            ("/d/b", "/d/d", vec![FilterType::Nodelete as i32], true),
+            ("/d/", "\0", vec![], false),
+        ];
+        // All creates are queued before the call: etcd answers the call only once it has a
+        // request to answer.
+        let count = watchers.len();
+        let (requests, rx) = tokio::sync::mpsc::channel(count + 1);
+        for (key, end, filters, prev_kv) in watchers {
+            let create = WatchCreateRequest {
+                key: key.as_bytes().to_vec(),
+                // `"\0"`: every key from `key` on.
+                range_end: end.as_bytes().to_vec(),
+                filters,
+                prev_kv,
+                ..Default::default()
+            };
+            let request = WatchRequest {
+                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+            };
+            requests.send(request).await.unwrap();
+        }
+        let mut answers = client
+            .watch()
+            .watch(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..count {
+            let created = tokio::time::timeout(Duration::from_secs(10), answers.message())
+                .await
+                .expect("the watcher is created")
+                .unwrap()
+                .unwrap();
+            assert!(created.created, "{created:?}");
+        }
+        Self { requests, answers }
+    }
+
+    /// Every event each watcher received, by watch ID, once the stream reports progress at
+    /// `last` or later (a progress answer comes after every event before it).
+    async fn events(mut self, last: i64) -> std::collections::BTreeMap<i64, Vec<String>> {
+        let progress = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::ProgressRequest(
+                fencelock::lock::pb::etcdserverpb::WatchProgressRequest {},
+            )),
+        };
+        self.requests.send(progress).await.unwrap();
+        let mut events = std::collections::BTreeMap::<i64, Vec<String>>::new();
+        loop {
+            let answer = tokio::time::timeout(Duration::from_secs(10), self.answers.message())
+                .await
+                .expect("the live watch goes on")
+                .unwrap()
+                .expect("the watch stays open");
+            assert!(!answer.canceled, "{answer:?}");
+            let at = answer.header.as_ref().map_or(0, |h| h.revision);
+            if answer.events.is_empty() && at >= last {
+                return events;
+            }
+            let list = events.entry(answer.watch_id).or_default();
+            list.extend(answer.events.into_iter().map(describe_event));
+        }
+    }
+}
+
 /// Every event on `/d/` from revision 1 to `last`, with previous values, one line each.
 async fn replay(client: &Client, last: i64) -> Vec<String> {
     let create = WatchRequest {
@@ -379,26 +490,8 @@ async fn replay(client: &Client, last: i64) -> Vec<String> {
             .expect("the watch stays open");
         assert!(!answer.canceled, "{answer:?}");
         for event in answer.events {
-            let kv = event.kv.unwrap_or_default();
-            seen = kv.mod_revision;
-            let prev = event.prev_kv.map(|p| {
-                format!(
-                    "{} c{} m{} v{}",
-                    String::from_utf8_lossy(&p.value),
-                    p.create_revision,
-                    p.mod_revision,
-                    p.version
-                )
-            });
-            events.push(format!(
-                "{} {}={} c{} m{} v{} prev {prev:?}",
-                event.r#type,
-                String::from_utf8_lossy(&kv.key),
-                String::from_utf8_lossy(&kv.value),
-                kv.create_revision,
-                kv.mod_revision,
-                kv.version
-            ));
+            seen = event.kv.as_ref().map_or(seen, |kv| kv.mod_revision);
+            events.push(describe_event(event));
         }
     }
     drop(requests);
@@ -415,6 +508,10 @@ async fn lockd_answers_every_kv_request_as_etcd_does() {
         let lockd = LockdProcess::start();
         let on_etcd = Client::connect(etcd.endpoints()).await.unwrap();
         let on_lockd = Client::connect(lockd.endpoints()).await.unwrap();
+        let live = (
+            LiveWatch::start(etcd.endpoints()).await,
+            LiveWatch::start(lockd.endpoints()).await,
+        );
         let mut rng = StdRng::seed_from_u64(seed);
         let mut revision = 1;
         let mut refusals = 0;
@@ -436,6 +533,29 @@ async fn lockd_answers_every_kv_request_as_etcd_does() {
                 Answer::Put(None, _) => {}
             }
         }
+        let (live_etcd, live_lockd) = live;
+        let expected = live_etcd.events(revision).await;
+        let actual = live_lockd.events(revision).await;
+        for (id, expected) in &expected {
+            let actual = actual.get(id).cloned().unwrap_or_default();
+            for (step, (a, e)) in actual.iter().zip(expected).enumerate() {
+                assert_eq!(
+                    a, e,
+                    "seed {seed}: event {step} of live watcher {id} differs"
+                );
+            }
+            assert_eq!(
+                actual.len(),
+                expected.len(),
+                "seed {seed}: watcher {id}'s count"
+            );
+        }
+        assert_eq!(
+            actual.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        );
+        let live_events: usize = expected.values().map(Vec::len).sum();
+
         let expected = replay(&on_etcd, revision).await;
         let actual = replay(&on_lockd, revision).await;
         for (step, (a, e)) in actual.iter().zip(&expected).enumerate() {
@@ -447,8 +567,8 @@ async fn lockd_answers_every_kv_request_as_etcd_does() {
             "seed {seed}: replays differ in length"
         );
         println!(
-            "seed {seed}: {STEPS} requests alike, {refusals} refused alike; {} events replayed \
-             alike up to revision {revision}",
+            "seed {seed}: {STEPS} requests alike, {refusals} refused alike; {live_events} live \
+             events alike; {} events replayed alike up to revision {revision}",
             expected.len()
         );
         assert!(
