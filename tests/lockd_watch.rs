@@ -8,7 +8,8 @@ use std::time::Duration;
 use fencelock::lock::Client;
 use fencelock::lock::pb::etcdserverpb::watch_client::WatchClient;
 use fencelock::lock::pb::etcdserverpb::{
-    PutRequest, WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion,
+    PutRequest, WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
+    watch_request::RequestUnion,
 };
 use fencelock::lockd::{self, Config};
 use tokio::sync::{mpsc, oneshot};
@@ -167,5 +168,47 @@ async fn a_watcher_left_behind_by_the_history_is_cancelled_as_compacted() {
             "every event arrived although the history keeps only 1,000"
         );
     }
+    lockd.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_watcher_hears_nothing_more_while_its_neighbour_does() {
+    let lockd = Lockd::start(lockd::DEFAULT_HISTORY).await;
+    // Watcher 0 from `watch`, then watcher 1 on the same stream.
+    let (requests, mut answers) = watch(&lockd.endpoint).await;
+    let second = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: b"/w/".to_vec(),
+            range_end: b"/w0".to_vec(),
+            ..Default::default()
+        })),
+    };
+    requests.send(second).await.unwrap();
+    let created = next(&mut answers).await;
+    assert!(created.created && created.watch_id == 1, "{created:?}");
+    let cancel = WatchRequest {
+        request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 0,
+        })),
+    };
+    requests.send(cancel).await.unwrap();
+    let cancelled = next(&mut answers).await;
+    assert!(
+        cancelled.canceled && cancelled.watch_id == 0,
+        "{cancelled:?}"
+    );
+
+    let client = Client::connect([lockd.endpoint.as_str()]).await.unwrap();
+    let put = PutRequest {
+        key: b"/w/after".to_vec(),
+        ..Default::default()
+    };
+    client.kv().put(put).await.unwrap();
+    let event = next(&mut answers).await;
+    assert_eq!(
+        event.watch_id, 1,
+        "only the watcher still there hears the put"
+    );
+    assert_eq!(event.events.len(), 1);
     lockd.stop().await;
 }

@@ -143,7 +143,10 @@ impl Stream {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                self.watchers.remove(&cancel.watch_id);
+                // Like etcd, a cancel of a watcher this stream does not have goes unanswered.
+                if self.watchers.remove(&cancel.watch_id).is_none() {
+                    return Ok(());
+                }
                 let response = {
                     let state = self.core.state();
                     pb::WatchResponse {
