@@ -377,6 +377,40 @@ fn describe_event(event: Event) -> String {
     )
 }
 
+/// A watch stream with `creates` queued before the call: etcd answers the call only once it
+/// has a request to answer.
+async fn open_watch(
+    client: &Client,
+    creates: Vec<WatchCreateRequest>,
+) -> (
+    tokio::sync::mpsc::Sender<WatchRequest>,
+    tonic::Streaming<WatchResponse>,
+) {
+    let (requests, rx) = tokio::sync::mpsc::channel(creates.len() + 1);
+    for create in creates {
+        let request = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        };
+        requests.send(request).await.unwrap();
+    }
+    let answers = client
+        .watch()
+        .watch(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (requests, answers)
+}
+
+/// The stream's next answer, within 10 s.
+async fn next_answer(answers: &mut tonic::Streaming<WatchResponse>, what: &str) -> WatchResponse {
+    tokio::time::timeout(Duration::from_secs(10), answers.message())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"))
+        .unwrap()
+        .expect("the watch stays open")
+}
+
 /// Live watchers on one stream, created before the sequence runs: a prefix with previous
 /// values, one key without puts, a range without deletes and with previous values, and
 /// everything from `/d/` on. etcd and lockd number them alike, from 0.
@@ -397,36 +431,21 @@ impl LiveWatch {
             ("/d/b", "/d/d", vec![FilterType::Nodelete as i32], true),
             ("/d/", "\0", vec![], false),
         ];
-        // All creates are queued before the call: etcd answers the call only once it has a
-        // request to answer.
         let count = watchers.len();
-        let (requests, rx) = tokio::sync::mpsc::channel(count + 1);
-        for (key, end, filters, prev_kv) in watchers {
-            let create = WatchCreateRequest {
+        let creates = watchers
+            .into_iter()
+            .map(|(key, end, filters, prev_kv)| WatchCreateRequest {
                 key: key.as_bytes().to_vec(),
                 // `"\0"`: every key from `key` on.
                 range_end: end.as_bytes().to_vec(),
                 filters,
                 prev_kv,
                 ..Default::default()
-            };
-            let request = WatchRequest {
-                request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
-            };
-            requests.send(request).await.unwrap();
-        }
-        let mut answers = client
-            .watch()
-            .watch(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+            })
+            .collect();
+        let (requests, mut answers) = open_watch(&client, creates).await;
         for _ in 0..count {
-            let created = tokio::time::timeout(Duration::from_secs(10), answers.message())
-                .await
-                .expect("the watcher is created")
-                .unwrap()
-                .unwrap();
+            let created = next_answer(&mut answers, "the watcher is created").await;
             assert!(created.created, "{created:?}");
         }
         Self { requests, answers }
@@ -443,11 +462,7 @@ impl LiveWatch {
         self.requests.send(progress).await.unwrap();
         let mut events = std::collections::BTreeMap::<i64, Vec<String>>::new();
         loop {
-            let answer = tokio::time::timeout(Duration::from_secs(10), self.answers.message())
-                .await
-                .expect("the live watch goes on")
-                .unwrap()
-                .expect("the watch stays open");
+            let answer = next_answer(&mut self.answers, "the live watch goes on").await;
             assert!(!answer.canceled, "{answer:?}");
             let at = answer.header.as_ref().map_or(0, |h| h.revision);
             if answer.events.is_empty() && at >= last {
@@ -461,33 +476,18 @@ impl LiveWatch {
 
 /// Every event on `/d/` from revision 1 to `last`, with previous values, one line each.
 async fn replay(client: &Client, last: i64) -> Vec<String> {
-    let create = WatchRequest {
-        request_union: Some(watch_request::RequestUnion::CreateRequest(
-            WatchCreateRequest {
-                key: b"/d/".to_vec(),
-                range_end: b"/d0".to_vec(),
-                start_revision: 1,
-                prev_kv: true,
-                ..Default::default()
-            },
-        )),
+    let create = WatchCreateRequest {
+        key: b"/d/".to_vec(),
+        range_end: b"/d0".to_vec(),
+        start_revision: 1,
+        prev_kv: true,
+        ..Default::default()
     };
-    let (requests, rx) = tokio::sync::mpsc::channel(1);
-    requests.send(create).await.unwrap();
-    let mut answers = client
-        .watch()
-        .watch(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (requests, mut answers) = open_watch(client, vec![create]).await;
     let mut events = Vec::new();
     let mut seen = 0;
     while seen < last {
-        let answer = tokio::time::timeout(Duration::from_secs(10), answers.message())
-            .await
-            .expect("the replay goes on")
-            .unwrap()
-            .expect("the watch stays open");
+        let answer = next_answer(&mut answers, "the replay goes on").await;
         assert!(!answer.canceled, "{answer:?}");
         for event in answer.events {
             seen = event.kv.as_ref().map_or(seen, |kv| kv.mod_revision);
