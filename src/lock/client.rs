@@ -325,18 +325,21 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
         let mut running = futures::stream::FuturesUnordered::new();
         let mut cause = String::from("no answer");
-        for launched in 0usize.. {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        let mut launched = 0usize;
+        let mut next_launch = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
                 break;
             }
-            if launched > 0 && launched.is_multiple_of(self.endpoints.len()) {
-                // Every endpoint has had its chance: do not spin on refusals.
-                sleep(RETRY_PAUSE.min(left)).await;
+            if now >= next_launch {
+                let budget = deadline.saturating_duration_since(now).min(ATTEMPT_TIMEOUT);
+                running.push(timeout(budget, attempt(self.for_attempt(launched))));
+                launched += 1;
+                next_launch = now + HEDGE_AFTER;
             }
-            let budget = left.min(ATTEMPT_TIMEOUT);
-            running.push(timeout(budget, attempt(self.for_attempt(launched))));
-            // The next attempt starts when one fails or when this one is slow to answer.
+            // Answers are taken while waiting for the next launch, which comes when an attempt
+            // fails or when the running ones are slow to answer.
             tokio::select! {
                 Some(done) = running.next() => {
                     match done {
@@ -345,12 +348,21 @@ impl Client {
                             return Err(Error::rpc(op, status));
                         }
                         Ok(Err(status)) => cause = status.message().to_string(),
-                        Err(_) => cause = format!("no answer within {budget:?}"),
+                        Err(_) => cause = format!("no answer within {ATTEMPT_TIMEOUT:?}"),
                     }
                     tracing::debug!(op, %cause, "retrying");
+                    // Once every endpoint has had its chance, pause: do not spin on refusals.
+                    let pause = if launched.is_multiple_of(self.endpoints.len()) {
+                        RETRY_PAUSE
+                    } else {
+                        Duration::ZERO
+                    };
+                    next_launch = next_launch.min(Instant::now() + pause);
                 }
-                () = sleep(HEDGE_AFTER.min(left)) => {
-                    tracing::debug!(op, "no answer yet; asking another member as well");
+                () = tokio::time::sleep_until(next_launch.min(deadline)) => {
+                    if !running.is_empty() {
+                        tracing::debug!(op, "no answer yet; asking another member as well");
+                    }
                 }
             }
         }
