@@ -449,27 +449,41 @@ impl State {
         want_prev: bool,
         events: &mut Vec<Event>,
     ) -> pb::DeleteRangeResponse {
-        let doomed: Vec<Vec<u8>> = self.scan(range).map(|kv| kv.key.clone()).collect();
+        let doomed = self.scan(range).map(|kv| kv.key.clone()).collect();
+        self.delete_keys(revision, doomed, want_prev, events)
+    }
+
+    /// Deletes `keys`, which exist and are distinct, at `revision`.
+    fn delete_keys(
+        &mut self,
+        revision: i64,
+        keys: Vec<Vec<u8>>,
+        want_prev: bool,
+        events: &mut Vec<Event>,
+    ) -> pb::DeleteRangeResponse {
+        // Only the Txn's earlier operations can have touched these keys already.
+        let earlier = events.len();
         let mut prev_kvs = Vec::new();
-        for key in &doomed {
-            let prev = self.keys.remove(key).expect("scanned key exists");
+        for key in &keys {
+            let prev = self.keys.remove(key).expect("deleted keys exist");
             self.detach(prev.lease, key);
-            events.push(Event {
+            let event = Event {
                 r#type: EventType::Delete as i32,
-                prev_kv: before_revision(events, key, &Some(prev.clone())),
+                prev_kv: before_revision(&events[..earlier], key, &Some(prev.clone())),
                 kv: Some(KeyValue {
                     key: key.clone(),
                     mod_revision: revision,
                     ..Default::default()
                 }),
-            });
+            };
+            events.push(event);
             if want_prev {
                 prev_kvs.push(prev);
             }
         }
         pb::DeleteRangeResponse {
             header: Some(self.header()),
-            deleted: doomed.len() as i64,
+            deleted: keys.len() as i64,
             prev_kvs,
         }
     }
@@ -688,9 +702,12 @@ impl State {
         let lease = self.leases.remove(&id).expect("checked above");
         self.deadlines.remove(&(lease.deadline, id));
         let mut events = Vec::with_capacity(lease.keys.len());
-        for key in &lease.keys {
-            self.apply_delete(revision, &KeyRange::new(key, &[]), false, &mut events);
-        }
+        self.delete_keys(
+            revision,
+            lease.keys.into_iter().collect(),
+            false,
+            &mut events,
+        );
         self.commit(revision, events);
         Ok(pb::LeaseRevokeResponse {
             header: Some(self.header()),
