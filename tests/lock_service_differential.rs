@@ -27,7 +27,7 @@ use fencelock::lock::pb::etcdserverpb::{
 use fencelock::lock::pb::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
 };
-use fencelock::lock::pb::mvccpb::Event;
+use fencelock::lock::pb::mvccpb::{Event, KeyValue};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::etcd;
@@ -234,21 +234,7 @@ fn revision(header: &Option<ResponseHeader>) -> i64 {
 
 /// Keys and values of a Range answer, with every field that must match, as one string.
 fn describe_range(range: &fencelock::lock::pb::etcdserverpb::RangeResponse) -> String {
-    let kvs: Vec<String> = range
-        .kvs
-        .iter()
-        .map(|kv| {
-            format!(
-                "{}={} c{} m{} v{} l{}",
-                String::from_utf8_lossy(&kv.key),
-                String::from_utf8_lossy(&kv.value),
-                kv.create_revision,
-                kv.mod_revision,
-                kv.version,
-                kv.lease
-            )
-        })
-        .collect();
+    let kvs: Vec<String> = range.kvs.iter().map(describe_kv).collect();
     format!(
         "[{}] count {} more {}",
         kvs.join(", "),
@@ -365,9 +351,13 @@ fn describe_event(event: Event) -> String {
             p.version
         )
     });
+    format!("{} {} prev {prev:?}", event.r#type, describe_kv(&kv))
+}
+
+/// A key with every field that must match, on one line.
+fn describe_kv(kv: &KeyValue) -> String {
     format!(
-        "{} {}={} c{} m{} v{} l{} prev {prev:?}",
-        event.r#type,
+        "{}={} c{} m{} v{} l{}",
         String::from_utf8_lossy(&kv.key),
         String::from_utf8_lossy(&kv.value),
         kv.create_revision,
