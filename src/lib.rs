@@ -12,9 +12,11 @@
 //! - [`lockd`]: the embedded lock service, speaking etcd's protocol, for a machine without
 //!   etcd.
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
+//! - [`check`]: the fault-injection checker behind `fencelock check`.
 //! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
 pub mod bench;
+pub mod check;
 mod child;
 pub mod etcd_cluster;
 pub mod lock;

@@ -1,0 +1,248 @@
+//! The checker's record of what happened: one JSON line per event, appended and flushed by
+//! the process that saw it, so a worker that is frozen or killed loses nothing it already
+//! did.
+//!
+//! Each worker writes `worker-<n>.jsonl`: an `invoke` event before every operation and one
+//! completion (`ok`, `fail` or `info`) after it, as Jepsen does. An operation with no
+//! completion (the worker was killed or the run ended while it waited) is indeterminate,
+//! like `info`. The checker itself writes `faults.jsonl` (what it did to whom) and
+//! `lock-service.jsonl` (lock keys appearing and vanishing, seen through a watch).
+//!
+//! Times: `mono_ns` is CLOCK_MONOTONIC, which Linux shares across processes on one machine,
+//! so events from different files order correctly; `wall_ms` is the Unix time for people.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes on this machine.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into `ts`; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a worker did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OpKind {
+    /// Grant a lease and start keeping it alive. Completion carries `lease`.
+    Session,
+    /// Acquire the lock. Completion carries `lease` and `token`.
+    Lock,
+    /// Fenced read of the counter. Completion carries `token` and `value` (0 when the key
+    /// has no value yet).
+    Read,
+    /// Fenced write of the counter. Invocation and completion carry `token` and `value`
+    /// (the value written: the value read + 1).
+    Write,
+    /// Release the lock (delete the lock key).
+    Unlock,
+    /// Close the session (revoke the lease).
+    Close,
+}
+
+/// Jepsen's event types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventType {
+    /// The operation starts.
+    Invoke,
+    /// It took effect.
+    Ok,
+    /// It certainly did not take effect (for a write: refused, or never sent).
+    Fail,
+    /// It may or may not have taken effect (for a write: the storage died mid-request).
+    Info,
+}
+
+/// One line of a worker's history file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub worker: u32,
+    /// The worker's operation counter: an invocation and its completion share it.
+    pub op: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub f: OpKind,
+    pub mono_ns: u64,
+    pub wall_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+    /// For a `fail` of a read or write: true when the storage refused the token as stale.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stale: bool,
+    /// For a stale refusal, the fence's token at the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the checker did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FaultKind {
+    FreezeHolder,
+    FreezeAfterRead,
+    Revoke,
+    FreezeLockService,
+    KillStorage,
+    KillMember,
+}
+
+/// Whom a fault hit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "id")]
+pub enum Target {
+    Worker(u32),
+    /// lockd, or etcd member `n`.
+    LockService(Option<u32>),
+    Storage,
+}
+
+/// One line of `faults.jsonl`: written when a fault starts (`end_mono_ns` absent) and again
+/// when it ends (instantaneous faults such as `revoke` are written once, with both times).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultEvent {
+    /// Counter of faults in the run: a start and its end share it.
+    pub id: u64,
+    pub fault: FaultKind,
+    pub target: Target,
+    pub start_mono_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_mono_ns: Option<u64>,
+    pub wall_ms: u64,
+    /// The lease revoked, for `revoke`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One line of `lock-service.jsonl`: a lock key under the checked lock name appeared or
+/// vanished, as the lock service's watch reported it. A key that vanishes without its
+/// worker's `unlock`/`close` completing first was removed by lease expiry or revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEvent {
+    pub mono_ns: u64,
+    pub wall_ms: u64,
+    pub key: String,
+    /// The lease the key is attached to (parsed from the key's last segment).
+    pub lease: Option<i64>,
+    /// The key's create_revision: the fencing token its holder gets.
+    pub token: u64,
+    pub change: KeyChange,
+    /// The revision of the change.
+    pub revision: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyChange {
+    Created,
+    Deleted,
+}
+
+/// Appends JSON lines to a file, flushing each one to the kernel before returning: a
+/// process killed after `append` returns has its line in the file.
+pub struct Log {
+    file: File,
+}
+
+impl Log {
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let file = File::options().create(true).append(true).open(path)?;
+        Ok(Self { file })
+    }
+
+    pub fn append<T: Serialize>(&mut self, record: &T) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        // One write(2) per line, so a line is never interleaved or half-written by a kill
+        // between two calls.
+        self.file.write_all(&line)
+    }
+}
+
+/// Reads every line of a JSON-lines file. A last line cut short (the writer was killed
+/// mid-write) is skipped; any other bad line is an error.
+pub fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> std::io::Result<Vec<T>> {
+    let reader = BufReader::new(File::open(path)?);
+    let lines: Vec<String> = reader.lines().collect::<Result<_, _>>()?;
+    let mut records = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(record) => records.push(record),
+            Err(_) if i + 1 == lines.len() => {}
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}:{}: {e}", path.display(), i + 1),
+                ));
+            }
+        }
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_a_log_and_a_cut_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker-1.jsonl");
+        let event = Event {
+            worker: 1,
+            op: 7,
+            kind: EventType::Fail,
+            f: OpKind::Write,
+            mono_ns: 5,
+            wall_ms: 6,
+            lease: None,
+            token: Some(12),
+            value: Some(4),
+            stale: true,
+            current: Some(13),
+            error: None,
+        };
+        let mut log = Log::create(&path).unwrap();
+        log.append(&event).unwrap();
+        log.append(&event).unwrap();
+        drop(log);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"worker\":1,\"op\"");
+        std::fs::write(&path, text).unwrap();
+        let back: Vec<Event> = read_lines(&path).unwrap();
+        assert_eq!(back, vec![event.clone(), event]);
+    }
+
+    #[test]
+    fn monotonic_time_moves_forward() {
+        let a = mono_ns();
+        let b = mono_ns();
+        assert!(a > 0 && b >= a);
+    }
+}

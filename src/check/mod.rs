@@ -1,0 +1,8 @@
+//! `fencelock check`: a fault-injection checker after Jepsen's etcd lock tests. Worker
+//! processes increment a counter under a fenced lock while the checker freezes, revokes and
+//! kills; the recorded history is then analysed for lost updates, tokens accepted out of
+//! order, and overlapping holders.
+//!
+//! - [`history`]: the events each process records, one JSON line at a time.
+
+pub mod history;
