@@ -13,6 +13,7 @@
 //!   etcd.
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
 //! - [`check`]: the fault-injection checker behind `fencelock check`.
+//! - [`process`]: a `fencelock` server as a child process, to freeze, kill or restart.
 //! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
 pub mod bench;
@@ -21,6 +22,7 @@ mod child;
 pub mod etcd_cluster;
 pub mod lock;
 pub mod lockd;
+pub mod process;
 pub mod storage;
 pub mod token;
 

@@ -43,6 +43,17 @@ enum Command {
     /// Measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Fault-injection checker, after Jepsen's etcd lock tests: worker processes increment a
+    /// counter under a fenced lock while holders, the lock service and the storage are frozen,
+    /// revoked and killed; the history is analysed for lost updates and tokens accepted out
+    /// of order.
+    ///
+    /// Exit status: 0 when valid, 1 when a safety violation was found under a policy that
+    /// claims safety (strict), 2 on a usage or setup error.
+    Check(CheckArgs),
+    /// One worker of `fencelock check` (started by the checker).
+    #[command(hide = true)]
+    CheckWorker(CheckWorkerArgs),
 }
 
 #[derive(Args)]
@@ -121,6 +132,118 @@ struct LockArgs {
     ttl: u64,
 }
 
+#[derive(Args)]
+struct CheckArgs {
+    /// Seconds each run lasts.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    duration: f64,
+    /// Worker processes.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    clients: u32,
+    /// Session lease TTL in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: u64,
+    /// The lock name the workers contend for.
+    #[arg(long, value_name = "NAME", default_value = "/fencelock-check")]
+    lock: String,
+    /// Seconds of work between a worker's read and its write: uniformly random in MIN-MAX
+    /// (or 0-MAX when one number is given).
+    #[arg(long, value_name = "MIN-MAX", default_value = "0-2", value_parser = parse_work)]
+    work: (Duration, Duration),
+    /// Faults to inject, comma-separated: freeze-holder, freeze-after-read, revoke,
+    /// freeze-lock-service, kill-storage, kill-member, or none. Default: all that apply.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    faults: Option<Vec<FaultArg>>,
+    /// Seconds between faults.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    interval: f64,
+    /// Seed of the fault schedule and the workers' work times (default: chosen at random and
+    /// printed, so a run can be repeated).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Start and use a loopback etcd cluster of this many members instead of lockd (needed
+    /// for kill-member).
+    #[arg(long, value_name = "N", conflicts_with = "endpoints")]
+    etcd_members: Option<usize>,
+    /// etcd binary for --etcd-members.
+    #[arg(long, env = "FENCELOCK_ETCD_BIN", default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Use this running lock service (comma-separated endpoints) instead of starting one; its
+    /// processes cannot be faulted.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// The storage's fencing policy: strict, writes, seed or off.
+    #[arg(long, value_name = "POLICY", default_value = "strict")]
+    fencing: Policy,
+    /// Run once per policy (strict, writes, seed, off) with the same seed and faults.
+    #[arg(long, conflicts_with = "fencing")]
+    compare: bool,
+    /// Directory for the history files, reports and timelines (one subdirectory per policy).
+    #[arg(long, value_name = "DIR", default_value = "fencelock-check.out")]
+    out: PathBuf,
+    /// Print the result as JSON on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Analyse the histories of an earlier check kept in DIR (its --out) again, instead of
+    /// running one: reports and timelines are rewritten there.
+    #[arg(long, value_name = "DIR")]
+    analyse: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum FaultArg {
+    FreezeHolder,
+    FreezeAfterRead,
+    Revoke,
+    FreezeLockService,
+    KillStorage,
+    KillMember,
+    None,
+}
+
+fn parse_work(text: &str) -> Result<(Duration, Duration), String> {
+    let seconds = |t: &str| -> Result<Duration, String> {
+        let v: f64 = t
+            .trim()
+            .parse()
+            .map_err(|_| format!("{t:?} is not a number of seconds"))?;
+        Duration::try_from_secs_f64(v).map_err(|_| format!("{t:?} is not a valid duration"))
+    };
+    let (low, high) = match text.split_once('-') {
+        Some((low, high)) => (seconds(low)?, seconds(high)?),
+        None => (Duration::ZERO, seconds(text)?),
+    };
+    if low > high {
+        return Err(format!("{text:?}: the minimum is above the maximum"));
+    }
+    Ok((low, high))
+}
+
+#[derive(Args)]
+struct CheckWorkerArgs {
+    #[arg(long)]
+    id: u32,
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[arg(long)]
+    storage: String,
+    #[arg(long)]
+    lock: String,
+    #[arg(long)]
+    key: String,
+    #[arg(long)]
+    ttl: u64,
+    #[arg(long)]
+    work_min: f64,
+    #[arg(long)]
+    work_max: f64,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    history: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Lock+unlock cycles on lockd and on a loopback etcd cluster, with 1 and with 8
@@ -188,7 +311,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A benchmark logs only problems: a line per lock cycle would cost more than the cycle.
     let default_level = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Check(_) | Command::CheckWorker(_) => "warn",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -234,6 +357,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Lock(args) => runtime.block_on(lock(args)),
         Command::Lockd(args) => runtime.block_on(run_lockd(args)),
         Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(bench_lock(args)),
+        Command::Check(args) => runtime.block_on(check(args)),
+        Command::CheckWorker(args) => runtime.block_on(check_worker(args)),
     };
     // Reading stdin occupies a blocking thread that no one can interrupt; waiting for it
     // would keep the process alive after its work is done.
@@ -402,4 +527,138 @@ async fn shutdown_signal() {
         name = on(SignalKind::terminate(), "SIGTERM") => name,
     };
     info!("{name} received, shutting down");
+}
+
+/// Exit status of `check` when a policy that claims safety was violated.
+const EXIT_VIOLATION: u8 = 1;
+/// Exit status of `check` on a usage or setup error.
+const EXIT_CHECK_ERROR: u8 = 2;
+
+async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    use fencelock::check::history::FaultKind;
+    use fencelock::check::run::{self, Backend, CheckError};
+
+    let usage = |message: &str| {
+        eprintln!("fencelock: {message}");
+        Ok(ExitCode::from(EXIT_CHECK_ERROR))
+    };
+    if !(args.duration > 0.0 && args.duration.is_finite()) {
+        return usage("--duration must be a positive number of seconds");
+    }
+    if !(args.interval > 0.0 && args.interval.is_finite()) {
+        return usage("--interval must be a positive number of seconds");
+    }
+    let faults = args.faults.map(|list| {
+        list.into_iter()
+            .filter_map(|f| match f {
+                FaultArg::FreezeHolder => Some(FaultKind::FreezeHolder),
+                FaultArg::FreezeAfterRead => Some(FaultKind::FreezeAfterRead),
+                FaultArg::Revoke => Some(FaultKind::Revoke),
+                FaultArg::FreezeLockService => Some(FaultKind::FreezeLockService),
+                FaultArg::KillStorage => Some(FaultKind::KillStorage),
+                FaultArg::KillMember => Some(FaultKind::KillMember),
+                FaultArg::None => None,
+            })
+            .collect()
+    });
+    let backend = match (args.etcd_members, args.endpoints) {
+        (Some(0), _) => return usage("--etcd-members must be at least 1"),
+        (Some(members), _) => Backend::Etcd {
+            members,
+            binary: args.etcd_bin,
+        },
+        (None, Some(endpoints)) => Backend::External(endpoints),
+        (None, None) => Backend::Lockd,
+    };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let policies = if args.compare {
+        vec![Policy::Strict, Policy::Writes, Policy::Seed, Policy::Off]
+    } else {
+        vec![args.fencing]
+    };
+    let options = run::Options {
+        duration: Duration::from_secs_f64(args.duration),
+        clients: args.clients,
+        ttl: Duration::from_secs(args.ttl),
+        lock: args.lock,
+        work: args.work,
+        faults,
+        interval: Duration::from_secs_f64(args.interval),
+        seed,
+        backend,
+        policies,
+        out: args.out,
+        binary: std::env::current_exe().context("cannot find the fencelock binary")?,
+        progress: !args.json,
+    };
+    if !args.json && args.analyse.is_none() {
+        eprintln!("fencelock check: seed {seed} (repeat with --seed {seed})");
+    }
+    let work = async {
+        match &args.analyse {
+            Some(dir) => run::load_all(dir),
+            None => run::run(&options).await,
+        }
+    };
+    let runs = tokio::select! {
+        result = work => match result {
+            Ok(runs) => runs,
+            Err(CheckError::Usage(message)) => return usage(&message),
+            Err(e) => {
+                eprintln!("fencelock: {}", one_line(&anyhow::Error::new(e)));
+                return Ok(ExitCode::from(EXIT_CHECK_ERROR));
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("fencelock: interrupted");
+            return Ok(ExitCode::from(130));
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let value = run::json(&runs);
+        writeln!(stdout, "{value:#}").context("cannot write to stdout")?;
+    } else {
+        write!(stdout, "{}", run::table(&runs)).context("cannot write to stdout")?;
+        for run in &runs {
+            writeln!(
+                stdout,
+                "{}: histories, report.json and timeline.svg in {}",
+                run.policy,
+                run.dir.display()
+            )
+            .context("cannot write to stdout")?;
+        }
+    }
+    let violated = runs
+        .iter()
+        .any(|r| r.policy == Policy::Strict && !r.report.valid());
+    Ok(if violated {
+        ExitCode::from(EXIT_VIOLATION)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn check_worker(args: CheckWorkerArgs) -> anyhow::Result<ExitCode> {
+    use fencelock::check::worker::{self, WorkerOptions};
+
+    let options = WorkerOptions {
+        id: args.id,
+        endpoints: args.endpoints,
+        storage: args.storage,
+        lock: args.lock,
+        key: args.key,
+        ttl: Duration::from_secs(args.ttl),
+        work: (
+            Duration::from_secs_f64(args.work_min),
+            Duration::from_secs_f64(args.work_max),
+        ),
+        seed: args.seed,
+        history: args.history,
+    };
+    worker::run(&options, std::io::stdout(), stop_requested())
+        .await
+        .with_context(|| format!("worker {} failed", options.id))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::etcd_cluster::{ClusterError, EtcdCluster};
 use crate::lock::pb::etcdserverpb::StatusRequest;
 use crate::lock::{Client, LockOptions, WatchStart};
-use crate::lockd::{LockdProcess, SpawnError};
+use crate::process::{ServerProcess, SpawnError};
 
 /// Lease TTL of the benchmark's sessions: long enough that no session expires under load.
 const TTL: Duration = Duration::from_secs(10);
@@ -109,7 +109,8 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
         // Each service runs alone: the one measured before is stopped first.
         match service {
             Service::Lockd => {
-                let lockd = LockdProcess::spawn(&options.lockd_bin, &["--in-memory"]).await?;
+                let lockd =
+                    ServerProcess::spawn(&options.lockd_bin, "lockd", ["--in-memory"]).await?;
                 let endpoints = [lockd.endpoint().to_string()];
                 all.extend(run_service("lockd", &endpoints, options, out).await?);
             }

@@ -5,4 +5,8 @@
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
 
+pub mod analysis;
 pub mod history;
+pub mod run;
+pub mod timeline;
+pub mod worker;

@@ -18,7 +18,6 @@
 
 mod error;
 mod meta;
-mod process;
 mod service;
 mod state;
 mod watch;
@@ -35,7 +34,6 @@ use tonic::transport::server::TcpIncoming;
 
 pub use error::EtcdError;
 pub use meta::{MetaError, RESERVATION_BLOCK};
-pub use process::{LockdProcess, SpawnError};
 pub use service::API_VERSION;
 
 use crate::lock::pb::etcdserverpb::watch_server;

@@ -1,0 +1,383 @@
+//! One checker worker: the body of the hidden `fencelock check-worker` command.
+//!
+//! It loops as Jepsen's etcd lock test does: open a session, lock, fenced read of the
+//! counter, work for a random time, fenced write of the counter + 1, unlock, close. Every
+//! operation is recorded twice, before (`invoke`) and after (`ok`/`fail`/`info`), to the
+//! worker's history file and, as the same JSON line, to stdout, where the checker follows
+//! the worker to aim its faults.
+//!
+//! Invariants: a line is in the history file before the operation it announces starts or
+//! right after it ends, so a worker frozen or killed at any point has recorded everything it
+//! did; the worker never consults its session's loss signals between its read and its write,
+//! because a process paused there would not have either: the storage's fence must catch it.
+
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rand::{Rng as _, SeedableRng as _};
+
+use super::history::{Event, EventType, Log, OpKind, mono_ns, wall_ms};
+use crate::FencingToken;
+use crate::lock::Client;
+use crate::storage::{ClientError, StorageClient};
+
+/// A storage request that gets no answer in this time is given up; a write given up may
+/// still have taken effect (`info`).
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause after a failed step, so a worker facing a dead service does not spin.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// What one worker does.
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub id: u32,
+    pub endpoints: Vec<String>,
+    /// Base URL of the storage.
+    pub storage: String,
+    /// The lock name, which is also the fence of the counter.
+    pub lock: String,
+    /// The counter's key.
+    pub key: String,
+    pub ttl: Duration,
+    /// The work between read and write lasts a uniformly random time in this range.
+    pub work: (Duration, Duration),
+    pub seed: u64,
+    pub history: PathBuf,
+}
+
+/// Runs the loop until `stop` resolves. Errors only when the history cannot be written or
+/// the lock service cannot be reached at start.
+pub async fn run(
+    options: &WorkerOptions,
+    out: impl Write,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut recorder = Recorder {
+        worker: options.id,
+        next_op: 0,
+        log: Log::create(&options.history)?,
+        out,
+    };
+    let client = Client::connect(&options.endpoints).await?;
+    let http = reqwest::Client::builder()
+        .timeout(STORAGE_TIMEOUT)
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+    let storage = StorageClient::with_http_client(&options.storage, http)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ u64::from(options.id));
+    tokio::select! {
+        result = cycles(options, &client, &storage, &mut recorder, &mut rng) => result,
+        () = stop => Ok(()),
+    }
+}
+
+async fn cycles(
+    options: &WorkerOptions,
+    client: &Client,
+    storage: &StorageClient,
+    recorder: &mut Recorder<impl Write>,
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<()> {
+    let fence = Some(options.lock.as_str());
+    loop {
+        let op = recorder.invoke(OpKind::Session, Fields::default())?;
+        let session = match client.session(options.ttl).await {
+            Ok(session) => {
+                let lease = Some(session.lease().get());
+                recorder.ok(
+                    op,
+                    Fields {
+                        lease,
+                        ..Fields::default()
+                    },
+                )?;
+                session
+            }
+            Err(e) => {
+                recorder.fail(op, Fields::error(&e))?;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let lease = Some(session.lease().get());
+
+        let op = recorder.invoke(
+            OpKind::Lock,
+            Fields {
+                lease,
+                ..Fields::default()
+            },
+        )?;
+        let guard = match session.lock(&options.lock).await {
+            Ok(guard) => {
+                let token = Some(guard.token().get());
+                recorder.ok(
+                    op,
+                    Fields {
+                        lease,
+                        token,
+                        ..Fields::default()
+                    },
+                )?;
+                guard
+            }
+            Err(e) => {
+                recorder.fail(
+                    op,
+                    Fields {
+                        lease,
+                        ..Fields::error(&e)
+                    },
+                )?;
+                close(recorder, session, lease).await?;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+        };
+        let token = guard.token();
+        let with_token = Fields {
+            token: Some(token.get()),
+            ..Fields::default()
+        };
+
+        let op = recorder.invoke(OpKind::Read, with_token.clone())?;
+        let read = match storage.read(&options.key, token, fence).await {
+            Ok(None) => Some(0),
+            Ok(Some(stored)) => match stored.value.parse::<u64>() {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    let error = format!("the counter holds {:?}, not a number", stored.value);
+                    recorder.fail(
+                        op,
+                        Fields {
+                            error: Some(error),
+                            ..with_token.clone()
+                        },
+                    )?;
+                    None
+                }
+            },
+            Err(e) => {
+                recorder.fail(op, storage_failure(&e, &with_token))?;
+                None
+            }
+        };
+        if let Some(value) = read {
+            recorder.ok(
+                op,
+                Fields {
+                    value: Some(value),
+                    ..with_token.clone()
+                },
+            )?;
+            let (low, high) = options.work;
+            let work = if high > low {
+                rng.random_range(low..=high)
+            } else {
+                low
+            };
+            tokio::time::sleep(work).await;
+            write(recorder, storage, options, token, value + 1).await?;
+        }
+
+        let op = recorder.invoke(OpKind::Unlock, with_token.clone())?;
+        match guard.unlock().await {
+            Ok(()) => recorder.ok(op, with_token.clone())?,
+            Err(e) => recorder.fail(
+                op,
+                Fields {
+                    token: Some(token.get()),
+                    ..Fields::error(&e)
+                },
+            )?,
+        }
+        close(recorder, session, lease).await?;
+    }
+}
+
+async fn write(
+    recorder: &mut Recorder<impl Write>,
+    storage: &StorageClient,
+    options: &WorkerOptions,
+    token: FencingToken,
+    value: u64,
+) -> anyhow::Result<()> {
+    let fields = Fields {
+        token: Some(token.get()),
+        value: Some(value),
+        ..Fields::default()
+    };
+    let op = recorder.invoke(OpKind::Write, fields.clone())?;
+    let text = value.to_string();
+    match storage
+        .write(&options.key, &text, token, Some(&options.lock))
+        .await
+    {
+        Ok(()) => recorder.ok(op, fields)?,
+        // Refused before the connection was made: it certainly did not take effect.
+        Err(ClientError::Http(e)) if e.is_connect() => {
+            recorder.fail(
+                op,
+                Fields {
+                    error: Some(describe(&e)),
+                    ..fields
+                },
+            )?;
+        }
+        // Sent, but no answer: the storage may have applied it before dying.
+        Err(ClientError::Http(e)) => {
+            let event = Fields {
+                error: Some(describe(&e)),
+                ..fields
+            };
+            recorder.complete(op, EventType::Info, event)?;
+        }
+        Err(e) => recorder.fail(op, storage_failure(&e, &fields))?,
+    }
+    Ok(())
+}
+
+async fn close(
+    recorder: &mut Recorder<impl Write>,
+    session: crate::lock::Session,
+    lease: Option<i64>,
+) -> anyhow::Result<()> {
+    let op = recorder.invoke(
+        OpKind::Close,
+        Fields {
+            lease,
+            ..Fields::default()
+        },
+    )?;
+    match session.close().await {
+        Ok(()) => recorder.ok(
+            op,
+            Fields {
+                lease,
+                ..Fields::default()
+            },
+        ),
+        Err(e) => recorder.fail(
+            op,
+            Fields {
+                lease,
+                ..Fields::error(&e)
+            },
+        ),
+    }
+}
+
+fn storage_failure(error: &ClientError, base: &Fields) -> Fields {
+    match error {
+        ClientError::StaleToken { current, .. } => Fields {
+            stale: true,
+            current: Some(current.get()),
+            ..base.clone()
+        },
+        other => Fields {
+            error: Some(describe(other)),
+            ..base.clone()
+        },
+    }
+}
+
+/// The optional parts of an event.
+#[derive(Clone, Default)]
+struct Fields {
+    lease: Option<i64>,
+    token: Option<u64>,
+    value: Option<u64>,
+    stale: bool,
+    current: Option<u64>,
+    error: Option<String>,
+}
+
+impl Fields {
+    fn error(e: &(dyn std::error::Error + 'static)) -> Self {
+        Self {
+            error: Some(describe(e)),
+            ..Self::default()
+        }
+    }
+}
+
+/// An error with its causes, which HTTP and gRPC errors keep out of their own message
+/// ("error sending request" says nothing of the refused connection behind it).
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// Numbers operations and writes each event to the history file, then to `out`.
+struct Recorder<W> {
+    worker: u32,
+    next_op: u64,
+    log: Log,
+    out: W,
+}
+
+impl<W: Write> Recorder<W> {
+    fn invoke(&mut self, f: OpKind, fields: Fields) -> anyhow::Result<Op> {
+        self.next_op += 1;
+        let op = Op {
+            id: self.next_op,
+            f,
+        };
+        self.record(op, EventType::Invoke, fields)?;
+        Ok(op)
+    }
+
+    fn ok(&mut self, op: Op, fields: Fields) -> anyhow::Result<()> {
+        self.complete(op, EventType::Ok, fields)
+    }
+
+    fn fail(&mut self, op: Op, fields: Fields) -> anyhow::Result<()> {
+        self.complete(op, EventType::Fail, fields)
+    }
+
+    fn complete(&mut self, op: Op, kind: EventType, fields: Fields) -> anyhow::Result<()> {
+        self.record(op, kind, fields)
+    }
+
+    fn record(&mut self, op: Op, kind: EventType, fields: Fields) -> anyhow::Result<()> {
+        let event = Event {
+            worker: self.worker,
+            op: op.id,
+            kind,
+            f: op.f,
+            mono_ns: mono_ns(),
+            wall_ms: wall_ms(),
+            lease: fields.lease,
+            token: fields.token,
+            value: fields.value,
+            stale: fields.stale,
+            current: fields.current,
+            error: fields.error,
+        };
+        self.log.append(&event)?;
+        // The checker may have stopped reading (it is ending the run): the history file,
+        // written first, is what counts.
+        let _ = serde_json::to_writer(&mut self.out, &event);
+        let _ = self.out.write_all(b"\n");
+        let _ = self.out.flush();
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Op {
+    id: u64,
+    f: OpKind,
+}

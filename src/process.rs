@@ -1,0 +1,149 @@
+//! A `fencelock` server (`lockd`, `storage`) as a child process on a loopback port, for tools
+//! that want a server in its own process: to freeze it, kill it, restart it, or measure it
+//! apart from its clients.
+//!
+//! Invariants: the child is killed and reaped when the handle drops, and also dies with the
+//! thread that spawned it (see `die_with_parent`); a restart listens on the same address, so
+//! clients keep their URL.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a starting server may take to print its address.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a server process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("cannot start {what}: {source}")]
+    Spawn {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{what} did not report its address within {READY_TIMEOUT:?}")]
+    NotReady { what: String },
+}
+
+/// A running `fencelock <subcommand>`; killed (and reaped) when dropped.
+pub struct ServerProcess {
+    binary: PathBuf,
+    subcommand: String,
+    args: Vec<OsString>,
+    child: Option<Child>,
+    addr: SocketAddr,
+}
+
+impl ServerProcess {
+    /// Starts `binary subcommand --listen 127.0.0.1:0 args...` and waits until it prints
+    /// `listening on http://ADDR`.
+    pub async fn spawn(
+        binary: &Path,
+        subcommand: &str,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Self, SpawnError> {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let (child, addr) = start(binary, subcommand, "127.0.0.1:0", &args).await?;
+        Ok(Self {
+            binary: binary.to_owned(),
+            subcommand: subcommand.to_owned(),
+            args,
+            child: Some(child),
+            addr,
+        })
+    }
+
+    /// The server's URL, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The PID, while the process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the process; false when it is not running.
+    pub fn signal(&self, signal: libc::c_int) -> bool {
+        let Some(pid) = self.pid() else { return false };
+        // SAFETY: kill(2) on the PID of a child this handle has not reaped yet, so the PID
+        // cannot have been reused by another process.
+        unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Kills the process if it runs, then starts it again with the same arguments on the same
+    /// address.
+    pub async fn restart(&mut self) -> Result<(), SpawnError> {
+        self.kill().await;
+        let (child, addr) = start(
+            &self.binary,
+            &self.subcommand,
+            &self.addr.to_string(),
+            &self.args,
+        )
+        .await?;
+        self.child = Some(child);
+        self.addr = addr;
+        Ok(())
+    }
+}
+
+async fn start(
+    binary: &Path,
+    subcommand: &str,
+    listen: &str,
+    args: &[OsString],
+) -> Result<(Child, SocketAddr), SpawnError> {
+    let what = format!("{} {subcommand}", binary.display());
+    let mut command = Command::new(binary);
+    command
+        .args([subcommand, "--listen", listen])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    // If this process dies without dropping the child, the kernel ends the child too.
+    // SAFETY: the hook makes one async-signal-safe call (see `die_with_parent`).
+    unsafe {
+        command.pre_exec(crate::child::die_with_parent);
+    }
+    let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
+        what: what.clone(),
+        source,
+    })?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let announced = tokio::time::timeout(READY_TIMEOUT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(addr) = line
+                .strip_prefix("listening on http://")
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+            {
+                return Some(addr);
+            }
+        }
+        None
+    })
+    .await;
+    match announced {
+        Ok(Some(addr)) => Ok((child, addr)),
+        _ => Err(SpawnError::NotReady { what }),
+    }
+}
