@@ -91,6 +91,21 @@ pub async fn start(members: u32) -> Option<TestEtcd> {
     })
 }
 
+/// Takes the slots of a `members`-member cluster that something else starts (the binary
+/// under test), or returns `None` after printing why the calling test is skipped. The
+/// cluster must be gone before the permit is dropped.
+pub async fn reserve(members: u32) -> Option<SemaphorePermit<'static>> {
+    if !available() {
+        return None;
+    }
+    Some(
+        SLOTS
+            .acquire_many(members.min(SLOTS_TOTAL))
+            .await
+            .expect("the semaphore is never closed"),
+    )
+}
+
 /// Runs `etcdctl` (API v3) against `endpoints`; panics with its output if it fails.
 pub fn etcdctl(endpoints: &[String], args: &[&str]) -> Output {
     let output = Command::new(etcdctl_bin())
