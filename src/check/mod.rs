@@ -4,5 +4,10 @@
 //! order, and overlapping holders.
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
+//! - [`analysis`]: the pure analysis of a merged history into a [`analysis::Report`] and the
+//!   summary table.
+//! - [`timeline`]: the SVG timeline picture of one run.
 
+pub mod analysis;
 pub mod history;
+pub mod timeline;
