@@ -20,11 +20,9 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::history::{
-    self, EventType, FaultKind, KeyChange, OpKind, Target,
-};
-use crate::storage::fence::{self, Access, Policy};
+use super::history::{self, EventType, FaultKind, KeyChange, OpKind, Target};
 use crate::FencingToken;
+use crate::storage::fence::{self, Access, Policy};
 
 /// Everything the analysis looks at: the merged files of one run under one policy.
 #[derive(Clone, Debug)]
@@ -464,7 +462,9 @@ pub(crate) fn holds(ops: &[Op], end_ns: u64) -> Vec<Hold> {
 pub(crate) fn fault_spans(input: &Input) -> Vec<FaultSpan> {
     let mut by_id: BTreeMap<u64, (&history::FaultEvent, Option<u64>, u64)> = BTreeMap::new();
     for f in &input.faults {
-        let entry = by_id.entry(f.id).or_insert((f, f.end_mono_ns, f.start_mono_ns));
+        let entry = by_id
+            .entry(f.id)
+            .or_insert((f, f.end_mono_ns, f.start_mono_ns));
         entry.1 = entry.1.or(f.end_mono_ns);
         entry.2 = entry.2.min(f.start_mono_ns);
         if entry.0.note.is_none() && f.note.is_some() {
@@ -592,13 +592,12 @@ fn plural(n: u64) -> &'static str {
 /// The value of `write`'s worker's last successful read before it.
 fn read_before(ops: &[Op], write: &Op) -> Option<u64> {
     ops.iter()
-        .filter(|o| {
+        .rfind(|o| {
             o.worker == write.worker
                 && o.op < write.op
                 && o.f == OpKind::Read
                 && o.outcome == Outcome::Ok
         })
-        .last()
         .and_then(|o| o.value)
 }
 
@@ -798,10 +797,11 @@ fn other_failures(ops: &[Op]) -> Vec<FailureGroup> {
                     Outcome::Info => group.info += 1,
                     Outcome::Ok | Outcome::Pending => continue,
                 }
-                if let Some(error) = &op.error {
-                    if group.examples.len() < MAX_EXAMPLES && !group.examples.contains(error) {
-                        group.examples.push(error.clone());
-                    }
+                if let Some(error) = &op.error
+                    && group.examples.len() < MAX_EXAMPLES
+                    && !group.examples.contains(error)
+                {
+                    group.examples.push(error.clone());
                 }
             }
             (group.fail + group.info > 0).then_some(group)
@@ -876,7 +876,10 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
             "acknowledged increments",
             each(rows, |r| r.acknowledged_increments.to_string()),
         ),
-        ("unknown writes", each(rows, |r| r.unknown_writes.to_string())),
+        (
+            "unknown writes",
+            each(rows, |r| r.unknown_writes.to_string()),
+        ),
         ("final counter", each(rows, |r| show(r.final_value))),
         (
             "lost updates",
@@ -905,10 +908,7 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
         (
             "stale rejections r/w",
             each(rows, |r| {
-                format!(
-                    "{}/{}",
-                    r.stale_rejections.reads, r.stale_rejections.writes
-                )
+                format!("{}/{}", r.stale_rejections.reads, r.stale_rejections.writes)
             }),
         ),
         (
@@ -925,10 +925,7 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
             "lease expiries",
             each(rows, |r| r.lease_expiries.len().to_string()),
         ),
-        (
-            "faults",
-            each(rows, |r| r.fault_spans.len().to_string()),
-        ),
+        ("faults", each(rows, |r| r.fault_spans.len().to_string())),
     ];
     let name_width = measures
         .iter()
@@ -1071,18 +1068,45 @@ pub(crate) mod tests {
         }
 
         pub fn lock(&mut self, worker: u32, from: u64, to: u64, lease: i64, token: u64) -> u64 {
-            let op = self.op(worker, OpKind::Lock, from, to, End::Ok, Some(token), None, None);
+            let op = self.op(
+                worker,
+                OpKind::Lock,
+                from,
+                to,
+                End::Ok,
+                Some(token),
+                None,
+                None,
+            );
             let last = self.events.len() - 1;
             self.events[last].lease = Some(lease);
             op
         }
 
         pub fn read(&mut self, worker: u32, from: u64, to: u64, token: u64, value: u64) -> u64 {
-            self.op(worker, OpKind::Read, from, to, End::Ok, Some(token), Some(value), None)
+            self.op(
+                worker,
+                OpKind::Read,
+                from,
+                to,
+                End::Ok,
+                Some(token),
+                Some(value),
+                None,
+            )
         }
 
         pub fn write(&mut self, worker: u32, from: u64, to: u64, token: u64, value: u64) -> u64 {
-            self.op(worker, OpKind::Write, from, to, End::Ok, Some(token), Some(value), None)
+            self.op(
+                worker,
+                OpKind::Write,
+                from,
+                to,
+                End::Ok,
+                Some(token),
+                Some(value),
+                None,
+            )
         }
 
         pub fn unlock(&mut self, worker: u32, from: u64, to: u64) -> u64 {
@@ -1448,7 +1472,16 @@ pub(crate) mod tests {
         h.unlock(2, 1300, 1310);
         h.lock(1, 2000, 2010, 0xc, 12);
         h.read(1, 2020, 2030, 12, 2);
-        h.op(1, OpKind::Write, 2100, 0, End::Never, Some(12), Some(3), None);
+        h.op(
+            1,
+            OpKind::Write,
+            2100,
+            0,
+            End::Never,
+            Some(12),
+            Some(3),
+            None,
+        );
         // The info write took effect, the last one is unknown: final 2 with 1 acknowledged.
         let report = analyse(&h.input(Policy::Strict, Some(2), 3000));
         assert_eq!(report.acknowledged_increments, 1);
@@ -1492,26 +1525,86 @@ pub(crate) mod tests {
     fn duplicates_and_a_shortfall_are_not_counted_twice() {
         // Acknowledged: 1, 2, 3, 4, 4. Final 4: the duplicate explains the whole gap.
         let report = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));
-        assert_eq!((report.lost_updates.count, report.lost_updates.shortfall), (1, 0));
+        assert_eq!(
+            (report.lost_updates.count, report.lost_updates.shortfall),
+            (1, 0)
+        );
         // Final 3: one more increment is missing beyond the duplicate.
         let report = analyse(&frozen_reader().input(Policy::Writes, Some(3), 7000));
         let lost = &report.lost_updates;
         assert_eq!((lost.count, lost.duplicate_lost, lost.shortfall), (2, 1, 1));
         // No final value: only the duplicate can be seen.
         let report = analyse(&frozen_reader().input(Policy::Writes, None, 7000));
-        assert_eq!((report.lost_updates.count, report.lost_updates.shortfall), (1, 0));
+        assert_eq!(
+            (report.lost_updates.count, report.lost_updates.shortfall),
+            (1, 0)
+        );
     }
 
     #[test]
     fn stale_rejections_are_counted_by_access_and_other_failures_by_kind() {
         let mut h = History::default();
         h.lock(1, 0, 10, 0xa, 5);
-        h.op(1, OpKind::Read, 20, 30, End::Stale, Some(5), None, Some("stale"));
-        h.op(1, OpKind::Write, 40, 50, End::Stale, Some(5), Some(1), Some("stale"));
-        h.op(2, OpKind::Read, 60, 70, End::Stale, Some(4), None, Some("stale"));
-        h.op(2, OpKind::Write, 80, 90, End::Fail, Some(4), Some(1), Some("refused"));
-        h.op(2, OpKind::Write, 80, 90, End::Fail, Some(4), Some(1), Some("refused"));
-        h.op(3, OpKind::Lock, 80, 90, End::Fail, None, None, Some("no leader"));
+        h.op(
+            1,
+            OpKind::Read,
+            20,
+            30,
+            End::Stale,
+            Some(5),
+            None,
+            Some("stale"),
+        );
+        h.op(
+            1,
+            OpKind::Write,
+            40,
+            50,
+            End::Stale,
+            Some(5),
+            Some(1),
+            Some("stale"),
+        );
+        h.op(
+            2,
+            OpKind::Read,
+            60,
+            70,
+            End::Stale,
+            Some(4),
+            None,
+            Some("stale"),
+        );
+        h.op(
+            2,
+            OpKind::Write,
+            80,
+            90,
+            End::Fail,
+            Some(4),
+            Some(1),
+            Some("refused"),
+        );
+        h.op(
+            2,
+            OpKind::Write,
+            80,
+            90,
+            End::Fail,
+            Some(4),
+            Some(1),
+            Some("refused"),
+        );
+        h.op(
+            3,
+            OpKind::Lock,
+            80,
+            90,
+            End::Fail,
+            None,
+            None,
+            Some("no leader"),
+        );
         let report = analyse(&h.input(Policy::Strict, Some(0), 1000));
         assert_eq!(
             report.stale_rejections,

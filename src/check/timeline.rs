@@ -23,8 +23,8 @@ const MIN_PX_PER_S: f64 = 12.0;
 /// Room for the lane labels.
 const MARGIN_LEFT: f64 = 90.0;
 const MARGIN_RIGHT: f64 = 30.0;
-/// Top of the first lane, below the two title lines.
-const TOP: f64 = 60.0;
+/// Top of the first lane, below the three title lines.
+const TOP: f64 = 74.0;
 const SERVICE_LANE_H: f64 = 26.0;
 const OVERLAP_LANE_H: f64 = 14.0;
 const WORKER_LANE_H: f64 = 34.0;
@@ -147,15 +147,39 @@ pub fn svg(input: &Input, report: &Report, title: &str) -> String {
     heading(&mut s, input, report, title, workers.len());
 
     // Lane backgrounds and labels.
-    lane(&mut s, "faults", service_y, SERVICE_LANE_H, width, "#f7f7f7");
-    lane(&mut s, "overlap", overlap_y, OVERLAP_LANE_H, width, "#fff5f0");
+    lane(
+        &mut s,
+        "faults",
+        service_y,
+        SERVICE_LANE_H,
+        width,
+        "#f7f7f7",
+    );
+    lane(
+        &mut s,
+        "overlap",
+        overlap_y,
+        OVERLAP_LANE_H,
+        width,
+        "#fff5f0",
+    );
     for (&w, &y) in &lane_y {
-        lane(&mut s, &format!("worker {w}"), y, WORKER_LANE_H, width, "#fbfbfb");
+        lane(
+            &mut s,
+            &format!("worker {w}"),
+            y,
+            WORKER_LANE_H,
+            width,
+            "#fbfbfb",
+        );
     }
     axis(&mut s, &scale, duration_s, TOP, axis_y);
 
     // Lock service and storage faults.
-    for f in faults.iter().filter(|f| !matches!(f.target, Target::Worker(_))) {
+    for f in faults
+        .iter()
+        .filter(|f| !matches!(f.target, Target::Worker(_)))
+    {
         let (x0, x1) = span_x(&scale, f, duration_s);
         let who = match f.target {
             Target::LockService(Some(n)) => format!(" member {n}"),
@@ -171,11 +195,13 @@ pub fn svg(input: &Input, report: &Report, title: &str) -> String {
             service_colour(f.fault),
             esc(&span_title(f, &label)),
         );
-        if x1 - x0 > label.len() as f64 * 5.5 {
+        // The label goes inside the span when it fits, else just after it.
+        let inside = x1 - x0 > label.len() as f64 * 5.5;
+        {
             let _ = writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" font-size="9">{}</text>"#,
-                x0 + 3.0,
+                if inside { x0 + 3.0 } else { x1 + 3.0 },
                 service_y + SERVICE_LANE_H / 2.0 + 3.0,
                 esc(&label)
             );
@@ -261,17 +287,16 @@ pub fn svg(input: &Input, report: &Report, title: &str) -> String {
 
     // Lease expiries.
     for e in &report.lease_expiries {
-        let y = e
+        let (top, h) = e
             .worker
             .and_then(|w| lane_y.get(&w).copied())
-            .map_or(service_y + SERVICE_LANE_H / 2.0, |y| y + WORKER_LANE_H - 5.0);
+            .map_or((service_y, SERVICE_LANE_H), |y| (y, WORKER_LANE_H));
         let x = scale.x_s(e.at_s);
         let what = if e.revoked { "revoked" } else { "expired" };
         let _ = writeln!(
             s,
-            r#"<path d="M{:.1},{:.1} l8,8 m0,-8 l-8,8" stroke="{EXPIRY}" stroke-width="2"><title>{}</title></path>"#,
-            x - 4.0,
-            y - 4.0,
+            r#"<path d="M{x:.1},{top:.1} v{:.1} m0,-4 l4,4 l-4,4 l-4,-4 z" stroke="{EXPIRY}" fill="{EXPIRY}" stroke-width="1.2" stroke-dasharray="3,2"><title>{}</title></path>"#,
+            h - 8.0,
             esc(&format!(
                 "lease {} {what} at {:.2} s: key {} (token {})",
                 opt(e.lease.map(|l| format!("{l:x}"))),
@@ -408,17 +433,18 @@ fn heading(s: &mut String, input: &Input, report: &Report, title: &str, workers:
         esc(&input.policy.to_string()),
         esc(&report.verdict),
     );
-    let _ = writeln!(
-        s,
-        r##"<text x="{MARGIN_LEFT}" y="42" font-size="12" fill="#404040">{}</text>"##,
-        esc(&format!(
+    let counts = [
+        format!(
             "{:.0} s, {workers} workers, {total_ops} operations, {} acknowledged increments, \
-             {} unknown writes, final counter {}, {} lost ({:.1}%), {} backwards tokens, \
-             {} overlaps ({:.1} s), {}/{} stale reads/writes, {} lease expiries, {} faults",
+             {} unknown writes, final counter {}",
             report.duration_s,
             report.acknowledged_increments,
             report.unknown_writes,
             opt(report.final_value),
+        ),
+        format!(
+            "{} lost updates ({:.1}%), {} backwards tokens, {} overlaps ({:.1} s), \
+             {}/{} stale reads/writes, {} lease expiries, {} faults",
             report.lost_updates.count,
             report.lost_updates.share * 100.0,
             report.backwards_tokens.len(),
@@ -428,8 +454,16 @@ fn heading(s: &mut String, input: &Input, report: &Report, title: &str, workers:
             report.stale_rejections.writes,
             report.lease_expiries.len(),
             report.fault_spans.len(),
-        ))
-    );
+        ),
+    ];
+    for (i, line) in counts.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            r##"<text x="{MARGIN_LEFT}" y="{}" font-size="12" fill="#404040">{}</text>"##,
+            41 + 16 * i,
+            esc(line)
+        );
+    }
 }
 
 fn lane(s: &mut String, label: &str, y: f64, h: f64, width: f64, fill: &str) {
@@ -492,17 +526,14 @@ const LEGEND: [(&str, &str); 13] = [
         "lease revoked (fault)",
     ),
     (
-        r##"<path d="M-4,-4 l8,8 m0,-8 l-8,8" stroke="#a50f15" stroke-width="2"/>"##,
+        r##"<path d="M0,-9 v10 m0,-4 l4,4 l-4,4 l-4,-4 z" stroke="#a50f15" fill="#a50f15" stroke-width="1.2" stroke-dasharray="3,2"/>"##,
         "lock key gone (lease expired/revoked)",
     ),
     (
         r##"<line x1="0" y1="-4" x2="0" y2="4" stroke="#2171b5" stroke-width="1.5"/>"##,
         "read",
     ),
-    (
-        r##"<circle r="3.5" fill="#238b45"/>"##,
-        "write accepted",
-    ),
+    (r##"<circle r="3.5" fill="#238b45"/>"##, "write accepted"),
     (
         r##"<path d="M-3.5,-3.5 l7,7 m0,-7 l-7,7" stroke="#d7301f" stroke-width="2"/>"##,
         "rejected: stale token",
@@ -577,4 +608,317 @@ fn write_marker(s: &mut String, x: f64, y: f64, outcome: Outcome, stale: bool, t
             y + 4.0,
         ),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FencingToken;
+    use crate::check::analysis::analyse;
+    use crate::check::analysis::tests::{End, History};
+    use crate::check::history::KeyChange;
+    use crate::storage::fence::{self, Access, Policy};
+
+    #[test]
+    fn timeline_has_a_lane_per_worker_and_escapes_its_title() {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        h.turn(2, 1000, 11, 1);
+        h.turn(3, 2000, 12, 2);
+        h.fault(1, FaultKind::KillStorage, Target::Storage, 2500, 2900);
+        let input = h.input(Policy::Strict, Some(3), 3000);
+        let report = analyse(&input);
+        let svg = svg(&input, &report, "run <1> & \"more\"");
+        assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+        assert!(svg.ends_with("</svg>\n"));
+        // Three worker lanes, plus the fault and overlap lanes.
+        assert_eq!(svg.matches(r#"class="lane""#).count(), 5);
+        for w in 1..=3 {
+            assert!(svg.contains(&format!(">worker {w}</text>")), "worker {w}");
+        }
+        assert!(svg.contains("run &lt;1&gt; &amp; &quot;more&quot;"));
+        assert!(!svg.contains("run <1>"));
+        assert!(svg.contains("kill-storage"));
+        // Every element that opens is closed: as many `<` as `>`, and text never holds one.
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+    }
+
+    /// A tiny deterministic generator, so the sample run is the same every time.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// The storage of the simulated run: the counter and its fence, moved by the real rule.
+    struct Storage {
+        policy: Policy,
+        fence: Option<FencingToken>,
+        counter: u64,
+    }
+
+    impl Storage {
+        fn admit(&mut self, access: Access, token: u64) -> bool {
+            match fence::check(
+                self.policy,
+                access,
+                "c",
+                FencingToken::new(token),
+                self.fence,
+            ) {
+                Ok(accepted) => {
+                    self.fence = accepted.raise_to.or(self.fence);
+                    true
+                }
+                Err(_) => false,
+            }
+        }
+    }
+
+    /// A write that happens later than the turn that issued it: a frozen or revoked holder's.
+    struct Late {
+        worker: u32,
+        at: u64,
+        token: u64,
+        value: u64,
+    }
+
+    /// About 60 s of five workers taking turns, with a holder frozen after its read every
+    /// seventh turn, a revoked lease, a storage kill and a frozen lock service. Returns the
+    /// history and the counter the storage ended with.
+    fn sample(policy: Policy) -> (History, u64) {
+        const END: u64 = 60_000;
+        const TTL: u64 = 2_000;
+        let mut rng = Lcg(42);
+        let mut h = History::default();
+        let mut store = Storage {
+            policy,
+            fence: None,
+            counter: 0,
+        };
+        let mut late: Vec<Late> = Vec::new();
+        let mut busy_until = [0u64; 6];
+        let (kill, freeze_ls) = ((30_000, 31_200), (45_000, 46_500));
+        h.fault(100, FaultKind::KillStorage, Target::Storage, kill.0, kill.1);
+        h.fault(
+            101,
+            FaultKind::FreezeLockService,
+            Target::LockService(None),
+            freeze_ls.0,
+            freeze_ls.1,
+        );
+        let mut t = 100;
+        let mut token = 10;
+        let mut fault_id = 1;
+        let mut turn = 0;
+        let mut worker = 0;
+        while t < END - 3_000 {
+            turn += 1;
+            worker = (1..=5)
+                .map(|i| (worker + i - 1) % 5 + 1)
+                .find(|&w| busy_until[w as usize] <= t)
+                .unwrap_or(worker % 5 + 1);
+            token += 1 + rng.below(3);
+            let lease = 0x7000 + token as i64;
+            let mut lock_done = t + 5 + rng.below(20);
+            if (freeze_ls.0..freeze_ls.1).contains(&lock_done) {
+                lock_done = freeze_ls.1 + 10;
+            }
+            h.lock(worker, t, lock_done, lease, token);
+            h.key(lock_done, lease, token, KeyChange::Created);
+            let read_at = lock_done + 10;
+            flush(&mut late, &mut h, &mut store, read_at);
+            if (kill.0..kill.1).contains(&read_at) {
+                let err = Some("connection refused");
+                h.op(
+                    worker,
+                    OpKind::Read,
+                    read_at,
+                    read_at + 1,
+                    End::Fail,
+                    Some(token),
+                    None,
+                    err,
+                );
+                h.unlock(worker, read_at + 5, read_at + 10);
+                h.key(read_at + 10, lease, token, KeyChange::Deleted);
+                t = read_at + 40;
+                continue;
+            }
+            let read_ok = store.admit(Access::Read, token);
+            let read = store.counter;
+            let end = if read_ok { End::Ok } else { End::Stale };
+            h.op(
+                worker,
+                OpKind::Read,
+                read_at,
+                read_at + 3,
+                end,
+                Some(token),
+                Some(read),
+                None,
+            );
+            let work = rng.below(2_000);
+            if turn % 7 == 3 || turn % 11 == 8 {
+                // Frozen past the TTL right after the read (or its lease revoked): the lock
+                // service lets the next worker in while this one still means to write.
+                let (gone, resume) = if turn % 7 == 3 {
+                    let resume = read_at + 3 + TTL + 1_500 + rng.below(1_000);
+                    let id = fault_id;
+                    fault_id += 1;
+                    h.fault(
+                        id,
+                        FaultKind::FreezeAfterRead,
+                        Target::Worker(worker),
+                        read_at + 3,
+                        resume,
+                    );
+                    (read_at + 3 + TTL, resume)
+                } else {
+                    let revoke = read_at + 200;
+                    h.faults.push(crate::check::history::FaultEvent {
+                        id: fault_id,
+                        fault: FaultKind::Revoke,
+                        target: Target::Worker(worker),
+                        start_mono_ns: crate::check::analysis::tests::at(revoke),
+                        end_mono_ns: Some(crate::check::analysis::tests::at(revoke)),
+                        wall_ms: 0,
+                        lease: Some(lease),
+                        note: None,
+                    });
+                    fault_id += 1;
+                    (revoke, read_at + 200 + 800 + rng.below(800))
+                };
+                h.key(gone, lease, token, KeyChange::Deleted);
+                late.push(Late {
+                    worker,
+                    at: resume,
+                    token,
+                    value: read + 1,
+                });
+                busy_until[worker as usize] = resume + 20;
+                t = gone + 30;
+                continue;
+            }
+            let write_at = read_at + 3 + work;
+            flush(&mut late, &mut h, &mut store, write_at);
+            if !read_ok {
+                h.unlock(worker, write_at, write_at + 4);
+            } else if (kill.0..kill.1).contains(&write_at) {
+                let err = Some("connection reset by peer");
+                let w = Some(read + 1);
+                h.op(
+                    worker,
+                    OpKind::Write,
+                    write_at,
+                    kill.0 + 3,
+                    End::Info,
+                    Some(token),
+                    w,
+                    err,
+                );
+                h.unlock(worker, kill.1 + 100, kill.1 + 104);
+            } else {
+                let end = if store.admit(Access::Write, token) {
+                    store.counter = read + 1;
+                    End::Ok
+                } else {
+                    End::Stale
+                };
+                let w = Some(read + 1);
+                h.op(
+                    worker,
+                    OpKind::Write,
+                    write_at,
+                    write_at + 4,
+                    end,
+                    Some(token),
+                    w,
+                    None,
+                );
+                h.unlock(worker, write_at + 8, write_at + 12);
+            }
+            let released = h.events.last().map_or(t, |e| {
+                (e.mono_ns - crate::check::analysis::tests::START) / 1_000_000
+            });
+            h.key(released, lease, token, KeyChange::Deleted);
+            t = released + 20 + rng.below(60);
+        }
+        flush(&mut late, &mut h, &mut store, END);
+        (h, store.counter)
+    }
+
+    /// Late writes of frozen holders land in time order with the other turns' accesses.
+    fn flush(late: &mut Vec<Late>, h: &mut History, store: &mut Storage, until: u64) {
+        late.sort_by_key(|l| l.at);
+        while late.first().is_some_and(|l| l.at < until) {
+            let l = late.remove(0);
+            let end = if store.admit(Access::Write, l.token) {
+                store.counter = l.value;
+                End::Ok
+            } else {
+                End::Stale
+            };
+            let w = Some(l.value);
+            h.op(
+                l.worker,
+                OpKind::Write,
+                l.at,
+                l.at + 4,
+                end,
+                Some(l.token),
+                w,
+                None,
+            );
+            h.unlock(l.worker, l.at + 8, l.at + 12);
+        }
+    }
+
+    fn sample_input(policy: Policy) -> Input {
+        let (h, final_value) = sample(policy);
+        h.input(policy, Some(final_value), 60_000)
+    }
+
+    #[test]
+    fn the_sample_run_loses_updates_only_without_read_fencing() {
+        let strict = analyse(&sample_input(Policy::Strict));
+        let writes = analyse(&sample_input(Policy::Writes));
+        let off = analyse(&sample_input(Policy::Off));
+        assert_eq!(strict.lost_updates.count, 0, "{:?}", strict.lost_updates);
+        assert_eq!(strict.backwards_tokens, vec![]);
+        assert!(strict.valid());
+        assert!(writes.lost_updates.count > 0);
+        assert!(off.lost_updates.count > 0);
+        assert!(!strict.overlaps.intervals.is_empty());
+    }
+
+    /// Writes the sample run's pictures for a person to look at:
+    /// `cargo test --lib check::timeline -- --ignored`, then open the files in
+    /// `$CHECK_SAMPLE_DIR` (default: the system's temporary directory).
+    #[test]
+    #[ignore = "writes sample pictures for people"]
+    fn write_sample_timelines() {
+        let dir = std::env::var_os("CHECK_SAMPLE_DIR")
+            .map_or_else(std::env::temp_dir, std::path::PathBuf::from);
+        let mut rows = Vec::new();
+        for policy in [Policy::Writes, Policy::Strict, Policy::Off] {
+            let input = sample_input(policy);
+            let report = analyse(&input);
+            let name = match policy {
+                Policy::Writes => "check-sample.svg".to_owned(),
+                other => format!("check-sample-{other}.svg"),
+            };
+            let picture = svg(&input, &report, "fencelock check: sample run");
+            std::fs::write(dir.join(name), picture).unwrap();
+            rows.push((policy.as_str(), report));
+        }
+        let rows: Vec<(&str, &Report)> = rows.iter().map(|(l, r)| (*l, r)).collect();
+        println!("{}", crate::check::analysis::summary_table(&rows));
+    }
 }
