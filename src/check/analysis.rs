@@ -1689,6 +1689,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_report_serialises_to_json_for_the_json_flag() {
+        let report = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));
+        let json = serde_json::to_value(&report).expect("a report is plain data");
+        assert_eq!(json["policy"], "writes");
+        assert_eq!(json["valid"], true);
+        assert_eq!(json["claims_safety"], false);
+        assert_eq!(json["lost_updates"]["count"], 1);
+        assert_eq!(
+            json["lost_updates"]["duplicates"][0]["writes"][1]["worker"],
+            2
+        );
+        assert_eq!(json["operations"][1]["kind"], "lock");
+        assert_eq!(json["fault_spans"][0]["fault"], "freeze-after-read");
+        assert_eq!(json["fault_spans"][0]["target"]["kind"], "worker");
+        assert_eq!(json["overlaps"]["intervals"][0]["duration_s"], 1.06);
+    }
+
+    #[test]
     fn summary_table_has_one_aligned_column_per_label() {
         let strict = analyse(&sequential().input(Policy::Strict, Some(3), 3000));
         let writes = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));

@@ -704,8 +704,10 @@ mod tests {
         };
         let mut late: Vec<Late> = Vec::new();
         let mut busy_until = [0u64; 6];
-        let (kill, freeze_ls) = ((30_000, 31_200), (45_000, 46_500));
-        h.fault(100, FaultKind::KillStorage, Target::Storage, kill.0, kill.1);
+        // The storage is killed during the first write due after 30 s.
+        const KILL_AFTER: u64 = 30_000;
+        let mut kill = (u64::MAX, u64::MAX);
+        let freeze_ls = (45_000, 46_500);
         h.fault(
             101,
             FaultKind::FreezeLockService,
@@ -807,6 +809,10 @@ mod tests {
                 continue;
             }
             let write_at = read_at + 3 + work;
+            if kill.0 == u64::MAX && write_at >= KILL_AFTER && read_ok {
+                kill = (write_at - 2, write_at + 1_200);
+                h.fault(100, FaultKind::KillStorage, Target::Storage, kill.0, kill.1);
+            }
             flush(&mut late, &mut h, &mut store, write_at);
             if !read_ok {
                 h.unlock(worker, write_at, write_at + 4);
