@@ -34,7 +34,9 @@ pub struct Input {
     pub faults: Vec<history::FaultEvent>,
     /// Lock keys created and deleted under the lock name, from a watch.
     pub keys: Vec<history::KeyEvent>,
-    /// The counter read at the end of the run; `None` when it could not be read.
+    /// The counter read at the end of the run; `None` when it could not be read. The
+    /// counter is taken to start at 0 (a fresh storage), so it is the number of increments
+    /// that survived.
     pub final_value: Option<u64>,
     /// Run start and end, on the same monotonic clock as the events.
     pub start_mono_ns: u64,

@@ -2,18 +2,20 @@
 //! its holds, freezes, lease expiries, reads and writes, a lane for faults of the lock
 //! service and the storage, a lane for overlapping holders, a time axis and a legend.
 //!
-//! Invariants: the picture is drawn from the same [`analysis`] helpers as the report, so a
-//! lost update ringed here is one the report counts; every piece of text from the record or
+//! Invariants: the picture is drawn from the same [`analysis`] helpers as the report, so
+//! what it marks is what the report counts (every write of a value that several
+//! acknowledged writes wrote is ringed; a shortfall of the final counter has no single write
+//! to ring and shows only in the title); every piece of text from the record or
 //! the caller is escaped; the plot is at least [`MIN_PLOT_WIDTH`] wide and gives each second
 //! at least [`MIN_PX_PER_S`], so a 60-120 s run stays readable.
 //!
 //! Hand-written rather than through a crate: the picture is rectangles, lines, circles and
 //! text, which `format!` says as plainly as any SVG builder would.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
-use super::analysis::{self, FaultSpan, Input, Outcome, Report};
+use super::analysis::{self, FaultSpan, Hold, Input, Op, Outcome, Report};
 use super::history::{FaultKind, OpKind, Target};
 
 /// The plot's minimum width: fits a laptop screen next to nothing else.
@@ -104,12 +106,7 @@ pub fn svg(input: &Input, report: &Report, title: &str) -> String {
 
     let duration_s = (input.end_mono_ns.saturating_sub(input.start_mono_ns) as f64 / 1e9).max(1.0);
     let plot_width = (duration_s * MIN_PX_PER_S).max(MIN_PLOT_WIDTH);
-    let scale = Scale {
-        start_ns: input.start_mono_ns,
-        px_per_s: plot_width / duration_s,
-    };
     let width = MARGIN_LEFT + plot_width + MARGIN_RIGHT;
-
     let mut workers: BTreeSet<u32> = ops.iter().map(|o| o.worker).collect();
     workers.extend(faults.iter().filter_map(|f| match f.target {
         Target::Worker(w) => Some(w),
@@ -118,37 +115,42 @@ pub fn svg(input: &Input, report: &Report, title: &str) -> String {
     let service_y = TOP;
     let overlap_y = service_y + SERVICE_LANE_H + LANE_GAP;
     let first_worker_y = overlap_y + OVERLAP_LANE_H + LANE_GAP;
-    let lane_y: HashMap<u32, f64> = workers
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| (w, first_worker_y + i as f64 * (WORKER_LANE_H + LANE_GAP)))
-        .collect();
+    let mut p = Picture {
+        s: String::new(),
+        scale: Scale {
+            start_ns: input.start_mono_ns,
+            px_per_s: plot_width / duration_s,
+        },
+        duration_s,
+        service_y,
+        lane_y: workers
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| (w, first_worker_y + i as f64 * (WORKER_LANE_H + LANE_GAP)))
+            .collect(),
+    };
     let lanes_end = first_worker_y + workers.len() as f64 * (WORKER_LANE_H + LANE_GAP);
     let axis_y = lanes_end + 2.0;
     let legend_y = axis_y + 36.0;
-    let legend_rows = legend_rows(width);
-    let height = legend_y + legend_rows as f64 * 20.0 + 10.0;
+    let height = legend_y + legend_rows(width) as f64 * 20.0 + 10.0;
 
-    let mut s = String::new();
     let _ = writeln!(
-        s,
+        p.s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif" font-size="11">"#
     );
-    s.push_str(concat!(
+    p.s.push_str(concat!(
         r#"<defs><pattern id="hatch" patternUnits="userSpaceOnUse" width="6" height="6" "#,
         r##"patternTransform="rotate(45)"><rect width="6" height="6" fill="#d9d9d9" fill-opacity="0.5"/>"##,
         r##"<line x1="0" y1="0" x2="0" y2="6" stroke="#525252" stroke-width="2"/></pattern></defs>"##,
         "\n"
     ));
     let _ = writeln!(
-        s,
+        p.s,
         r#"<rect width="{width:.0}" height="{height:.0}" fill="white"/>"#
     );
-    heading(&mut s, input, report, title, workers.len());
-
-    // Lane backgrounds and labels.
+    heading(&mut p.s, input, report, title, workers.len());
     lane(
-        &mut s,
+        &mut p.s,
         "faults",
         service_y,
         SERVICE_LANE_H,
@@ -156,226 +158,253 @@ pub fn svg(input: &Input, report: &Report, title: &str) -> String {
         "#f7f7f7",
     );
     lane(
-        &mut s,
+        &mut p.s,
         "overlap",
         overlap_y,
         OVERLAP_LANE_H,
         width,
         "#fff5f0",
     );
-    for (&w, &y) in &lane_y {
-        lane(
-            &mut s,
-            &format!("worker {w}"),
-            y,
-            WORKER_LANE_H,
-            width,
-            "#fbfbfb",
-        );
+    for (&w, &y) in &p.lane_y {
+        let label = format!("worker {w}");
+        lane(&mut p.s, &label, y, WORKER_LANE_H, width, "#fbfbfb");
     }
-    axis(&mut s, &scale, duration_s, TOP, axis_y);
+    axis(&mut p.s, &p.scale, duration_s, TOP, axis_y);
 
-    // Lock service and storage faults.
-    for f in faults
-        .iter()
-        .filter(|f| !matches!(f.target, Target::Worker(_)))
-    {
-        let (x0, x1) = span_x(&scale, f, duration_s);
-        let who = match f.target {
-            Target::LockService(Some(n)) => format!(" member {n}"),
-            _ => String::new(),
-        };
-        let label = format!("{}{who}", fault_name(f.fault));
-        let _ = writeln!(
-            s,
-            r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" stroke="#636363" stroke-width="0.5"><title>{}</title></rect>"##,
-            service_y + 3.0,
-            x1 - x0,
-            SERVICE_LANE_H - 6.0,
-            service_colour(f.fault),
-            esc(&span_title(f, &label)),
-        );
-        // The label goes inside the span when it fits, else just after it.
-        let inside = x1 - x0 > label.len() as f64 * 5.5;
+    // Back to front: spans first, then the marks that sit on them.
+    p.service_faults(&faults);
+    p.overlaps(report, overlap_y);
+    p.holds(&holds);
+    p.worker_faults(&faults);
+    p.lease_expiries(report);
+    p.reads_and_writes(&ops, report);
+
+    legend(&mut p.s, legend_y, width);
+    p.s.push_str("</svg>\n");
+    p.s
+}
+
+/// The picture being drawn, and where things go on it.
+struct Picture {
+    s: String,
+    scale: Scale,
+    duration_s: f64,
+    service_y: f64,
+    /// The top of each worker's lane.
+    lane_y: BTreeMap<u32, f64>,
+}
+
+impl Picture {
+    /// Lock service and storage faults, in the top lane.
+    fn service_faults(&mut self, faults: &[FaultSpan]) {
+        let y = self.service_y;
+        for f in faults
+            .iter()
+            .filter(|f| !matches!(f.target, Target::Worker(_)))
         {
+            let (x0, x1) = span_x(&self.scale, f, self.duration_s);
+            let who = match f.target {
+                Target::LockService(Some(n)) => format!(" member {n}"),
+                _ => String::new(),
+            };
+            let label = format!("{}{who}", fault_name(f.fault));
             let _ = writeln!(
-                s,
+                self.s,
+                r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" stroke="#636363" stroke-width="0.5"><title>{}</title></rect>"##,
+                y + 3.0,
+                x1 - x0,
+                SERVICE_LANE_H - 6.0,
+                service_colour(f.fault),
+                esc(&span_title(f, &label)),
+            );
+            // The label goes inside the span when it fits, else just after it.
+            let inside = x1 - x0 > label.len() as f64 * 5.5;
+            let _ = writeln!(
+                self.s,
                 r#"<text x="{:.1}" y="{:.1}" font-size="9">{}</text>"#,
                 if inside { x0 + 3.0 } else { x1 + 3.0 },
-                service_y + SERVICE_LANE_H / 2.0 + 3.0,
+                y + SERVICE_LANE_H / 2.0 + 3.0,
                 esc(&label)
             );
         }
     }
 
-    // Overlapping holders.
-    for o in &report.overlaps.intervals {
-        let x0 = scale.x_s(o.start_s);
-        let w = (o.duration_s * scale.px_per_s).max(1.5);
-        let who: Vec<String> = o
-            .holders
-            .iter()
-            .map(|h| format!("worker {} (token {})", h.worker, opt(h.token)))
-            .collect();
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{OVERLAP}"><title>{}</title></rect>"#,
-            overlap_y + 2.0,
-            OVERLAP_LANE_H - 4.0,
-            esc(&format!(
-                "{:.2} s from {:.2} s: {}",
-                o.duration_s,
-                o.start_s,
-                who.join(", ")
-            )),
-        );
-    }
-
-    // Holds.
-    for (i, h) in holds.iter().enumerate() {
-        let Some(&y) = lane_y.get(&h.worker) else {
-            continue;
-        };
-        let x0 = scale.x(h.start_ns);
-        let w = (scale.x(h.end_ns) - x0).max(1.0);
-        let token = opt(h.token);
-        let _ = writeln!(
-            s,
-            r##"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" rx="2" fill="{}" stroke="#737373" stroke-width="0.5"><title>worker {} holds, token {token}</title></rect>"##,
-            y + 8.0,
-            WORKER_LANE_H - 16.0,
-            HOLD_COLOURS[i % HOLD_COLOURS.len()],
-            h.worker,
-        );
-        if w > token.len() as f64 * 6.0 + 20.0 {
+    /// Times in which two or more workers believed they held the lock, in their own lane.
+    fn overlaps(&mut self, report: &Report, y: f64) {
+        for o in &report.overlaps.intervals {
+            let x0 = self.scale.x_s(o.start_s);
+            let w = (o.duration_s * self.scale.px_per_s).max(1.5);
+            let who: Vec<String> = o
+                .holders
+                .iter()
+                .map(|h| format!("worker {} (token {})", h.worker, opt(h.token)))
+                .collect();
             let _ = writeln!(
-                s,
-                r##"<text x="{:.1}" y="{:.1}" font-size="8" fill="#525252">{token}</text>"##,
-                x0 + 2.0,
-                y + WORKER_LANE_H - 10.0,
+                self.s,
+                r#"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" fill="{OVERLAP}"><title>{}</title></rect>"#,
+                y + 2.0,
+                OVERLAP_LANE_H - 4.0,
+                esc(&format!(
+                    "{:.2} s from {:.2} s: {}",
+                    o.duration_s,
+                    o.start_s,
+                    who.join(", ")
+                )),
             );
         }
     }
 
-    // Freezes and revocations of workers.
-    for f in &faults {
-        let Target::Worker(w) = f.target else {
-            continue;
-        };
-        let Some(&y) = lane_y.get(&w) else { continue };
-        let label = fault_name(f.fault);
-        if f.fault == FaultKind::Revoke {
-            let x = scale.x_s(f.start_s);
+    /// A bar per hold, labelled with its token where it is wide enough.
+    fn holds(&mut self, holds: &[Hold]) {
+        for (i, h) in holds.iter().enumerate() {
+            let Some(&y) = self.lane_y.get(&h.worker) else {
+                continue;
+            };
+            let x0 = self.scale.x(h.start_ns);
+            let w = (self.scale.x(h.end_ns) - x0).max(1.0);
+            let token = opt(h.token);
             let _ = writeln!(
-                s,
-                r#"<path d="M{:.1},{:.1} h8 l-4,6 z" fill="{BACKWARDS}"><title>{}</title></path>"#,
-                x - 4.0,
-                y + 1.0,
-                esc(&span_title(f, label)),
+                self.s,
+                r##"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" rx="2" fill="{}" stroke="#737373" stroke-width="0.5"><title>worker {} holds, token {token}</title></rect>"##,
+                y + 8.0,
+                WORKER_LANE_H - 16.0,
+                HOLD_COLOURS[i % HOLD_COLOURS.len()],
+                h.worker,
             );
-            continue;
-        }
-        let (x0, x1) = span_x(&scale, f, duration_s);
-        let _ = writeln!(
-            s,
-            r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{WORKER_LANE_H:.1}" fill="url(#hatch)" stroke="#525252" stroke-width="0.5"><title>{}</title></rect>"##,
-            y,
-            x1 - x0,
-            esc(&span_title(f, label)),
-        );
-    }
-
-    // Lease expiries.
-    for e in &report.lease_expiries {
-        let (top, h) = e
-            .worker
-            .and_then(|w| lane_y.get(&w).copied())
-            .map_or((service_y, SERVICE_LANE_H), |y| (y, WORKER_LANE_H));
-        let x = scale.x_s(e.at_s);
-        let what = if e.revoked { "revoked" } else { "expired" };
-        let _ = writeln!(
-            s,
-            r#"<path d="M{x:.1},{top:.1} v{:.1} m0,-4 l4,4 l-4,4 l-4,-4 z" stroke="{EXPIRY}" fill="{EXPIRY}" stroke-width="1.2" stroke-dasharray="3,2"><title>{}</title></path>"#,
-            h - 8.0,
-            esc(&format!(
-                "lease {} {what} at {:.2} s: key {} (token {})",
-                opt(e.lease.map(|l| format!("{l:x}"))),
-                e.at_s,
-                e.key,
-                e.token
-            )),
-        );
-    }
-
-    // Reads and writes.
-    let lost: HashSet<(u32, u64)> = report
-        .lost_updates
-        .duplicates
-        .iter()
-        .flat_map(|d| d.writes.iter().map(|w| (w.worker, w.op)))
-        .collect();
-    let backwards: HashSet<(u32, u64)> = report
-        .backwards_tokens
-        .iter()
-        .map(|b| (b.worker, b.op))
-        .collect();
-    for op in &ops {
-        let Some(&y) = lane_y.get(&op.worker) else {
-            continue;
-        };
-        let x = scale.x(op.at_ns());
-        let mid = y + WORKER_LANE_H / 2.0;
-        let tip = esc(&format!(
-            "worker {} op {} {} {:?} token {} value {}{}",
-            op.worker,
-            op.op,
-            kind_name(op.f),
-            op.outcome,
-            opt(op.token),
-            opt(op.value),
-            op.error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        ));
-        match op.f {
-            OpKind::Read => {
-                let colour = match op.outcome {
-                    Outcome::Ok => READ,
-                    Outcome::Fail if op.stale => REJECTED,
-                    _ => FAILED,
-                };
+            if w > token.len() as f64 * 6.0 + 20.0 {
                 let _ = writeln!(
-                    s,
-                    r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{colour}" stroke-width="1.5"><title>{tip}</title></line>"#,
-                    y + 2.0,
-                    y + 9.0,
+                    self.s,
+                    r##"<text x="{:.1}" y="{:.1}" font-size="8" fill="#525252">{token}</text>"##,
+                    x0 + 2.0,
+                    y + WORKER_LANE_H - 10.0,
                 );
             }
-            OpKind::Write => {
-                write_marker(&mut s, x, mid, op.outcome, op.stale, &tip);
-                if lost.contains(&(op.worker, op.op)) {
-                    let _ = writeln!(
-                        s,
-                        r#"<circle cx="{x:.1}" cy="{mid:.1}" r="7" fill="none" stroke="{LOST}" stroke-width="1.8"/>"#
-                    );
-                }
-            }
-            _ => continue,
         }
-        if backwards.contains(&(op.worker, op.op)) {
+    }
+
+    /// Freezes as hatched spans over a worker's lane, revocations as a mark on its top.
+    fn worker_faults(&mut self, faults: &[FaultSpan]) {
+        for f in faults {
+            let Target::Worker(w) = f.target else {
+                continue;
+            };
+            let Some(&y) = self.lane_y.get(&w) else {
+                continue;
+            };
+            let label = fault_name(f.fault);
+            if f.fault == FaultKind::Revoke {
+                let x = self.scale.x_s(f.start_s);
+                let _ = writeln!(
+                    self.s,
+                    r#"<path d="M{:.1},{:.1} h8 l-4,6 z" fill="{BACKWARDS}"><title>{}</title></path>"#,
+                    x - 4.0,
+                    y + 1.0,
+                    esc(&span_title(f, label)),
+                );
+                continue;
+            }
+            let (x0, x1) = span_x(&self.scale, f, self.duration_s);
             let _ = writeln!(
-                s,
-                r#"<rect x="{:.1}" y="{:.1}" width="14" height="14" fill="none" stroke="{BACKWARDS}" stroke-width="1.8"/>"#,
-                x - 7.0,
-                mid - 7.0,
+                self.s,
+                r##"<rect x="{x0:.1}" y="{y:.1}" width="{:.1}" height="{WORKER_LANE_H:.1}" fill="url(#hatch)" stroke="#525252" stroke-width="0.5"><title>{}</title></rect>"##,
+                x1 - x0,
+                esc(&span_title(f, label)),
             );
         }
     }
 
-    legend(&mut s, legend_y, width);
-    s.push_str("</svg>\n");
-    s
+    /// A dashed line down the owner's lane (the fault lane when the owner is unknown).
+    fn lease_expiries(&mut self, report: &Report) {
+        for e in &report.lease_expiries {
+            let (top, h) = e
+                .worker
+                .and_then(|w| self.lane_y.get(&w).copied())
+                .map_or((self.service_y, SERVICE_LANE_H), |y| (y, WORKER_LANE_H));
+            let x = self.scale.x_s(e.at_s);
+            let what = if e.revoked { "revoked" } else { "expired" };
+            let _ = writeln!(
+                self.s,
+                r#"<path d="M{x:.1},{top:.1} v{:.1} m0,-4 l4,4 l-4,4 l-4,-4 z" stroke="{EXPIRY}" fill="{EXPIRY}" stroke-width="1.2" stroke-dasharray="3,2"><title>{}</title></path>"#,
+                h - 8.0,
+                esc(&format!(
+                    "lease {} {what} at {:.2} s: key {} (token {})",
+                    opt(e.lease.map(|l| format!("{l:x}"))),
+                    e.at_s,
+                    e.key,
+                    e.token
+                )),
+            );
+        }
+    }
+
+    /// Reads as ticks, writes by what the storage did with them, and the report's findings
+    /// ringed.
+    fn reads_and_writes(&mut self, ops: &[Op], report: &Report) {
+        let lost: HashSet<(u32, u64)> = report
+            .lost_updates
+            .duplicates
+            .iter()
+            .flat_map(|d| d.writes.iter().map(|w| (w.worker, w.op)))
+            .collect();
+        let backwards: HashSet<(u32, u64)> = report
+            .backwards_tokens
+            .iter()
+            .map(|b| (b.worker, b.op))
+            .collect();
+        for op in ops {
+            let Some(&y) = self.lane_y.get(&op.worker) else {
+                continue;
+            };
+            let x = self.scale.x(op.at_ns());
+            let mid = y + WORKER_LANE_H / 2.0;
+            let tip = esc(&format!(
+                "worker {} op {} {} {:?} token {} value {}{}",
+                op.worker,
+                op.op,
+                kind_name(op.f),
+                op.outcome,
+                opt(op.token),
+                opt(op.value),
+                op.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ));
+            match op.f {
+                OpKind::Read => {
+                    let colour = match op.outcome {
+                        Outcome::Ok => READ,
+                        Outcome::Fail if op.stale => REJECTED,
+                        _ => FAILED,
+                    };
+                    let _ = writeln!(
+                        self.s,
+                        r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="{colour}" stroke-width="1.5"><title>{tip}</title></line>"#,
+                        y + 2.0,
+                        y + 9.0,
+                    );
+                }
+                OpKind::Write => {
+                    write_marker(&mut self.s, x, mid, op.outcome, op.stale, &tip);
+                    if lost.contains(&(op.worker, op.op)) {
+                        let _ = writeln!(
+                            self.s,
+                            r#"<circle cx="{x:.1}" cy="{mid:.1}" r="7" fill="none" stroke="{LOST}" stroke-width="1.8"/>"#
+                        );
+                    }
+                }
+                _ => continue,
+            }
+            if backwards.contains(&(op.worker, op.op)) {
+                let _ = writeln!(
+                    self.s,
+                    r#"<rect x="{:.1}" y="{:.1}" width="14" height="14" fill="none" stroke="{BACKWARDS}" stroke-width="1.8"/>"#,
+                    x - 7.0,
+                    mid - 7.0,
+                );
+            }
+        }
+    }
 }
 
 fn kind_name(kind: OpKind) -> &'static str {
@@ -545,7 +574,7 @@ const LEGEND: [(&str, &str); 13] = [
     (r##"<circle r="3.5" fill="#969696"/>"##, "write failed"),
     (
         r##"<circle r="7" fill="none" stroke="#e31a1c" stroke-width="1.8"/>"##,
-        "lost update (duplicate write)",
+        "lost update (value written twice)",
     ),
     (
         r##"<rect x="-7" y="-7" width="14" height="14" fill="none" stroke="#6a51a3" stroke-width="1.8"/>"##,
