@@ -718,11 +718,10 @@ mod tests {
         value: u64,
     }
 
-    /// About 60 s of five workers taking turns, with a holder frozen after its read every
+    /// `end` ms of five workers taking turns, with a holder frozen after its read every
     /// seventh turn, a revoked lease, a storage kill and a frozen lock service. Returns the
     /// history and the counter the storage ended with.
-    fn sample(policy: Policy) -> (History, u64) {
-        const END: u64 = 60_000;
+    fn sample(policy: Policy, end: u64) -> (History, u64) {
         const TTL: u64 = 2_000;
         let mut rng = Lcg(42);
         let mut h = History::default();
@@ -749,7 +748,7 @@ mod tests {
         let mut fault_id = 1;
         let mut turn = 0;
         let mut worker = 0;
-        while t < END - 3_000 {
+        while t < end - 3_000 {
             turn += 1;
             worker = (1..=5)
                 .map(|i| (worker + i - 1) % 5 + 1)
@@ -885,7 +884,7 @@ mod tests {
             h.key(released, lease, token, KeyChange::Deleted);
             t = released + 20 + rng.below(60);
         }
-        flush(&mut late, &mut h, &mut store, END);
+        flush(&mut late, &mut h, &mut store, end);
         (h, store.counter)
     }
 
@@ -916,8 +915,12 @@ mod tests {
     }
 
     fn sample_input(policy: Policy) -> Input {
-        let (h, final_value) = sample(policy);
-        h.input(policy, Some(final_value), 60_000)
+        sample_run(policy, 60_000)
+    }
+
+    fn sample_run(policy: Policy, end: u64) -> Input {
+        let (h, final_value) = sample(policy, end);
+        h.input(policy, Some(final_value), end)
     }
 
     #[test]
@@ -953,6 +956,10 @@ mod tests {
             std::fs::write(dir.join(name), picture).unwrap();
             rows.push((policy.as_str(), report));
         }
+        // The longest run the picture is meant for.
+        let input = sample_run(Policy::Writes, 120_000);
+        let picture = svg(&input, &analyse(&input), "fencelock check: 120 s sample");
+        std::fs::write(dir.join("check-sample-120s.svg"), picture).unwrap();
         let rows: Vec<(&str, &Report)> = rows.iter().map(|(l, r)| (*l, r)).collect();
         println!("{}", crate::check::analysis::summary_table(&rows));
     }
