@@ -6,8 +6,8 @@
 //! what it marks is what the report counts (every write of a value that several
 //! acknowledged writes wrote is ringed; a shortfall of the final counter has no single write
 //! to ring and shows only in the title); every piece of text from the record or
-//! the caller is escaped; the plot is at least [`MIN_PLOT_WIDTH`] wide and gives each second
-//! at least [`MIN_PX_PER_S`], so a 60-120 s run stays readable.
+//! the caller is escaped; the plot is at least `MIN_PLOT_WIDTH` wide and gives each second
+//! at least `MIN_PX_PER_S`, so a 60-120 s run stays readable.
 //!
 //! Hand-written rather than through a crate: the picture is rectangles, lines, circles and
 //! text, which `format!` says as plainly as any SVG builder would.
