@@ -4,6 +4,11 @@
 //! order, and overlapping holders.
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
+//! - [`analysis`]: the pure analysis of a merged history into a [`analysis::Report`] and the
+//!   summary table.
+//! - [`timeline`]: the SVG timeline picture of one run.
+//! - [`worker`]: one worker process's loop (`fencelock check-worker`).
+//! - [`run`]: starting services and workers, injecting faults, stopping, analysing.
 
 pub mod analysis;
 pub mod history;
