@@ -50,8 +50,12 @@ fn check_json(out: &Path, args: &[&str], status: i32) -> Value {
         Some(status),
         "fencelock check {args:?}: {stderr}"
     );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
 }
 
 /// The report of `policy`'s run.
@@ -66,7 +70,9 @@ fn report<'a>(result: &'a Value, policy: &str) -> &'a Value {
 }
 
 fn lost(report: &Value) -> u64 {
-    report["lost_updates"]["count"].as_u64().expect("lost_updates.count")
+    report["lost_updates"]["count"]
+        .as_u64()
+        .expect("lost_updates.count")
 }
 
 fn acknowledged(report: &Value) -> u64 {
@@ -76,7 +82,10 @@ fn acknowledged(report: &Value) -> u64 {
 }
 
 fn backwards(report: &Value) -> usize {
-    report["backwards_tokens"].as_array().expect("backwards_tokens").len()
+    report["backwards_tokens"]
+        .as_array()
+        .expect("backwards_tokens")
+        .len()
 }
 
 fn stale(report: &Value) -> u64 {
@@ -104,9 +113,16 @@ fn assert_safe(report: &Value) {
         lost(report)
     );
     assert_eq!(lost(report), 0, "lost updates under strict: {report:#}");
-    assert_eq!(backwards(report), 0, "backwards tokens under strict: {report:#}");
+    assert_eq!(
+        backwards(report),
+        0,
+        "backwards tokens under strict: {report:#}"
+    );
     assert_eq!(report["valid"], true);
-    assert!(acknowledged(report) >= 5, "too little work got done: {report:#}");
+    assert!(
+        acknowledged(report) >= 5,
+        "too little work got done: {report:#}"
+    );
 }
 
 #[test]
@@ -114,7 +130,14 @@ fn without_fencing_a_holder_frozen_after_its_read_loses_an_update() {
     let out = tempfile::tempdir().unwrap();
     let result = check_json(
         out.path(),
-        &["--duration", "8", "--faults", "freeze-after-read", "--fencing", "off"],
+        &[
+            "--duration",
+            "8",
+            "--faults",
+            "freeze-after-read",
+            "--fencing",
+            "off",
+        ],
         0,
     );
     let off = report(&result, "off");
@@ -130,12 +153,22 @@ fn write_only_fencing_loses_an_update_when_the_frozen_holder_resumes_during_the_
     let out = tempfile::tempdir().unwrap();
     let result = check_json(
         out.path(),
-        &["--duration", "8", "--faults", "freeze-after-read", "--fencing", "writes"],
+        &[
+            "--duration",
+            "8",
+            "--faults",
+            "freeze-after-read",
+            "--fencing",
+            "writes",
+        ],
         0,
     );
     let writes = report(&result, "writes");
     println!("writes: {} lost of {}", lost(writes), acknowledged(writes));
-    assert!(lost(writes) >= 1, "no lost update with write-only fencing: {writes:#}");
+    assert!(
+        lost(writes) >= 1,
+        "no lost update with write-only fencing: {writes:#}"
+    );
 }
 
 #[test]
@@ -144,7 +177,10 @@ fn strict_fencing_loses_nothing_under_every_fault_on_lockd() {
     let result = check_json(out.path(), &["--duration", "12", "--fencing", "strict"], 0);
     let strict = report(&result, "strict");
     assert_safe(strict);
-    assert!(stale(strict) >= 1, "no stale request was refused: {strict:#}");
+    assert!(
+        stale(strict) >= 1,
+        "no stale request was refused: {strict:#}"
+    );
     assert_eq!(result["valid"], true);
 
     // The kept history analyses to the same findings.
@@ -152,8 +188,16 @@ fn strict_fencing_loses_nothing_under_every_fault_on_lockd() {
     let strict_again = report(&again, "strict");
     assert_eq!(lost(strict_again), lost(strict));
     assert_eq!(acknowledged(strict_again), acknowledged(strict));
-    for file in ["worker-1.jsonl", "faults.jsonl", "lock-service.jsonl", "timeline.svg"] {
-        assert!(out.path().join("strict").join(file).is_file(), "{file} missing");
+    for file in [
+        "worker-1.jsonl",
+        "faults.jsonl",
+        "lock-service.jsonl",
+        "timeline.svg",
+    ] {
+        assert!(
+            out.path().join("strict").join(file).is_file(),
+            "{file} missing"
+        );
     }
 }
 
@@ -199,11 +243,19 @@ fn faults_that_need_processes_the_checker_does_not_own_are_refused() {
 
     let output = check(
         out.path(),
-        &["--endpoints", "127.0.0.1:1", "--faults", "freeze-lock-service"],
+        &[
+            "--endpoints",
+            "127.0.0.1:1",
+            "--faults",
+            "freeze-lock-service",
+        ],
     );
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not a process this checker started"), "{stderr}");
+    assert!(
+        stderr.contains("not a process this checker started"),
+        "{stderr}"
+    );
 
     let output = check(out.path(), &["--faults", "unplug-the-moon"]);
     assert_eq!(output.status.code(), Some(2));

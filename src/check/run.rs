@@ -205,7 +205,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// The lock service the workers use, owned or not.
 enum LockService {
-    Lockd(ServerProcess),
+    Lockd(Box<ServerProcess>),
     Etcd(EtcdCluster),
     External(Vec<String>),
 }
@@ -217,7 +217,7 @@ impl LockService {
                 let lockd = ServerProcess::spawn(&options.binary, "lockd", ["--in-memory"])
                     .await
                     .map_err(|e| setup("cannot start lockd")(e.into()))?;
-                LockService::Lockd(lockd)
+                LockService::Lockd(Box::new(lockd))
             }
             Backend::Etcd { members, binary } => {
                 let cluster = EtcdCluster::start(*members, binary)
@@ -306,7 +306,7 @@ async fn run_policy(
         Log::create(&dir.join("lock-service.jsonl")).map_err(|e| setup("history")(e.into()))?;
     let start_revision = current_revision(&client)
         .await
-        .map_err(|e| setup("cannot read the lock service's revision")(e.into()))?;
+        .map_err(setup("cannot read the lock service's revision"))?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(watch_keys(
         client.clone(),
@@ -443,8 +443,11 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
     }
     let faults = read_lines::<FaultEvent>(&dir.join("faults.jsonl"))
         .map_err(|e| read_error("faults.jsonl")(e.into()))?;
-    let keys = read_lines::<KeyEvent>(&dir.join("lock-service.jsonl"))
+    let mut keys = read_lines::<KeyEvent>(&dir.join("lock-service.jsonl"))
         .map_err(|e| read_error("lock-service.jsonl")(e.into()))?;
+    // Keys that vanish after the end are the checker's own clean-up (it revokes the leases
+    // its stopped workers left), not expiries.
+    keys.retain(|k| k.mono_ns <= meta.end_mono_ns);
     let input = Input {
         policy,
         events,
@@ -464,8 +467,8 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
         serde_json::to_string_pretty(&report).unwrap_or_default(),
     )?;
     let title = format!(
-        "fencelock check: {} workers on {}, fencing {}, TTL {} s, seed {}",
-        meta.clients, meta.lock_service, policy, meta.ttl_s, meta.seed
+        "fencelock check · {} workers on {} · TTL {} s · seed {}",
+        meta.clients, meta.lock_service, meta.ttl_s, meta.seed
     );
     write("timeline.svg", timeline::svg(&input, &report, &title))?;
     Ok(Run {

@@ -457,10 +457,14 @@ fn heading(s: &mut String, input: &Input, report: &Report, title: &str, workers:
     };
     let _ = writeln!(
         s,
-        r#"<text x="{MARGIN_LEFT}" y="22" font-size="15" font-weight="bold">{} — <tspan fill="{colour}">{} fencing: {}</tspan></text>"#,
+        r#"<text x="{MARGIN_LEFT}" y="22" font-size="15" font-weight="bold">{} — <tspan fill="{colour}">fencing {}: {}</tspan></text>"#,
         esc(title),
         esc(&input.policy.to_string()),
-        esc(&report.verdict),
+        match (report.claims_safety, report.valid) {
+            (true, true) => "valid",
+            (true, false) => "SAFETY VIOLATED",
+            (false, _) => "not claimed safe",
+        },
     );
     let counts = [
         format!(
