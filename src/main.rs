@@ -609,7 +609,8 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(EXIT_CHECK_ERROR));
             }
         },
-        _ = tokio::signal::ctrl_c() => {
+        // Dropping the run stops and reaps every process it started.
+        () = shutdown_signal() => {
             eprintln!("fencelock: interrupted");
             return Ok(ExitCode::from(130));
         }

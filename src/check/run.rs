@@ -488,18 +488,28 @@ pub fn load_all(dir: &Path) -> Result<Vec<Run>, CheckError> {
     }
     let entries = std::fs::read_dir(dir)
         .map_err(|e| setup(format!("cannot read {}", dir.display()))(e.into()))?;
-    let mut dirs: Vec<PathBuf> = entries
+    let dirs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join(RUN_FILE).exists())
         .collect();
-    dirs.sort();
     if dirs.is_empty() {
         return Err(CheckError::Usage(format!(
             "{} holds no check run (no {RUN_FILE} in it or its subdirectories)",
             dir.display()
         )));
     }
-    dirs.iter().map(|d| load(d)).collect()
+    let mut runs = dirs
+        .iter()
+        .map(|d| load(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    // In the order `--compare` runs them: strongest policy first.
+    let rank = |p: Policy| {
+        [Policy::Strict, Policy::Writes, Policy::Seed, Policy::Off]
+            .iter()
+            .position(|&q| q == p)
+    };
+    runs.sort_by_key(|r| (rank(r.policy), r.dir.clone()));
+    Ok(runs)
 }
 
 fn spawn_worker(

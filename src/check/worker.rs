@@ -165,6 +165,9 @@ async fn cycles(
                 None
             }
         };
+        // A cycle whose read or write did not get through ends with a pause, so a worker
+        // facing a dead storage does not spin through sessions while it restarts.
+        let mut failed = read.is_none();
         if let Some(value) = read {
             recorder.ok(
                 op,
@@ -180,7 +183,7 @@ async fn cycles(
                 low
             };
             tokio::time::sleep(work).await;
-            write(recorder, storage, options, token, value + 1).await?;
+            failed = !write(recorder, storage, options, token, value + 1).await?;
         }
 
         let op = recorder.invoke(OpKind::Unlock, with_token.clone())?;
@@ -195,16 +198,21 @@ async fn cycles(
             )?,
         }
         close(recorder, session, lease).await?;
+        if failed {
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 }
 
+/// Writes the counter and records the outcome; true when the storage answered it (accepted,
+/// or refused as stale).
 async fn write(
     recorder: &mut Recorder<impl Write>,
     storage: &StorageClient,
     options: &WorkerOptions,
     token: FencingToken,
     value: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let fields = Fields {
         token: Some(token.get()),
         value: Some(value),
@@ -217,6 +225,14 @@ async fn write(
         .await
     {
         Ok(()) => recorder.ok(op, fields)?,
+        Err(ClientError::StaleToken { current, .. }) => {
+            let refused = Fields {
+                stale: true,
+                current: Some(current.get()),
+                ..fields
+            };
+            recorder.fail(op, refused)?;
+        }
         // Refused before the connection was made: it certainly did not take effect.
         Err(ClientError::Http(e)) if e.is_connect() => {
             recorder.fail(
@@ -226,6 +242,7 @@ async fn write(
                     ..fields
                 },
             )?;
+            return Ok(false);
         }
         // Sent, but no answer: the storage may have applied it before dying.
         Err(ClientError::Http(e)) => {
@@ -234,10 +251,14 @@ async fn write(
                 ..fields
             };
             recorder.complete(op, EventType::Info, event)?;
+            return Ok(false);
         }
-        Err(e) => recorder.fail(op, storage_failure(&e, &fields))?,
+        Err(e) => {
+            recorder.fail(op, storage_failure(&e, &fields))?;
+            return Ok(false);
+        }
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn close(
