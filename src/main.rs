@@ -152,7 +152,9 @@ struct CheckArgs {
     #[arg(long, value_name = "MIN-MAX", default_value = "0-2", value_parser = parse_work)]
     work: (Duration, Duration),
     /// Faults to inject, comma-separated: freeze-holder, freeze-after-read, revoke,
-    /// freeze-lock-service, kill-storage, kill-member, or none. Default: all that apply.
+    /// freeze-lock-service, kill-storage, kill-member, or none. Each time one is drawn at
+    /// random from the list, so a fault named twice comes twice as often. Default: all that
+    /// apply to the lock service.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     faults: Option<Vec<FaultArg>>,
     /// Seconds between faults.

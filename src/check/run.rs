@@ -1172,3 +1172,37 @@ pub fn json(runs: &[Run]) -> serde_json::Value {
         })).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_range_ends_after_the_last_byte_that_can_grow() {
+        assert_eq!(prefix_end(b"/lock/"), b"/lock0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        // Nothing can grow: the range runs to the end of the keyspace.
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn faults_follow_the_processes_the_checker_owns() {
+        let etcd = Backend::Etcd {
+            members: 3,
+            binary: "etcd".into(),
+        };
+        assert!(applicable_faults(&etcd).contains(&FaultKind::KillMember));
+        assert!(!applicable_faults(&Backend::Lockd).contains(&FaultKind::KillMember));
+        assert!(applicable_faults(&Backend::Lockd).contains(&FaultKind::FreezeLockService));
+        let external = Backend::External(vec!["127.0.0.1:2379".into()]);
+        assert!(!applicable_faults(&external).contains(&FaultKind::FreezeLockService));
+        assert!(applicable_faults(&external).contains(&FaultKind::KillStorage));
+
+        let refused = validate_faults(&Backend::Lockd, &[FaultKind::Revoke, FaultKind::KillMember]);
+        let Err(CheckError::Usage(message)) = refused else {
+            panic!("kill-member on lockd must be refused");
+        };
+        assert!(message.contains("kill-member") && message.contains("--etcd-members"));
+        assert!(validate_faults(&etcd, &applicable_faults(&etcd)).is_ok());
+    }
+}
