@@ -12,10 +12,12 @@
 //! - [`lockd`]: the embedded lock service, speaking etcd's protocol, for a machine without
 //!   etcd.
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
+//! - [`demo`]: `fencelock demo` and `fencelock client 1|2`, the seed's walkthrough for real.
 //! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
 pub mod bench;
 mod child;
+pub mod demo;
 pub mod etcd_cluster;
 pub mod lock;
 pub mod lockd;
