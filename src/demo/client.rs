@@ -22,7 +22,7 @@ use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
 use crate::FencingToken;
-use crate::lock::{Client, LockGuard, Session};
+use crate::lock::{Client, LockGuard, LossReason, Session};
 use crate::storage::{ClientError, StorageClient};
 
 /// How long releasing the lock may take once the write is done. The outcome is already
@@ -129,6 +129,7 @@ pub async fn client(
     let guard = session.lock(&options.lock).await?;
     say.acquired(options, &session, &guard);
 
+    let mut noticed = false;
     if options.role == Role::First {
         match options.pause {
             Some(pause) => {
@@ -141,18 +142,22 @@ pub async fn client(
             }
             None => {
                 say.waiting(&client, &session);
-                enter.await;
+                // A process that merely waits can tell its lock is gone, and says so; it
+                // still writes on Enter, as one that was paused and knows nothing would.
+                tokio::pin!(enter);
+                tokio::select! {
+                    () = &mut enter => {}
+                    reason = guard.lost() => {
+                        say.lost(reason, "press Enter and I will still write");
+                        noticed = true;
+                        enter.await;
+                    }
+                }
             }
         }
     }
-    if let Some(reason) = session.lost_reason() {
-        say.event(
-            json!({"event": "lease_lost", "reason": reason.to_string()}),
-            format!(
-                "warning: my lease is gone ({reason}); writing anyway, as a process that \
-                 was paused and does not know it would"
-            ),
-        );
+    if let Some(reason) = session.lost_reason().filter(|_| !noticed) {
+        say.lost(reason, "writing anyway");
     }
 
     let token = guard.token();
@@ -256,6 +261,16 @@ impl<W: Write> Reporter<'_, W> {
         self.event(
             json!({}),
             "then run client 2, and press Enter here to write with my token".into(),
+        );
+    }
+
+    fn lost(&mut self, reason: LossReason, next: &str) {
+        self.event(
+            json!({"event": "lease_lost", "reason": reason.to_string()}),
+            format!(
+                "warning: my lock is gone ({reason}); {next}, as a process that was paused \
+                 and does not know it would"
+            ),
         );
     }
 
