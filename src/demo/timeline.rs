@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
-use super::scenario::{Scenario, WriteOutcome};
+use super::scenario::{Scenario, Times, WriteOutcome};
 use crate::storage::Policy;
 
 /// The name a scenario goes by.
@@ -148,8 +148,31 @@ impl Scale {
     }
 }
 
-fn event_times(s: &Scenario) -> Vec<f64> {
-    let t = &s.times_ms;
+/// The scenario's times with every event strictly after the one before it in the story,
+/// so that two events read in the same tenth of a millisecond (client 1 acquired, then
+/// frozen) still get a gap of their own.
+fn story_times(s: &Scenario) -> Times {
+    let mut t = s.times_ms.clone();
+    let mut last = f64::NEG_INFINITY;
+    for field in [
+        &mut t.client1_acquired,
+        &mut t.client1_frozen,
+        &mut t.client2_started,
+        &mut t.lease_expired,
+        &mut t.client2_acquired,
+        &mut t.client2_wrote,
+        &mut t.client2_exited,
+        &mut t.client1_resumed,
+        &mut t.client1_wrote,
+        &mut t.client1_exited,
+    ] {
+        *field = field.max(last + 0.001);
+        last = *field;
+    }
+    t
+}
+
+fn event_times(t: &Times) -> Vec<f64> {
     vec![
         t.client1_acquired,
         t.client1_frozen,
@@ -168,9 +191,9 @@ fn event_times(s: &Scenario) -> Vec<f64> {
 pub fn terminal(report: &Report) -> String {
     let mut text = String::new();
     for s in &report.scenarios {
-        let scale = Scale::new(event_times(s), (COLUMNS - 1) as f64, MIN_COLUMNS);
+        let t = &story_times(s);
+        let scale = Scale::new(event_times(t), (COLUMNS - 1) as f64, MIN_COLUMNS);
         let col = |t: f64| (scale.at(t).round() as usize).min(COLUMNS - 1);
-        let t = &s.times_ms;
         let mut lanes = [[' '; COLUMNS]; 4];
         let fill = |lane: &mut [char; COLUMNS], from: f64, to: f64, c: char| {
             for cell in &mut lane[col(from)..col(to).max(col(from))] {
@@ -257,6 +280,10 @@ const PANEL_HEIGHT: f64 = 320.0;
 const HEADER: f64 = 70.0;
 const FOOTER: f64 = 60.0;
 
+/// A white outline behind a text that crosses a line, so both stay readable.
+const HALO: &str =
+    r#"paint-order="stroke" stroke="white" stroke-width="4" stroke-linejoin="round""#;
+
 const BLUE: &str = "#2b6cb0";
 const ORANGE: &str = "#dd6b20";
 const RED: &str = "#c53030";
@@ -310,8 +337,8 @@ pub fn svg(report: &Report) -> String {
 
 /// One scenario's panel, its top at `top`.
 fn panel(svg: &mut String, s: &Scenario, top: f64) {
-    let t = &s.times_ms;
-    let scale = Scale::new(event_times(s), PLOT_RIGHT - PLOT_LEFT, MIN_PIXELS);
+    let t = &story_times(s);
+    let scale = Scale::new(event_times(t), PLOT_RIGHT - PLOT_LEFT, MIN_PIXELS);
     let x = |ms: f64| PLOT_LEFT + scale.at(ms);
     let (c1, c2, lock, storage) = (top + 84.0, top + 134.0, top + 184.0, top + 234.0);
     let fenced = s.client1.write == WriteOutcome::Stale;
@@ -369,7 +396,7 @@ fn panel(svg: &mut String, s: &Scenario, top: f64) {
     let _ = write!(
         svg,
         r##"<rect x="{fx0}" y="{y}" width="{w}" height="18" fill="url(#frozen)" stroke="#a0aec0"/>
-<text x="{tx}" y="{ty}" text-anchor="middle" fill="#1a202c">frozen (SIGSTOP): no keepalives, still thinks it holds the lock</text>
+<text x="{tx}" y="{ty}" text-anchor="middle" fill="#1a202c" {HALO}>frozen (SIGSTOP): no keepalives, still thinks it holds the lock</text>
 "##,
         y = c1 - 9.0,
         w = (fx1 - fx0).max(1.0),
@@ -377,6 +404,14 @@ fn panel(svg: &mut String, s: &Scenario, top: f64) {
         ty = c1 - 14.0,
     );
     bar(svg, x(t.client1_resumed), x(t.client1_wrote), c1, BLUE, "");
+    label(
+        svg,
+        x(t.client1_wrote) + 14.0,
+        c1 + 4.0,
+        &format!("SIGCONT: resumes, writes with token {}", s.client1.token),
+        BLUE,
+        "start",
+    );
     label(
         svg,
         x(t.client1_acquired),
@@ -442,7 +477,7 @@ fn panel(svg: &mut String, s: &Scenario, top: f64) {
     let _ = write!(
         svg,
         r##"<line x1="{ex}" y1="{y0}" x2="{ex}" y2="{y1}" stroke="{RED}" stroke-dasharray="5,3" stroke-width="2"/>
-<text x="{tx}" y="{ty}" fill="{RED}" text-anchor="end">lease expired {secs:.3} s</text>
+<text x="{tx}" y="{ty}" fill="{RED}" text-anchor="end" {HALO}>lease expired {secs:.3} s</text>
 "##,
         y0 = c1 - 24.0,
         y1 = storage + 10.0,
