@@ -178,7 +178,7 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
     let (c1_wrote, wrote1) = c1.expect("wrote", STEP_TIMEOUT).await?;
     if let Some(lost) = c1.seen("lease_lost") {
         say(&format!(
-            "           client 1 noticed its lease was gone ({}), and wrote anyway",
+            "          client 1 noticed its lease was gone ({}), and wrote anyway",
             lost["reason"].as_str().unwrap_or("no reason given")
         ));
     }
@@ -192,7 +192,7 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
 
     let final_value = stored_value(setup.storage, &setup.key).await?;
     say(&format!(
-        "           the storage now holds {}",
+        "          the storage now holds {}",
         final_value
             .as_deref()
             .map_or("nothing".to_string(), |v| format!("{v:?}"))
