@@ -5,9 +5,10 @@
 //! with their fencing token and report what the storage answered.
 //!
 //! Invariants:
-//! - A client writes after it resumes *even if its session reports the lease lost*: a paused
+//! - Client 1 writes after Enter or its pause *even if it knows its lock is gone*: a paused
 //!   process does not know it was paused, and showing what the storage does with that write
-//!   is the point. It says so in a warning before writing.
+//!   is the point. It says so in a warning first (while it waits, as soon as the lock is
+//!   lost; after a pause, when it looks before writing).
 //! - The whole client runs on one thread ([`run`] builds a current-thread runtime), so
 //!   `--pause` can stop all its work, keepalives included, by blocking that thread, as a
 //!   stop-the-world garbage collector does.
