@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
-use super::scenario::{Scenario, Times, WriteOutcome};
+use super::scenario::{ClientReport, Scenario, Times, WriteOutcome};
 use crate::storage::Policy;
 
 /// The name a scenario goes by.
@@ -39,12 +39,13 @@ fn verdict(s: &Scenario) -> &'static str {
     }
 }
 
-fn write_words(outcome: WriteOutcome, s: &Scenario, stale_writer: bool) -> String {
-    match outcome {
+/// A client's write in a few words; the stale writer's accepted write overwrote a newer one.
+fn write_words(client: &ClientReport, stale_writer: bool) -> String {
+    match client.write {
         WriteOutcome::Accepted if stale_writer => "accepted (overwrites!)".into(),
         WriteOutcome::Accepted => "accepted".into(),
-        WriteOutcome::Stale => match s.client1.current_token {
-            Some(current) => format!("rejected: stale ({} < {current})", s.client1.token),
+        WriteOutcome::Stale => match client.current_token {
+            Some(current) => format!("rejected: stale ({} < {current})", client.token),
             None => "rejected: stale".into(),
         },
     }
@@ -68,12 +69,8 @@ pub fn summary(report: &Report) -> String {
             (s.times_ms.lease_expired - s.times_ms.client1_frozen) / 1000.0
         )
     });
-    row("client 2 write", &|s| {
-        write_words(s.client2.write, s, false)
-    });
-    row("client 1 write (stale)", &|s| {
-        write_words(s.client1.write, s, true)
-    });
+    row("client 2 write", &|s| write_words(&s.client2, false));
+    row("client 1 write (stale)", &|s| write_words(&s.client1, true));
     row("value stored at the end", &|s| {
         s.final_value
             .as_deref()
@@ -228,12 +225,12 @@ pub fn terminal(report: &Report) -> String {
             format!(
                 "token {}, write {}",
                 s.client1.token,
-                write_words(s.client1.write, s, true)
+                write_words(&s.client1, true)
             ),
             format!(
                 "token {}, write {}",
                 s.client2.token,
-                write_words(s.client2.write, s, false)
+                write_words(&s.client2, false)
             ),
             format!("lease expired at {:.3} s", t.lease_expired / 1000.0),
             format!(
