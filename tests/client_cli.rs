@@ -203,8 +203,8 @@ async fn a_paused_client_1_loses_its_lease_to_client_2_and_its_write_is_rejected
     let endpoints = lockd.endpoints();
 
     let mut first = client(1, &endpoints, &storage.url, "/paused");
-    first.args(["--ttl", "1", "--pause", "3s", "--json"]);
-    let mut first = Running::spawn("fencelock client 1 --pause 3s", first);
+    first.args(["--ttl", "1", "--pause", "4s", "--json"]);
+    let mut first = Running::spawn("fencelock client 1 --pause 4s", first);
     let acquired1 = first.event("acquired", PROMPTLY);
     first.event("pausing", PROMPTLY);
 
@@ -212,7 +212,7 @@ async fn a_paused_client_1_loses_its_lease_to_client_2_and_its_write_is_rejected
     second.args(["--ttl", "1", "--json"]);
     let mut second = Running::spawn("fencelock client 2", second);
     // Within the pause: the lease (TTL 1 s) must expire although client 1 still runs.
-    let acquired2 = second.event("acquired", Duration::from_millis(2500));
+    let acquired2 = second.event("acquired", Duration::from_millis(3500));
     assert!(
         first.child.is_running(),
         "client 2 acquired while client 1 was paused, not after it ended"

@@ -625,4 +625,139 @@ mod tests {
     fn svg_text_is_escaped() {
         assert_eq!(esc(r#"<a & "b">"#), "&lt;a &amp; &quot;b&quot;&gt;");
     }
+
+    fn client(token: u64, n: u8, write: WriteOutcome, current: Option<u64>) -> ClientReport {
+        ClientReport {
+            lease: "694d7a1b2c3d4e5f".into(),
+            lock_key: format!("/l/{n}"),
+            token,
+            value: format!("written by client {n}"),
+            write,
+            current_token: current,
+            lease_lost_noticed: None,
+            exit_status: Some(if write == WriteOutcome::Stale { 3 } else { 0 }),
+        }
+    }
+
+    /// Client 1 acquired and was frozen in the same tenth of a millisecond, as it happens.
+    fn scenario(fencing: &str, stale: bool) -> Scenario {
+        let (c1_write, current, last) = if stale {
+            (WriteOutcome::Stale, Some(8), "written by client 2")
+        } else {
+            (WriteOutcome::Accepted, None, "written by client 1")
+        };
+        Scenario {
+            fencing: fencing.into(),
+            lock: "/l".into(),
+            key: "key0".into(),
+            ttl_s: 1,
+            client1: client(5, 1, c1_write, current),
+            client2: client(8, 2, WriteOutcome::Accepted, None),
+            final_value: Some(last.into()),
+            expiry_observed_before_client2_acquired: true,
+            times_ms: Times {
+                client1_acquired: 0.0,
+                client1_frozen: 0.0,
+                client2_started: 1.2,
+                lease_expired: 1000.9,
+                client2_acquired: 1002.5,
+                client2_wrote: 1004.0,
+                client2_exited: 1006.1,
+                client1_resumed: 1006.2,
+                client1_wrote: 1008.0,
+                client1_exited: 1010.0,
+            },
+        }
+    }
+
+    fn report() -> Report {
+        Report {
+            lock_service: "lockd".into(),
+            endpoints: vec!["127.0.0.1:2379".into()],
+            ttl_requested_s: 1,
+            scenarios: vec![scenario("strict", true), scenario("off", false)],
+            fencing_rejected_stale_write: true,
+            unfenced_stale_write_overwrote: true,
+            svg: "demo-timeline.svg".into(),
+            took_ms: 2100.0,
+        }
+    }
+
+    #[test]
+    fn the_terminal_timeline_marks_each_write_where_it_happened() {
+        let text = terminal(&report());
+        println!("{text}");
+        let lanes: Vec<&str> = text.lines().filter(|l| l.starts_with("  ")).collect();
+        let column = |lane: &str, mark: char| lane.chars().position(|c| c == mark);
+        // With fencing: client 1's write is refused, and the storage shows it at that column.
+        assert!(lanes[0].contains("rejected: stale (5 < 8)"), "{}", lanes[0]);
+        assert_eq!(column(lanes[0], '✗'), column(lanes[3], '✗'));
+        assert_eq!(column(lanes[1], '✓'), column(lanes[3], '✓'));
+        assert!(
+            column(lanes[1], '✓') < column(lanes[0], '✗'),
+            "client 2 wrote first"
+        );
+        assert!(
+            lanes[0].contains('━') && lanes[0].contains('░'),
+            "held, then frozen"
+        );
+        assert!(
+            lanes[2].contains('✕'),
+            "the expiry on the lock service's lane"
+        );
+        // Without fencing both writes are accepted and client 1's value stays.
+        assert!(lanes[5].contains("accepted (overwrites!)"), "{}", lanes[5]);
+        assert!(
+            lanes[8].contains(r#""written by client 1""#),
+            "{}",
+            lanes[8]
+        );
+    }
+
+    #[test]
+    fn the_summary_puts_the_two_scenarios_side_by_side() {
+        let text = summary(&report());
+        println!("{text}");
+        let row = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no row {name:?}"))
+                .to_owned()
+        };
+        assert!(row("client 1 write (stale)").contains("rejected: stale (5 < 8)"));
+        assert!(row("client 1 write (stale)").contains("accepted (overwrites!)"));
+        assert!(row("value stored at the end").contains(r#""written by client 2""#));
+        assert!(row("verdict").contains("safe") && row("verdict").contains("silently lost"));
+    }
+
+    #[test]
+    fn the_picture_has_a_panel_per_scenario_and_balanced_elements() {
+        let svg = svg(&report());
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert!(svg.contains("With fencing: storage started with --fencing strict"));
+        assert!(svg.contains("Without fencing: storage started with --fencing off"));
+        assert!(svg.contains("rejected, token 8 seen before"));
+        assert!(svg.contains("accepted, overwrites client 2's value"));
+        for tag in ["text", "g", "svg", "defs", "pattern", "marker"] {
+            let open =
+                svg.matches(&format!("<{tag} ")).count() + svg.matches(&format!("<{tag}>")).count();
+            assert_eq!(
+                open,
+                svg.matches(&format!("</{tag}>")).count(),
+                "<{tag}> balanced"
+            );
+        }
+        // Client 1's hold before the freeze is drawn although both happened at 0.0 ms.
+        let first_bar = svg
+            .lines()
+            .find(|l| l.starts_with(&format!(r#"<rect x="{PLOT_LEFT}""#)))
+            .expect("a bar at the start of the axis");
+        let width: f64 = first_bar
+            .split("width=\"")
+            .nth(1)
+            .and_then(|w| w.split('"').next())
+            .and_then(|w| w.parse().ok())
+            .expect("a width");
+        assert!(width >= MIN_PIXELS, "{first_bar}");
+    }
 }
