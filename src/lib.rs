@@ -14,11 +14,13 @@
 //! - [`bench`]: the measurement commands behind `fencelock bench`.
 //! - [`check`]: the fault-injection checker behind `fencelock check`.
 //! - [`process`]: a `fencelock` server as a child process, to freeze, kill or restart.
+//! - [`demo`]: `fencelock demo` and `fencelock client 1|2`, the seed's walkthrough for real.
 //! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
 
 pub mod bench;
 pub mod check;
 mod child;
+pub mod demo;
 pub mod etcd_cluster;
 pub mod lock;
 pub mod lockd;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use fencelock::demo::{self, client::ClientOptions};
 use fencelock::lock::WatchStart;
 use fencelock::lock::hold::{self, HoldOptions, HoldOutcome};
 use fencelock::storage::{self, DEFAULT_MAX_BODY, Engine, Policy};
@@ -54,6 +55,69 @@ enum Command {
     /// One worker of `fencelock check` (started by the checker).
     #[command(hide = true)]
     CheckWorker(CheckWorkerArgs),
+    /// The seed's client: acquire the lock, then write to the storage with the fencing token.
+    ///
+    /// Client 1 prints its lease and token and waits for Enter (or `--pause`s) before writing;
+    /// client 2 writes at once. Exit status: 0 when the write was accepted, 3 when it was
+    /// rejected as stale, 1 for any other failure.
+    Client(ClientArgs),
+    /// The expired-lease scenario, automated: client 1 frozen with SIGSTOP past its lease,
+    /// client 2 acquires and writes, client 1 resumes and writes; with fencing and without.
+    ///
+    /// Exit status 0 when fencing rejected the stale write, 2 when it did not, 1 on failure.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// Which client: 1 waits (or pauses) before writing, 2 writes at once.
+    #[arg(value_parser = clap::value_parser!(u8).range(1..=2))]
+    client: u8,
+    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+    )]
+    endpoints: Vec<String>,
+    /// The fenced storage's URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    storage: String,
+    /// The lock name; also the fence the storage checks the token against.
+    #[arg(long, value_name = "NAME", default_value = "/lock")]
+    lock: String,
+    /// The storage key to write.
+    #[arg(long, default_value = "key0")]
+    key: String,
+    /// Lease TTL in seconds (the lock service may grant more; the granted TTL is printed).
+    #[arg(long, value_name = "SECS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: u64,
+    /// Client 1: instead of waiting for Enter, stop all work, keepalives included, for this
+    /// long (e.g. 3s, 1500ms), then write.
+    #[arg(long, value_name = "DURATION", value_parser = demo::client::parse_duration)]
+    pause: Option<Duration>,
+    /// Print JSON lines (one per event) instead of plain words.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Use this etcd cluster (comma-separated endpoints) instead of an embedded lockd.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// Lease TTL in seconds the clients ask for.
+    #[arg(long, value_name = "SECS", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    ttl: u64,
+    /// Directory for the timeline picture, demo-timeline.svg.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Print only a machine-readable JSON result.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -313,7 +377,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A benchmark logs only problems: a line per lock cycle would cost more than the cycle.
     let default_level = match cli.command {
-        Command::Bench(_) | Command::Check(_) | Command::CheckWorker(_) => "warn",
+        Command::Bench(_) | Command::Check(_) | Command::CheckWorker(_) | Command::Client(_) => {
+            "warn"
+        }
+        // The demo's storage warns of every stale write, which the demo provokes and shows.
+        Command::Demo(_) => "error",
         _ => "info",
     };
     tracing_subscriber::fmt()
@@ -350,17 +418,24 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = match cli.command {
+        // On a one-thread runtime of its own, which `--pause` stops (`demo::client`).
+        Command::Client(args) => return client(args),
+        command => command,
+    };
     // One async worker per core (tokio's default). Measured for the storage on 2 cores with
     // wrk sharing them: a single worker cuts throughput by a third, since parsing and
     // answering HTTP, not the disk, is what runs out first.
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let result = match cli.command {
+    let result = match command {
         Command::Storage(args) => runtime.block_on(run_storage(args)),
         Command::Lock(args) => runtime.block_on(lock(args)),
         Command::Lockd(args) => runtime.block_on(run_lockd(args)),
         Command::Bench(BenchCommand::Lock(args)) => runtime.block_on(bench_lock(args)),
         Command::Check(args) => runtime.block_on(check(args)),
         Command::CheckWorker(args) => runtime.block_on(check_worker(args)),
+        Command::Demo(args) => runtime.block_on(run_demo(args)),
+        Command::Client(_) => unreachable!("the client runs before this runtime starts"),
     };
     // Reading stdin occupies a blocking thread that no one can interrupt; waiting for it
     // would keep the process alive after its work is done.
@@ -398,6 +473,52 @@ async fn stop_requested() {
     tokio::select! {
         () = stdin_closed => {}
         () = shutdown_signal() => {}
+    }
+}
+
+fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.pause.is_none() || args.client == 1,
+        "--pause is for client 1"
+    );
+    let options = ClientOptions {
+        role: if args.client == 1 {
+            demo::client::Role::First
+        } else {
+            demo::client::Role::Second
+        },
+        endpoints: args.endpoints,
+        storage: args.storage,
+        lock: args.lock,
+        key: args.key,
+        ttl: Duration::from_secs(args.ttl),
+        pause: args.pause,
+        json: args.json,
+    };
+    let outcome = demo::client::run(&options, &mut std::io::stdout())?;
+    Ok(ExitCode::from(outcome.exit_code()))
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let options = demo::DemoOptions {
+        endpoints: args.endpoints,
+        ttl: Duration::from_secs(args.ttl),
+        out_dir: args.out,
+        json: args.json,
+        client_bin: std::env::current_exe().context("cannot find the fencelock binary")?,
+    };
+    // On Ctrl-C the demo is dropped, which kills its clients and stops its servers.
+    let mut out = std::io::stdout();
+    tokio::select! {
+        report = demo::run(&options, &mut out) => Ok(if report?.fencing_rejected_stale_write {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(2)
+        }),
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("fencelock: interrupted");
+            Ok(ExitCode::from(130))
+        }
     }
 }
 

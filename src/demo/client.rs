@@ -1,0 +1,359 @@
+//! The seed's client, for real: the body of `fencelock client 1|2`.
+//!
+//! Client 1 acquires the lock, says how to make its lease go away, waits for Enter (or is
+//! paused with `--pause`) and then writes; client 2 acquires and writes at once. Both write
+//! with their fencing token and report what the storage answered.
+//!
+//! Invariants:
+//! - Client 1 writes after Enter or its pause *even if it knows its lock is gone*: a paused
+//!   process does not know it was paused, and showing what the storage does with that write
+//!   is the point. It says so in a warning first (while it waits, as soon as the lock is
+//!   lost; after a pause, when it looks before writing).
+//! - The whole client runs on one thread ([`run`] builds a current-thread runtime), so
+//!   `--pause` can stop all its work, keepalives included, by blocking that thread, as a
+//!   stop-the-world garbage collector does.
+//! - Every event goes out as one line, flushed at once: in plain words by default, as JSON
+//!   lines with `--json` (the form `fencelock demo` reads).
+
+use std::future::Future;
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::AsyncBufReadExt;
+
+use crate::FencingToken;
+use crate::lock::{Client, LockGuard, LossReason, Session};
+use crate::storage::{ClientError, StorageClient};
+
+/// How long releasing the lock may take once the write is done. The outcome is already
+/// known by then; a lock service that does not answer must not hold the exit back.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which of the seed's two clients this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Acquires, then waits for Enter (or pauses) before writing.
+    First,
+    /// Acquires and writes at once.
+    Second,
+}
+
+impl Role {
+    pub fn number(self) -> u8 {
+        match self {
+            Role::First => 1,
+            Role::Second => 2,
+        }
+    }
+
+    /// What this client writes: a value that says who wrote it.
+    pub fn value(self) -> String {
+        format!("written by client {}", self.number())
+    }
+}
+
+/// Everything `fencelock client` takes from its command line.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub role: Role,
+    pub endpoints: Vec<String>,
+    /// Base URL of the fenced storage.
+    pub storage: String,
+    /// The lock name; also the fence the writes are checked against.
+    pub lock: String,
+    pub key: String,
+    pub ttl: Duration,
+    /// Client 1 only: stop the whole process for this long instead of waiting for Enter.
+    pub pause: Option<Duration>,
+    /// JSON lines instead of plain words.
+    pub json: bool,
+}
+
+/// How a client ended; [`Outcome::exit_code`] is its exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The storage accepted the write.
+    Accepted,
+    /// The storage rejected the write: a newer holder's token was seen first.
+    Stale,
+}
+
+impl Outcome {
+    /// 0 for an accepted write, 3 for a stale one; any other failure exits 1.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Accepted => 0,
+            Outcome::Stale => EXIT_STALE,
+        }
+    }
+}
+
+/// Exit status of a client whose write was rejected as stale.
+pub const EXIT_STALE: u8 = 3;
+
+/// Runs the client on a runtime of its own, one thread (see the module's invariants).
+pub fn run(options: &ClientOptions, out: &mut impl Write) -> anyhow::Result<Outcome> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(client(options, out, enter_pressed()));
+    // Reading stdin occupies a blocking thread that no one can interrupt.
+    runtime.shutdown_background();
+    outcome
+}
+
+/// Resolves when a line (or the end of input) arrives on stdin. Read on tokio's blocking
+/// pool, so the runtime thread keeps the lease alive while a person makes up their mind.
+async fn enter_pressed() {
+    let mut line = String::new();
+    let _ = tokio::io::BufReader::new(tokio::io::stdin())
+        .read_line(&mut line)
+        .await;
+}
+
+/// The client's story: acquire, (client 1: wait or pause), write, release.
+pub async fn client(
+    options: &ClientOptions,
+    out: &mut impl Write,
+    enter: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
+    let mut say = Reporter {
+        out,
+        json: options.json,
+        role: options.role,
+    };
+    // A bad URL is the user's mistake: report it before taking any lock.
+    let storage = StorageClient::new(&options.storage)?;
+    let client = Client::connect(&options.endpoints).await?;
+    let session = client.session(options.ttl).await?;
+    let guard = session.lock(&options.lock).await?;
+    say.acquired(options, &session, &guard);
+
+    let mut noticed = false;
+    if options.role == Role::First {
+        match options.pause {
+            Some(pause) => {
+                say.pausing(pause);
+                stop_the_world(pause);
+                say.event(
+                    json!({"event": "resumed"}),
+                    "resumed: as far as I know I still hold the lock".into(),
+                );
+            }
+            None => {
+                say.waiting(&client, &session);
+                // A process that merely waits can tell its lock is gone, and says so; it
+                // still writes on Enter, as one that was paused and knows nothing would.
+                tokio::pin!(enter);
+                tokio::select! {
+                    () = &mut enter => {}
+                    reason = guard.lost() => {
+                        say.lost(reason, "press Enter and I will still write");
+                        noticed = true;
+                        enter.await;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(reason) = session.lost_reason().filter(|_| !noticed) {
+        say.lost(reason, "writing anyway");
+    }
+
+    let token = guard.token();
+    let value = options.role.value();
+    let fence = Some(options.lock.as_str());
+    let outcome = match storage.write(&options.key, &value, token, fence).await {
+        Ok(()) => {
+            say.wrote(options, token, &value, None);
+            Ok(Outcome::Accepted)
+        }
+        Err(ClientError::StaleToken { current, .. }) => {
+            say.wrote(options, token, &value, Some(current));
+            Ok(Outcome::Stale)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to the storage")),
+    };
+    // Releasing, also after a failed write, is a courtesy to the next holder; the lease
+    // would expire anyway.
+    let release = async {
+        let _ = guard.unlock().await;
+        let _ = session.close().await;
+    };
+    let _ = tokio::time::timeout(RELEASE_TIMEOUT, release).await;
+    outcome
+}
+
+/// Stops all of this client's work for `pause`: keepalives, I/O, timers. The client runs on
+/// one runtime thread, so blocking it stops every task; the kernel still holds its sockets,
+/// as it does for a process frozen by a garbage collector or SIGSTOP. (Sending the process
+/// SIGSTOP would stop it too, but a shell takes a stopped foreground job for one suspended
+/// with Ctrl-Z and puts it in the background.)
+fn stop_the_world(pause: Duration) {
+    std::thread::sleep(pause);
+}
+
+/// Prints events as plain words or JSON lines.
+struct Reporter<'a, W: Write> {
+    out: &'a mut W,
+    json: bool,
+    role: Role,
+}
+
+impl<W: Write> Reporter<'_, W> {
+    fn event(&mut self, mut value: serde_json::Value, words: String) {
+        let line = if self.json {
+            value["client"] = json!(self.role.number());
+            value.to_string()
+        } else {
+            format!("client {}: {words}", self.role.number())
+        };
+        // A reader that went away must not stop the client from writing and releasing.
+        let _ = writeln!(self.out, "{line}").and_then(|()| self.out.flush());
+    }
+
+    fn acquired(&mut self, options: &ClientOptions, session: &Session, guard: &LockGuard) {
+        let ttl = session.ttl().as_secs();
+        let asked = options.ttl.as_secs();
+        let granted = if ttl == asked {
+            format!("TTL {ttl} s")
+        } else {
+            format!("TTL {ttl} s granted, {asked} s asked")
+        };
+        self.event(
+            json!({
+                "event": "acquired",
+                "lock": options.lock,
+                "key": guard.key(),
+                "lease": session.lease().to_string(),
+                "token": guard.token(),
+                "ttl": ttl,
+            }),
+            format!(
+                "acquired lock {} with fencing token {} (lease {}, {granted})",
+                options.lock,
+                guard.token(),
+                session.lease()
+            ),
+        );
+    }
+
+    fn waiting(&mut self, client: &Client, session: &Session) {
+        let endpoints = client
+            .endpoints()
+            .iter()
+            .map(|e| e.trim_start_matches("http://"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let revoke = format!(
+            "etcdctl --endpoints={endpoints} lease revoke {}",
+            session.lease()
+        );
+        if self.json {
+            self.event(json!({"event": "waiting", "revoke": revoke}), String::new());
+            return;
+        }
+        self.event(
+            json!({}),
+            "to make my lease go away now, as a long pause would, run:".into(),
+        );
+        let _ = writeln!(self.out, "    {revoke}");
+        self.event(
+            json!({}),
+            "then run client 2, and press Enter here to write with my token".into(),
+        );
+    }
+
+    fn lost(&mut self, reason: LossReason, next: &str) {
+        self.event(
+            json!({"event": "lease_lost", "reason": reason.to_string()}),
+            format!(
+                "warning: my lock is gone ({reason}); {next}, as a process that was paused \
+                 and does not know it would"
+            ),
+        );
+    }
+
+    fn pausing(&mut self, pause: Duration) {
+        self.event(
+            json!({"event": "pausing", "pause_ms": pause.as_millis() as u64}),
+            format!(
+                "pausing the whole process for {pause:?}, keepalives included (a stop-the-world pause)"
+            ),
+        );
+    }
+
+    fn wrote(
+        &mut self,
+        options: &ClientOptions,
+        token: FencingToken,
+        value: &str,
+        stale: Option<FencingToken>,
+    ) {
+        let mut event = json!({
+            "event": "wrote",
+            "key": options.key,
+            "value": value,
+            "token": token,
+            "outcome": if stale.is_some() { "stale" } else { "accepted" },
+        });
+        let words = match stale {
+            None => format!(
+                "wrote {value:?} to {} with token {token}: accepted",
+                options.key
+            ),
+            Some(current) => {
+                event["current"] = json!(current);
+                format!(
+                    "write of {value:?} to {} with token {token} rejected: the storage has \
+                     already seen token {current} for {}, so mine is stale",
+                    options.key, options.lock
+                )
+            }
+        };
+        self.event(event, words);
+    }
+}
+
+/// Parses a pause such as `3s`, `1500ms`, `2.5s`, `1m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (examples: 3s, 1500ms, 2.5s)"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1000.0,
+        "m" | "min" => number * 60.0,
+        other => return Err(format!("unknown unit {other:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn stale_writes_exit_3_and_accepted_ones_0() {
+        assert_eq!(Outcome::Accepted.exit_code(), 0);
+        assert_eq!(Outcome::Stale.exit_code(), 3);
+    }
+}

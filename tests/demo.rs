@@ -1,0 +1,177 @@
+//! `fencelock demo --json` end to end, on the embedded lockd and on a real 3-member etcd: the
+//! stale write of a client frozen past its lease is rejected with fencing and silently
+//! overwrites the newer holder's value without it; the lease expiry is seen on the lock
+//! service before client 2 acquires; the timeline picture is written.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::proc::{ChildGuard, fencelock_bin};
+
+/// A scenario takes about a TTL; the demo's own steps are bounded, this only stops a hang.
+const DEMO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs `fencelock demo --json --out <tmp> <args>`; its exit status, report and picture.
+fn run_demo(args: &[&str]) -> (Option<i32>, Value, String) {
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(fencelock_bin());
+    cmd.args(["demo", "--json", "--out"])
+        .arg(out.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut child = ChildGuard::spawn("fencelock demo", &mut cmd);
+    let mut stdout = child.child_mut().stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).unwrap();
+        text
+    });
+    let status = child.wait_exit(DEMO_TIMEOUT);
+    let text = reader.join().unwrap();
+    println!("{text}");
+    let report: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not one JSON document: {e}"));
+    let svg = std::fs::read_to_string(out.path().join("demo-timeline.svg"))
+        .expect("the demo writes demo-timeline.svg in --out");
+    (status.code(), report, svg)
+}
+
+fn scenario<'a>(report: &'a Value, fencing: &str) -> &'a Value {
+    report["scenarios"]
+        .as_array()
+        .expect("scenarios")
+        .iter()
+        .find(|s| s["fencing"] == fencing)
+        .unwrap_or_else(|| panic!("no scenario with --fencing {fencing}"))
+}
+
+fn ms(s: &Value, event: &str) -> f64 {
+    s["times_ms"][event]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no time for {event}"))
+}
+
+/// What every run must show, whatever the lock service.
+fn assert_story(status: Option<i32>, report: &Value, svg: &str) {
+    assert_eq!(status, Some(0), "fencing rejected the stale write");
+    assert_eq!(report["fencing_rejected_stale_write"], true);
+    assert_eq!(report["unfenced_stale_write_overwrote"], true);
+
+    for (fencing, client1_write, client1_exit, final_value) in [
+        ("strict", "stale", 3, "written by client 2"),
+        ("off", "accepted", 0, "written by client 1"),
+    ] {
+        let s = scenario(report, fencing);
+        let (c1, c2) = (&s["client1"], &s["client2"]);
+        println!(
+            "--fencing {fencing}: tokens {} then {}, client 1's write {}, final value {}",
+            c1["token"], c2["token"], c1["write"], s["final_value"]
+        );
+        assert!(
+            c2["token"].as_u64().unwrap() > c1["token"].as_u64().unwrap(),
+            "client 2's token is larger than client 1's"
+        );
+        assert_eq!(c2["write"], "accepted", "client 2's write is accepted");
+        assert_eq!(c2["exit_status"], 0);
+        assert_eq!(c1["write"], client1_write, "client 1's stale write");
+        assert_eq!(c1["exit_status"], client1_exit);
+        assert_eq!(s["final_value"], final_value);
+        if fencing == "strict" {
+            assert_eq!(
+                c1["current_token"], c2["token"],
+                "rejected for client 2's token"
+            );
+        }
+        assert!(
+            c1["lease_lost_noticed"].is_string(),
+            "resumed, client 1 noticed its lease was gone and wrote anyway"
+        );
+
+        assert_eq!(s["expiry_observed_before_client2_acquired"], true);
+        let frozen = ms(s, "client1_frozen");
+        let expired = ms(s, "lease_expired");
+        let acquired2 = ms(s, "client2_acquired");
+        let resumed = ms(s, "client1_resumed");
+        assert!(frozen < expired, "the lease expired during the freeze");
+        assert!(expired < acquired2, "expiry seen before client 2 acquired");
+        assert!(acquired2 < ms(s, "client2_wrote"));
+        assert!(
+            ms(s, "client2_wrote") < resumed,
+            "client 1 resumed after client 2 wrote"
+        );
+        assert!(resumed < ms(s, "client1_wrote"));
+        let ttl_ms = s["ttl_s"].as_f64().unwrap() * 1000.0;
+        // The last keepalive before the freeze was at most a third of the TTL earlier.
+        assert!(
+            expired - frozen > ttl_ms / 2.0,
+            "the lease expired only {} ms into the freeze",
+            expired - frozen
+        );
+    }
+
+    assert!(svg.starts_with("<svg"), "an SVG picture");
+    assert!(svg.trim_end().ends_with("</svg>"));
+    for text in [
+        "With fencing",
+        "Without fencing",
+        "lease expired",
+        "client 2",
+        "storage",
+    ] {
+        assert!(svg.contains(text), "the picture shows {text:?}");
+    }
+}
+
+#[test]
+fn the_demo_on_lockd_rejects_the_stale_write_with_fencing_and_loses_client_2s_write_without() {
+    let (status, report, svg) = run_demo(&[]);
+    assert_eq!(report["lock_service"], "lockd");
+    assert_story(status, &report, &svg);
+    // lockd expires a lease within milliseconds of its TTL: a scenario takes little more.
+    for s in report["scenarios"].as_array().unwrap() {
+        let ttl_ms = s["ttl_s"].as_f64().unwrap() * 1000.0;
+        let took = ms(s, "client1_exited");
+        assert!(
+            took < ttl_ms + 1500.0,
+            "a scenario took {took} ms with a TTL of {ttl_ms} ms"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_demo_on_a_three_member_etcd_rejects_the_stale_write_with_fencing() {
+    let Some(etcd) = support::etcd::start(3).await else {
+        return;
+    };
+    let endpoints = etcd.endpoints().join(",");
+    let (status, report, svg) =
+        tokio::task::spawn_blocking(move || run_demo(&["--endpoints", &endpoints]))
+            .await
+            .unwrap();
+    assert_eq!(report["lock_service"], "etcd");
+    assert_story(status, &report, &svg);
+}
+
+#[test]
+fn the_demo_refuses_bad_input_in_one_line() {
+    let output = Command::new(fencelock_bin())
+        .args([
+            "demo",
+            "--out",
+            "/nonexistent/dir/for/the/picture",
+            "--json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("stderr: {stderr}");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("/nonexistent/dir"), "{stderr}");
+}
