@@ -37,6 +37,10 @@ pub const COUNTER_KEY: &str = "counter";
 /// How long stopped workers get to exit before they are killed.
 const WORKER_EXIT_GRACE: Duration = Duration::from_secs(3);
 
+/// Beyond the longest work time, how far into the next holder's turn a frozen holder may
+/// be resumed: enough to land after the next holder's write now and then.
+const NEXT_TURN_SLACK: Duration = Duration::from_millis(100);
+
 /// Pause before re-opening the lock-key watch after its stream broke (a member died).
 const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -1019,9 +1023,21 @@ impl Injector<'_> {
             Target::Worker(worker as u32 + 1),
             lease,
         );
-        let outcome = self
+        let mut outcome = self
             .hold_frozen(lease, token, (OpKind::Lock, "acquired"))
             .await;
+        // Resume somewhere in the next holder's turn (before its read, between its read and
+        // its write, or after), so every interleaving of the stale holder comes up.
+        if let Ok(note) = &mut outcome {
+            let later = self
+                .rng
+                .random_range(Duration::ZERO..=self.options.work.1 + NEXT_TURN_SLACK);
+            if self.pause(later).await.is_err() {
+                outcome = Err(Stopped);
+            } else {
+                note.push_str(&format!(", {} ms later", later.as_millis()));
+            }
+        }
         self.freeze(worker, false);
         self.end(event, outcome.as_ref().ok().cloned());
         outcome.map(|_| ())
