@@ -108,6 +108,20 @@ pub enum FaultKind {
     KillMember,
 }
 
+impl FaultKind {
+    /// The name on the command line and in the files: `freeze-holder`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::FreezeHolder => "freeze-holder",
+            FaultKind::FreezeAfterRead => "freeze-after-read",
+            FaultKind::Revoke => "revoke",
+            FaultKind::FreezeLockService => "freeze-lock-service",
+            FaultKind::KillStorage => "kill-storage",
+            FaultKind::KillMember => "kill-member",
+        }
+    }
+}
+
 /// Whom a fault hit.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "id")]

@@ -141,21 +141,10 @@ pub fn validate_faults(backend: &Backend, faults: &[FaultKind]) -> Result<(), Ch
         };
         return Err(CheckError::Usage(format!(
             "fault {} cannot be injected: {why}",
-            fault_name(*fault)
+            fault.name()
         )));
     }
     Ok(())
-}
-
-pub fn fault_name(fault: FaultKind) -> &'static str {
-    match fault {
-        FaultKind::FreezeHolder => "freeze-holder",
-        FaultKind::FreezeAfterRead => "freeze-after-read",
-        FaultKind::Revoke => "revoke",
-        FaultKind::FreezeLockService => "freeze-lock-service",
-        FaultKind::KillStorage => "kill-storage",
-        FaultKind::KillMember => "kill-member",
-    }
 }
 
 /// Runs the check once per policy and returns every run, analysed. `out` receives progress
@@ -664,7 +653,7 @@ async fn watch_keys(
     mut log: Log,
     keys: broadcast::Sender<KeyEvent>,
 ) {
-    let range_end = prefix_end(prefix.as_bytes());
+    let range_end = crate::lock::client::prefix_end(prefix.as_bytes());
     loop {
         let request = pb::WatchRequest {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
@@ -726,18 +715,6 @@ async fn watch_keys(
         }
         sleep(WATCH_RETRY_PAUSE).await;
     }
-}
-
-/// The end of etcd's range that covers every key starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn signal(pid: u32, signal: libc::c_int) -> bool {
@@ -1192,14 +1169,6 @@ pub fn json(runs: &[Run]) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_prefix_range_ends_after_the_last_byte_that_can_grow() {
-        assert_eq!(prefix_end(b"/lock/"), b"/lock0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        // Nothing can grow: the range runs to the end of the keyspace.
-        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
-    }
 
     #[test]
     fn faults_follow_the_processes_the_checker_owns() {

@@ -78,17 +78,6 @@ fn esc(text: &str) -> String {
     out
 }
 
-fn fault_name(kind: FaultKind) -> &'static str {
-    match kind {
-        FaultKind::FreezeHolder => "freeze-holder",
-        FaultKind::FreezeAfterRead => "freeze-after-read",
-        FaultKind::Revoke => "revoke",
-        FaultKind::FreezeLockService => "freeze-lock-service",
-        FaultKind::KillStorage => "kill-storage",
-        FaultKind::KillMember => "kill-member",
-    }
-}
-
 fn service_colour(kind: FaultKind) -> &'static str {
     match kind {
         FaultKind::KillStorage => "#fc9272",
@@ -207,7 +196,7 @@ impl Picture {
                 Target::LockService(Some(n)) => format!(" member {n}"),
                 _ => String::new(),
             };
-            let label = format!("{}{who}", fault_name(f.fault));
+            let label = format!("{}{who}", f.fault.name());
             let _ = writeln!(
                 self.s,
                 r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" stroke="#636363" stroke-width="0.5"><title>{}</title></rect>"##,
@@ -291,7 +280,7 @@ impl Picture {
             let Some(&y) = self.lane_y.get(&w) else {
                 continue;
             };
-            let label = fault_name(f.fault);
+            let label = f.fault.name();
             if f.fault == FaultKind::Revoke {
                 let x = self.scale.x_s(f.start_s);
                 let _ = writeln!(
