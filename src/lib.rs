@@ -26,6 +26,7 @@ pub mod lock;
 pub mod lockd;
 pub mod process;
 pub mod storage;
+mod svg;
 pub mod token;
 
 pub use token::FencingToken;

@@ -17,6 +17,7 @@ use std::fmt::Write as _;
 
 use super::analysis::{self, FaultSpan, Hold, Input, Op, Outcome, Report};
 use super::history::{FaultKind, OpKind, Target};
+use crate::svg::escape as esc;
 
 /// The plot's minimum width: fits a laptop screen next to nothing else.
 const MIN_PLOT_WIDTH: f64 = 1200.0;
@@ -60,22 +61,6 @@ impl Scale {
     fn x(&self, ns: u64) -> f64 {
         self.x_s(ns.saturating_sub(self.start_ns) as f64 / 1e9)
     }
-}
-
-/// Escapes text for SVG content and attribute values.
-fn esc(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 fn service_colour(kind: FaultKind) -> &'static str {

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use super::Report;
 use super::scenario::{ClientReport, Scenario, Times, WriteOutcome};
 use crate::storage::Policy;
+use crate::svg::escape as esc;
 
 /// The name a scenario goes by.
 pub fn title(policy: Policy) -> &'static str {
@@ -257,14 +258,6 @@ pub fn terminal(report: &Report) -> String {
          Steps a few milliseconds apart are widened to stay visible; the times are real.\n",
     );
     text
-}
-
-/// Escapes text for SVG.
-fn esc(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 const SVG_WIDTH: f64 = 1080.0;
@@ -737,7 +730,7 @@ mod tests {
         assert!(svg.contains("With fencing: storage started with --fencing strict"));
         assert!(svg.contains("Without fencing: storage started with --fencing off"));
         assert!(svg.contains("rejected, token 8 seen before"));
-        assert!(svg.contains("accepted, overwrites client 2's value"));
+        assert!(svg.contains("accepted, overwrites client 2&#39;s value"));
         for tag in ["text", "g", "svg", "defs", "pattern", "marker"] {
             let open =
                 svg.matches(&format!("<{tag} ")).count() + svg.matches(&format!("<{tag}>")).count();
