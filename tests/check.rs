@@ -231,6 +231,89 @@ async fn on_a_three_member_etcd_strict_fencing_loses_nothing_and_the_others_lose
     }
 }
 
+/// One history event as a worker writes it, `at` seconds into a run that started at 1,000 s
+/// on the monotonic clock.
+fn event(
+    worker: u32,
+    op: u64,
+    kind: &str,
+    f: &str,
+    at: f64,
+    token: u64,
+    value: Option<u64>,
+) -> String {
+    let mut e = serde_json::json!({
+        "worker": worker, "op": op, "type": kind, "f": f,
+        "mono_ns": ((1_000.0 + at) * 1e9) as u64,
+        "wall_ms": 1_800_000_000_000u64, "token": token,
+    });
+    if let Some(v) = value {
+        e["value"] = v.into();
+    }
+    e.to_string()
+}
+
+#[test]
+fn a_hand_built_history_with_a_lost_update_a_backwards_token_and_an_overlap_is_a_violation() {
+    // Worker 1 (token 5) reads 0; worker 2 (token 6) acquires after worker 1's lease is gone
+    // and reads 0 too; worker 1 writes 1 after worker 2's read, and is accepted (a backwards
+    // token under strict fencing); worker 2 writes 1 as well: one increment lost, while both
+    // believed they held the lock from 3 s to 7 s.
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("strict");
+    std::fs::create_dir(&run).unwrap();
+    let w1 = [
+        event(1, 1, "invoke", "lock", 0.5, 5, None),
+        event(1, 1, "ok", "lock", 1.0, 5, None),
+        event(1, 2, "invoke", "read", 1.5, 5, None),
+        event(1, 2, "ok", "read", 2.0, 5, Some(0)),
+        event(1, 3, "invoke", "write", 5.0, 5, Some(1)),
+        event(1, 3, "ok", "write", 5.1, 5, Some(1)),
+        event(1, 4, "invoke", "unlock", 7.0, 5, None),
+        event(1, 4, "ok", "unlock", 7.1, 5, None),
+    ];
+    let w2 = [
+        event(2, 1, "invoke", "lock", 0.6, 6, None),
+        event(2, 1, "ok", "lock", 3.0, 6, None),
+        event(2, 2, "invoke", "read", 3.5, 6, None),
+        event(2, 2, "ok", "read", 4.0, 6, Some(0)),
+        event(2, 3, "invoke", "write", 6.0, 6, Some(1)),
+        event(2, 3, "ok", "write", 6.1, 6, Some(1)),
+        event(2, 4, "invoke", "unlock", 8.0, 6, None),
+        event(2, 4, "ok", "unlock", 8.1, 6, None),
+    ];
+    std::fs::write(run.join("worker-1.jsonl"), w1.join("\n") + "\n").unwrap();
+    std::fs::write(run.join("worker-2.jsonl"), w2.join("\n") + "\n").unwrap();
+    std::fs::write(run.join("faults.jsonl"), "").unwrap();
+    std::fs::write(run.join("lock-service.jsonl"), "").unwrap();
+    let meta = serde_json::json!({
+        "policy": "strict", "clients": 2, "seed": 1, "ttl_s": 2, "duration_s": 10.0,
+        "lock": "/l", "lock_service": "lockd", "final_value": 1,
+        "start_mono_ns": 1_000_000_000_000u64, "end_mono_ns": 1_010_000_000_000u64,
+    });
+    std::fs::write(run.join("run.json"), meta.to_string()).unwrap();
+
+    let result = check_json(dir.path(), &["--analyse", dir.path().to_str().unwrap()], 1);
+    let strict = report(&result, "strict");
+    assert_eq!(lost(strict), 1, "{strict:#}");
+    assert_eq!(acknowledged(strict), 2);
+    let backwards = strict["backwards_tokens"].as_array().unwrap();
+    assert_eq!(backwards.len(), 1, "{strict:#}");
+    assert_eq!(backwards[0]["worker"], 1);
+    assert_eq!(backwards[0]["token"], 5);
+    assert_eq!(backwards[0]["fence_token"], 6);
+    let overlaps = strict["overlaps"]["intervals"].as_array().unwrap();
+    assert_eq!(overlaps.len(), 1, "{strict:#}");
+    let start = overlaps[0]["start_s"].as_f64().unwrap();
+    let end = start + overlaps[0]["duration_s"].as_f64().unwrap();
+    assert!(
+        (start - 3.0).abs() < 1e-6 && (end - 7.0).abs() < 1e-6,
+        "{overlaps:?}"
+    );
+    assert_eq!(strict["valid"], false);
+    assert_eq!(result["valid"], false);
+}
+
 #[test]
 fn faults_that_need_processes_the_checker_does_not_own_are_refused() {
     let out = tempfile::tempdir().unwrap();
