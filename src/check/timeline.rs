@@ -23,6 +23,8 @@ use crate::svg::escape as esc;
 const MIN_PLOT_WIDTH: f64 = 1200.0;
 /// At least this much per second, so that a worker's 0-2 s hold is visibly a bar.
 const MIN_PX_PER_S: f64 = 12.0;
+/// Estimated width of a character of the 9 px labels, to keep labels apart.
+const LABEL_PX_PER_CHAR: f64 = 5.5;
 /// Room for the lane labels.
 const MARGIN_LEFT: f64 = 90.0;
 const MARGIN_RIGHT: f64 = 30.0;
@@ -65,8 +67,7 @@ impl Scale {
 
 fn service_colour(kind: FaultKind) -> &'static str {
     match kind {
-        FaultKind::KillStorage => "#fc9272",
-        FaultKind::KillMember => "#fdae6b",
+        FaultKind::KillStorage | FaultKind::KillMember => "#fc9272",
         _ => "#c6dbef",
     }
 }
@@ -172,16 +173,22 @@ impl Picture {
     /// Lock service and storage faults, in the top lane.
     fn service_faults(&mut self, faults: &[FaultSpan]) {
         let y = self.service_y;
+        let mut spans: Vec<(f64, f64, String)> = Vec::new();
         for f in faults
             .iter()
             .filter(|f| !matches!(f.target, Target::Worker(_)))
         {
             let (x0, x1) = span_x(&self.scale, f, self.duration_s);
-            let who = match f.target {
-                Target::LockService(Some(n)) => format!(" member {n}"),
-                _ => String::new(),
+            // Short, so that most labels fit beside their span.
+            let label = match (f.fault, &f.target) {
+                (FaultKind::KillStorage, _) => "storage killed".to_owned(),
+                (FaultKind::KillMember, Target::LockService(Some(n))) => {
+                    format!("member {n} killed")
+                }
+                (_, Target::LockService(Some(n))) => format!("member {n} frozen"),
+                (_, Target::LockService(None)) => "lockd frozen".to_owned(),
+                _ => f.fault.name().to_owned(),
             };
-            let label = format!("{}{who}", f.fault.name());
             let _ = writeln!(
                 self.s,
                 r##"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" stroke="#636363" stroke-width="0.5"><title>{}</title></rect>"##,
@@ -191,15 +198,37 @@ impl Picture {
                 service_colour(f.fault),
                 esc(&span_title(f, &label)),
             );
-            // The label goes inside the span when it fits, else just after it.
-            let inside = x1 - x0 > label.len() as f64 * 5.5;
-            let _ = writeln!(
-                self.s,
-                r#"<text x="{:.1}" y="{:.1}" font-size="9">{}</text>"#,
-                if inside { x0 + 3.0 } else { x1 + 3.0 },
-                y + SERVICE_LANE_H / 2.0 + 3.0,
-                esc(&label)
-            );
+            spans.push((x0, x1, label));
+        }
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // A label goes inside its span when it fits, else in the free room just after it,
+        // else just before it; one that fits nowhere without touching another span or label
+        // is left to the span's tooltip.
+        let right_edge = self.scale.x_s(self.duration_s);
+        let mut free_from = self.scale.x_s(0.0);
+        for (i, (x0, x1, label)) in spans.iter().enumerate() {
+            let (x0, x1) = (*x0, *x1);
+            let width = label.len() as f64 * LABEL_PX_PER_CHAR;
+            let next_span = spans.get(i + 1).map_or(right_edge, |n| n.0);
+            let x = if x1 - x0 > width + 6.0 && x0 + 3.0 >= free_from {
+                Some(x0 + 3.0)
+            } else if x1 + 3.0 + width + 3.0 <= next_span && x1 + 3.0 >= free_from {
+                Some(x1 + 3.0)
+            } else if x0 - 3.0 - width >= free_from {
+                Some(x0 - 3.0 - width)
+            } else {
+                None
+            };
+            if let Some(x) = x {
+                free_from = x + width + 4.0;
+                let _ = writeln!(
+                    self.s,
+                    r#"<text x="{x:.1}" y="{:.1}" font-size="9">{}</text>"#,
+                    y + SERVICE_LANE_H / 2.0 + 3.0,
+                    esc(label)
+                );
+            }
+            free_from = free_from.max(x1);
         }
     }
 
@@ -519,7 +548,7 @@ fn axis(s: &mut String, scale: &Scale, duration_s: f64, top: f64, y: f64) {
 }
 
 /// The legend's entries: a drawing at (0, 0) and its words.
-const LEGEND: [(&str, &str); 13] = [
+const LEGEND: [(&str, &str); 14] = [
     (
         r##"<rect x="-6" y="-5" width="14" height="10" rx="2" fill="#9ecae1" stroke="#737373" stroke-width="0.5"/>"##,
         "hold (lock ok to unlock)",
@@ -563,8 +592,12 @@ const LEGEND: [(&str, &str); 13] = [
         "two or more holders",
     ),
     (
+        r##"<rect x="-7" y="-5" width="14" height="10" fill="#c6dbef" stroke="#636363" stroke-width="0.5"/>"##,
+        "lock service frozen",
+    ),
+    (
         r##"<rect x="-7" y="-5" width="14" height="10" fill="#fc9272" stroke="#636363" stroke-width="0.5"/>"##,
-        "storage / lock service fault",
+        "killed: storage or etcd member",
     ),
 ];
 
