@@ -678,7 +678,7 @@ mod tests {
         }
         assert!(svg.contains("run &lt;1&gt; &amp; &quot;more&quot;"));
         assert!(!svg.contains("run <1>"));
-        assert!(svg.contains("kill-storage"));
+        assert!(svg.contains("storage killed"));
         // Every element that opens is closed: as many `<` as `>`, and text never holds one.
         assert_eq!(svg.matches('<').count(), svg.matches('>').count());
     }
