@@ -27,7 +27,7 @@ use super::timeline;
 use crate::etcd_cluster::EtcdCluster;
 use crate::lock::pb::etcdserverpb as pb;
 use crate::lock::pb::mvccpb::event::EventType as PbEventType;
-use crate::lock::{Client, LeaseId};
+use crate::lock::{Client, LeaseId, PrefixWatch};
 use crate::process::ServerProcess;
 use crate::storage::fence::Policy;
 
@@ -653,65 +653,43 @@ async fn watch_keys(
     mut log: Log,
     keys: broadcast::Sender<KeyEvent>,
 ) {
-    let range_end = crate::lock::client::prefix_end(prefix.as_bytes());
     loop {
-        let request = pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    key: prefix.as_bytes().to_vec(),
-                    range_end: range_end.clone(),
-                    start_revision: from as i64,
-                    prev_kv: true,
-                    ..Default::default()
-                },
-            )),
+        let Ok(mut watch) = PrefixWatch::start(&client, prefix.as_bytes(), from as i64).await
+        else {
+            sleep(WATCH_RETRY_PAUSE).await;
+            continue;
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let _ = tx.send(request).await;
-        // Keeping `tx` alive keeps the request stream, and with it the watch, open.
-        let stream = client
-            .watch()
-            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await;
-        if let Ok(response) = stream {
-            let mut stream = response.into_inner();
-            while let Ok(Some(message)) = stream.message().await {
-                for event in message.events {
-                    let Some(kv) = event.kv else { continue };
-                    let revision = kv.mod_revision.max(0) as u64;
-                    let (change, token) = if event.r#type == PbEventType::Delete as i32 {
-                        let token = event.prev_kv.map_or(0, |p| p.create_revision.max(0) as u64);
-                        (KeyChange::Deleted, token)
-                    } else if kv.create_revision == kv.mod_revision {
-                        (KeyChange::Created, kv.create_revision.max(0) as u64)
-                    } else {
-                        from = revision + 1;
-                        continue;
-                    };
-                    let key = String::from_utf8_lossy(&kv.key).into_owned();
-                    let lease = key
-                        .rsplit('/')
-                        .next()
-                        .and_then(|hex| hex.parse::<LeaseId>().ok())
-                        .map(LeaseId::get);
-                    let record = KeyEvent {
-                        mono_ns: mono_ns(),
-                        wall_ms: wall_ms(),
-                        key,
-                        lease,
-                        token,
-                        change,
-                        revision,
-                    };
-                    let _ = log.append(&record);
-                    let _ = keys.send(record);
-                    from = revision + 1;
-                }
-                if message.canceled {
-                    break;
-                }
+        while let Ok(Some(events)) = watch.next().await {
+            for event in events {
+                let Some(kv) = event.kv else { continue };
+                let revision = kv.mod_revision.max(0) as u64;
+                from = revision + 1;
+                let (change, token) = if event.r#type == PbEventType::Delete as i32 {
+                    let token = event.prev_kv.map_or(0, |p| p.create_revision.max(0) as u64);
+                    (KeyChange::Deleted, token)
+                } else if kv.create_revision == kv.mod_revision {
+                    (KeyChange::Created, kv.create_revision.max(0) as u64)
+                } else {
+                    continue;
+                };
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                let lease = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|hex| hex.parse::<LeaseId>().ok())
+                    .map(LeaseId::get);
+                let record = KeyEvent {
+                    mono_ns: mono_ns(),
+                    wall_ms: wall_ms(),
+                    key,
+                    lease,
+                    token,
+                    change,
+                    revision,
+                };
+                let _ = log.append(&record);
+                let _ = keys.send(record);
             }
-            drop(tx);
         }
         sleep(WATCH_RETRY_PAUSE).await;
     }

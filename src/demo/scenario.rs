@@ -22,13 +22,11 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::client::Role;
 use super::millis;
-use crate::lock::Client;
-use crate::lock::pb::etcdserverpb as pb;
 use crate::lock::pb::mvccpb::event::EventType;
+use crate::lock::{Client, PrefixWatch};
 use crate::storage::Policy;
 
 /// How long a client may take to start, connect and acquire a free lock.
@@ -437,8 +435,7 @@ fn last_line(text: &str) -> &str {
 /// A watch on every lock key under a lock name, started before the clients.
 struct LockWatch {
     deletions: mpsc::UnboundedReceiver<(Instant, String)>,
-    // Ends the watch stream when the scenario is done.
-    _requests: mpsc::Sender<pb::WatchRequest>,
+    // Owns the watch, which ends when the scenario is done and the task is aborted.
     task: JoinHandle<()>,
 }
 
@@ -450,38 +447,20 @@ impl Drop for LockWatch {
 
 impl LockWatch {
     async fn start(client: &Client, lock: &str) -> anyhow::Result<Self> {
-        let prefix = format!("{lock}/").into_bytes();
-        let create = pb::WatchRequest {
-            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-                pb::WatchCreateRequest {
-                    range_end: crate::lock::client::prefix_end(&prefix),
-                    key: prefix,
-                    filters: vec![pb::watch_create_request::FilterType::Noput as i32],
-                    ..Default::default()
-                },
-            )),
-        };
-        let (requests, rx) = mpsc::channel(1);
-        requests.try_send(create).context("the watch request")?;
-        let mut answers = client
-            .watch()
-            .watch(ReceiverStream::new(rx))
-            .await
-            .context("cannot watch the lock service")?
-            .into_inner();
-        // Nothing the clients do may happen before the watch is in place.
-        let created = timeout(STEP_TIMEOUT, answers.message())
-            .await
-            .context("the lock service did not start the watch")?
-            .context("cannot watch the lock service")?;
-        if !created.is_some_and(|a| a.created && !a.canceled) {
-            bail!("the lock service refused to watch {lock}");
-        }
+        // Nothing the clients do may happen before the watch is in place: `start` returns
+        // once the lock service has confirmed it.
+        let mut watch = timeout(
+            STEP_TIMEOUT,
+            PrefixWatch::start(client, format!("{lock}/").as_bytes(), 0),
+        )
+        .await
+        .context("the lock service did not start the watch")?
+        .with_context(|| format!("cannot watch {lock} on the lock service"))?;
         let (tx, deletions) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            while let Ok(Some(answer)) = answers.message().await {
+            while let Ok(Some(events)) = watch.next().await {
                 let at = Instant::now();
-                for event in answer.events {
+                for event in events {
                     if event.r#type == EventType::Delete as i32 {
                         let key = event.kv.map(|kv| kv.key).unwrap_or_default();
                         let _ = tx.send((at, String::from_utf8_lossy(&key).into_owned()));
@@ -489,11 +468,7 @@ impl LockWatch {
                 }
             }
         });
-        Ok(LockWatch {
-            deletions,
-            _requests: requests,
-            task,
-        })
+        Ok(LockWatch { deletions, task })
     }
 
     /// When the lock service deleted `key`.

@@ -34,4 +34,4 @@ pub use error::{Error, LossReason, Result};
 pub use lease_id::LeaseId;
 pub use mutex::{LockGuard, LockOptions};
 pub use session::Session;
-pub use watch::WatchStart;
+pub use watch::{PrefixWatch, WatchStart};

@@ -9,11 +9,11 @@ use tokio::sync::mpsc;
 use tokio::time::sleep;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::Client;
 use super::client::RETRY_PAUSE;
 use super::pb::etcdserverpb as pb;
 use super::pb::mvccpb::Event;
 use super::pb::mvccpb::event::EventType;
+use super::{Client, Error, Result};
 
 /// Where a waiter's watch on its predecessor starts. Every choice is correct; they differ
 /// in how fast etcd delivers the deletion.
@@ -37,6 +37,71 @@ pub enum WatchStart {
     /// The default: it keeps contended handovers off the 100 ms tick.
     #[default]
     Latest,
+}
+
+/// A watch on every key under a prefix, for tools that follow a lock name from outside (the
+/// demo, the checker). The watch lives as long as this value.
+pub struct PrefixWatch {
+    answers: tonic::Streaming<pb::WatchResponse>,
+    // Closing the request side of the stream could end the watch early.
+    _requests: mpsc::Sender<pb::WatchRequest>,
+}
+
+impl PrefixWatch {
+    /// Watches the keys starting with `prefix` from `start_revision` (0: from now), with
+    /// previous values on deletions, and returns once the lock service has confirmed the
+    /// watch: nothing written after this returns can be missed.
+    pub async fn start(client: &Client, prefix: &[u8], start_revision: i64) -> Result<Self> {
+        let create = pb::WatchRequest {
+            request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+                pb::WatchCreateRequest {
+                    key: prefix.to_vec(),
+                    range_end: super::client::prefix_end(prefix),
+                    start_revision,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        let (requests, rx) = mpsc::channel(1);
+        // The channel is new and has room for the one create request.
+        let _ = requests.try_send(create);
+        let mut answers = client
+            .watch()
+            .watch(ReceiverStream::new(rx))
+            .await
+            .map_err(|status| Error::rpc("watch", status))?
+            .into_inner();
+        match answers.message().await {
+            Ok(Some(answer)) if answer.created && !answer.canceled => Ok(Self {
+                answers,
+                _requests: requests,
+            }),
+            Ok(Some(answer)) => Err(Error::Protocol {
+                op: "watch",
+                detail: format!("the watch was not created: {}", answer.cancel_reason),
+            }),
+            Ok(None) => Err(Error::Protocol {
+                op: "watch",
+                detail: "the stream ended before the watch was created".into(),
+            }),
+            Err(status) => Err(Error::rpc("watch", status)),
+        }
+    }
+
+    /// The next batch of events, all of one revision or more; `Ok(None)` when the lock
+    /// service ended the watch (it was cancelled, for example compacted).
+    pub async fn next(&mut self) -> Result<Option<Vec<Event>>> {
+        loop {
+            match self.answers.message().await {
+                Ok(Some(answer)) if answer.canceled => return Ok(None),
+                Ok(Some(answer)) if answer.events.is_empty() => continue,
+                Ok(Some(answer)) => return Ok(Some(answer.events)),
+                Ok(None) => return Ok(None),
+                Err(status) => return Err(Error::rpc("watch", status)),
+            }
+        }
+    }
 }
 
 /// Outcome of one watch: the key was deleted (it was absent at revision `at`), or the caller
@@ -177,6 +242,46 @@ mod tests {
         assert_eq!(
             deletion_after(&[deleted_at(7), deleted_at(12)], 9),
             Some(12)
+        );
+    }
+
+    /// A prefix watch sees every change under its prefix, previous values on deletions
+    /// included, and nothing outside it.
+    #[tokio::test]
+    async fn a_prefix_watch_reports_changes_under_its_prefix_only() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(crate::lockd::serve(listener, async {
+            let _ = stopped.await;
+        }));
+        let client = Client::connect([endpoint]).await.unwrap();
+        let mut watch = PrefixWatch::start(&client, b"/w/", 0).await.unwrap();
+        let put = |key: &str| pb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        };
+        client.kv().put(put("/x/outside")).await.unwrap();
+        client.kv().put(put("/w/a")).await.unwrap();
+        client
+            .kv()
+            .delete_range(pb::DeleteRangeRequest {
+                key: b"/w/a".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let created = watch.next().await.unwrap().unwrap();
+        assert_eq!(created.len(), 1);
+        assert_eq!(created[0].kv.as_ref().unwrap().key, b"/w/a");
+        assert_eq!(created[0].r#type, EventType::Put as i32);
+        let deleted = watch.next().await.unwrap().unwrap();
+        assert_eq!(deleted[0].r#type, EventType::Delete as i32);
+        let previous = deleted[0].prev_kv.as_ref().expect("previous value");
+        assert_eq!(
+            previous.create_revision,
+            created[0].kv.as_ref().unwrap().create_revision
         );
     }
 }
