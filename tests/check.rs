@@ -132,7 +132,7 @@ fn without_fencing_a_holder_frozen_after_its_read_loses_an_update() {
         out.path(),
         &[
             "--duration",
-            "8",
+            "10",
             "--faults",
             "freeze-after-read",
             "--fencing",
@@ -155,7 +155,7 @@ fn write_only_fencing_loses_an_update_when_the_frozen_holder_resumes_during_the_
         out.path(),
         &[
             "--duration",
-            "8",
+            "10",
             "--faults",
             "freeze-after-read",
             "--fencing",
