@@ -125,48 +125,42 @@ fn assert_safe(report: &Value) {
     );
 }
 
+/// A 10 s run on lockd under `policy` whose only fault freezes a holder right after its read
+/// and resumes it once the next holder has read too; returns that policy's report.
+fn freeze_after_read(policy: &str) -> Value {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--duration",
+        "10",
+        "--faults",
+        "freeze-after-read",
+        "--fencing",
+        policy,
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let report = report(&result, policy).clone();
+    println!(
+        "{policy}: {} lost of {}",
+        lost(&report),
+        acknowledged(&report)
+    );
+    assert!(faults_injected(&report, "freeze-after-read") >= 1);
+    report
+}
+
 #[test]
 fn without_fencing_a_holder_frozen_after_its_read_loses_an_update() {
-    let out = tempfile::tempdir().unwrap();
-    let result = check_json(
-        out.path(),
-        &[
-            "--duration",
-            "10",
-            "--faults",
-            "freeze-after-read",
-            "--fencing",
-            "off",
-        ],
-        0,
-    );
-    let off = report(&result, "off");
-    println!("off: {} lost of {}", lost(off), acknowledged(off));
-    assert!(faults_injected(off, "freeze-after-read") >= 1);
-    assert!(lost(off) >= 1, "no lost update without fencing: {off:#}");
+    let off = freeze_after_read("off");
+    assert!(lost(&off) >= 1, "no lost update without fencing: {off:#}");
     // Nothing is claimed without fencing, so the run is not a violation.
     assert_eq!(off["claims_safety"], false);
 }
 
 #[test]
 fn write_only_fencing_loses_an_update_when_the_frozen_holder_resumes_during_the_next() {
-    let out = tempfile::tempdir().unwrap();
-    let result = check_json(
-        out.path(),
-        &[
-            "--duration",
-            "10",
-            "--faults",
-            "freeze-after-read",
-            "--fencing",
-            "writes",
-        ],
-        0,
-    );
-    let writes = report(&result, "writes");
-    println!("writes: {} lost of {}", lost(writes), acknowledged(writes));
+    let writes = freeze_after_read("writes");
     assert!(
-        lost(writes) >= 1,
+        lost(&writes) >= 1,
         "no lost update with write-only fencing: {writes:#}"
     );
 }
