@@ -258,6 +258,14 @@ struct Tracker {
     faults: u64,
 }
 
+/// The tracker, locked. A panic while holding it (its holders only update fields) would
+/// leave it consistent, so a poisoned lock is simply taken over.
+fn locked(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    tracker
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Worker {
     child: Child,
     /// Closing it tells the worker to stop.
@@ -555,7 +563,7 @@ async fn follow_worker(
             continue;
         };
         {
-            let mut tracker = tracker.lock().expect("tracker lock");
+            let mut tracker = locked(&tracker);
             let stale = event.stale;
             let state = &mut tracker.workers[index];
             match (event.f, event.kind) {
@@ -598,7 +606,7 @@ async fn stop_workers(workers: &mut [Worker]) {
 /// Revokes the leases workers still had, so their lock keys do not outlive the run.
 async fn revoke_leftover_leases(client: &Client, tracker: &Mutex<Tracker>) {
     let leases: Vec<i64> = {
-        let tracker = tracker.lock().expect("tracker lock");
+        let tracker = locked(tracker);
         tracker.workers.iter().filter_map(|w| w.lease).collect()
     };
     for lease in leases {
@@ -725,7 +733,7 @@ async fn show_progress(
         };
         let elapsed = started.elapsed().min(options.duration);
         let (increments, stale, faults) = {
-            let t = tracker.lock().expect("tracker lock");
+            let t = locked(tracker);
             (t.increments, t.stale, t.faults)
         };
         let share = elapsed.as_secs_f64() / options.duration.as_secs_f64().max(f64::EPSILON);
@@ -830,7 +838,7 @@ impl Injector<'_> {
 
     fn start(&mut self, fault: FaultKind, target: Target, lease: Option<i64>) -> FaultEvent {
         self.next_id += 1;
-        self.tracker.lock().expect("tracker lock").faults += 1;
+        locked(&self.tracker).faults += 1;
         let event = FaultEvent {
             id: self.next_id,
             fault,
@@ -856,7 +864,7 @@ impl Injector<'_> {
         if let Some(pid) = self.workers[worker].child.id() {
             let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
             if signal(pid, sig) {
-                self.tracker.lock().expect("tracker lock").workers[worker].frozen = frozen;
+                locked(&self.tracker).workers[worker].frozen = frozen;
             }
         }
     }
@@ -880,7 +888,7 @@ impl Injector<'_> {
 
     /// Workers holding the lock now, with their lease and token.
     fn holders(&self) -> Vec<(usize, Option<i64>, u64)> {
-        let tracker = self.tracker.lock().expect("tracker lock");
+        let tracker = locked(&self.tracker);
         tracker
             .workers
             .iter()
@@ -902,7 +910,7 @@ impl Injector<'_> {
                     match events.recv().await {
                         Ok(e) if e.f == OpKind::Lock && e.kind == EventType::Ok => {
                             let i = (e.worker - 1) as usize;
-                            let lease = tracker.lock().expect("tracker lock").workers[i].lease;
+                            let lease = locked(&tracker).workers[i].lease;
                             return Some((i, lease, e.token.unwrap_or(0)));
                         }
                         Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -1017,7 +1025,7 @@ impl Injector<'_> {
         let Some(read) = read else { return Ok(()) };
         let worker = (read.worker - 1) as usize;
         self.freeze(worker, true);
-        let lease = self.tracker.lock().expect("tracker lock").workers[worker].lease;
+        let lease = locked(&self.tracker).workers[worker].lease;
         let event = self.start(
             FaultKind::FreezeAfterRead,
             Target::Worker(read.worker),
