@@ -15,7 +15,6 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -322,10 +321,7 @@ impl Member {
         // the kernel kills the members too instead of leaving them running. (Linux ties the
         // signal to the thread that started the member: a runtime's worker or main thread,
         // which lives as long as the cluster.)
-        // SAFETY: the hook makes one async-signal-safe call (see `die_with_parent`).
-        unsafe {
-            command.pre_exec(crate::child::die_with_parent);
-        }
+        crate::child::die_with_parent(&mut command);
         let child = command.spawn().map_err(|source| ClusterError::Spawn {
             binary: binary.display().to_string(),
             source,

@@ -120,10 +120,7 @@ async fn start(
         .stderr(Stdio::null())
         .kill_on_drop(true);
     // If this process dies without dropping the child, the kernel ends the child too.
-    // SAFETY: the hook makes one async-signal-safe call (see `die_with_parent`).
-    unsafe {
-        command.pre_exec(crate::child::die_with_parent);
-    }
+    crate::child::die_with_parent(command.as_std_mut());
     let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
         what: what.clone(),
         source,

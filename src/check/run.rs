@@ -541,10 +541,7 @@ fn spawn_worker(
         .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(true);
-    // SAFETY: the hook makes one async-signal-safe call (see `die_with_parent`).
-    unsafe {
-        command.pre_exec(crate::child::die_with_parent);
-    }
+    crate::child::die_with_parent(command.as_std_mut());
     let mut child = command.spawn()?;
     let stdin = child.stdin.take();
     Ok(Worker { child, stdin })

@@ -314,10 +314,7 @@ impl ClientProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the hook makes only async-signal-safe calls (prctl).
-        unsafe {
-            cmd.pre_exec(crate::child::die_with_parent);
-        }
+        crate::child::die_with_parent(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", setup.client_bin.display()))?;
