@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use fencelock::lock::Client;
-use fencelock::lock::pb::etcdserverpb::{
+use fencelock::etcd::etcdserverpb::{
     LeaseGrantRequest, PutRequest, WatchCreateRequest, WatchRequest, watch_request::RequestUnion,
 };
-use fencelock::lock::pb::mvccpb::event::EventType;
+use fencelock::etcd::mvccpb::event::EventType;
+use fencelock::lock::Client;
 use tokio_stream::wrappers::ReceiverStream;
 
 const TTL: Duration = Duration::from_secs(1);

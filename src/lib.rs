@@ -4,29 +4,36 @@
 //! the lock key's create_revision. A shared resource that checks the token on every request
 //! rejects a holder that woke up from a pause still believing it holds the lock.
 //!
-//! Modules:
+//! Modules, from the bottom up (each uses only those above it in this list):
 //! - [`token`]: [`FencingToken`], the ordered number that every other part passes around.
-//! - [`storage`]: the fenced key/value server (seed-compatible JSON and a REST face), the
-//!   fence rule, and [`storage::StorageClient`].
-//! - [`lock`]: the etcd lock client: `Client`, `Session` (a kept-alive lease), fenced locks.
-//! - [`lockd`]: the embedded lock service, speaking etcd's protocol, for a machine without
-//!   etcd.
-//! - [`bench`]: the measurement commands behind `fencelock bench`.
-//! - [`check`]: the fault-injection checker behind `fencelock check`.
-//! - [`process`]: a `fencelock` server as a child process, to freeze, kill or restart.
-//! - [`demo`]: `fencelock demo` and `fencelock client 1|2`, the seed's walkthrough for real.
-//! - [`etcd_cluster`]: a real loopback etcd cluster this process starts, faults and stops.
+//! - [`etcd`]: the etcd v3 protocol subset (generated types and stubs) and key-range
+//!   helpers, shared by the lock client and lockd, which never import each other.
+//! - [`lock`] (feature `client`): the etcd lock client: `Client`, `Session` (a kept-alive
+//!   lease), fenced locks.
+//! - [`storage`]: the fence rule and the wire format (always), [`storage::StorageClient`]
+//!   (feature `client`) and the fenced key/value server (feature `storage`).
+//! - [`lockd`] (feature `lockd`): the embedded lock service, speaking etcd's protocol, for a
+//!   machine without etcd.
+//! - [`process`] (feature `cli`): child processes for the tools and the tests: servers to
+//!   freeze, kill or restart, and a real loopback etcd cluster.
+//!
+//! The `fencelock` binary (`src/main.rs`) holds the commands and the tools behind them
+//! (`demo`, `check`, `bench`); they are not part of this library.
+//!
+//! Cargo features: `client` (the clients alone: no HTTP server, storage engine, CLI parser or
+//! log subscriber is compiled), `lockd`, `storage`, and `cli` (the binary, with everything);
+//! `default` is `cli`.
 
-pub mod bench;
-pub mod check;
-mod child;
-pub mod demo;
-pub mod etcd_cluster;
+#![warn(missing_docs)]
+
+pub mod etcd;
+#[cfg(feature = "client")]
 pub mod lock;
+#[cfg(feature = "lockd")]
 pub mod lockd;
+#[cfg(feature = "cli")]
 pub mod process;
 pub mod storage;
-mod svg;
 pub mod token;
 
 pub use token::FencingToken;

@@ -7,11 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use fencelock::demo::{self, client::ClientOptions};
+mod bench;
+mod check;
+mod demo;
+mod svg;
+
+use demo::client::ClientOptions;
 use fencelock::lock::WatchStart;
 use fencelock::lock::hold::{self, HoldOptions, HoldOutcome};
+use fencelock::lockd;
 use fencelock::storage::{self, DEFAULT_MAX_BODY, Engine, Policy};
-use fencelock::{bench, lockd};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -658,8 +663,8 @@ const EXIT_VIOLATION: u8 = 1;
 const EXIT_CHECK_ERROR: u8 = 2;
 
 async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    use fencelock::check::history::FaultKind;
-    use fencelock::check::run::{self, Backend, CheckError};
+    use check::history::FaultKind;
+    use check::run::{self, Backend, CheckError};
 
     let usage = |message: &str| {
         eprintln!("fencelock: {message}");
@@ -765,7 +770,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn check_worker(args: CheckWorkerArgs) -> anyhow::Result<ExitCode> {
-    use fencelock::check::worker::{self, WorkerOptions};
+    use check::worker::{self, WorkerOptions};
 
     let options = WorkerOptions {
         id: args.id,

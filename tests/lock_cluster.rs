@@ -9,8 +9,8 @@ mod support;
 
 use std::time::Duration;
 
+use fencelock::etcd::etcdserverpb::StatusRequest;
 use fencelock::lock::Client;
-use fencelock::lock::pb::etcdserverpb::StatusRequest;
 use support::etcd;
 use tokio::time::Instant;
 

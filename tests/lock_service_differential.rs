@@ -18,16 +18,16 @@ mod support;
 
 use std::time::Duration;
 
-use fencelock::lock::Client;
-use fencelock::lock::pb::etcdserverpb::{
+use fencelock::etcd::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, compare,
     request_op, response_op,
 };
-use fencelock::lock::pb::etcdserverpb::{
+use fencelock::etcd::etcdserverpb::{
     WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
 };
-use fencelock::lock::pb::mvccpb::{Event, KeyValue};
+use fencelock::etcd::mvccpb::{Event, KeyValue};
+use fencelock::lock::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::etcd;
@@ -233,7 +233,7 @@ fn revision(header: &Option<ResponseHeader>) -> i64 {
 }
 
 /// Keys and values of a Range answer, with every field that must match, as one string.
-fn describe_range(range: &fencelock::lock::pb::etcdserverpb::RangeResponse) -> String {
+fn describe_range(range: &fencelock::etcd::etcdserverpb::RangeResponse) -> String {
     let kvs: Vec<String> = range.kvs.iter().map(describe_kv).collect();
     format!(
         "[{}] count {} more {}",
@@ -413,7 +413,7 @@ impl LiveWatch {
     /// On a connection of its own: the stream is not read while the sequence runs, and its
     /// unread answers must not hold up the requests' answers on a shared connection.
     async fn start(endpoints: Vec<String>) -> Self {
-        use fencelock::lock::pb::etcdserverpb::watch_create_request::FilterType;
+        use fencelock::etcd::etcdserverpb::watch_create_request::FilterType;
         let client = Client::connect(endpoints).await.unwrap();
         let watchers = [
             ("/d/", "/d0", vec![], true),
@@ -446,7 +446,7 @@ impl LiveWatch {
     async fn events(mut self, last: i64) -> std::collections::BTreeMap<i64, Vec<String>> {
         let progress = WatchRequest {
             request_union: Some(watch_request::RequestUnion::ProgressRequest(
-                fencelock::lock::pb::etcdserverpb::WatchProgressRequest {},
+                fencelock::etcd::etcdserverpb::WatchProgressRequest {},
             )),
         };
         self.requests.send(progress).await.unwrap();

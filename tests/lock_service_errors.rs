@@ -6,12 +6,12 @@ mod support;
 
 use std::time::Duration;
 
-use fencelock::lock::Client;
-use fencelock::lock::pb::etcdserverpb::{
+use fencelock::etcd::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     compare, request_op,
 };
+use fencelock::lock::Client;
 use support::backend::Service;
 use tokio_stream::StreamExt as _;
 use tonic::Code;

@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use fencelock::lock::pb::etcdserverpb::LeaseGrantRequest;
-use fencelock::lock::pb::v3lockpb::{LockRequest, UnlockRequest};
+use fencelock::etcd::etcdserverpb::LeaseGrantRequest;
+use fencelock::etcd::v3lockpb::{LockRequest, UnlockRequest};
 use fencelock::lock::{Client, LeaseId};
 use support::backend::Service;
 use tokio::time::timeout;

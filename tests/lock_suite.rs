@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use fencelock::lock::pb::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
+use fencelock::etcd::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
 use fencelock::lock::{Client, Error, LossReason, Session};
 use support::backend::Service;
 use support::etcd::{etcdctl, within_ttl};

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use fencelock::FencingToken;
-use fencelock::lock::pb::etcdserverpb::{LeaseTimeToLiveRequest, RangeRequest};
+use fencelock::etcd::etcdserverpb::{LeaseTimeToLiveRequest, RangeRequest};
 use fencelock::lock::{Client, LossReason};
 use support::lockd::LockdProcess;
 use tokio::time::{Instant, timeout};

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use fencelock::lock::Client;
-use fencelock::lock::pb::etcdserverpb::watch_client::WatchClient;
-use fencelock::lock::pb::etcdserverpb::{
+use fencelock::etcd::etcdserverpb::watch_client::WatchClient;
+use fencelock::etcd::etcdserverpb::{
     PutRequest, WatchCancelRequest, WatchCreateRequest, WatchRequest, WatchResponse,
     watch_request::RequestUnion,
 };
+use fencelock::lock::Client;
 use fencelock::lockd::{self, Config};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

@@ -17,10 +17,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
-use crate::etcd_cluster::{ClusterError, EtcdCluster};
-use crate::lock::pb::etcdserverpb::StatusRequest;
-use crate::lock::{Client, LockOptions, WatchStart};
-use crate::process::{ServerProcess, SpawnError};
+use fencelock::etcd::etcdserverpb::StatusRequest;
+use fencelock::lock::{Client, LockOptions, WatchStart};
+use fencelock::process::{ClusterError, EtcdCluster};
+use fencelock::process::{ServerProcess, SpawnError};
 
 /// Lease TTL of the benchmark's sessions: long enough that no session expires under load.
 const TTL: Duration = Duration::from_secs(10);
@@ -69,7 +69,9 @@ pub enum BenchError {
     #[error(transparent)]
     Lockd(#[from] SpawnError),
     #[error(transparent)]
-    Lock(#[from] crate::lock::Error),
+    Lock(#[from] fencelock::lock::Error),
+    #[error("a benchmark session's task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// One run's figures.
@@ -232,14 +234,14 @@ async fn run_case(
                     .saturating_record(micros.max(1));
                 cycles += 1;
             }
-            Ok::<_, crate::lock::Error>(cycles)
+            Ok::<_, fencelock::lock::Error>(cycles)
         });
     }
     let mut cycles = 0;
     // The first failure ends the run: the other sessions may be waiting for a key that the
     // failed one left behind.
     while let Some(joined) = tasks.join_next().await {
-        cycles += joined.map_err(|e| crate::lock::Error::protocol("bench", e.to_string()))??;
+        cycles += joined??;
     }
     let elapsed = started.elapsed();
     for session in all {

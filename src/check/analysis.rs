@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::history::{self, EventType, FaultKind, KeyChange, OpKind, Target};
-use crate::FencingToken;
-use crate::storage::fence::{self, Access, Policy};
+use fencelock::FencingToken;
+use fencelock::storage::fence::{self, Access, Policy};
 
 /// Everything the analysis looks at: the merged files of one run under one policy.
 #[derive(Clone, Debug)]

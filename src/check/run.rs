@@ -24,12 +24,12 @@ use super::history::{
     read_lines, wall_ms,
 };
 use super::timeline;
-use crate::etcd_cluster::EtcdCluster;
-use crate::lock::pb::etcdserverpb as pb;
-use crate::lock::pb::mvccpb::event::EventType as PbEventType;
-use crate::lock::{Client, LeaseId, PrefixWatch};
-use crate::process::ServerProcess;
-use crate::storage::fence::Policy;
+use fencelock::etcd::etcdserverpb as pb;
+use fencelock::etcd::mvccpb::event::EventType as PbEventType;
+use fencelock::lock::{Client, LeaseId, PrefixWatch};
+use fencelock::process::EtcdCluster;
+use fencelock::process::ServerProcess;
+use fencelock::storage::fence::Policy;
 
 /// The counter's key in the storage.
 pub const COUNTER_KEY: &str = "counter";
@@ -541,7 +541,7 @@ fn spawn_worker(
         .stdout(Stdio::piped())
         .stderr(log)
         .kill_on_drop(true);
-    crate::child::die_with_parent(command.as_std_mut());
+    fencelock::process::die_with_parent(command.as_std_mut());
     let mut child = command.spawn()?;
     let stdin = child.stdin.take();
     Ok(Worker { child, stdin })

@@ -653,11 +653,11 @@ fn write_marker(s: &mut String, x: f64, y: f64, outcome: Outcome, stale: bool, t
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::FencingToken;
     use crate::check::analysis::analyse;
     use crate::check::analysis::tests::{End, History};
     use crate::check::history::KeyChange;
-    use crate::storage::fence::{self, Access, Policy};
+    use fencelock::FencingToken;
+    use fencelock::storage::fence::{self, Access, Policy};
 
     #[test]
     fn timeline_has_a_lane_per_worker_and_escapes_its_title() {

@@ -19,9 +19,9 @@ use std::time::Duration;
 use rand::{Rng as _, SeedableRng as _};
 
 use super::history::{Event, EventType, Log, OpKind, mono_ns, wall_ms};
-use crate::FencingToken;
-use crate::lock::Client;
-use crate::storage::{ClientError, StorageClient};
+use fencelock::FencingToken;
+use fencelock::lock::Client;
+use fencelock::storage::{ClientError, StorageClient};
 
 /// A storage request that gets no answer in this time is given up; a write given up may
 /// still have taken effect (`info`).
@@ -263,7 +263,7 @@ async fn write(
 
 async fn close(
     recorder: &mut Recorder<impl Write>,
-    session: crate::lock::Session,
+    session: fencelock::lock::Session,
     lease: Option<i64>,
 ) -> anyhow::Result<()> {
     let op = recorder.invoke(

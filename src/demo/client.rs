@@ -22,9 +22,9 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
 
-use crate::FencingToken;
-use crate::lock::{Client, LockGuard, LossReason, Session};
-use crate::storage::{ClientError, StorageClient};
+use fencelock::FencingToken;
+use fencelock::lock::{Client, LockGuard, LossReason, Session};
+use fencelock::storage::{ClientError, StorageClient};
 
 /// How long releasing the lock may take once the write is done. The outcome is already
 /// known by then; a lock service that does not answer must not hold the exit back.

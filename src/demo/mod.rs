@@ -30,9 +30,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::lock::Client;
-use crate::lockd;
-use crate::storage::{self, Engine, Policy};
+use fencelock::lock::Client;
+use fencelock::lockd;
+use fencelock::storage::{self, Engine, Policy};
 
 pub use scenario::{ClientReport, Scenario, Times, WriteOutcome};
 

@@ -25,9 +25,9 @@ use tokio::time::{Instant, timeout};
 
 use super::client::Role;
 use super::millis;
-use crate::lock::pb::mvccpb::event::EventType;
-use crate::lock::{Client, PrefixWatch};
-use crate::storage::Policy;
+use fencelock::etcd::mvccpb::event::EventType;
+use fencelock::lock::{Client, PrefixWatch};
+use fencelock::storage::Policy;
 
 /// How long a client may take to start, connect and acquire a free lock.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -276,7 +276,7 @@ async fn stored_value(storage: &str, key: &str) -> anyhow::Result<Option<String>
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }
-    let body: crate::storage::wire::KvValue = response
+    let body: fencelock::storage::wire::KvValue = response
         .error_for_status()
         .context("the storage refused a read")?
         .json()
@@ -314,7 +314,7 @@ impl ClientProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        crate::child::die_with_parent(cmd.as_std_mut());
+        fencelock::process::die_with_parent(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", setup.client_bin.display()))?;

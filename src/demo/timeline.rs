@@ -12,8 +12,8 @@ use std::fmt::Write as _;
 
 use super::Report;
 use super::scenario::{ClientReport, Scenario, Times, WriteOutcome};
-use crate::storage::Policy;
 use crate::svg::escape as esc;
+use fencelock::storage::Policy;
 
 /// The name a scenario goes by.
 pub fn title(policy: Policy) -> &'static str {

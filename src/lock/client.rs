@@ -25,14 +25,14 @@ use futures::StreamExt as _;
 use tokio::time::{Instant, sleep, timeout};
 use tonic::transport::{Channel, Endpoint};
 
-use super::pb::etcdserverpb::{
+use super::{Error, LeaseId, Result, Session};
+use crate::FencingToken;
+use crate::etcd::etcdserverpb::{
     self as pb, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
-use super::pb::mvccpb::KeyValue as PbKeyValue;
-use super::pb::v3lockpb::lock_client::LockClient;
-use super::{Error, LeaseId, Result, Session};
-use crate::FencingToken;
+use crate::etcd::mvccpb::KeyValue as PbKeyValue;
+use crate::etcd::v3lockpb::lock_client::LockClient;
 
 /// How long `connect` waits for an answer, and how long a request keeps retrying.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -153,7 +153,7 @@ impl Client {
     pub async fn lock_keys(&self, name: &str) -> Result<Vec<LockKey>> {
         let prefix = format!("{name}/").into_bytes();
         let request = pb::RangeRequest {
-            range_end: prefix_end(&prefix),
+            range_end: crate::etcd::prefix_end(&prefix),
             key: prefix,
             sort_target: pb::range_request::SortTarget::Create as i32,
             sort_order: pb::range_request::SortOrder::Ascend as i32,
@@ -441,19 +441,6 @@ fn normalize_endpoint(endpoint: &str) -> Result<String> {
     Ok(uri)
 }
 
-/// The end of the key range holding every key that starts with `prefix`: the prefix with its
-/// last byte below 0xff incremented (etcd's convention; "\0" means "no end").
-pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
-
 pub(crate) fn lock_key(kv: &PbKeyValue) -> Result<LockKey> {
     Ok(LockKey {
         key: String::from_utf8_lossy(&kv.key).into_owned(),
@@ -486,12 +473,5 @@ mod tests {
         assert!(normalize_endpoint("https://127.0.0.1:2379").is_err());
         assert!(normalize_endpoint("127.0.0.1").is_err());
         assert!(normalize_endpoint("").is_err());
-    }
-
-    #[test]
-    fn prefix_end_covers_exactly_the_prefix() {
-        assert_eq!(prefix_end(b"/lock/"), b"/lock0".to_vec());
-        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
-        assert_eq!(prefix_end(b"\xff"), vec![0]);
     }
 }

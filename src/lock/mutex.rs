@@ -18,12 +18,13 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::client::{prefix_end, token_of};
-use super::pb::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
+use super::client::token_of;
 use super::session::NameClaim;
 use super::watch::{self, WatchStart, Watched};
 use super::{Client, Error, LeaseId, LossReason, Result, Session};
 use crate::FencingToken;
+use crate::etcd::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
+use crate::etcd::prefix_end;
 
 /// How long a waiter trusts one watch before it reads its turn again.
 const LOOK_AGAIN_AFTER: Duration = Duration::from_secs(2);
@@ -541,7 +542,8 @@ async fn key_deleted(session: &Session, key: &str, token: FencingToken) {
     }
 }
 
-#[cfg(test)]
+/// These run against an in-process lockd, so only when the crate is built with it.
+#[cfg(all(test, feature = "lockd"))]
 mod tests {
     use super::*;
 

@@ -23,8 +23,8 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::client::RETRY_PAUSE;
-use super::pb::etcdserverpb as pb;
 use super::{Client, Error, LeaseId, LossReason, Result};
+use crate::etcd::etcdserverpb as pb;
 
 /// Keepalives per TTL, as etcd's own clients do: two may be lost before the lease expires.
 const RENEWALS_PER_TTL: u32 = 3;

@@ -10,10 +10,10 @@ use tokio::time::sleep;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::client::RETRY_PAUSE;
-use super::pb::etcdserverpb as pb;
-use super::pb::mvccpb::Event;
-use super::pb::mvccpb::event::EventType;
 use super::{Client, Error, Result};
+use crate::etcd::etcdserverpb as pb;
+use crate::etcd::mvccpb::Event;
+use crate::etcd::mvccpb::event::EventType;
 
 /// Where a waiter's watch on its predecessor starts. Every choice is correct; they differ
 /// in how fast etcd delivers the deletion.
@@ -56,7 +56,7 @@ impl PrefixWatch {
             request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
                 pb::WatchCreateRequest {
                     key: prefix.to_vec(),
-                    range_end: super::client::prefix_end(prefix),
+                    range_end: crate::etcd::prefix_end(prefix),
                     start_revision,
                     prev_kv: true,
                     ..Default::default()
@@ -221,7 +221,7 @@ fn deletion_after(events: &[Event], seen_at: i64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::pb::mvccpb::KeyValue;
+    use crate::etcd::mvccpb::KeyValue;
 
     fn deleted_at(revision: i64) -> Event {
         Event {
@@ -244,6 +244,12 @@ mod tests {
             Some(12)
         );
     }
+}
+
+/// Runs against an in-process lockd, so only when the crate is built with it.
+#[cfg(all(test, feature = "lockd"))]
+mod lockd_tests {
+    use super::*;
 
     /// A prefix watch sees every change under its prefix, previous values on deletions
     /// included, and nothing outside it.

@@ -36,9 +36,9 @@ pub use error::EtcdError;
 pub use meta::{MetaError, RESERVATION_BLOCK};
 pub use service::API_VERSION;
 
-use crate::lock::pb::etcdserverpb::watch_server;
-use crate::lock::pb::etcdserverpb::{cluster_server, kv_server, lease_server, maintenance_server};
-use crate::lock::pb::v3lockpb::lock_server;
+use crate::etcd::etcdserverpb::watch_server;
+use crate::etcd::etcdserverpb::{cluster_server, kv_server, lease_server, maintenance_server};
+use crate::etcd::v3lockpb::lock_server;
 use meta::Revisions;
 use service::{Core, Services};
 use state::{Limits, State};
@@ -208,7 +208,7 @@ async fn expire_leases(core: Arc<Core>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lock::pb::etcdserverpb as pb;
+    use crate::etcd::etcdserverpb as pb;
 
     fn core() -> Arc<Core> {
         let server = Server::open(&Config::default()).unwrap();

@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::EtcdError;
 use super::state::{State, Turn};
-use crate::lock::pb::etcdserverpb::maintenance_server;
-use crate::lock::pb::etcdserverpb::{self as pb, cluster_server, kv_server, lease_server};
-use crate::lock::pb::v3lockpb::{self, lock_server};
+use crate::etcd::etcdserverpb::maintenance_server;
+use crate::etcd::etcdserverpb::{self as pb, cluster_server, kv_server, lease_server};
+use crate::etcd::v3lockpb::{self, lock_server};
 
 /// The version reported by Status: the etcd API level lockd speaks. Clients read it to decide
 /// which features they may use.

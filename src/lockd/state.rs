@@ -22,9 +22,9 @@ use tokio::time::{Duration, Instant};
 
 use super::error::EtcdError;
 use super::meta::{Identity, Revisions};
-use crate::lock::client::prefix_end;
-use crate::lock::pb::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
-use crate::lock::pb::mvccpb::{Event, KeyValue, event::EventType};
+use crate::etcd::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
+use crate::etcd::mvccpb::{Event, KeyValue, event::EventType};
+use crate::etcd::prefix_end;
 
 /// etcd's upper bound on a lease TTL, in seconds.
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;

@@ -18,10 +18,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::error::EtcdError;
 use super::service::{Core, Services};
 use super::state::{Change, KeyRange, State};
-use crate::lock::pb::etcdserverpb::{
+use crate::etcd::etcdserverpb::{
     self as pb, watch_create_request::FilterType, watch_request::RequestUnion, watch_server,
 };
-use crate::lock::pb::mvccpb::{Event, event::EventType};
+use crate::etcd::mvccpb::{Event, event::EventType};
 
 /// How often a watcher that asked for progress notifications gets one while idle (etcd's
 /// default).

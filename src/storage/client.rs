@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 
-use super::rest::FENCING_TOKEN;
-use super::wire::{ErrorBody, FenceState, KvValue, StaleBody};
+use super::wire::{ErrorBody, FENCING_TOKEN, FenceState, KvValue, StaleBody};
 use crate::FencingToken;
 
 /// How long one request may take before the client gives up: far above a durable commit

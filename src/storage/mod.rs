@@ -5,27 +5,44 @@
 //! - [`wire`] holds the seed's JSON protocol and the REST face's bodies.
 //! - `backend` holds the engines (fjall on disk, or memory).
 //! - `store` holds the single writer thread and its group commit.
-//! - [`server`] holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers.
+//! - [`server`] holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers,
+//!   `http` the state and JSON answers they share (so no two of these import each other).
 //! - `metrics` holds the Prometheus counters and histograms.
 //! - [`client`] holds [`StorageClient`].
+//!
+//! The fence rule and the wire format are always compiled; the client needs the `client`
+//! feature, the server the `storage` feature.
 //!
 //! The safety argument this module carries (DESIGN.md): per fence, the highest token seen;
 //! lower is rejected, equal accepted, higher raises; check and effect are one step, durable
 //! before the reply; reads raise the fence too under the strict policy.
 
+#[cfg(feature = "storage")]
 mod backend;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod fence;
+#[cfg(feature = "storage")]
+mod http;
+#[cfg(feature = "storage")]
 mod metrics;
+#[cfg(feature = "storage")]
 mod rest;
+#[cfg(feature = "storage")]
 mod seed;
+#[cfg(feature = "storage")]
 pub mod server;
+#[cfg(feature = "storage")]
 mod store;
 pub mod wire;
 
+#[cfg(feature = "storage")]
 pub use backend::BackendError;
+#[cfg(feature = "client")]
 pub use client::{ClientError, StorageClient, Stored};
 pub use fence::Policy;
-pub use rest::FENCING_TOKEN;
+#[cfg(feature = "storage")]
 pub use server::{Config, DEFAULT_MAX_BODY, Server, ServerError, run};
+#[cfg(feature = "storage")]
 pub use store::Engine;
+pub use wire::FENCING_TOKEN;

@@ -13,16 +13,14 @@ use serde::Deserialize;
 use tracing::debug;
 
 use super::fence::Rejection;
+use super::http::{AppState, error_response, json};
 use super::metrics::{Op as MetricOp, Outcome};
-use super::server::{AppState, error_response, json};
 use super::store::{Op, Reply, StoreError};
 use super::wire::{
-    DecodeError, FenceState, KvValue, KvWritten, StaleBody, check_name, parse_token_header,
+    DecodeError, FENCING_TOKEN, FenceState, KvValue, KvWritten, StaleBody, check_name,
+    parse_token_header,
 };
 use crate::FencingToken;
-
-/// The header that carries the fencing token.
-pub const FENCING_TOKEN: &str = "fencing-token";
 
 #[derive(Debug, Deserialize)]
 pub(super) struct FenceParam {

@@ -15,8 +15,8 @@ use axum::response::Response;
 use tracing::debug;
 
 use super::fence::{Policy, Rejection};
+use super::http::{AppState, json};
 use super::metrics::{Op as MetricOp, Outcome};
-use super::server::{AppState, json};
 use super::store::{Op, Reply, StoreError};
 use super::wire::{KEY_NOT_FOUND, SeedOp, SeedRequest, SeedResponse};
 use crate::FencingToken;

@@ -18,18 +18,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
-use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use super::fence::Policy;
+use super::http::{App, AppState, error_response};
 use super::metrics::Metrics;
-use super::store::{Engine, Store, StoreHandle};
-use super::wire::ErrorBody;
+use super::store::{Engine, Store};
 use super::{rest, seed};
 use crate::storage::backend::BackendError;
 
@@ -54,16 +53,6 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("opening or closing the store panicked: {0}")]
     Join(#[from] tokio::task::JoinError),
-}
-
-/// What every handler shares, behind one `Arc` so that handing it to a handler costs one
-/// reference count, not one per field.
-pub(super) type AppState = Arc<App>;
-
-pub(super) struct App {
-    pub store: StoreHandle,
-    pub metrics: Arc<Metrics>,
-    pub policy: Policy,
 }
 
 /// A server whose store is open, ready to serve a listener.
@@ -161,30 +150,5 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
-    )
-}
-
-/// A JSON response. Serializing our own plain structs cannot fail; if it somehow did, the
-/// client still gets a JSON 500 rather than a dropped connection.
-pub(super) fn json(status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [(header::CONTENT_TYPE, "application/json")],
-            format!(r#"{{"error":"internal","message":"cannot encode the answer: {e}"}}"#),
-        )
-            .into_response(),
-    }
-}
-
-/// `{"error": code, "message": text}` with `status`.
-pub(super) fn error_response(status: StatusCode, code: &str, message: String) -> Response {
-    json(
-        status,
-        &ErrorBody {
-            error: code.to_owned(),
-            message,
-        },
     )
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::FencingToken;
 use crate::token::MAX_TOKEN;
 
+/// The HTTP header that carries the fencing token on the REST face.
+pub const FENCING_TOKEN: &str = "fencing-token";
+
 /// Fjall limits keys to 64 KiB; fence names and keys are stored as keys.
 pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
 

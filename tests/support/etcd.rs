@@ -13,7 +13,7 @@ use std::ops::{Deref, DerefMut};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use fencelock::etcd_cluster::EtcdCluster;
+use fencelock::process::EtcdCluster;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Slots per test binary: a 1-member cluster takes one, a larger cluster takes all.

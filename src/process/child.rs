@@ -7,7 +7,7 @@ use std::process::Command;
 /// parent that dies without cleaning up (SIGKILL, a panic that aborts) leaves no child
 /// running. Spawn from a thread that lives as long as the child: a runtime's worker or the
 /// main thread. For a tokio command, pass `command.as_std_mut()`.
-pub(crate) fn die_with_parent(command: &mut Command) -> &mut Command {
+pub fn die_with_parent(command: &mut Command) -> &mut Command {
     // SAFETY: the hook runs between fork and exec and makes one async-signal-safe call.
     unsafe { command.pre_exec(set_parent_death_signal) }
 }

@@ -321,7 +321,7 @@ impl Member {
         // the kernel kills the members too instead of leaving them running. (Linux ties the
         // signal to the thread that started the member: a runtime's worker or main thread,
         // which lives as long as the cluster.)
-        crate::child::die_with_parent(&mut command);
+        super::die_with_parent(&mut command);
         let child = command.spawn().map_err(|source| ClusterError::Spawn {
             binary: binary.display().to_string(),
             source,
@@ -392,7 +392,7 @@ async fn member_answers(endpoint: &str) -> Result<(), String> {
     let client = Client::connect_with_timeout([endpoint], Duration::from_secs(1))
         .await
         .map_err(|e| e.to_string())?;
-    let read = crate::lock::pb::etcdserverpb::RangeRequest {
+    let read = crate::etcd::etcdserverpb::RangeRequest {
         key: b"health".to_vec(),
         ..Default::default()
     };

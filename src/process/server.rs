@@ -120,7 +120,7 @@ async fn start(
         .stderr(Stdio::null())
         .kill_on_drop(true);
     // If this process dies without dropping the child, the kernel ends the child too.
-    crate::child::die_with_parent(command.as_std_mut());
+    super::die_with_parent(command.as_std_mut());
     let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
         what: what.clone(),
         source,
