@@ -629,7 +629,8 @@ async fn listen(address: &str) -> anyhow::Result<(tokio::net::TcpListener, std::
 /// Prints the address a server listens on: tools that start it on port 0 read this line.
 fn announce(addr: std::net::SocketAddr) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on http://{addr}").context("cannot write to stdout")?;
+    writeln!(stdout, "{}{addr}", fencelock::process::READY_PREFIX)
+        .context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")
 }
 

@@ -9,6 +9,6 @@ mod child;
 mod etcd;
 mod server;
 
-pub use child::die_with_parent;
+pub use child::{READY_PREFIX, Signal, die_with_parent, send_signal};
 pub use etcd::{ClusterError, EtcdCluster};
 pub use server::{ServerProcess, SpawnError};

@@ -130,7 +130,7 @@ async fn start(
     let announced = tokio::time::timeout(READY_TIMEOUT, async {
         while let Ok(Some(line)) = lines.next_line().await {
             if let Some(addr) = line
-                .strip_prefix("listening on http://")
+                .strip_prefix(super::READY_PREFIX)
                 .and_then(|a| a.parse::<SocketAddr>().ok())
             {
                 return Some(addr);
