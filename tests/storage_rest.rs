@@ -38,7 +38,11 @@ async fn rest_put_and_get_with_a_stale_put_answered_409_naming_fence_presented_a
         .unwrap();
     assert_eq!(
         answer(response).await,
-        (200, json!({"key": "config", "value": "hello", "token": 4}))
+        (
+            200,
+            json!({"key": "config", "value": "hello", "token": 4,
+                   "fence": "/lock", "own_fence": false, "fence_token": 4})
+        )
     );
 
     println!("PUT with token 3 under the same fence: 409");
@@ -126,19 +130,33 @@ async fn fence_names_and_key_names_live_apart() {
     let http = reqwest::Client::new();
     let url = &server.url;
 
-    println!("key `/lock` (its own fence) and fence `/lock`: a value and a fence, side by side");
+    println!("key `/lock` is its own fence: writing it leaves the lock `/lock`'s fence alone");
     let write = json!({"op": "write", "key": "/lock", "val": "data", "version": 3});
     assert_eq!(seed(&http, url, write).await.1["err"], "");
-    let (_, fence) = answer(
+    let (status, fence) = answer(
         http.get(format!("{url}/v1/fences//lock"))
             .send()
             .await
             .unwrap(),
     )
     .await;
-    assert_eq!(fence, json!({"fence": "/lock", "token": 3}));
+    assert_eq!((status, &fence["error"]), (404, &json!("fence_not_found")));
     let (_, value) = answer(http.get(format!("{url}/v1/kv//lock")).send().await.unwrap()).await;
-    assert_eq!(value, json!({"key": "/lock", "value": "data", "token": 3}));
+    assert_eq!(
+        value,
+        json!({"key": "/lock", "value": "data", "token": 3,
+               "fence": null, "own_fence": true, "fence_token": 3})
+    );
+
+    println!("the lock `/lock` starts from no token: a holder with token 1 writes another key");
+    let response = http
+        .put(format!("{url}/v1/kv/guarded?fence=/lock"))
+        .header("Fencing-Token", "1")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer(response).await.0, 200);
 
     println!("a fence nobody used: 404");
     let (status, body) = answer(
@@ -215,7 +233,8 @@ async fn storage_client_writes_reads_and_reports_stale_tokens_as_a_typed_error()
             .unwrap(),
         Some(Stored {
             value: "ten".into(),
-            token: Some(token(10))
+            token: Some(token(10)),
+            fence: Some("/lock".into()),
         })
     );
     assert_eq!(client.fence("/lock").await.unwrap(), Some(token(10)));

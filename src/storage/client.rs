@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 
-use super::wire::{ErrorBody, FENCING_TOKEN, FenceState, KvValue, StaleBody};
+use super::wire::{ErrorBody, FENCING_TOKEN, FenceState, KvValue, StaleBody, WrongFenceBody};
 use crate::FencingToken;
 
 /// How long one request may take before the client gives up: far above a durable commit
@@ -25,6 +25,17 @@ pub enum ClientError {
         presented: FencingToken,
         current: FencingToken,
     },
+    /// The key belongs to another fence than the one the request named: a request under
+    /// the right lock name (or with none, for a key that is its own fence) is needed.
+    #[error("key {key:?} belongs to {}, not to {}", fence_words(.fence.as_deref()), fence_words(.requested.as_deref()))]
+    WrongFence {
+        /// The key of the request.
+        key: String,
+        /// The lock name the key belongs to; `None` for the key's own fence.
+        fence: Option<String>,
+        /// The lock name the request named; `None` for the key's own fence.
+        requested: Option<String>,
+    },
     /// The server answered with an error other than a stale token.
     #[error("storage answered {status}: {error}: {message}")]
     Server {
@@ -39,11 +50,22 @@ pub enum ClientError {
     BadUrl(String),
 }
 
+fn fence_words(lock: Option<&str>) -> String {
+    match lock {
+        Some(name) => format!("fence {name:?}"),
+        None => "its own fence".to_owned(),
+    }
+}
+
 /// A value as stored, with the token of the write that stored it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
+    /// The value.
     pub value: String,
+    /// The token of the write that stored it, if that write carried one.
     pub token: Option<FencingToken>,
+    /// The lock name whose fence guards the key; `None` when the key is its own fence.
+    pub fence: Option<String>,
 }
 
 /// A client of one storage server.
@@ -95,6 +117,7 @@ impl StorageClient {
         Ok(Some(Stored {
             value: body.value,
             token: body.token,
+            fence: body.fence,
         }))
     }
 
@@ -152,15 +175,23 @@ async fn check(
     if status.is_success() {
         return Ok(response);
     }
-    if status == StatusCode::CONFLICT {
-        let body: StaleBody = response.json().await?;
-        return Err(ClientError::StaleToken {
-            fence: body.fence,
-            presented: body.presented.unwrap_or(presented),
-            current: body.current,
-        });
-    }
     let text = response.text().await?;
+    if status == StatusCode::CONFLICT {
+        if let Ok(body) = serde_json::from_str::<StaleBody>(&text) {
+            return Err(ClientError::StaleToken {
+                fence: body.fence,
+                presented: body.presented.unwrap_or(presented),
+                current: body.current,
+            });
+        }
+        if let Ok(body) = serde_json::from_str::<WrongFenceBody>(&text) {
+            return Err(ClientError::WrongFence {
+                key: body.key,
+                fence: body.fence,
+                requested: body.requested,
+            });
+        }
+    }
     let (error, message) = match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.error, body.message),
         Err(_) => ("unexpected_answer".to_owned(), text),

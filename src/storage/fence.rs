@@ -10,7 +10,14 @@
 //! Invariants under [`Policy::Strict`] and [`Policy::Writes`]:
 //! - a fence never goes down: an accepted request leaves it at `max(current, presented)`;
 //! - a request whose token is below the fence is rejected, equal is accepted (the same holder
-//!   again), above is accepted and raises the fence.
+//!   again), above is accepted and raises the fence;
+//! - each key belongs to one fence ([`Binding`]): the first checked access binds the key to
+//!   the fence it names (a lock name, or the key's own fence when it names none), and a
+//!   checked access naming any other fence is refused ([`bind`]). Otherwise a stale holder
+//!   would simply name another fence, or none, and its write would go through.
+//!
+//! A key's own fence lives in a namespace of its own: the key `/lock`'s own fence is not the
+//! fence of the lock `/lock`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -73,6 +80,42 @@ pub enum Access {
     Write,
 }
 
+/// The fence a key belongs to, or a request names for its key.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// The fence of a lock name: one lock guards every key bound to it.
+    Lock(String),
+    /// The key's own fence, as in the seed: the request named no fence.
+    OwnKey,
+}
+
+impl Binding {
+    /// The binding a request asks for: `Some(lock name)` or none, the key's own fence.
+    pub fn of(fence: Option<&str>) -> Self {
+        match fence {
+            Some(name) => Binding::Lock(name.to_owned()),
+            None => Binding::OwnKey,
+        }
+    }
+
+    /// The lock name, `None` for the key's own fence.
+    pub fn lock_name(&self) -> Option<&str> {
+        match self {
+            Binding::Lock(name) => Some(name),
+            Binding::OwnKey => None,
+        }
+    }
+}
+
+impl fmt::Display for Binding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Binding::Lock(name) => write!(f, "fence {name:?}"),
+            Binding::OwnKey => f.write_str("its own fence"),
+        }
+    }
+}
+
 /// An accepted request, and the token the fence must hold afterwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Accepted {
@@ -96,6 +139,46 @@ pub enum Rejection {
     /// A write without a token, under a policy that checks writes.
     #[error("a write must carry a fencing token (fence {fence:?})")]
     MissingToken { fence: String },
+    /// The key belongs to another fence than the one the request names.
+    #[error("key {key:?} belongs to {bound}, not to {requested}")]
+    WrongFence {
+        /// The key of the request.
+        key: String,
+        /// The fence the key belongs to.
+        bound: Binding,
+        /// The fence the request named.
+        requested: Binding,
+    },
+}
+
+/// Whether `policy` checks an `access` presenting `presented` against its fence at all. An
+/// access that is not checked neither moves a fence nor binds its key.
+pub fn is_checked(policy: Policy, access: Access, presented: Option<FencingToken>) -> bool {
+    match (policy, access) {
+        (Policy::Off, _) => false,
+        (Policy::Strict, Access::Read) => presented.is_some(),
+        (Policy::Writes | Policy::Seed, Access::Read) => false,
+        (Policy::Strict | Policy::Writes | Policy::Seed, Access::Write) => true,
+    }
+}
+
+/// The binding rule for a checked access to `key`: `bound` is the key's fence (`None` while
+/// no checked access has touched it), `requested` the fence the request names. Returns the
+/// binding to record, if the key was unbound, or refuses a request for another fence.
+pub fn bind(
+    key: &str,
+    bound: Option<&Binding>,
+    requested: &Binding,
+) -> Result<Option<Binding>, Rejection> {
+    match bound {
+        None => Ok(Some(requested.clone())),
+        Some(bound) if bound == requested => Ok(None),
+        Some(bound) => Err(Rejection::WrongFence {
+            key: key.to_owned(),
+            bound: bound.clone(),
+            requested: requested.clone(),
+        }),
+    }
 }
 
 fn show(token: Option<FencingToken>) -> u64 {
@@ -112,13 +195,7 @@ pub fn check(
     presented: Option<FencingToken>,
     current: Option<FencingToken>,
 ) -> Result<Accepted, Rejection> {
-    let checked = match (policy, access) {
-        (Policy::Off, _) => false,
-        (Policy::Strict, Access::Read) => presented.is_some(),
-        (Policy::Writes | Policy::Seed, Access::Read) => false,
-        (Policy::Strict | Policy::Writes | Policy::Seed, Access::Write) => true,
-    };
-    if !checked {
+    if !is_checked(policy, access, presented) {
         return Ok(Accepted { raise_to: None });
     }
     if policy == Policy::Seed {
@@ -281,6 +358,39 @@ mod tests {
             err.to_string(),
             "stale fencing token for fence \"/lock\": presented 4, current 5"
         );
+    }
+
+    #[test]
+    fn the_first_fence_named_binds_the_key_and_others_are_refused() {
+        let lock = Binding::of(Some("/lock"));
+        assert_eq!(bind("k", None, &lock), Ok(Some(lock.clone())));
+        assert_eq!(bind("k", Some(&lock), &lock), Ok(None));
+        for other in [Binding::of(Some("/other")), Binding::OwnKey] {
+            assert_eq!(
+                bind("k", Some(&lock), &other),
+                Err(Rejection::WrongFence {
+                    key: "k".into(),
+                    bound: lock.clone(),
+                    requested: other.clone(),
+                })
+            );
+        }
+        let own = Binding::OwnKey;
+        assert_eq!(bind("k", None, &own), Ok(Some(Binding::OwnKey)));
+        assert!(bind("k", Some(&own), &lock).is_err());
+        assert_eq!(
+            bind("k", Some(&lock), &own).unwrap_err().to_string(),
+            "key \"k\" belongs to fence \"/lock\", not to its own fence"
+        );
+    }
+
+    #[test]
+    fn only_checked_accesses_bind() {
+        assert!(!is_checked(Policy::Off, Access::Write, t(1)));
+        assert!(!is_checked(Policy::Strict, Access::Read, None));
+        assert!(is_checked(Policy::Strict, Access::Read, t(1)));
+        assert!(!is_checked(Policy::Writes, Access::Read, t(1)));
+        assert!(is_checked(Policy::Seed, Access::Write, None));
     }
 
     #[test]

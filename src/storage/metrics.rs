@@ -39,16 +39,18 @@ pub enum Outcome {
     NotFound,
     Stale,
     MissingToken,
+    WrongFence,
     BadRequest,
     Failed,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::NotFound,
         Outcome::Stale,
         Outcome::MissingToken,
+        Outcome::WrongFence,
         Outcome::BadRequest,
         Outcome::Failed,
     ];
@@ -59,6 +61,7 @@ impl Outcome {
             Outcome::NotFound => "not_found",
             Outcome::Stale => "stale",
             Outcome::MissingToken => "missing_token",
+            Outcome::WrongFence => "wrong_fence",
             Outcome::BadRequest => "bad_request",
             Outcome::Failed => "failed",
         }

@@ -12,13 +12,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tracing::debug;
 
-use super::fence::Rejection;
+use super::fence::{Binding, Rejection};
 use super::http::{AppState, error_response, json};
 use super::metrics::{Op as MetricOp, Outcome};
-use super::store::{Op, Reply, StoreError};
+use super::store::{KeyFence, Op, Reply, StoreError};
 use super::wire::{
-    DecodeError, FENCING_TOKEN, FenceState, KvValue, KvWritten, StaleBody, check_name,
-    parse_token_header,
+    DecodeError, FENCING_TOKEN, FenceState, KvValue, KvWritten, StaleBody, WrongFenceBody,
+    check_name, parse_token_header,
 };
 use crate::FencingToken;
 
@@ -79,12 +79,17 @@ pub(super) async fn get_value(
         token: request.token,
     };
     match app.store.execute(op).await {
-        Ok(Reply::Value(Some(entry))) => {
+        Ok(Reply::Value(Some(entry), KeyFence { binding, token })) => {
             app.metrics.request(MetricOp::Read, Outcome::Ok);
             let body = KvValue {
                 key: request.key,
                 value: String::from_utf8_lossy(&entry.value).into_owned(),
                 token: entry.token,
+                fence: binding
+                    .as_ref()
+                    .and_then(|b| b.lock_name().map(str::to_owned)),
+                own_fence: binding == Some(Binding::OwnKey),
+                fence_token: token,
             };
             json(StatusCode::OK, &body)
         }
@@ -212,6 +217,23 @@ fn refused(app: &AppState, op: MetricOp, error: StoreError) -> Response {
                 fence,
                 presented,
                 current,
+            };
+            json(StatusCode::CONFLICT, &body)
+        }
+        StoreError::Rejected(
+            ref rejection @ Rejection::WrongFence {
+                ref key,
+                ref bound,
+                ref requested,
+            },
+        ) => {
+            app.metrics.request(op, Outcome::WrongFence);
+            let body = WrongFenceBody {
+                error: "wrong_fence".into(),
+                message: rejection.to_string(),
+                key: key.clone(),
+                fence: bound.lock_name().map(str::to_owned),
+                requested: requested.lock_name().map(str::to_owned),
             };
             json(StatusCode::CONFLICT, &body)
         }

@@ -54,7 +54,7 @@ pub(super) async fn handle(
                 token,
             };
             match app.store.execute(op).await {
-                Ok(Reply::Value(Some(entry))) => {
+                Ok(Reply::Value(Some(entry), _)) => {
                     app.metrics.request(MetricOp::Read, Outcome::Ok);
                     let val = String::from_utf8_lossy(&entry.value);
                     json(StatusCode::OK, &SeedResponse::ok(&val, entry.token))
@@ -106,6 +106,11 @@ fn refused(app: &AppState, op: MetricOp, error: StoreError) -> Response {
         StoreError::Rejected(Rejection::Stale { .. }) => {
             (StatusCode::OK, Outcome::Stale, error.to_string().into())
         }
+        StoreError::Rejected(Rejection::WrongFence { .. }) => (
+            StatusCode::OK,
+            Outcome::WrongFence,
+            error.to_string().into(),
+        ),
         StoreError::Rejected(Rejection::MissingToken { .. }) => (
             StatusCode::OK,
             Outcome::MissingToken,

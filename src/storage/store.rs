@@ -10,6 +10,8 @@
 //! Invariants:
 //! - Requests take effect in the order they reach the writer, and the fence check and its
 //!   effect are one step: only the writer thread decides.
+//! - A key's binding to its fence is checked before the fence itself, and recorded in the
+//!   same batch as the access that made it, so no request ever sees a key under two fences.
 //! - A reply leaves only after its batch is committed, so an acknowledged write, and a fence
 //!   raised by a read, are durable before anyone hears of them; and nobody reads a value that
 //!   could still vanish in a crash.
@@ -33,8 +35,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-use super::backend::{Backend, BackendError, Change, Entry};
-use super::fence::{self, Access, Policy, Rejection};
+use super::backend::{Backend, BackendError, Change, Entry, FenceId};
+use super::fence::{self, Access, Binding, Policy, Rejection};
 use super::metrics::Metrics;
 use crate::FencingToken;
 
@@ -66,9 +68,19 @@ pub enum Op {
 /// A successful answer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
-    Value(Option<Entry>),
+    /// The value under the key, if any.
+    Value(Option<Entry>, KeyFence),
     Written,
     Fence(Option<FencingToken>),
+}
+
+/// The fence a key belongs to, as a read shows it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KeyFence {
+    /// The key's binding; `None` while no checked access has touched it.
+    pub binding: Option<Binding>,
+    /// The token of that fence; `None` while unbound or while the fence has seen none.
+    pub token: Option<FencingToken>,
 }
 
 /// Why the store did not carry a request out.
@@ -181,7 +193,8 @@ impl Store {
 #[derive(Default)]
 struct Pending {
     values: HashMap<String, Entry>,
-    fences: HashMap<String, FencingToken>,
+    fences: HashMap<FenceId, FencingToken>,
+    bindings: HashMap<String, Binding>,
     changes: Vec<Change>,
 }
 
@@ -189,6 +202,7 @@ impl Pending {
     fn clear(&mut self) {
         self.values.clear();
         self.fences.clear();
+        self.bindings.clear();
         self.changes.clear();
     }
 }
@@ -257,7 +271,12 @@ impl Writer {
                     Some(entry) => Some(entry.clone()),
                     None => self.backend.value(&key).map_err(failed)?,
                 };
-                Ok(Reply::Value(value))
+                let binding = self.binding(&key)?;
+                let token = match &binding {
+                    Some(binding) => self.current_fence(&FenceId::new(&key, binding))?,
+                    None => None,
+                };
+                Ok(Reply::Value(value, KeyFence { binding, token }))
             }
             Op::Write {
                 key,
@@ -271,12 +290,13 @@ impl Writer {
                 self.pending.changes.push(Change::Value { key, entry });
                 Ok(Reply::Written)
             }
-            Op::Fence { name } => Ok(Reply::Fence(self.current_fence(&name)?)),
+            Op::Fence { name } => Ok(Reply::Fence(self.current_fence(&FenceId::Lock(name))?)),
         }
     }
 
-    /// Applies the fence rule to the fence guarding `key` (`fence`, or the key itself) and
-    /// raises it when the rule says so.
+    /// Applies the binding rule and then the fence rule to a request for `key` naming
+    /// `fence` (a lock name, or none for the key's own fence), and records what the rules
+    /// say: the key's binding on its first checked access, a raised fence.
     fn pass_fence(
         &mut self,
         access: Access,
@@ -284,26 +304,41 @@ impl Writer {
         fence: Option<&str>,
         token: Option<FencingToken>,
     ) -> Result<(), StoreError> {
-        if self.policy == Policy::Off {
+        if !fence::is_checked(self.policy, access, token) {
             return Ok(());
         }
-        let fence = fence.unwrap_or(key);
-        let current = self.current_fence(fence)?;
-        match fence::check(self.policy, access, fence, token, current) {
-            Ok(accepted) => {
-                if let Some(raised) = accepted.raise_to {
-                    self.pending.fences.insert(fence.to_owned(), raised);
-                    self.pending.changes.push(Change::Fence {
-                        name: fence.to_owned(),
-                        token: raised,
+        let requested = Binding::of(fence);
+        let bound = self.binding(key)?;
+        let id = FenceId::new(key, &requested);
+        let current = self.current_fence(&id)?;
+        let fence_name = fence.unwrap_or(key);
+        let decided = fence::bind(key, bound.as_ref(), &requested).and_then(|binding| {
+            fence::check(self.policy, access, fence_name, token, current)
+                .map(|accepted| (binding, accepted))
+        });
+        match decided {
+            Ok((binding, accepted)) => {
+                if let Some(binding) = binding {
+                    self.pending
+                        .bindings
+                        .insert(key.to_owned(), binding.clone());
+                    self.pending.changes.push(Change::Bind {
+                        key: key.to_owned(),
+                        binding,
                     });
+                }
+                if let Some(raised) = accepted.raise_to {
+                    self.pending.fences.insert(id.clone(), raised);
+                    self.pending
+                        .changes
+                        .push(Change::Fence { id, token: raised });
                 }
                 Ok(())
             }
             Err(rejection) => {
                 warn!(
                     key,
-                    fence = %fence,
+                    fence = %fence_name,
                     token = token.map_or(0, FencingToken::get),
                     current = current.map_or(0, FencingToken::get),
                     "rejected: {rejection}"
@@ -313,10 +348,17 @@ impl Writer {
         }
     }
 
-    fn current_fence(&self, name: &str) -> Result<Option<FencingToken>, StoreError> {
-        match self.pending.fences.get(name) {
+    fn current_fence(&self, id: &FenceId) -> Result<Option<FencingToken>, StoreError> {
+        match self.pending.fences.get(id) {
             Some(token) => Ok(Some(*token)),
-            None => self.backend.fence(name).map_err(failed),
+            None => self.backend.fence(id).map_err(failed),
+        }
+    }
+
+    fn binding(&self, key: &str) -> Result<Option<Binding>, StoreError> {
+        match self.pending.bindings.get(key) {
+            Some(binding) => Ok(Some(binding.clone())),
+            None => self.backend.binding(key).map_err(failed),
         }
     }
 }

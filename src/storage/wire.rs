@@ -174,6 +174,16 @@ pub struct KvValue {
     pub value: String,
     /// The token of the write that stored the value (`null` if it carried none).
     pub token: Option<FencingToken>,
+    /// The lock name whose fence guards the key; `null` when the key is its own fence or no
+    /// checked access has bound it yet.
+    #[serde(default)]
+    pub fence: Option<String>,
+    /// True when the key is bound to its own fence (its first checked access named none).
+    #[serde(default)]
+    pub own_fence: bool,
+    /// The current token of the key's fence (a lock's or its own); `null` while unbound.
+    #[serde(default)]
+    pub fence_token: Option<FencingToken>,
 }
 
 /// REST: `PUT /v1/kv/{key}` answer.
@@ -199,6 +209,21 @@ pub struct StaleBody {
     /// The presented token; `null` only under the seed policy for a write without one.
     pub presented: Option<FencingToken>,
     pub current: FencingToken,
+}
+
+/// REST: the 409 body for a request naming another fence than the key's.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WrongFenceBody {
+    /// Always `"wrong_fence"`.
+    pub error: String,
+    /// The refusal in words.
+    pub message: String,
+    /// The key of the request.
+    pub key: String,
+    /// The lock name the key belongs to; `null` for the key's own fence.
+    pub fence: Option<String>,
+    /// The lock name the request named; `null` when it named none (the key's own fence).
+    pub requested: Option<String>,
 }
 
 /// REST and routing errors: `{"error": code, "message": text}`.
