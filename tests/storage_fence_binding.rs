@@ -186,3 +186,36 @@ async fn storage_client_reports_a_wrong_fence_as_a_typed_error() {
         "key \"orders\" belongs to fence \"/orders-lock\", not to its own fence"
     );
 }
+
+#[tokio::test]
+async fn storage_client_round_trips_every_key_and_each_read_raises_its_fence() {
+    let server = StorageProcess::in_memory("strict");
+    let client = StorageClient::new(&server.url).unwrap();
+    let keys = [
+        ".", "..", "%", "%2e", "%2F", "a/../b", "/lock", "ключ", "键/值", " space ", "?&#=",
+    ];
+    for (i, key) in keys.iter().enumerate() {
+        let fence = format!("/keys-{i}");
+        println!("{key:?} under {fence}: write with token 5, read it back with token 6");
+        client
+            .write(key, &format!("value of {key}"), token(5), Some(&fence))
+            .await
+            .unwrap_or_else(|e| panic!("write {key:?}: {e}"));
+        let stored = client
+            .read(key, token(6), Some(&fence))
+            .await
+            .unwrap_or_else(|e| panic!("read {key:?}: {e}"))
+            .unwrap_or_else(|| panic!("{key:?} read back as missing"));
+        assert_eq!(stored.value, format!("value of {key}"));
+        assert_eq!(
+            client.fence(&fence).await.unwrap(),
+            Some(token(6)),
+            "the read of {key:?} raised its fence"
+        );
+        let err = client.write(key, "late", token(5), Some(&fence)).await;
+        assert!(
+            matches!(err, Err(ClientError::StaleToken { .. })),
+            "{key:?}: {err:?}"
+        );
+    }
+}

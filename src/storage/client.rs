@@ -103,7 +103,7 @@ impl StorageClient {
         token: FencingToken,
         fence: Option<&str>,
     ) -> Result<Option<Stored>, ClientError> {
-        let url = self.url(&["v1", "kv", key], fence)?;
+        let url = self.key_url(key, fence)?;
         let response = self
             .http
             .get(url)
@@ -129,7 +129,7 @@ impl StorageClient {
         token: FencingToken,
         fence: Option<&str>,
     ) -> Result<(), ClientError> {
-        let url = self.url(&["v1", "kv", key], fence)?;
+        let url = self.key_url(key, fence)?;
         let response = self
             .http
             .put(url)
@@ -150,6 +150,18 @@ impl StorageClient {
         }
         let body: FenceState = response.error_for_status()?.json().await?;
         Ok(Some(body.token))
+    }
+
+    /// The URL of `key`: `base/v1/kv/KEY`, or `base/v1/kv?key=KEY` for `.` and `..`, which a
+    /// URL path cannot carry (URL parsers remove them as dot segments, percent-encoded too).
+    fn key_url(&self, key: &str, fence: Option<&str>) -> Result<Url, ClientError> {
+        if matches!(key, "." | "..") {
+            let mut url = self.url(&["v1", "kv"], fence)?;
+            url.query_pairs_mut().append_pair("key", key);
+            Ok(url)
+        } else {
+            self.url(&["v1", "kv", key], fence)
+        }
     }
 
     /// `base/segments...?fence=NAME`, each segment percent-encoded (a `/` in a key included).

@@ -1,4 +1,5 @@
-//! The REST face: `GET`/`PUT /v1/kv/{key}`, `GET /v1/fences/{name}`, `/healthz`, `/metrics`.
+//! The REST face: `GET`/`PUT /v1/kv/{key}` (or `/v1/kv?key=K`), `GET /v1/fences/{name}`,
+//! `/healthz`, `/metrics`.
 //!
 //! The fencing token travels in the `Fencing-Token` header and the lock name in an optional
 //! `?fence=NAME`. A stale token is a `409` whose body names the fence, the presented and the
@@ -25,6 +26,9 @@ use crate::FencingToken;
 #[derive(Debug, Deserialize)]
 pub(super) struct FenceParam {
     fence: Option<String>,
+    /// The key, for `/v1/kv?key=K`: the form for keys that a URL path cannot carry (`.` and
+    /// `..` are removed from paths by every URL parser, as RFC 3986 dot segments).
+    key: Option<String>,
 }
 
 /// The parts every key request shares, validated.
@@ -41,8 +45,13 @@ fn key_request(
     query: Result<Query<FenceParam>, QueryRejection>,
     headers: &HeaderMap,
 ) -> Result<KeyRequest, String> {
-    let Path(key) = path.map_err(|e| e.body_text())?;
     let Query(param) = query.map_err(|e| e.body_text())?;
+    let key = match (param.key, path) {
+        (None, Ok(Path(key))) => key,
+        (Some(key), Err(_)) => key,
+        (Some(_), Ok(_)) => return Err("name the key in the path or in ?key=, not both".into()),
+        (None, Err(e)) => return Err(e.body_text()),
+    };
     check_name("the key", &key).map_err(|e| e.to_string())?;
     let fence = param.fence.filter(|f| !f.is_empty());
     if let Some(fence) = &fence {

@@ -6,7 +6,7 @@
 //! | route | handler |
 //! |---|---|
 //! | `POST /` | the seed's JSON protocol ([`super::seed`]) |
-//! | `GET`, `PUT /v1/kv/{key}` | the REST face ([`super::rest`]) |
+//! | `GET`, `PUT /v1/kv/{key}`, `/v1/kv?key=K` | the REST face ([`super::rest`]) |
 //! | `GET /v1/fences/{name}` | a fence's current token |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
@@ -128,6 +128,7 @@ fn router(state: AppState, max_body: usize) -> Router {
     Router::new()
         .route("/", post(seed::handle))
         .route("/v1/kv/{*key}", get(rest::get_value).put(rest::put_value))
+        .route("/v1/kv", get(rest::get_value).put(rest::put_value))
         .route("/v1/fences/{*name}", get(rest::get_fence))
         .route("/healthz", get(rest::healthz))
         .route("/metrics", get(rest::metrics))
