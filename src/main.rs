@@ -95,6 +95,10 @@ struct ClientArgs {
     /// The storage key to write.
     #[arg(long, default_value = "key0")]
     key: String,
+    /// How to talk to the storage: rest (fenced by the lock name), or seed, the seed's JSON on
+    /// `POST /` with no fence (the key is its own fence), which the seed's own storage speaks.
+    #[arg(long, value_enum, default_value_t = fencelock::storage::Protocol::Rest)]
+    protocol: fencelock::storage::Protocol,
     /// Lease TTL in seconds (the lock service may grant more; the granted TTL is printed).
     #[arg(long, value_name = "SECS", default_value_t = 1,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -494,6 +498,7 @@ fn client(args: ClientArgs) -> anyhow::Result<ExitCode> {
         },
         endpoints: args.endpoints,
         storage: args.storage,
+        protocol: args.protocol,
         lock: args.lock,
         key: args.key,
         ttl: Duration::from_secs(args.ttl),

@@ -15,12 +15,14 @@ use support::proc::{ChildGuard, fencelock_bin};
 /// A scenario takes about a TTL; the demo's own steps are bounded, this only stops a hang.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Runs `fencelock demo --json --out <tmp> <args>`; its exit status, report and picture.
+/// Runs `fencelock demo --json --out <tmp>/new/dir <args>` (the demo creates `--out` when it
+/// is missing); its exit status, report and picture.
 fn run_demo(args: &[&str]) -> (Option<i32>, Value, String) {
-    let out = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("new/dir");
     let mut cmd = Command::new(fencelock_bin());
     cmd.args(["demo", "--json", "--out"])
-        .arg(out.path())
+        .arg(&out)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
@@ -36,7 +38,7 @@ fn run_demo(args: &[&str]) -> (Option<i32>, Value, String) {
     println!("{text}");
     let report: Value =
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("not one JSON document: {e}"));
-    let svg = std::fs::read_to_string(out.path().join("demo-timeline.svg"))
+    let svg = std::fs::read_to_string(out.join("demo-timeline.svg"))
         .expect("the demo writes demo-timeline.svg in --out");
     (status.code(), report, svg)
 }
@@ -159,13 +161,12 @@ async fn the_demo_on_a_three_member_etcd_rejects_the_stale_write_with_fencing() 
 
 #[test]
 fn the_demo_refuses_bad_input_in_one_line() {
+    // A directory cannot be made under a plain file, not even by root.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let under_a_file = file.path().join("dir/for/the/picture");
     let output = Command::new(fencelock_bin())
-        .args([
-            "demo",
-            "--out",
-            "/nonexistent/dir/for/the/picture",
-            "--json",
-        ])
+        .args(["demo", "--json", "--out"])
+        .arg(&under_a_file)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -173,5 +174,5 @@ fn the_demo_refuses_bad_input_in_one_line() {
     println!("stderr: {stderr}");
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("/nonexistent/dir"), "{stderr}");
+    assert!(stderr.contains("dir/for/the/picture"), "{stderr}");
 }

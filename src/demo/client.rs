@@ -24,7 +24,7 @@ use tokio::io::AsyncBufReadExt;
 
 use fencelock::FencingToken;
 use fencelock::lock::{Client, LockGuard, LossReason, Session};
-use fencelock::storage::{ClientError, StorageClient};
+use fencelock::storage::{ClientError, Protocol, StorageClient};
 
 /// How long releasing the lock may take once the write is done. The outcome is already
 /// known by then; a lock service that does not answer must not hold the exit back.
@@ -60,6 +60,9 @@ pub struct ClientOptions {
     pub endpoints: Vec<String>,
     /// Base URL of the fenced storage.
     pub storage: String,
+    /// The storage protocol: REST (fenced by the lock name) or the seed's (the key is its own
+    /// fence), which the seed's own storage speaks.
+    pub protocol: Protocol,
     /// The lock name; also the fence the writes are checked against.
     pub lock: String,
     pub key: String,
@@ -124,7 +127,7 @@ pub async fn client(
         role: options.role,
     };
     // A bad URL is the user's mistake: report it before taking any lock.
-    let storage = StorageClient::new(&options.storage)?;
+    let storage = StorageClient::new(&options.storage)?.with_protocol(options.protocol);
     let client = Client::connect(&options.endpoints).await?;
     let session = client.session(options.ttl).await?;
     let guard = session.lock(&options.lock).await?;
@@ -163,7 +166,8 @@ pub async fn client(
 
     let token = guard.token();
     let value = options.role.value();
-    let fence = Some(options.lock.as_str());
+    // The seed protocol names no fence: there the key is its own fence, as in the seed.
+    let fence = (options.protocol == Protocol::Rest).then_some(options.lock.as_str());
     let outcome = match storage.write(&options.key, &value, token, fence).await {
         Ok(()) => {
             say.wrote(options, token, &value, None);

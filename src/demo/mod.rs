@@ -75,12 +75,9 @@ pub struct Report {
 /// Runs the demo, narrating on `out` (or printing the JSON report there with `json`).
 pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<Report> {
     let started = Instant::now();
-    // Found out before the scenarios run, not after.
-    anyhow::ensure!(
-        options.out_dir.is_dir(),
-        "{} is not a directory (--out)",
-        options.out_dir.display()
-    );
+    // Made (or found unusable) before the scenarios run, not after.
+    std::fs::create_dir_all(&options.out_dir)
+        .with_context(|| format!("cannot create {} (--out)", options.out_dir.display()))?;
     let data = tempfile::Builder::new()
         .prefix("fencelock-demo-")
         .tempdir()

@@ -3,12 +3,18 @@
 //! One pooled keep-alive HTTP client per `StorageClient`; clone it freely (clones share the
 //! pool). A stale token comes back as [`ClientError::StaleToken`], so callers can branch on
 //! "a newer holder exists" without parsing messages.
+//!
+//! Two protocols ([`Protocol`]): the REST face (the default), and the seed's JSON on `POST /`,
+//! which both `fencelock storage` and the seed's own storage speak. The seed protocol names no
+//! fence (each key is its own fence) and sends nothing the seed's storage would not decode.
 
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 
-use super::wire::{ErrorBody, FENCING_TOKEN, FenceState, KvValue, StaleBody, WrongFenceBody};
+use super::wire::{
+    ErrorBody, FENCING_TOKEN, FenceState, KEY_NOT_FOUND, KvValue, StaleBody, WrongFenceBody,
+};
 use crate::FencingToken;
 
 /// How long one request may take before the client gives up: far above a durable commit
@@ -48,6 +54,23 @@ pub enum ClientError {
     Http(#[from] reqwest::Error),
     #[error("invalid storage URL {0:?}")]
     BadUrl(String),
+    /// The seed protocol names no fence; a request naming one cannot be sent with it.
+    #[error(
+        "the seed protocol names no fence (each key is its own fence), but fence {0:?} was given"
+    )]
+    FenceInSeedProtocol(String),
+}
+
+/// Which of the storage's faces a [`StorageClient`] speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Protocol {
+    /// `GET`/`PUT /v1/kv/{key}` with the `Fencing-Token` header and `?fence=`.
+    #[default]
+    Rest,
+    /// The seed's `POST /` with `{"op","key","val","version"}`, no fence field: what the seed's
+    /// own storage understands. Each key is its own fence.
+    Seed,
 }
 
 fn fence_words(lock: Option<&str>) -> String {
@@ -73,6 +96,7 @@ pub struct Stored {
 pub struct StorageClient {
     http: reqwest::Client,
     base: Url,
+    protocol: Protocol,
 }
 
 impl StorageClient {
@@ -91,7 +115,17 @@ impl StorageClient {
         if base.cannot_be_a_base() {
             return Err(ClientError::BadUrl(base.to_string()));
         }
-        Ok(StorageClient { http, base })
+        Ok(StorageClient {
+            http,
+            base,
+            protocol: Protocol::Rest,
+        })
+    }
+
+    /// The same client speaking `protocol`.
+    pub fn with_protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Reads `key` under `token`. Under the strict policy the read raises the fence (`fence`,
@@ -103,6 +137,9 @@ impl StorageClient {
         token: FencingToken,
         fence: Option<&str>,
     ) -> Result<Option<Stored>, ClientError> {
+        if self.protocol == Protocol::Seed {
+            return self.seed_read(key, token, fence).await;
+        }
         let url = self.key_url(key, fence)?;
         let response = self
             .http
@@ -129,6 +166,9 @@ impl StorageClient {
         token: FencingToken,
         fence: Option<&str>,
     ) -> Result<(), ClientError> {
+        if self.protocol == Protocol::Seed {
+            return self.seed_write(key, value, token, fence).await;
+        }
         let url = self.key_url(key, fence)?;
         let response = self
             .http
@@ -150,6 +190,68 @@ impl StorageClient {
         }
         let body: FenceState = response.error_for_status()?.json().await?;
         Ok(Some(body.token))
+    }
+
+    async fn seed_read(
+        &self,
+        key: &str,
+        token: FencingToken,
+        fence: Option<&str>,
+    ) -> Result<Option<Stored>, ClientError> {
+        let request = serde_json::json!({"op": "read", "key": key, "version": token.get()});
+        match self.seed(&request, token, fence).await? {
+            Ok(answer) => Ok(Some(Stored {
+                value: answer.val,
+                token: u64::try_from(answer.version)
+                    .ok()
+                    .and_then(FencingToken::new),
+                fence: None,
+            })),
+            Err(err) if err == KEY_NOT_FOUND => Ok(None),
+            Err(err) => Err(seed_refusal(err, key, token)),
+        }
+    }
+
+    async fn seed_write(
+        &self,
+        key: &str,
+        value: &str,
+        token: FencingToken,
+        fence: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let request =
+            serde_json::json!({"op": "write", "key": key, "val": value, "version": token.get()});
+        match self.seed(&request, token, fence).await? {
+            Ok(_) => Ok(()),
+            Err(err) => Err(seed_refusal(err, key, token)),
+        }
+    }
+
+    /// Posts one seed-protocol request: `Ok(answer)` when `err` is empty, `Err(err)` when the
+    /// storage refused it in the seed's way.
+    async fn seed(
+        &self,
+        request: &serde_json::Value,
+        token: FencingToken,
+        fence: Option<&str>,
+    ) -> Result<Result<SeedAnswer, String>, ClientError> {
+        if let Some(fence) = fence {
+            return Err(ClientError::FenceInSeedProtocol(fence.to_owned()));
+        }
+        let response = self
+            .http
+            .post(self.base.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request.to_string())
+            .send()
+            .await?;
+        let response = check(response, token).await?;
+        let answer: SeedAnswer = response.json().await?;
+        Ok(if answer.err.is_empty() {
+            Ok(answer)
+        } else {
+            Err(answer.err)
+        })
     }
 
     /// The URL of `key`: `base/v1/kv/KEY`, or `base/v1/kv?key=KEY` for `.` and `..`, which a
@@ -175,6 +277,51 @@ impl StorageClient {
             url.query_pairs_mut().append_pair("fence", fence);
         }
         Ok(url)
+    }
+}
+
+/// The seed's answer, `{"val","version","err"}`, read the way the seed's client reads it.
+#[derive(serde::Deserialize)]
+struct SeedAnswer {
+    #[serde(default)]
+    val: String,
+    #[serde(default)]
+    version: i64,
+    #[serde(default)]
+    err: String,
+}
+
+/// A seed-protocol refusal as a [`ClientError`]: a stale token when the words say so (the
+/// seed's "given version (X) ... existing version (Y)", in hex, or fencelock's "presented X,
+/// current Y"), otherwise the words themselves.
+fn seed_refusal(err: String, key: &str, presented: FencingToken) -> ClientError {
+    let between = |text: &str, open: &str, close: &str| -> Option<String> {
+        let start = text.find(open)? + open.len();
+        let end = text[start..].find(close)? + start;
+        Some(text[start..end].to_owned())
+    };
+    let current = between(&err, "existing version (", ")")
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .or_else(|| {
+            let tail = err.rsplit("current ").next()?;
+            let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
+            (err.contains("stale fencing token"))
+                .then_some(digits)?
+                .parse()
+                .ok()
+        })
+        .and_then(FencingToken::new);
+    match current {
+        Some(current) => ClientError::StaleToken {
+            fence: between(&err, "fence \"", "\"").unwrap_or_else(|| key.to_owned()),
+            presented,
+            current,
+        },
+        None => ClientError::Server {
+            status: StatusCode::OK,
+            error: "refused".into(),
+            message: err,
+        },
     }
 }
 

@@ -39,7 +39,7 @@ pub mod wire;
 #[cfg(feature = "storage")]
 pub use backend::BackendError;
 #[cfg(feature = "client")]
-pub use client::{ClientError, StorageClient, Stored};
+pub use client::{ClientError, Protocol, StorageClient, Stored};
 pub use fence::Policy;
 #[cfg(feature = "storage")]
 pub use server::{Config, DEFAULT_MAX_BODY, Server, ServerError, run};
