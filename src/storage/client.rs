@@ -361,3 +361,35 @@ async fn check(
         message,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(n: u64) -> FencingToken {
+        FencingToken::new(n).unwrap()
+    }
+
+    #[test]
+    fn seed_refusals_in_the_seeds_words_and_in_fencelocks_are_stale_tokens() {
+        let seeds = "given version (a) is different from the existing version (1f)".to_owned();
+        match seed_refusal(seeds, "key0", t(10)) {
+            ClientError::StaleToken {
+                fence,
+                presented,
+                current,
+            } => assert_eq!((fence.as_str(), presented, current), ("key0", t(10), t(31))),
+            other => panic!("{other:?}"),
+        }
+        let ours = "stale fencing token for fence \"key0\": presented 4, current 5".to_owned();
+        assert!(matches!(
+            seed_refusal(ours, "key0", t(4)),
+            ClientError::StaleToken { current, .. } if current == t(5)
+        ));
+        let other = "a write must carry a fencing token (fence \"key0\")".to_owned();
+        assert!(matches!(
+            seed_refusal(other, "key0", t(4)),
+            ClientError::Server { .. }
+        ));
+    }
+}
