@@ -63,6 +63,11 @@ pub enum Change {
         /// What it now holds.
         entry: Entry,
     },
+    /// A value deleted (the key keeps its binding: it still belongs to its fence).
+    Delete {
+        /// The key deleted.
+        key: String,
+    },
     /// A fence raised.
     Fence {
         /// Which fence.
@@ -215,6 +220,7 @@ impl Backend for Fjall {
                     record.extend_from_slice(&entry.value);
                     batch.insert(&self.values, key.as_str(), record.as_slice());
                 }
+                Change::Delete { key } => batch.remove(&self.values, key.as_str()),
                 Change::Fence { id, token } => {
                     let (keyspace, name) = self.fences(id);
                     batch.insert(keyspace, name, raw_token(Some(*token)));
@@ -318,6 +324,9 @@ impl Backend for Memory {
             match change {
                 Change::Value { key, entry } => {
                     state.values.insert(key.clone(), entry.clone());
+                }
+                Change::Delete { key } => {
+                    state.values.remove(key);
                 }
                 Change::Fence { id, token } => {
                     let (fences, name) = state.fences(id);

@@ -13,7 +13,8 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 
 use super::wire::{
-    ErrorBody, FENCING_TOKEN, FenceState, KEY_NOT_FOUND, KvValue, StaleBody, WrongFenceBody,
+    ErrorBody, FENCING_TOKEN, FenceState, KEY_NOT_FOUND, KvValue, StaleBody, TxnAnswer, TxnBody,
+    TxnOutcome, TxnStep, WrongFenceBody,
 };
 use crate::FencingToken;
 
@@ -179,6 +180,27 @@ impl StorageClient {
             .await?;
         check(response, token).await?;
         Ok(())
+    }
+
+    /// Applies `steps` under the lock `fence` with `token`, all or none, in one durable
+    /// commit (REST only): refused whole with [`ClientError::StaleToken`] when a newer holder
+    /// was seen, or [`ClientError::WrongFence`] when a key belongs to another fence.
+    pub async fn txn(
+        &self,
+        fence: &str,
+        token: FencingToken,
+        steps: Vec<TxnStep>,
+    ) -> Result<Vec<TxnOutcome>, ClientError> {
+        let url = self.url(&["v1", "txn"], Some(fence))?;
+        let response = self
+            .http
+            .post(url)
+            .header(FENCING_TOKEN, token.get())
+            .json(&TxnBody { ops: steps })
+            .send()
+            .await?;
+        let answer: TxnAnswer = check(response, token).await?.json().await?;
+        Ok(answer.results)
     }
 
     /// The fence's current token; `None` when no token has been seen for it.

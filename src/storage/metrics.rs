@@ -15,18 +15,20 @@ pub enum Op {
     Read,
     Write,
     Fence,
+    Txn,
     /// A request that could not be decoded far enough to know its operation.
     Unknown,
 }
 
 impl Op {
-    const ALL: [Op; 4] = [Op::Read, Op::Write, Op::Fence, Op::Unknown];
+    const ALL: [Op; 5] = [Op::Read, Op::Write, Op::Fence, Op::Txn, Op::Unknown];
 
     fn label(self) -> &'static str {
         match self {
             Op::Read => "read",
             Op::Write => "write",
             Op::Fence => "fence",
+            Op::Txn => "txn",
             Op::Unknown => "unknown",
         }
     }

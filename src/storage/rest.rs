@@ -16,10 +16,10 @@ use tracing::debug;
 use super::fence::{Binding, Rejection};
 use super::http::{AppState, error_response, json};
 use super::metrics::{Op as MetricOp, Outcome};
-use super::store::{KeyFence, Op, Reply, StoreError};
+use super::store::{KeyFence, Op, Reply, StoreError, TxnOp, TxnResult};
 use super::wire::{
-    DecodeError, FENCING_TOKEN, FenceState, KvValue, KvWritten, StaleBody, WrongFenceBody,
-    check_name, parse_token_header,
+    DecodeError, FENCING_TOKEN, FenceState, KvValue, KvWritten, StaleBody, TxnAnswer, TxnBody,
+    TxnOutcome, TxnStep, WrongFenceBody, check_name, parse_token_header,
 };
 use crate::FencingToken;
 
@@ -158,6 +158,76 @@ pub(super) async fn put_value(
             json(StatusCode::OK, &body)
         }
         Err(e) => refused(&app, MetricOp::Write, e),
+    }
+}
+
+/// `POST /v1/txn?fence=NAME`: the steps of the body under one lock and one token.
+pub(super) async fn post_txn(
+    State(app): State<AppState>,
+    query: Result<Query<FenceParam>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            app.metrics.request(MetricOp::Txn, Outcome::BadRequest);
+            return error_response(rejection.status(), "bad_request", rejection.body_text());
+        }
+    };
+    let decoded = (|| {
+        let Query(param) = query.map_err(|e| e.body_text())?;
+        let fence = param
+            .fence
+            .filter(|f| !f.is_empty())
+            .ok_or_else(|| DecodeError::TxnWithoutFence.to_string())?;
+        check_name("the fence name", &fence).map_err(|e| e.to_string())?;
+        let token = parse_token_header(headers.get(FENCING_TOKEN)).map_err(|e| e.to_string())?;
+        let txn = TxnBody::decode(&body).map_err(|e| e.to_string())?;
+        Ok::<_, String>((fence, token, txn))
+    })();
+    let (fence, token, txn) = match decoded {
+        Ok(decoded) => decoded,
+        Err(message) => return bad_request(&app, MetricOp::Txn, message),
+    };
+    debug!(fence = %fence, token = token.map_or(0, FencingToken::get), ops = txn.ops.len(), "txn");
+    let keys: Vec<String> = txn.ops.iter().map(|s| s.key().to_owned()).collect();
+    let ops = txn
+        .ops
+        .into_iter()
+        .map(|step| match step {
+            TxnStep::Read { key } => TxnOp::Read { key },
+            TxnStep::Write { key, val } => TxnOp::Write {
+                key,
+                value: Bytes::from(val),
+            },
+            TxnStep::Delete { key } => TxnOp::Delete { key },
+        })
+        .collect();
+    match app.store.execute(Op::Txn { fence, token, ops }).await {
+        Ok(Reply::Txn(results)) => {
+            app.metrics.request(MetricOp::Txn, Outcome::Ok);
+            let results = keys
+                .into_iter()
+                .zip(results)
+                .map(|(key, result)| match result {
+                    TxnResult::Read(entry) => TxnOutcome::Read {
+                        key,
+                        token: entry.as_ref().and_then(|e| e.token),
+                        value: entry.map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+                    },
+                    TxnResult::Written => TxnOutcome::Write { key },
+                    TxnResult::Deleted(deleted) => TxnOutcome::Delete { key, deleted },
+                })
+                .collect();
+            json(StatusCode::OK, &TxnAnswer { token, results })
+        }
+        Ok(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the store answered a transaction with something else".into(),
+        ),
+        Err(e) => refused(&app, MetricOp::Txn, e),
     }
 }
 

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | `POST /` | the seed's JSON protocol ([`super::seed`]) |
 //! | `GET`, `PUT /v1/kv/{key}`, `/v1/kv?key=K` | the REST face ([`super::rest`]) |
+//! | `POST /v1/txn?fence=NAME` | several steps under one lock and one token, all or none |
 //! | `GET /v1/fences/{name}` | a fence's current token |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
@@ -129,6 +130,7 @@ fn router(state: AppState, max_body: usize) -> Router {
         .route("/", post(seed::handle))
         .route("/v1/kv/{*key}", get(rest::get_value).put(rest::put_value))
         .route("/v1/kv", get(rest::get_value).put(rest::put_value))
+        .route("/v1/txn", post(rest::post_txn))
         .route("/v1/fences/{*name}", get(rest::get_fence))
         .route("/healthz", get(rest::healthz))
         .route("/metrics", get(rest::metrics))

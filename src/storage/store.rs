@@ -63,6 +63,35 @@ pub enum Op {
     },
     /// The fence's current token.
     Fence { name: String },
+    /// Several reads, writes and deletes under one lock's fence and one token, applied all or
+    /// nothing: refused whole when the token is stale or any key belongs to another fence.
+    Txn {
+        fence: String,
+        token: Option<FencingToken>,
+        ops: Vec<TxnOp>,
+    },
+}
+
+/// One step of a [`Op::Txn`].
+#[derive(Debug)]
+pub enum TxnOp {
+    /// Read the value under `key`.
+    Read { key: String },
+    /// Store `value` under `key`.
+    Write { key: String, value: Bytes },
+    /// Remove the value under `key`.
+    Delete { key: String },
+}
+
+/// What one step of a transaction saw or did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TxnResult {
+    /// The value read, if the key held one.
+    Read(Option<Entry>),
+    /// The value was stored.
+    Written,
+    /// Whether the key held a value before the delete.
+    Deleted(bool),
 }
 
 /// A successful answer.
@@ -72,6 +101,8 @@ pub enum Reply {
     Value(Option<Entry>, KeyFence),
     Written,
     Fence(Option<FencingToken>),
+    /// The results of a transaction's steps, in order.
+    Txn(Vec<TxnResult>),
 }
 
 /// The fence a key belongs to, as a read shows it.
@@ -192,7 +223,8 @@ impl Store {
 /// batch must see. Emptied after every commit.
 #[derive(Default)]
 struct Pending {
-    values: HashMap<String, Entry>,
+    /// `None` for a value deleted in this batch.
+    values: HashMap<String, Option<Entry>>,
     fences: HashMap<FenceId, FencingToken>,
     bindings: HashMap<String, Binding>,
     changes: Vec<Change>,
@@ -267,10 +299,7 @@ impl Writer {
         match op {
             Op::Read { key, fence, token } => {
                 self.pass_fence(Access::Read, &key, fence.as_deref(), token)?;
-                let value = match self.pending.values.get(&key) {
-                    Some(entry) => Some(entry.clone()),
-                    None => self.backend.value(&key).map_err(failed)?,
-                };
+                let value = self.value(&key)?;
                 let binding = self.binding(&key)?;
                 let token = match &binding {
                     Some(binding) => self.current_fence(&FenceId::new(&key, binding))?,
@@ -286,10 +315,11 @@ impl Writer {
             } => {
                 self.pass_fence(Access::Write, &key, fence.as_deref(), token)?;
                 let entry = Entry { value, token };
-                self.pending.values.insert(key.clone(), entry.clone());
+                self.pending.values.insert(key.clone(), Some(entry.clone()));
                 self.pending.changes.push(Change::Value { key, entry });
                 Ok(Reply::Written)
             }
+            Op::Txn { fence, token, ops } => self.txn(&fence, token, ops),
             Op::Fence { name } => Ok(Reply::Fence(self.current_fence(&FenceId::Lock(name))?)),
         }
     }
@@ -335,16 +365,93 @@ impl Writer {
                 }
                 Ok(())
             }
-            Err(rejection) => {
-                warn!(
-                    key,
-                    fence = %fence_name,
-                    token = token.map_or(0, FencingToken::get),
-                    current = current.map_or(0, FencingToken::get),
-                    "rejected: {rejection}"
-                );
-                Err(rejection.into())
+            Err(rejection) => Err(self.refuse(key, fence_name, token, current, rejection)),
+        }
+    }
+
+    /// A transaction: every key's binding and the fence are decided before any effect is
+    /// recorded, so a refusal leaves nothing of the transaction behind, and its effects join
+    /// the batch's one commit.
+    fn txn(
+        &mut self,
+        fence: &str,
+        token: Option<FencingToken>,
+        ops: Vec<TxnOp>,
+    ) -> Result<Reply, StoreError> {
+        let writes = ops.iter().any(|op| !matches!(op, TxnOp::Read { .. }));
+        let access = if writes { Access::Write } else { Access::Read };
+        if fence::is_checked(self.policy, access, token) {
+            let requested = Binding::Lock(fence.to_owned());
+            let mut new_bindings = Vec::new();
+            for key in ops.iter().map(TxnOp::key) {
+                let bound = self.binding(key)?;
+                let decided = fence::bind(key, bound.as_ref(), &requested);
+                match decided {
+                    Ok(Some(binding)) => new_bindings.push((key.to_owned(), binding)),
+                    Ok(None) => {}
+                    Err(rejection) => return Err(self.refuse(key, fence, token, None, rejection)),
+                }
             }
+            let id = FenceId::Lock(fence.to_owned());
+            let current = self.current_fence(&id)?;
+            let accepted = fence::check(self.policy, access, fence, token, current)
+                .map_err(|rejection| self.refuse(fence, fence, token, current, rejection))?;
+            for (key, binding) in new_bindings {
+                self.pending.bindings.insert(key.clone(), binding.clone());
+                self.pending.changes.push(Change::Bind { key, binding });
+            }
+            if let Some(raised) = accepted.raise_to {
+                self.pending.fences.insert(id.clone(), raised);
+                self.pending
+                    .changes
+                    .push(Change::Fence { id, token: raised });
+            }
+        }
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(match op {
+                TxnOp::Read { key } => TxnResult::Read(self.value(&key)?),
+                TxnOp::Write { key, value } => {
+                    let entry = Entry { value, token };
+                    self.pending.values.insert(key.clone(), Some(entry.clone()));
+                    self.pending.changes.push(Change::Value { key, entry });
+                    TxnResult::Written
+                }
+                TxnOp::Delete { key } => {
+                    let existed = self.value(&key)?.is_some();
+                    self.pending.values.insert(key.clone(), None);
+                    self.pending.changes.push(Change::Delete { key });
+                    TxnResult::Deleted(existed)
+                }
+            });
+        }
+        Ok(Reply::Txn(results))
+    }
+
+    /// Logs a refusal and turns it into the request's error.
+    fn refuse(
+        &self,
+        key: &str,
+        fence: &str,
+        token: Option<FencingToken>,
+        current: Option<FencingToken>,
+        rejection: Rejection,
+    ) -> StoreError {
+        warn!(
+            key,
+            fence = %fence,
+            token = token.map_or(0, FencingToken::get),
+            current = current.map_or(0, FencingToken::get),
+            "rejected: {rejection}"
+        );
+        rejection.into()
+    }
+
+    /// The value under `key`, as this batch left it.
+    fn value(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self.pending.values.get(key) {
+            Some(entry) => Ok(entry.clone()),
+            None => self.backend.value(key).map_err(failed),
         }
     }
 
@@ -359,6 +466,15 @@ impl Writer {
         match self.pending.bindings.get(key) {
             Some(binding) => Ok(Some(binding.clone())),
             None => self.backend.binding(key).map_err(failed),
+        }
+    }
+}
+
+impl TxnOp {
+    /// The key this step touches.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Read { key } | TxnOp::Write { key, .. } | TxnOp::Delete { key } => key,
         }
     }
 }

@@ -71,6 +71,10 @@ pub enum DecodeError {
     BadTokenHeader(String),
     #[error("the value must be UTF-8 text")]
     ValueNotUtf8,
+    #[error("a transaction holds at most {MAX_TXN_OPS} steps, this one {0}")]
+    TooManyOps(usize),
+    #[error("a transaction names its lock: ?fence=NAME")]
+    TxnWithoutFence,
 }
 
 impl SeedRequest {
@@ -224,6 +228,106 @@ pub struct WrongFenceBody {
     pub fence: Option<String>,
     /// The lock name the request named; `null` when it named none (the key's own fence).
     pub requested: Option<String>,
+}
+
+/// Most steps one transaction may hold: far more than one lock's keys usually need, few
+/// enough that one transaction cannot hold up the writer for long.
+pub const MAX_TXN_OPS: usize = 1024;
+
+/// REST: `POST /v1/txn?fence=NAME` body, `{"ops":[{"op":"write","key":"a","val":"1"}, ...]}`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TxnBody {
+    /// The steps, applied in order, all or none.
+    pub ops: Vec<TxnStep>,
+}
+
+/// One step of a transaction as it travels.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum TxnStep {
+    /// Read `key`.
+    Read {
+        /// The key.
+        key: String,
+    },
+    /// Store `val` under `key`.
+    Write {
+        /// The key.
+        key: String,
+        /// The value.
+        val: String,
+    },
+    /// Remove the value under `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
+}
+
+impl TxnBody {
+    /// Decodes and validates a transaction body.
+    pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(DecodeError::EmptyBody);
+        }
+        let txn: TxnBody =
+            serde_json::from_slice(body).map_err(|e| DecodeError::Json(e.to_string()))?;
+        if txn.ops.is_empty() {
+            return Err(DecodeError::Empty("\"ops\""));
+        }
+        if txn.ops.len() > MAX_TXN_OPS {
+            return Err(DecodeError::TooManyOps(txn.ops.len()));
+        }
+        for step in &txn.ops {
+            check_name("the key", step.key())?;
+        }
+        Ok(txn)
+    }
+}
+
+impl TxnStep {
+    /// The key this step touches.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnStep::Read { key } | TxnStep::Write { key, .. } | TxnStep::Delete { key } => key,
+        }
+    }
+}
+
+/// REST: the answer to a transaction, `{"token":N,"results":[...]}`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TxnAnswer {
+    /// The token the transaction carried.
+    pub token: Option<FencingToken>,
+    /// One result per step, in order.
+    pub results: Vec<TxnOutcome>,
+}
+
+/// What one step of a transaction saw or did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum TxnOutcome {
+    /// The value read (`null` when the key held none) and the token that wrote it.
+    Read {
+        /// The key.
+        key: String,
+        /// The value, `null` when missing.
+        value: Option<String>,
+        /// The token of the write that stored it.
+        token: Option<FencingToken>,
+    },
+    /// The value was stored.
+    Write {
+        /// The key.
+        key: String,
+    },
+    /// The value was removed.
+    Delete {
+        /// The key.
+        key: String,
+        /// Whether the key held a value.
+        deleted: bool,
+    },
 }
 
 /// REST and routing errors: `{"error": code, "message": text}`.
