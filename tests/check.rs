@@ -287,7 +287,7 @@ fn a_hand_built_history_with_a_lost_update_a_backwards_token_and_an_overlap_is_a
     });
     std::fs::write(run.join("run.json"), meta.to_string()).unwrap();
 
-    let result = check_json(dir.path(), &["--analyse", dir.path().to_str().unwrap()], 1);
+    let result = check_json(dir.path(), &["--analyse", dir.path().to_str().unwrap()], 4);
     let strict = report(&result, "strict");
     assert_eq!(lost(strict), 1, "{strict:#}");
     assert_eq!(acknowledged(strict), 2);

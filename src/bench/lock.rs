@@ -32,7 +32,7 @@ const CYCLE_TIMEOUT: Duration = Duration::from_secs(30);
 const WARMUP_CYCLES: usize = 20;
 
 /// A lock service the benchmark starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Service {
     /// `fencelock lockd --in-memory` on a loopback port.
     Lockd,

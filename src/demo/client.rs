@@ -73,7 +73,7 @@ pub struct ClientOptions {
     pub json: bool,
 }
 
-/// How a client ended; [`Outcome::exit_code`] is its exit status.
+/// How a client ended (the command maps it to an exit status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The storage accepted the write.
@@ -81,19 +81,6 @@ pub enum Outcome {
     /// The storage rejected the write: a newer holder's token was seen first.
     Stale,
 }
-
-impl Outcome {
-    /// 0 for an accepted write, 3 for a stale one; any other failure exits 1.
-    pub fn exit_code(self) -> u8 {
-        match self {
-            Outcome::Accepted => 0,
-            Outcome::Stale => EXIT_STALE,
-        }
-    }
-}
-
-/// Exit status of a client whose write was rejected as stale.
-pub const EXIT_STALE: u8 = 3;
 
 /// Runs the client on a runtime of its own, one thread (see the module's invariants).
 pub fn run(options: &ClientOptions, out: &mut impl Write) -> anyhow::Result<Outcome> {
@@ -317,47 +304,5 @@ impl<W: Write> Reporter<'_, W> {
             }
         };
         self.event(event, words);
-    }
-}
-
-/// Parses a pause such as `3s`, `1500ms`, `2.5s`, `1m` or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (examples: 3s, 1500ms, 2.5s)"))?;
-    let seconds = match unit.trim() {
-        "" | "s" => number,
-        "ms" => number / 1000.0,
-        "m" | "min" => number * 60.0,
-        other => return Err(format!("unknown unit {other:?} (use ms, s or m)")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} is out of range"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_with_and_without_units() {
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("").is_err());
-    }
-
-    #[test]
-    fn stale_writes_exit_3_and_accepted_ones_0() {
-        assert_eq!(Outcome::Accepted.exit_code(), 0);
-        assert_eq!(Outcome::Stale.exit_code(), 3);
     }
 }

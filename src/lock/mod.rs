@@ -17,12 +17,11 @@
 //!
 //! Files: `client.rs` (the balanced channel, retries), `session.rs` (lease + keepalive + loss
 //! detection), `mutex.rs` (the lock recipe and `LockGuard`), `watch.rs` (waiting for a
-//! deletion), `lease_id.rs`, `error.rs`, `hold.rs` (the `fencelock lock` command).
+//! deletion), `lease_id.rs`, `error.rs`.
 //! The protocol types come from [`crate::etcd`].
 
 pub(crate) mod client;
 mod error;
-pub mod hold;
 mod lease_id;
 mod mutex;
 mod session;

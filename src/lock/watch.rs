@@ -21,14 +21,17 @@ use crate::etcd::mvccpb::event::EventType;
 /// etcd keeps a watcher whose start revision is not in the future in an "unsynced" group,
 /// which it catches up on a 100 ms tick, and serves the others ("synced") at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum WatchStart {
     /// The revision after the one at which the predecessor was seen: the first at which it
     /// can be deleted. Synced when nothing was written between the read and the watch; under
     /// contention other waiters' writes often land in between, and the watch is unsynced.
+    #[cfg_attr(feature = "cli", value(name = "next"))]
     AfterRange,
     /// The Range's own revision, as etcd's Go `concurrency.Mutex` does. Equally correct, but
     /// a start revision that is not in the future puts the watcher in etcd's "unsynced" group,
     /// which is caught up on a 100 ms tick. Kept to measure the difference.
+    #[cfg_attr(feature = "cli", value(name = "read"))]
     AtRange,
     /// The current revision (etcd's "from now"), which etcd serves from its synced group
     /// unless a write lands during the watch's registration; a second watcher on the same
@@ -36,6 +39,7 @@ pub enum WatchStart {
     /// written since the predecessor was seen, one read of the predecessor covers the gap.
     /// The default: it keeps contended handovers off the 100 ms tick.
     #[default]
+    #[cfg_attr(feature = "cli", value(name = "now"))]
     Latest,
 }
 

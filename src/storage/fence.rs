@@ -26,6 +26,7 @@ use crate::FencingToken;
 
 /// Which requests the storage checks against the fence (`--fencing`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Policy {
     /// Reads and writes that carry a token are checked and raise the fence; writes must carry
     /// one. The only policy that also stops the lost update of a read-modify-write.

@@ -1,4 +1,4 @@
-//! Holding a lock from a process of its own: the body of `fencelock lock NAME`.
+//! `fencelock lock NAME`: hold a lock from a process of its own.
 //!
 //! Like `etcdctl lock`, but it reports in JSON lines on its output (one per event:
 //! `acquired`, then `released` or `lost`) so scripts and tests can follow it, and it reports
@@ -9,21 +9,42 @@ use std::future::Future;
 use std::io::Write;
 use std::time::Duration;
 
+use anyhow::Context;
+use clap::Args;
+use fencelock::lock::{Client, LockGuard, LossReason, Session};
 use serde_json::json;
 
-use super::{Client, LockGuard, LossReason, Result, Session};
+use super::{Endpoints, duration, exit, stop_requested};
 
-/// What to lock and where.
-#[derive(Clone, Debug)]
-pub struct HoldOptions {
-    pub endpoints: Vec<String>,
-    pub name: String,
-    pub ttl: Duration,
+#[derive(Args)]
+pub struct LockArgs {
+    /// The lock name (a key prefix, e.g. /orders).
+    name: String,
+    #[command(flatten)]
+    endpoints: Endpoints,
+    /// Session lease TTL (etcd may raise it to its minimum). Whole seconds: 2s, 1m or
+    /// seconds.
+    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = duration::parse_ttl)]
+    ttl: Duration,
+}
+
+pub async fn run(args: LockArgs) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout();
+    let outcome = hold(&args, &mut out, stop_requested())
+        .await
+        .with_context(|| format!("cannot hold lock {}", args.name))?;
+    Ok(match outcome {
+        Outcome::Released | Outcome::Stopped => exit::SUCCESS,
+        Outcome::Lost(reason) => {
+            eprintln!("fencelock: lock {} lost: {reason}", args.name);
+            exit::STALE
+        }
+    })
 }
 
 /// How holding ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HoldOutcome {
+enum Outcome {
     /// Told to stop while holding: the lock was released and the session closed.
     Released,
     /// Told to stop before the lock was acquired.
@@ -32,35 +53,35 @@ pub enum HoldOutcome {
     Lost(LossReason),
 }
 
-/// Acquires `options.name`, prints `acquired`, and holds the lock until `stop` resolves
-/// (then unlocks) or the lock is lost.
-pub async fn hold(
-    options: &HoldOptions,
+/// Acquires `args.name`, prints `acquired`, and holds the lock until `stop` resolves (then
+/// unlocks) or the lock is lost.
+async fn hold(
+    args: &LockArgs,
     out: &mut impl Write,
     stop: impl Future<Output = ()>,
-) -> Result<HoldOutcome> {
-    let client = Client::connect(&options.endpoints).await?;
-    let session = client.session(options.ttl).await?;
+) -> fencelock::lock::Result<Outcome> {
+    let client = Client::connect(&args.endpoints.endpoints).await?;
+    let session = client.session(args.ttl).await?;
     tokio::pin!(stop);
     let guard = tokio::select! {
-        guard = session.lock(&options.name) => guard?,
+        guard = session.lock(&args.name) => guard?,
         () = &mut stop => {
             session.close().await?;
-            return Ok(HoldOutcome::Stopped);
+            return Ok(Outcome::Stopped);
         }
     };
     emit(out, "acquired", &session, &guard, None);
     tokio::select! {
         reason = guard.lost() => {
             emit(out, "lost", &session, &guard, Some(reason));
-            Ok(HoldOutcome::Lost(reason))
+            Ok(Outcome::Lost(reason))
         }
         () = &mut stop => {
             let (key, token) = (guard.key().to_string(), guard.token());
             guard.unlock().await?;
             session.close().await?;
             line(out, json!({"event": "released", "key": key, "token": token}));
-            Ok(HoldOutcome::Released)
+            Ok(Outcome::Released)
         }
     }
 }

@@ -1,0 +1,96 @@
+//! `fencelock bench ...`: measurements.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use fencelock::lock::WatchStart;
+
+use super::{current_exe, duration, exit, unless_interrupted};
+use crate::bench::lock::{self, Service};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Lock+unlock cycles on lockd and on a loopback etcd cluster, with 1 and with 8
+    /// contending sessions.
+    Lock(BenchLockArgs),
+}
+
+#[derive(Args)]
+pub struct BenchLockArgs {
+    /// Measure this lock service (comma-separated endpoints) instead of starting lockd and etcd.
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Option<Vec<String>>,
+    /// Services to start and measure, comma-separated: `lockd` (in memory) and `etcd` (a
+    /// loopback cluster of --members).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "lockd,etcd",
+        hide_possible_values = true
+    )]
+    services: Vec<Service>,
+    /// Members of the loopback cluster started when no endpoints are given.
+    #[arg(long, default_value_t = 3)]
+    members: usize,
+    /// etcd binary for the loopback cluster.
+    #[arg(long, env = "FENCELOCK_ETCD_BIN", default_value = "etcd")]
+    etcd_bin: PathBuf,
+    /// Contending sessions per run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    sessions: Vec<usize>,
+    /// Time measured per run. 500ms, 2s, 1m or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = duration::parse_positive)]
+    duration: Duration,
+    /// Where waiters' watches start, comma-separated, one set of runs each: `now` (the
+    /// library's default), `next` (the revision after the read), `read` (the read's own
+    /// revision, as etcd's Go client does).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "now,next",
+        hide_possible_values = true
+    )]
+    watch_start: Vec<WatchStart>,
+    /// Also run with the watch at the read's own revision (same as adding `read`).
+    #[arg(long)]
+    go_watch: bool,
+}
+
+pub async fn run(command: BenchCommand) -> anyhow::Result<u8> {
+    match command {
+        BenchCommand::Lock(args) => bench_lock(args).await,
+    }
+}
+
+async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {
+    if args.members == 0 {
+        return Err(exit::usage("--members must be at least 1"));
+    }
+    if args.sessions.contains(&0) {
+        return Err(exit::usage("--sessions must be positive numbers"));
+    }
+    let mut watch_starts = args.watch_start;
+    if args.go_watch && !watch_starts.contains(&WatchStart::AtRange) {
+        watch_starts.push(WatchStart::AtRange);
+    }
+    let options = lock::Options {
+        endpoints: args.endpoints,
+        services: args.services,
+        lockd_bin: current_exe()?,
+        members: args.members,
+        etcd_bin: args.etcd_bin,
+        sessions: args.sessions,
+        duration: args.duration,
+        watch_starts,
+    };
+    // Interrupted, the benchmark is dropped, which stops the etcd cluster it started.
+    let work = async {
+        lock::run(&options, &mut std::io::stdout())
+            .await
+            .context("lock benchmark failed")
+    };
+    unless_interrupted(work).await?;
+    Ok(exit::SUCCESS)
+}

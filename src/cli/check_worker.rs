@@ -1,0 +1,53 @@
+//! `fencelock check-worker` (hidden): one worker process of `fencelock check`, started by
+//! the checker with the arguments it builds.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::{duration, exit, stop_requested};
+use crate::check::worker::{self, WorkerOptions};
+
+#[derive(Args)]
+pub struct CheckWorkerArgs {
+    #[arg(long)]
+    id: u32,
+    #[arg(long, value_delimiter = ',')]
+    endpoints: Vec<String>,
+    #[arg(long)]
+    storage: String,
+    #[arg(long)]
+    lock: String,
+    #[arg(long)]
+    key: String,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse_ttl)]
+    ttl: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    work_min: Duration,
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    work_max: Duration,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    history: PathBuf,
+}
+
+pub async fn run(args: CheckWorkerArgs) -> anyhow::Result<u8> {
+    let options = WorkerOptions {
+        id: args.id,
+        endpoints: args.endpoints,
+        storage: args.storage,
+        lock: args.lock,
+        key: args.key,
+        ttl: args.ttl,
+        work: (args.work_min, args.work_max),
+        seed: args.seed,
+        history: args.history,
+    };
+    worker::run(&options, std::io::stdout(), stop_requested())
+        .await
+        .with_context(|| format!("worker {} failed", options.id))?;
+    Ok(exit::SUCCESS)
+}

@@ -1,0 +1,90 @@
+//! `fencelock client 1|2`: the seed's client, acquire the lock and write with its token.
+
+use std::time::Duration;
+
+use clap::Args;
+use fencelock::storage::Protocol;
+
+use super::{duration, exit};
+use crate::demo::client::{self, ClientOptions, Outcome, Role};
+
+#[derive(Args)]
+pub struct ClientArgs {
+    /// Which client: 1 waits (or pauses) before writing, 2 writes at once.
+    #[arg(value_parser = clap::value_parser!(u8).range(1..=2))]
+    client: u8,
+    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+    )]
+    endpoints: Vec<String>,
+    /// The fenced storage's URL.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
+    storage: String,
+    /// The lock name; also the fence the storage checks the token against.
+    #[arg(long, value_name = "NAME", default_value = "/lock")]
+    lock: String,
+    /// The storage key to write.
+    #[arg(long, default_value = "key0")]
+    key: String,
+    /// How to talk to the storage: rest (fenced by the lock name), or seed, the seed's JSON on
+    /// `POST /` with no fence (the key is its own fence), which the seed's own storage speaks.
+    #[arg(long, value_enum, default_value_t = Protocol::Rest)]
+    protocol: Protocol,
+    /// Lease TTL (the lock service may grant more; the granted TTL is printed). Whole
+    /// seconds: 2s, 1m or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "1", value_parser = duration::parse_ttl)]
+    ttl: Duration,
+    /// Client 1: instead of waiting for Enter, stop all work, keepalives included, for this
+    /// long, then write. 500ms, 2s, 1m or seconds.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    pause: Option<Duration>,
+    /// Print JSON lines (one per event) instead of plain words.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs on a one-thread runtime of its own, which `--pause` stops (`demo::client`).
+pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
+    if args.pause.is_some() && args.client != 1 {
+        return Err(exit::usage("--pause is for client 1"));
+    }
+    let options = ClientOptions {
+        role: if args.client == 1 {
+            Role::First
+        } else {
+            Role::Second
+        },
+        endpoints: args.endpoints,
+        storage: args.storage,
+        protocol: args.protocol,
+        lock: args.lock,
+        key: args.key,
+        ttl: args.ttl,
+        pause: args.pause,
+        json: args.json,
+    };
+    let outcome = client::run(&options, &mut std::io::stdout())?;
+    Ok(exit_status(outcome))
+}
+
+fn exit_status(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Accepted => exit::SUCCESS,
+        Outcome::Stale => exit::STALE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_writes_exit_3_and_accepted_ones_0() {
+        assert_eq!(exit_status(Outcome::Accepted), 0);
+        assert_eq!(exit_status(Outcome::Stale), 3);
+    }
+}

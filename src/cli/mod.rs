@@ -1,0 +1,209 @@
+//! The `fencelock` command line: the commands, one file each with its arguments and its
+//! `run`, and what several of them share (endpoints, listening, signals).
+//!
+//! Invariants: exit statuses come from [`exit`] only; every time flag parses through
+//! [`duration`]; a server announces its address with [`announce`] only once it accepts
+//! connections.
+
+pub mod bench;
+pub mod check;
+pub mod check_worker;
+pub mod client;
+pub mod demo;
+pub mod duration;
+pub mod exit;
+pub mod lock;
+pub mod lockd;
+pub mod storage;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tracing::info;
+
+#[derive(Parser)]
+#[command(
+    name = "fencelock",
+    version,
+    about = "Fenced distributed locking on etcd",
+    after_help = format!("Time flags take a DURATION: {}.\n\n{}", duration::HELP, exit::TABLE)
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the fenced storage server: the seed's JSON protocol on `POST /`, plus a REST face.
+    Storage(storage::StorageArgs),
+    /// Acquire a lock and hold it until stdin closes or SIGTERM/SIGINT, like `etcdctl lock`.
+    ///
+    /// Prints JSON lines: {"event":"acquired","key","token","lease","ttl"}, then "released"
+    /// or "lost".
+    ///
+    /// Exit status: 0 when released, 3 when the lock was lost while held, 1 on failure.
+    Lock(lock::LockArgs),
+    /// Run the embedded lock service, an etcd-compatible server in one process.
+    ///
+    /// It speaks etcd's v3 gRPC protocol (KV, Watch, Lease, Lock, MemberList, Status), for
+    /// `fencelock` commands and etcd's own clients.
+    ///
+    /// Keys and leases live in memory; only the revision high-water mark is kept in the data
+    /// dir, so that lock tokens keep growing across a restart.
+    Lockd(lockd::LockdArgs),
+    /// Measurements.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Fault-injection checker, after Jepsen's etcd lock tests.
+    ///
+    /// Worker processes increment a counter under a fenced lock while holders, the lock service and the storage are frozen,
+    /// revoked and killed; the history is analysed for lost updates and tokens accepted out
+    /// of order.
+    ///
+    /// Exit status: 0 when valid, 4 when a safety violation was found under a policy that
+    /// claims safety (strict), 2 on a usage error, 1 on a setup or other failure, 130 when
+    /// interrupted.
+    Check(check::CheckArgs),
+    /// One worker of `fencelock check` (started by the checker).
+    #[command(hide = true)]
+    CheckWorker(check_worker::CheckWorkerArgs),
+    /// The seed's client: acquire the lock, then write to the storage with the fencing token.
+    ///
+    /// Client 1 prints its lease and token and waits for Enter (or `--pause`s) before writing;
+    /// client 2 writes at once.
+    ///
+    /// Exit status: 0 when the write was accepted, 3 when it was rejected as stale, 1 for any
+    /// other failure.
+    Client(client::ClientArgs),
+    /// The expired-lease scenario, automated, with fencing and without.
+    ///
+    /// Client 1 is frozen with SIGSTOP past its lease, client 2 acquires and writes, client 1 resumes and writes.
+    ///
+    /// Exit status: 0 when fencing rejected the stale write, 4 when it did not, 1 on failure,
+    /// 130 when interrupted.
+    Demo(demo::DemoArgs),
+}
+
+impl Command {
+    /// The level of fencelock's own log lines when `RUST_LOG` is not set.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            // A line per lock cycle would cost more than the cycle; a worker's or a client's
+            // log would drown the tool's own output.
+            Command::Bench(_)
+            | Command::Check(_)
+            | Command::CheckWorker(_)
+            | Command::Client(_) => "warn",
+            // The demo's storage warns of every stale write, which the demo provokes and shows.
+            Command::Demo(_) => "error",
+            Command::Storage(_) | Command::Lock(_) | Command::Lockd(_) => "info",
+        }
+    }
+
+    /// Runs the command on `runtime`; the exit status on success.
+    pub fn run(self, runtime: &tokio::runtime::Runtime) -> anyhow::Result<u8> {
+        match self {
+            Command::Storage(args) => runtime.block_on(storage::run(args)),
+            Command::Lock(args) => runtime.block_on(lock::run(args)),
+            Command::Lockd(args) => runtime.block_on(lockd::run(args)),
+            Command::Bench(command) => runtime.block_on(bench::run(command)),
+            Command::Check(args) => runtime.block_on(check::run(args)),
+            Command::CheckWorker(args) => runtime.block_on(check_worker::run(args)),
+            Command::Demo(args) => runtime.block_on(demo::run(args)),
+            // On a one-thread runtime of its own, which `--pause` stops (`demo::client`).
+            Command::Client(args) => client::run(args),
+        }
+    }
+}
+
+/// The lock service's endpoints, for commands that only talk to one.
+#[derive(Args)]
+pub struct Endpoints {
+    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    #[arg(
+        long,
+        env = "ETCDCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+}
+
+/// The `fencelock` binary itself, which the tools start again as their child processes.
+pub fn current_exe() -> anyhow::Result<std::path::PathBuf> {
+    std::env::current_exe().context("cannot find the fencelock binary")
+}
+
+/// Binds `address` (port 0 picks a free port) and returns the listener with its real address.
+pub async fn listen(address: &str) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    Ok((listener, addr))
+}
+
+/// Prints the address a server listens on: tools that start it on port 0 read this line.
+pub fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}{addr}", fencelock::process::READY_PREFIX)
+        .context("cannot write to stdout")?;
+    stdout.flush().context("cannot write to stdout")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    // A handler that cannot be installed never fires; the signal's default action (ending
+    // the process) then still applies.
+    let on = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for {name}: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+        name
+    };
+    let name = tokio::select! {
+        name = on(SignalKind::interrupt(), "SIGINT") => name,
+        name = on(SignalKind::terminate(), "SIGTERM") => name,
+    };
+    info!("{name} received, shutting down");
+}
+
+/// Runs `work` unless SIGINT or SIGTERM comes first; then `work` is dropped (which stops
+/// and reaps the processes it started) and the result is [`exit::Interrupted`].
+pub async fn unless_interrupted<T>(
+    work: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    tokio::select! {
+        result = work => result,
+        () = shutdown_signal() => Err(exit::Interrupted.into()),
+    }
+}
+
+/// Resolves on stdin EOF, SIGTERM or SIGINT: the ways a parent tells a holder to let go.
+pub async fn stop_requested() {
+    use tokio::io::AsyncReadExt;
+
+    let stdin_closed = async {
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 256];
+        while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    tokio::select! {
+        () = stdin_closed => {}
+        () = shutdown_signal() => {}
+    }
+}

@@ -1,0 +1,54 @@
+//! `fencelock storage`: the fenced storage server on a port of its own until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use fencelock::storage::{self, DEFAULT_MAX_BODY, Engine, Policy};
+use tracing::info;
+
+use super::{announce, exit, listen, shutdown_signal};
+
+#[derive(Args)]
+pub struct StorageArgs {
+    /// Address to listen on; port 0 picks a free port. The address is printed on stdout as
+    /// `listening on http://IP:PORT` once the server is ready.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Directory of the durable store, created when missing.
+    #[arg(long, value_name = "DIR", default_value = "fencelock-storage.data")]
+    data_dir: PathBuf,
+    /// Keep everything in memory instead: nothing survives the process.
+    #[arg(long, conflicts_with = "data_dir")]
+    in_memory: bool,
+    /// Which requests are checked against the fence.
+    #[arg(long, value_name = "POLICY", default_value = "strict")]
+    fencing: Policy,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    max_body: usize,
+}
+
+pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
+    let engine = if args.in_memory {
+        Engine::Memory
+    } else {
+        Engine::Durable(args.data_dir.clone())
+    };
+    let config = storage::Config {
+        engine: engine.clone(),
+        policy: args.fencing,
+        max_body: args.max_body,
+    };
+    let (listener, addr) = listen(&args.listen).await?;
+    let server = storage::Server::open(config)
+        .await
+        .with_context(|| format!("cannot start the storage ({engine})"))?;
+    info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
+    announce(addr)?;
+    server
+        .serve(listener, shutdown_signal())
+        .await
+        .context("storage server failed")?;
+    Ok(exit::SUCCESS)
+}
