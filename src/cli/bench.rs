@@ -41,7 +41,7 @@ pub struct BenchLockArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     sessions: Vec<usize>,
     /// Time measured per run. 500ms, 2s, 1m or seconds.
-    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = duration::parse_positive)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_positive)]
     duration: Duration,
     /// Where waiters' watches start, comma-separated, one set of runs each: `now` (the
     /// library's default), `next` (the revision after the read), `read` (the read's own

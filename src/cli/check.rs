@@ -15,13 +15,13 @@ use crate::check::run::{self, Backend, CheckError};
 #[derive(Args)]
 pub struct CheckArgs {
     /// How long each run lasts. 500ms, 2s, 1m or seconds.
-    #[arg(long, value_name = "DURATION", default_value = "60", value_parser = duration::parse_positive)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration::parse_positive)]
     duration: Duration,
     /// Worker processes.
     #[arg(long, value_name = "N", default_value_t = 5)]
     clients: u32,
     /// Session lease TTL. Whole seconds: 2s, 1m or seconds.
-    #[arg(long, value_name = "DURATION", default_value = "2", value_parser = duration::parse_ttl)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse_ttl)]
     ttl: Duration,
     /// The lock name the workers contend for.
     #[arg(long, value_name = "NAME", default_value = "/fencelock-check")]
@@ -37,7 +37,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "LIST", value_parser = parse_faults)]
     faults: Option<Faults>,
     /// Time between faults. 500ms, 2s, 1m or seconds.
-    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = duration::parse_positive)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_positive)]
     interval: Duration,
     /// Random seed of the fault schedule and the workers' work times (default: chosen at
     /// random and printed, so a run can be repeated).

@@ -36,7 +36,7 @@ pub struct ClientArgs {
     protocol: Protocol,
     /// Lease TTL (the lock service may grant more; the granted TTL is printed). Whole
     /// seconds: 2s, 1m or seconds.
-    #[arg(long, value_name = "DURATION", default_value = "1", value_parser = duration::parse_ttl)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration::parse_ttl)]
     ttl: Duration,
     /// Client 1: instead of waiting for Enter, stop all work, keepalives included, for this
     /// long, then write. 500ms, 2s, 1m or seconds.

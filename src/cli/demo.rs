@@ -14,7 +14,7 @@ pub struct DemoArgs {
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<String>>,
     /// Lease TTL the clients ask for. Whole seconds: 2s, 1m or seconds.
-    #[arg(long, value_name = "DURATION", default_value = "1", value_parser = duration::parse_ttl)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration::parse_ttl)]
     ttl: Duration,
     /// Directory for the timeline picture, demo-timeline.svg.
     #[arg(long, value_name = "DIR", default_value = ".")]

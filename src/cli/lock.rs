@@ -24,7 +24,7 @@ pub struct LockArgs {
     endpoints: Endpoints,
     /// Session lease TTL (etcd may raise it to its minimum). Whole seconds: 2s, 1m or
     /// seconds.
-    #[arg(long, value_name = "DURATION", default_value = "10", value_parser = duration::parse_ttl)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse_ttl)]
     ttl: Duration,
 }
 
