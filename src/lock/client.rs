@@ -148,19 +148,25 @@ impl Client {
         Session::grant(self.clone(), ttl).await
     }
 
-    /// The lock keys under `name`, holder first, then the waiters in the order they will be
-    /// served.
+    /// The lock keys of lock `name`, holder first, then the waiters in the order they will be
+    /// served. Keys of locks named under it (`/a/b/<lease>` for `/a`) are not among them.
     pub async fn lock_keys(&self, name: &str) -> Result<Vec<LockKey>> {
-        let prefix = format!("{name}/").into_bytes();
+        super::mutex::check_name(name)?;
+        let prefix = format!("{name}/");
         let request = pb::RangeRequest {
-            range_end: crate::etcd::prefix_end(&prefix),
-            key: prefix,
+            range_end: crate::etcd::prefix_end(prefix.as_bytes()),
+            key: prefix.clone().into_bytes(),
             sort_target: pb::range_request::SortTarget::Create as i32,
             sort_order: pb::range_request::SortOrder::Ascend as i32,
             ..Default::default()
         };
         let response = self.range(request).await?;
-        response.kvs.iter().map(lock_key).collect()
+        response
+            .kvs
+            .iter()
+            .filter(|kv| super::mutex::is_lock_key(&prefix, &kv.key))
+            .map(lock_key)
+            .collect()
     }
 
     /// Revokes a lease: every key attached to it is deleted. Revoking a lease that no longer
@@ -238,18 +244,6 @@ impl Client {
         self.hedged("txn", |c| {
             let request = request.clone();
             async move { c.kv().txn(request).await }
-        })
-        .await
-    }
-
-    pub(crate) async fn delete(&self, key: &str) -> Result<pb::DeleteRangeResponse> {
-        let request = pb::DeleteRangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        self.hedged("delete", |c| {
-            let request = request.clone();
-            async move { c.kv().delete_range(request).await }
         })
         .await
     }

@@ -58,8 +58,20 @@ pub enum Error {
 
     /// This session already holds, or waits for, the lock name. A second holder on the same
     /// lease would share the first one's key and token, so it is refused.
+    /// A call that failed is still cleaning up after itself (the lock service was not
+    /// answering) and keeps the name until it is done.
     #[error("lock {name:?} is already held or awaited by this session")]
     AlreadyLocked { name: String },
+
+    /// The lock name cannot be used: see `reason`. Names start with `/`, do not end with
+    /// one, and so never reach the library's own keys ([`RESERVED_PREFIX`](super::RESERVED_PREFIX)).
+    #[error("invalid lock name {name:?}: {reason}")]
+    InvalidLockName {
+        /// The name as given.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
 
     /// etcd answered a request with an error.
     #[error("etcd {op} failed: {status}")]

@@ -30,6 +30,6 @@ mod watch;
 pub use client::{Client, DEFAULT_TIMEOUT, LockKey};
 pub use error::{Error, LossReason, Result};
 pub use lease_id::LeaseId;
-pub use mutex::{LockGuard, LockOptions};
+pub use mutex::{LockGuard, LockOptions, RESERVED_PREFIX};
 pub use session::Session;
 pub use watch::{PrefixWatch, WatchStart};

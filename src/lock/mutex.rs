@@ -13,12 +13,19 @@
 //!   finds its key gone and gets `SessionLost`, never a guard.
 //! - A waiter that stops waiting (timeout, error, cancellation by drop) deletes its key, so it
 //!   never blocks the waiters behind it; a dropped `LockGuard` releases its key the same way.
+//! - A failed enqueue first makes every copy of it still in flight fail (it moves the attempt
+//!   count), then deletes the incarnation of the key it may have created, by create_revision;
+//!   until then the lock name stays claimed.
+//! - Lock names start with `/` and do not end with one; the library's own keys start with
+//!   [`RESERVED_PREFIX`], so no lock's range covers them. Locks named under another (`/a/b`
+//!   under `/a`) are independent: a lock's keys are the *direct* children of `<name>/`, and
+//!   keys further down (`/a/b/<lease>`) are skipped wherever a waiter reads its turn.
 
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::client::token_of;
+use super::client::{RETRY_PAUSE, token_of};
 use super::session::NameClaim;
 use super::watch::{self, WatchStart, Watched};
 use super::{Client, Error, LeaseId, LossReason, Result, Session};
@@ -57,6 +64,7 @@ impl Session {
     /// Locks `name` with explicit options.
     pub async fn lock_with(&self, name: &str, options: LockOptions) -> Result<LockGuard> {
         let started = Instant::now();
+        check_name(name)?;
         if let Some(reason) = self.lost_reason() {
             return Err(Error::SessionLost {
                 lease: self.lease(),
@@ -116,8 +124,8 @@ struct Turn {
 /// the lock call is gone before it receives it (also just after the send), the guard is
 /// dropped with the channel and deletes the key, and only then releases the lock name for
 /// this session's next call. A failed `enqueue` may also have created the key (its answer
-/// lost), so its key is deleted in the background too, the name staying claimed until that
-/// is done.
+/// lost), or a copy of it may still be on its way; [`abandon`] deals with both in the
+/// background, the name staying claimed until it is done.
 async fn enqueue_to_completion(
     session: &Session,
     name: &str,
@@ -140,8 +148,7 @@ async fn enqueue_to_completion(
             }
             Err(e) => {
                 let _ = answer.send(Err(e));
-                // Whether, and at which revision, the key was created is unknown.
-                delete_quietly(session.client(), &key, None).await;
+                abandon(&session, &name, &key).await;
                 drop(claim);
             }
         }
@@ -151,25 +158,164 @@ async fn enqueue_to_completion(
         .map_err(|_| Error::protocol("txn", "the request task ended without an answer"))?
 }
 
-/// Deletes `key`: only the incarnation created at `created` when that is known.
-async fn delete_quietly(client: &Client, key: &str, created: Option<i64>) {
-    let deleted = match created {
-        Some(created) => client.delete_created(key, created).await,
-        None => client.delete(key).await.map(drop),
-    };
-    if let Err(e) = deleted {
+/// Deletes the incarnation of `key` created at `created`.
+async fn delete_quietly(client: &Client, key: &str, created: i64) {
+    if let Err(e) = client.delete_created(key, created).await {
         tracing::warn!(%key, error = %e, "could not delete the lock key");
     }
 }
 
-/// Where a session counts its enqueue attempts on lock `name`: outside the lock's prefix, so
-/// no waiter ever sees it, and attached to the session's lease, so it ends with the session.
-pub(crate) fn attempt_key(lease: LeaseId, name: &str) -> String {
-    format!("{ATTEMPTS_PREFIX}{lease}/{name}")
+/// Cleans up after a failed enqueue of `key`, whose answer may have been lost while the
+/// Txn, or a hedged copy of it, is still held by a frozen service or member.
+///
+/// A plain delete is not enough: a copy applied after it would create a key nobody owns,
+/// blocking every other session until this one ends, and a late copy of the delete itself
+/// could remove this session's next key of the same name. So, in this order:
+/// 1. [`invalidate`] moves the attempt count past the one every copy compares against (or
+///    finds it moved by a copy that was applied): from then on no copy can create the key;
+/// 2. the incarnation that exists then, if any, is deleted by its create_revision.
+///
+/// Each step is retried until it is answered or the session is lost (its keys then go with
+/// the lease); the caller keeps the lock name claimed meanwhile.
+async fn abandon(session: &Session, name: &str, key: &str) {
+    // Every earlier try of the failed call compared against a lower count, already passed:
+    // the count as last seen is the one its last, unanswered Txn used.
+    let attempt = session.attempts(name);
+    let created = match retrying(session, key, || invalidate(session, name, key, attempt)).await {
+        Some(Some(created)) => created,
+        Some(None) | None => return,
+    };
+    let client = session.client();
+    retrying(session, key, || client.delete_created(key, created)).await;
 }
 
-/// The namespace of attempt keys.
-pub const ATTEMPTS_PREFIX: &str = "/fencelock/attempts/";
+/// Runs `step` until it succeeds (`Some`), the session is lost, or the lock service refuses
+/// it for good (`None`, logged).
+async fn retrying<T, F, Fut>(session: &Session, key: &str, mut step: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    loop {
+        match step().await {
+            Ok(done) => return Some(done),
+            Err(e @ Error::Unavailable { .. }) if session.lost_reason().is_none() => {
+                tracing::debug!(%key, error = %e, "cleaning up after a failed enqueue; trying again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "could not clean up after a failed enqueue");
+                return None;
+            }
+        }
+    }
+}
+
+/// Makes every copy of the enqueue Txn for attempt `attempt` fail: bumps the attempt key if
+/// it is still at `attempt`, else leaves it (a copy was applied and moved it). Conditional,
+/// so the request is safe to send twice and a late copy of it changes nothing. Returns the
+/// create_revision of the session's lock key if one exists now: no copy can create another.
+async fn invalidate(session: &Session, name: &str, key: &str, attempt: i64) -> Result<Option<i64>> {
+    let attempt_key = attempt_key(session.lease(), name).into_bytes();
+    let get = |key: &[u8]| pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+            key: key.to_vec(),
+            keys_only: true,
+            ..Default::default()
+        })),
+    };
+    let request = pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Version as i32,
+            key: attempt_key.clone(),
+            target_union: Some(compare::TargetUnion::Version(attempt)),
+            ..Default::default()
+        }],
+        success: vec![
+            pb::RequestOp {
+                request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                    key: attempt_key.clone(),
+                    lease: session.lease().get(),
+                    ..Default::default()
+                })),
+            },
+            get(key.as_bytes()),
+        ],
+        failure: vec![get(&attempt_key), get(key.as_bytes())],
+    };
+    let response = match session.client().txn(request).await {
+        Ok(response) => response,
+        // The lease is gone, and with it every key it had; no copy can attach a key to it.
+        Err(Error::Rpc { status, .. }) if status.code() == tonic::Code::NotFound => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let range = |i: usize| match response.responses.get(i).and_then(|r| r.response.as_ref()) {
+        Some(response_op::Response::ResponseRange(range)) => Ok(range),
+        _ => Err(Error::protocol("txn", "missing range answer")),
+    };
+    let seen = if response.succeeded {
+        attempt + 1
+    } else {
+        range(0)?.kvs.first().map_or(0, |kv| kv.version)
+    };
+    session.attempted(name, attempt, seen);
+    tracing::debug!(%key, attempt, seen, "failed enqueue invalidated");
+    Ok(range(1)?
+        .kvs
+        .first()
+        .filter(|kv| kv.lease == session.lease().get())
+        .map(|kv| kv.create_revision))
+}
+
+/// The first bytes of every key the library writes besides lock keys (today the attempt
+/// keys, `_fencelock/attempts/<lease id hex><lock name>`).
+///
+/// Lock names start with `/`, so no lock's range (`<name>/`) can cover a key starting with
+/// `_`, and no valid name is a prefix of this space. A readable, fixed prefix rather than,
+/// say, a leading NUL byte, because etcd's roles grant permissions by key prefix: a user who
+/// restricts a role to its lock names adds `_fencelock/`, which can be typed into
+/// `etcdctl role grant-permission`.
+pub const RESERVED_PREFIX: &str = "_fencelock/";
+
+const _: () = assert!(RESERVED_PREFIX.as_bytes()[0] != b'/');
+
+/// Where a session counts its enqueue attempts on lock `name`: in the reserved space, so no
+/// waiter of any lock ever sees it, and attached to the session's lease, so it ends with the
+/// session. The lease ID has no `/`, so `<lease><name>` names one pair.
+pub(crate) fn attempt_key(lease: LeaseId, name: &str) -> String {
+    format!("{RESERVED_PREFIX}attempts/{lease}{name}")
+}
+
+/// Refuses lock names whose keys could be confused with other keys: a name must start with
+/// `/` (which keeps every lock apart from [`RESERVED_PREFIX`]) and must not end with one (the
+/// lock key appends `/<lease>`: `/orders/` would be a second lock, spelled like `/orders`,
+/// whose keys have an empty path segment).
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "a lock name cannot be empty"
+    } else if !name.starts_with('/') {
+        "a lock name starts with `/`, e.g. /orders"
+    } else if name.ends_with('/') {
+        "a lock name does not end with `/`"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidLockName {
+        name: name.to_string(),
+        reason,
+    })
+}
+
+/// Whether `key` is a lock key of the lock whose prefix is `prefix` (`<name>/`): a direct
+/// child. Keys further down belong to locks named under this one (`/a/b/<lease>` under
+/// `/a/`) and never count as holders or waiters of it.
+pub(crate) fn is_lock_key(prefix: &str, key: &[u8]) -> bool {
+    key.strip_prefix(prefix.as_bytes())
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(&b'/'))
+}
 
 /// How many times an enqueue re-reads a moved attempt count before giving up: each retry
 /// follows a change this session made itself, so more than one is already unusual.
@@ -222,7 +368,9 @@ pub(crate) fn enqueue_request(
             put(&key),
             put(&attempt_key),
             pb::RequestOp {
-                request: Some(request_op::Request::RequestRange(newest_keys(&prefix, 0))),
+                request: Some(request_op::Request::RequestRange(newest_keys(
+                    &prefix, 0, FIRST_PAGE,
+                ))),
             },
         ],
         failure: vec![get(&key), get(&attempt_key)],
@@ -266,9 +414,14 @@ async fn enqueue(session: &Session, name: &str, key: &str) -> Result<(i64, Turn)
             if newest.first().map(|kv| kv.create_revision) != Some(revision) {
                 return Err(Error::protocol("txn", "the new lock key is not the newest"));
             }
-            let turn = Turn {
-                predecessor: newest.get(1).map(|kv| (kv.key.clone(), kv.create_revision)),
-                revision,
+            let turn = match predecessor_in(&prefix, newest, FIRST_PAGE) {
+                Some(predecessor) => Turn {
+                    predecessor,
+                    revision,
+                },
+                // Keys of locks named under this one filled the page: read on, as of the
+                // Txn's revision.
+                None => look(session, &prefix, revision, Some(revision)).await?,
             };
             return Ok((revision, turn));
         }
@@ -299,18 +452,42 @@ async fn enqueue(session: &Session, name: &str, key: &str) -> Result<(i64, Turn)
     ))
 }
 
-/// The two newest keys under `prefix` created at or before `max_create_revision` (0: no
-/// bound): a waiter's own key, then its predecessor.
-fn newest_keys(prefix: &str, max_create_revision: i64) -> pb::RangeRequest {
+/// How many keys a waiter reads first: its own and its predecessor's, when no lock is named
+/// under this one.
+const FIRST_PAGE: i64 = 2;
+
+/// By how much a read that found only keys of locks named under this one grows: each read
+/// starts again from the waiter's own key, so the reads stay exact whatever revisions the
+/// skipped keys share, and the total stays proportional to the keys skipped.
+const PAGE_GROWTH: i64 = 4;
+
+/// The `limit` newest keys under `prefix` created at or before `max_create_revision` (0: no
+/// bound): a waiter's own key first, then the keys created before it.
+fn newest_keys(prefix: &str, max_create_revision: i64, limit: i64) -> pb::RangeRequest {
     pb::RangeRequest {
         key: prefix.as_bytes().to_vec(),
         range_end: prefix_end(prefix.as_bytes()),
         max_create_revision,
         sort_target: range_request::SortTarget::Create as i32,
         sort_order: range_request::SortOrder::Descend as i32,
-        limit: 2,
+        limit,
         keys_only: true,
         ..Default::default()
+    }
+}
+
+/// The predecessor in a page of [`newest_keys`] whose first key is the waiter's own: the
+/// first lock key of this lock after it (`Some(None)`: none, the waiter holds the lock), or
+/// `None` when the page was full of other keys and the answer lies further on.
+fn predecessor_in(
+    prefix: &str,
+    kvs: &[crate::etcd::mvccpb::KeyValue],
+    limit: i64,
+) -> Option<Option<(Vec<u8>, i64)>> {
+    match kvs.iter().skip(1).find(|kv| is_lock_key(prefix, &kv.key)) {
+        Some(kv) => Some(Some((kv.key.clone(), kv.create_revision))),
+        None if (kvs.len() as i64) < limit => Some(None),
+        None => None,
     }
 }
 
@@ -323,9 +500,46 @@ fn newest_keys(prefix: &str, max_create_revision: i64) -> pb::RangeRequest {
 /// read of revision `at` is as good as a read now: keys created before ours cannot appear
 /// later, and ours could as well be deleted just after a current read. A member that has not
 /// reached `at` yet refuses (a "future revision"), and the read is made linearizable.
-async fn look(session: &Session, prefix: &str, my_revision: i64, at: Option<i64>) -> Result<Turn> {
+///
+/// Keys of locks named under this one are skipped; while they fill the whole read, it is
+/// made again with a larger limit, at the revision of the read before.
+async fn look(
+    session: &Session,
+    prefix: &str,
+    my_revision: i64,
+    mut at: Option<i64>,
+) -> Result<Turn> {
+    let mut limit = FIRST_PAGE;
+    loop {
+        let (kvs, revision) = read_newest(session, prefix, my_revision, limit, at).await?;
+        if kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
+            return Err(Error::SessionLost {
+                lease: session.lease(),
+                reason: LossReason::KeyDeleted,
+            });
+        }
+        if let Some(predecessor) = predecessor_in(prefix, &kvs, limit) {
+            return Ok(Turn {
+                predecessor,
+                revision,
+            });
+        }
+        limit = limit.saturating_mul(PAGE_GROWTH);
+        at = Some(revision);
+    }
+}
+
+/// One read of [`newest_keys`], and the revision it shows: `at` when that past revision
+/// could be read, else the current one.
+async fn read_newest(
+    session: &Session,
+    prefix: &str,
+    my_revision: i64,
+    limit: i64,
+    at: Option<i64>,
+) -> Result<(Vec<crate::etcd::mvccpb::KeyValue>, i64)> {
     let client = session.client();
-    let request = newest_keys(prefix, my_revision);
+    let request = newest_keys(prefix, my_revision, limit);
     let (range, revision) = match at {
         Some(at) => {
             let past = pb::RangeRequest {
@@ -340,12 +554,6 @@ async fn look(session: &Session, prefix: &str, my_revision: i64, at: Option<i64>
         }
         None => (client.range(request).await?, None),
     };
-    if range.kvs.first().map(|kv| kv.create_revision) != Some(my_revision) {
-        return Err(Error::SessionLost {
-            lease: session.lease(),
-            reason: LossReason::KeyDeleted,
-        });
-    }
     let revision = match revision {
         Some(at) => at,
         None => range
@@ -353,13 +561,7 @@ async fn look(session: &Session, prefix: &str, my_revision: i64, at: Option<i64>
             .map(|h| h.revision)
             .ok_or_else(|| Error::protocol("range", "no header"))?,
     };
-    Ok(Turn {
-        predecessor: range
-            .kvs
-            .get(1)
-            .map(|kv| (kv.key.clone(), kv.create_revision)),
-        revision,
-    })
+    Ok((range.kvs, revision))
 }
 
 /// Returns once no lock key created before `my_revision` remains.
@@ -419,7 +621,7 @@ impl OwnedKey {
     /// lease, so it goes when the lease does.
     async fn delete(&mut self) {
         if let Some(claim) = self.claim.take() {
-            delete_quietly(&self.client, &self.key, Some(self.created)).await;
+            delete_quietly(&self.client, &self.key, self.created).await;
             drop(claim);
         }
     }
@@ -442,7 +644,7 @@ impl Drop for OwnedKey {
             let key = std::mem::take(&mut self.key);
             let (claim, created) = (self.claim.take(), self.created);
             runtime.spawn(async move {
-                delete_quietly(&client, &key, Some(created)).await;
+                delete_quietly(&client, &key, created).await;
                 drop(claim);
             });
         }
