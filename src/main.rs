@@ -168,6 +168,12 @@ struct LockdArgs {
     #[arg(long, value_name = "EVENTS", default_value_t = lockd::DEFAULT_HISTORY,
           value_parser = parse_history)]
     history: usize,
+    /// Longest request accepted, in bytes (etcd's default, 1.5 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = lockd::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Bytes of live keys and values writes may grow to; past it writes are refused.
+    #[arg(long, value_name = "BYTES", default_value_t = lockd::DEFAULT_QUOTA_BACKEND_BYTES)]
+    quota_backend_bytes: usize,
 }
 
 fn parse_history(text: &str) -> Result<usize, String> {
@@ -599,6 +605,8 @@ async fn run_lockd(args: LockdArgs) -> anyhow::Result<ExitCode> {
         data_dir: (!args.in_memory).then(|| args.data_dir.clone()),
         min_ttl: Duration::from_secs(args.min_ttl),
         history: args.history,
+        max_request_bytes: args.max_request_bytes,
+        quota_backend_bytes: args.quota_backend_bytes,
     };
     let (listener, addr) = listen(&args.listen).await?;
     let server = lockd::Server::open(&config).context("cannot start lockd")?;
