@@ -1088,7 +1088,7 @@ mod tests {
                 min_ttl: 1,
                 history: 100,
                 history_bytes: 10_000,
-                quota_bytes: 1_000,
+                quota_bytes: usize::MAX,
             },
         )
     }
