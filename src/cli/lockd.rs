@@ -32,6 +32,14 @@ pub struct LockdArgs {
     #[arg(long, value_name = "EVENTS", default_value_t = lockd::DEFAULT_HISTORY,
           value_parser = parse_history)]
     history: usize,
+    /// Largest Put, DeleteRange or Txn accepted, in bytes (etcd's default: 1.5 MiB); larger
+    /// ones get etcd's "request is too large".
+    #[arg(long, value_name = "BYTES", default_value_t = lockd::DEFAULT_MAX_REQUEST_BYTES)]
+    max_request_bytes: usize,
+    /// Bound on the bytes of live keys and values; a write past it gets etcd's "database
+    /// space exceeded", deletes still work.
+    #[arg(long, value_name = "BYTES", default_value_t = lockd::DEFAULT_QUOTA_BACKEND_BYTES)]
+    quota_backend_bytes: usize,
 }
 
 fn parse_history(text: &str) -> Result<usize, String> {
@@ -47,6 +55,8 @@ pub async fn run(args: LockdArgs) -> anyhow::Result<u8> {
         data_dir: (!args.in_memory).then(|| args.data_dir.clone()),
         min_ttl: args.min_ttl,
         history: args.history,
+        max_request_bytes: args.max_request_bytes,
+        quota_backend_bytes: args.quota_backend_bytes,
     };
     let (listener, addr) = listen(&args.listen).await?;
     let server = lockd::Server::open(&config).context("cannot start lockd")?;

@@ -28,6 +28,12 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: watch ID already exists")]
     DuplicateWatchId,
+    /// The request is longer than `--max-request-bytes`.
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    /// The write would grow the live keys and values past `--quota-backend-bytes`.
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     /// The revision reservation could not be made durable: nothing was changed.
     #[error("lockd: cannot reserve a revision: {0}")]
     Storage(String),
@@ -42,7 +48,9 @@ impl EtcdError {
             | Self::ValueProvided
             | Self::LeaseProvided
             | Self::TooManyOps
-            | Self::DuplicateKey => Code::InvalidArgument,
+            | Self::DuplicateKey
+            | Self::RequestTooLarge => Code::InvalidArgument,
+            Self::NoSpace => Code::ResourceExhausted,
             Self::Compacted | Self::FutureRevision | Self::LeaseTtlTooLarge => Code::OutOfRange,
             Self::LeaseNotFound => Code::NotFound,
             Self::LeaseExists | Self::DuplicateWatchId => Code::FailedPrecondition,

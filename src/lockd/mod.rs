@@ -50,6 +50,17 @@ pub const DEFAULT_HISTORY: usize = 100_000;
 /// Bytes of keys and values the history holds at most, previous versions included, so that
 /// rewriting large values cannot grow it without bound.
 pub const HISTORY_BYTES: usize = 64 * 1024 * 1024;
+/// The default for [`Config::max_request_bytes`]: etcd's own default, 1.5 MiB, so that a
+/// request etcd refuses is refused here too.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// The default for [`Config::quota_backend_bytes`]. A lock key with its value is well under
+/// a kilobyte, so 256 MiB holds hundreds of thousands of lock keys, far more than any lock
+/// service carries, while keeping lockd's memory (live keys, plus at most [`HISTORY_BYTES`]
+/// of history) well under a gigabyte. etcd's own default, 2 GiB, is sized for a disk.
+pub const DEFAULT_QUOTA_BACKEND_BYTES: usize = 256 * 1024 * 1024;
+/// What gRPC may decode beyond [`Config::max_request_bytes`] (etcd's own margin), so that a
+/// request a little over the limit reaches lockd's check and gets etcd's answer.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// The longest wait between two looks for expired leases. Every lease deadline is at least
 /// [`DEFAULT_MIN_TTL`] away when set, so this never delays an expiry; it bounds the wait
 /// should a deadline be set in a way this loop did not see.
@@ -69,6 +80,11 @@ pub struct Config {
     pub min_ttl: Duration,
     /// Changes kept for past-revision reads and watches, counted in events.
     pub history: usize,
+    /// Longest request accepted, encoded; longer ones get etcd's "request is too large".
+    pub max_request_bytes: usize,
+    /// Bytes of live keys and values writes may grow the key space to; past it, writes get
+    /// etcd's "database space exceeded" and deletes still work.
+    pub quota_backend_bytes: usize,
 }
 
 impl Default for Config {
@@ -77,6 +93,8 @@ impl Default for Config {
             data_dir: None,
             min_ttl: DEFAULT_MIN_TTL,
             history: DEFAULT_HISTORY,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
         }
     }
 }
@@ -97,6 +115,7 @@ pub enum LockdError {
 /// A lockd whose state is ready (and whose data dir is locked), waiting for a listener.
 pub struct Server {
     state: State,
+    max_request_bytes: usize,
 }
 
 impl Server {
@@ -120,9 +139,11 @@ impl Server {
             min_ttl: min_ttl as i64,
             history: config.history,
             history_bytes: HISTORY_BYTES,
+            quota_bytes: config.quota_backend_bytes,
         };
         Ok(Self {
             state: State::new(revisions, start, limits),
+            max_request_bytes: config.max_request_bytes,
         })
     }
 
@@ -140,16 +161,30 @@ impl Server {
     ) -> Result<(), LockdError> {
         let addr = listener.local_addr().map_err(LockdError::Address)?;
         let (stop, stopping) = signal::channel(false);
-        let core = Arc::new(Core::new(self.state, format!("http://{addr}"), stopping));
+        let mut core = Core::new(self.state, format!("http://{addr}"), stopping);
+        core.max_request_bytes = self.max_request_bytes;
+        let core = Arc::new(core);
+        let decode_limit = self.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
         let services = Services(core.clone());
         let expiry = tokio::spawn(expire_leases(core.clone()));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stopped = stop.subscribe();
         let serve = tonic::transport::Server::builder()
-            .add_service(kv_server::KvServer::new(services.clone()))
-            .add_service(watch_server::WatchServer::new(services.clone()))
-            .add_service(lease_server::LeaseServer::new(services.clone()))
-            .add_service(lock_server::LockServer::new(services.clone()))
+            .add_service(
+                kv_server::KvServer::new(services.clone()).max_decoding_message_size(decode_limit),
+            )
+            .add_service(
+                watch_server::WatchServer::new(services.clone())
+                    .max_decoding_message_size(decode_limit),
+            )
+            .add_service(
+                lease_server::LeaseServer::new(services.clone())
+                    .max_decoding_message_size(decode_limit),
+            )
+            .add_service(
+                lock_server::LockServer::new(services.clone())
+                    .max_decoding_message_size(decode_limit),
+            )
             .add_service(cluster_server::ClusterServer::new(services.clone()))
             .add_service(maintenance_server::MaintenanceServer::new(services))
             .serve_with_incoming_shutdown(incoming, async move {

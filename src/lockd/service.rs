@@ -29,6 +29,8 @@ pub struct Core {
     pub client_url: String,
     /// Becomes `true` when the server shuts down; streams and waiting calls end then.
     pub stopping: watch::Receiver<bool>,
+    /// Longest write request accepted, encoded (etcd's `--max-request-bytes`).
+    pub max_request_bytes: usize,
 }
 
 impl Core {
@@ -37,6 +39,7 @@ impl Core {
             state: Mutex::new(state),
             client_url,
             stopping,
+            max_request_bytes: super::DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 
@@ -46,6 +49,14 @@ impl Core {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Refuses a write request longer than the limit, as etcd does before proposing it.
+    fn check_size(&self, request: &impl prost::Message) -> Result<(), EtcdError> {
+        if request.encoded_len() > self.max_request_bytes {
+            return Err(EtcdError::RequestTooLarge);
+        }
+        Ok(())
     }
 
     /// Resolves when the server starts shutting down.
@@ -73,6 +84,7 @@ impl kv_server::Kv for Services {
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Answer<pb::PutResponse> {
+        self.0.check_size(request.get_ref())?;
         answer(self.0.state().put(request.get_ref()))
     }
 
@@ -80,10 +92,12 @@ impl kv_server::Kv for Services {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Answer<pb::DeleteRangeResponse> {
+        self.0.check_size(request.get_ref())?;
         answer(self.0.state().delete_range(request.get_ref()))
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Answer<pb::TxnResponse> {
+        self.0.check_size(request.get_ref())?;
         answer(self.0.state().txn(request.get_ref()))
     }
 

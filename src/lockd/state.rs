@@ -130,10 +130,15 @@ pub struct Limits {
     pub history: usize,
     /// Bytes of keys and values the history may hold, whatever its length in events.
     pub history_bytes: usize,
+    /// Bytes of live keys and values a write may grow the key space to (etcd's backend
+    /// quota): a Put or Txn that would grow it further is refused; deletes always work.
+    pub quota_bytes: usize,
 }
 
 pub struct State {
     keys: BTreeMap<Vec<u8>, KeyValue>,
+    /// Bytes of keys and values in `keys`.
+    live_bytes: usize,
     revision: i64,
     history: VecDeque<Arc<Change>>,
     history_events: usize,
@@ -157,6 +162,7 @@ impl State {
         let identity = revisions.identity();
         Self {
             keys: BTreeMap::new(),
+            live_bytes: 0,
             revision,
             history: VecDeque::new(),
             history_events: 0,
@@ -203,12 +209,28 @@ impl State {
 
     /// Bytes of keys and values held, reported as the database size.
     pub fn size(&self) -> i64 {
-        let live: usize = self
-            .keys
-            .values()
-            .map(|kv| kv.key.len() + kv.value.len())
-            .sum();
-        live as i64
+        self.live_bytes as i64
+    }
+
+    /// Refuses `puts` if together they would grow the live keys and values past the quota.
+    fn check_quota<'a>(
+        &self,
+        puts: impl Iterator<Item = &'a pb::PutRequest>,
+    ) -> Result<(), EtcdError> {
+        let mut grown = self.live_bytes as i128;
+        for put in puts {
+            let prev = self.keys.get(&put.key);
+            let value = match (prev, put.ignore_value) {
+                (Some(prev), true) => prev.value.len(),
+                _ => put.value.len(),
+            };
+            grown += (put.key.len() + value) as i128;
+            grown -= prev.map_or(0, |kv| (kv.key.len() + kv.value.len()) as i128);
+        }
+        if grown > self.live_bytes as i128 && grown > self.limits.quota_bytes as i128 {
+            return Err(EtcdError::NoSpace);
+        }
+        Ok(())
     }
 
     // ---- reads ----
@@ -430,6 +452,10 @@ impl State {
             self.detach(prev.lease, &prev.key);
         }
         self.attach(lease, &kv.key);
+        self.live_bytes += kv.key.len() + kv.value.len();
+        if let Some(prev) = &prev {
+            self.live_bytes -= prev.key.len() + prev.value.len();
+        }
         self.keys.insert(kv.key.clone(), kv.clone());
         events.push(Event {
             r#type: EventType::Put as i32,
@@ -466,6 +492,7 @@ impl State {
         let mut prev_kvs = Vec::new();
         for key in &keys {
             let prev = self.keys.remove(key).expect("deleted keys exist");
+            self.live_bytes -= prev.key.len() + prev.value.len();
             self.detach(prev.lease, key);
             let event = Event {
                 r#type: EventType::Delete as i32,
@@ -490,6 +517,8 @@ impl State {
 
     pub fn put(&mut self, request: &pb::PutRequest) -> Result<pb::PutResponse, EtcdError> {
         check_put_form(request)?;
+        // Like etcd, the quota is checked before anything else about the state.
+        self.check_quota(std::iter::once(request))?;
         // etcd looks the lease up before the key here, and after it inside a Txn.
         if request.lease != 0 && !self.leases.contains_key(&request.lease) {
             return Err(EtcdError::LeaseNotFound);
@@ -527,6 +556,10 @@ impl State {
         self.choose_path(request, &mut path);
         let mut chosen_ops = Vec::new();
         chosen(request, &mut path.iter().copied(), &mut chosen_ops);
+        self.check_quota(chosen_ops.iter().filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestPut(put)) => Some(put),
+            _ => None,
+        }))?;
         self.check_chosen(&chosen_ops)?;
         let revision = self.begin()?;
         let mut events = Vec::new();
@@ -1055,6 +1088,7 @@ mod tests {
                 min_ttl: 1,
                 history: 100,
                 history_bytes: 10_000,
+                quota_bytes: usize::MAX,
             },
         )
     }

@@ -6,6 +6,9 @@
 //! overlap is skipped by `next`. A stream that falls behind the feed resubscribes with the
 //! state locked and catches up from the history, or, if the history no longer reaches back
 //! that far, gets etcd's compacted answer.
+//!
+//! Invariant: a progress answer (asked for or periodic) is sent only after every change at or
+//! below its header's revision has been delivered on the stream.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -107,7 +110,7 @@ impl Stream {
         loop {
             let step = tokio::select! {
                 request = requests.message() => match request {
-                    Ok(Some(request)) => self.handle(request).await,
+                    Ok(Some(request)) => self.handle(request, &mut changes).await,
                     // The client closed its side, or the connection failed.
                     Ok(None) | Err(_) => Err(Closed),
                 },
@@ -118,7 +121,7 @@ impl Stream {
                     }
                     Err(broadcast::error::RecvError::Closed) => Err(Closed),
                 },
-                _ = progress.tick() => self.notify_progress().await,
+                _ = progress.tick() => self.notify_progress(&mut changes).await,
                 () = core.stopped() => Err(Closed),
             };
             if step.is_err() {
@@ -139,7 +142,11 @@ impl Stream {
         }
     }
 
-    async fn handle(&mut self, request: pb::WatchRequest) -> Result<(), Closed> {
+    async fn handle(
+        &mut self,
+        request: pb::WatchRequest,
+        changes: &mut broadcast::Receiver<Arc<Change>>,
+    ) -> Result<(), Closed> {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
@@ -157,8 +164,12 @@ impl Stream {
                 self.send(response).await
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                // Every watcher here is caught up to the revision in the header.
-                let response = self.answer(&self.core.state(), STREAM_WATCH_ID);
+                let header = self.catch_up_with_feed(changes).await?;
+                let response = pb::WatchResponse {
+                    header: Some(header),
+                    watch_id: STREAM_WATCH_ID,
+                    ..Default::default()
+                };
                 self.send(response).await
             }
             None => Ok(()),
@@ -336,7 +347,47 @@ impl Stream {
         Ok(())
     }
 
-    async fn notify_progress(&mut self) -> Result<(), Closed> {
+    /// Delivers every change already on the feed and returns the header of the state they
+    /// lead up to: a progress answer with this header never runs ahead of the events sent.
+    /// etcd's clients resume a watch after the revision of a progress answer, so a header
+    /// taken while changes at or below it still wait on the feed would make a reconnect
+    /// skip them.
+    async fn catch_up_with_feed(
+        &mut self,
+        changes: &mut broadcast::Receiver<Arc<Change>>,
+    ) -> Result<pb::ResponseHeader, Closed> {
+        loop {
+            // Drained with the state locked: the feed is published under that lock, so
+            // nothing can be committed between the last change taken and the header.
+            let mut pending = Vec::new();
+            let (header, lagged) = {
+                let state = self.core.state();
+                let lagged = loop {
+                    match changes.try_recv() {
+                        Ok(change) => pending.push(change),
+                        Err(broadcast::error::TryRecvError::Empty) => break false,
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => break true,
+                        Err(broadcast::error::TryRecvError::Closed) => return Err(Closed),
+                    }
+                };
+                (state.header(), lagged)
+            };
+            for change in &pending {
+                self.deliver(change).await?;
+            }
+            if !lagged {
+                return Ok(header);
+            }
+            // The feed dropped changes: catch up from the history, then look again.
+            self.resync(changes).await?;
+        }
+    }
+
+    async fn notify_progress(
+        &mut self,
+        changes: &mut broadcast::Receiver<Arc<Change>>,
+    ) -> Result<(), Closed> {
+        let header = self.catch_up_with_feed(changes).await?;
         let mut due = Vec::new();
         for (&id, watcher) in &mut self.watchers {
             if watcher.progress_notify && !watcher.active {
@@ -345,7 +396,11 @@ impl Stream {
             watcher.active = false;
         }
         for id in due {
-            let response = self.answer(&self.core.state(), id);
+            let response = pb::WatchResponse {
+                header: Some(header),
+                watch_id: id,
+                ..Default::default()
+            };
             self.send(response).await?;
         }
         Ok(())
