@@ -22,7 +22,9 @@ const LOCK_FILE: &str = "lockd.lock";
 /// The identity a member reports in every response header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
+    /// Random and nonzero, chosen when the data directory is created.
     pub cluster_id: u64,
+    /// Random and nonzero, chosen when the data directory is created.
     pub member_id: u64,
     /// Starts of this data directory so far; reported as the raft term, so a restart is
     /// visible the way a new leader term is in etcd.
@@ -40,12 +42,30 @@ struct OnDisk {
 /// Why the data directory cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
-    #[error("cannot use data dir {dir}: {source}")]
-    Io { dir: PathBuf, source: io::Error },
+    /// Creating, opening, locking or writing in the directory failed; the cause is the
+    /// source, not in the message.
+    #[error("cannot use data dir {dir}")]
+    Io {
+        /// The data directory.
+        dir: PathBuf,
+        /// What the operating system answered.
+        #[source]
+        source: io::Error,
+    },
+    /// Another process holds the directory's lock file.
     #[error("data dir {dir} is in use by another lockd")]
-    InUse { dir: PathBuf },
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The state file cannot be parsed or holds an impossible value.
     #[error("{path} is not a lockd state file: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The revision reservations: durable under a data directory, or in memory only.

@@ -12,9 +12,10 @@
 //! - The v3lock service (Lock/Unlock), MemberList and Status describing one member.
 //!
 //! One process, one member, memory only, except for one promise: the revision, and with it
-//! every fencing token, never goes back, also across a restart ([`meta`]). Keys and leases do
-//! not survive a restart; a holder then finds its lease gone and its session lost, which is
-//! safe: it was never told it still held the lock.
+//! every fencing token, never goes back, also across a restart (kept in
+//! [`Config::data_dir`], reserved [`RESERVATION_BLOCK`] revisions at a time). Keys and leases
+//! do not survive a restart; a holder then finds its lease gone and its session lost, which
+//! is safe: it was never told it still held the lock.
 
 mod error;
 mod meta;
@@ -102,14 +103,25 @@ impl Default for Config {
 /// Why lockd could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum LockdError {
+    /// The data directory cannot be used (see [`MetaError`]).
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// A [`Config`] value out of range; the text says which and why.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// The listener's local address could not be read.
     #[error("cannot read the listening address: {0}")]
     Address(std::io::Error),
-    #[error("gRPC server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    /// The gRPC server stopped with an error; the cause is the source, not in the message.
+    #[error("gRPC server failed")]
+    Serve(#[source] tonic::transport::Error),
+}
+
+// Written out rather than `#[from]`, so that `Serve` keeps its cause as the source only.
+impl From<tonic::transport::Error> for LockdError {
+    fn from(error: tonic::transport::Error) -> Self {
+        Self::Serve(error)
+    }
 }
 
 /// A lockd whose state is ready (and whose data dir is locked), waiting for a listener.
@@ -119,6 +131,8 @@ pub struct Server {
 }
 
 impl Server {
+    /// Checks `config`, then opens its data directory (locking it, and reserving the first
+    /// revisions) or starts in memory when it has none.
     pub fn open(config: &Config) -> Result<Self, LockdError> {
         let min_ttl = config.min_ttl.as_secs();
         if min_ttl == 0 || config.min_ttl.subsec_nanos() != 0 {
