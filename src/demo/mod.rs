@@ -34,7 +34,7 @@ use fencelock::lock::Client;
 use fencelock::lockd;
 use fencelock::storage::{self, Engine, Policy};
 
-pub use scenario::{ClientReport, Scenario, Times, WriteOutcome};
+pub use scenario::{Scenario, WriteOutcome};
 
 /// What the demo runs against and where it puts its picture.
 #[derive(Clone, Debug)]
