@@ -14,7 +14,7 @@ use fencelock::lock::Client;
 use serde_json::Value;
 use support::backend::Service;
 use support::etcd::within_ttl;
-use support::proc::{ChildGuard, fencelock_bin};
+use support::proc::{ChildGuard, Signal, fencelock_bin};
 use tokio::time::{Instant, timeout};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -93,7 +93,7 @@ async fn a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when
 
     println!("freezing the holder (SIGSTOP)");
     let frozen = Instant::now();
-    holder.child.signal(libc::SIGSTOP);
+    holder.child.signal(Signal::STOP);
     let guard = timeout(within_ttl(TTL), waiter)
         .await
         .expect("the waiter acquires within TTL + 1 s")
@@ -107,7 +107,7 @@ async fn a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when
 
     println!("resuming the holder (SIGCONT)");
     let mut holder = holder;
-    holder.child.signal(libc::SIGCONT);
+    holder.child.signal(Signal::CONT);
     let lost = holder.expect("lost", Duration::from_secs(2));
     println!("the resumed holder reports: {lost}");
     let status = holder.child.wait_exit(Duration::from_secs(5));
@@ -140,7 +140,7 @@ async fn the_lock_command_releases_on_stdin_eof_and_on_sigterm(service: Service)
     guard.unlock().await.unwrap();
     let second_acquired = second.expect("acquired", Duration::from_secs(5));
     println!("second holder acquired: {second_acquired}; sending SIGTERM");
-    second.child.signal(libc::SIGTERM);
+    second.child.signal(Signal::TERM);
     second.expect("released", Duration::from_secs(5));
     assert!(second.child.wait_exit(Duration::from_secs(5)).success());
     assert!(client.lock_keys("/released").await.unwrap().is_empty());

@@ -18,7 +18,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
 use support::backend::Service;
 use support::etcd::{etcdctl_bin, within_ttl};
-use support::proc::{ChildGuard, wait_for};
+use support::proc::{ChildGuard, Signal, wait_for};
 
 /// Bound for anything a healthy local service does at once (an event, an acquisition).
 const PROMPTLY: Duration = Duration::from_secs(5);
@@ -609,7 +609,7 @@ async fn lock_command_holders_queue_by_create_revision_and_hand_over_on_revoke_a
     third.assert_silent();
 
     println!("stopping the second holder (SIGTERM): it unlocks");
-    second.child.signal(libc::SIGTERM);
+    second.child.signal(Signal::TERM);
     let (status, stderr) = second.finish(PROMPTLY);
     assert!(status.success(), "{status}: {stderr}");
     assert_eq!(third.line(PROMPTLY), latest.key);

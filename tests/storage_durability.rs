@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::proc::Signal;
 use support::storage::{StorageProcess, answer, seed};
 
 /// Writers running while the server is killed.
@@ -211,7 +212,7 @@ async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
     println!("write under fence /lock with token 12, then SIGTERM");
     let write = json!({"op": "write", "key": "k", "val": "v", "version": 12, "fence": "/lock"});
     assert_eq!(seed(&http, &server.url, write).await.1["err"], "");
-    server.child.signal(libc::SIGTERM);
+    server.child.signal(Signal::TERM);
     let status = server.child.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "exit status {status:?}");
 

@@ -27,6 +27,7 @@ use super::client::Role;
 use super::millis;
 use fencelock::etcd::mvccpb::event::EventType;
 use fencelock::lock::{Client, PrefixWatch};
+use fencelock::process::{Signal, send_signal};
 use fencelock::storage::Policy;
 
 /// How long a client may take to start, connect and acquire a free lock.
@@ -127,7 +128,7 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
         field_str(&acquired1, "lease")?
     ));
 
-    c1.signal(libc::SIGSTOP)?;
+    c1.signal(Signal::STOP)?;
     let frozen = Instant::now();
     say(&format!(
         "{}  client 1 frozen with SIGSTOP: no keepalives, no progress, it knows nothing",
@@ -166,7 +167,7 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
     ));
     let (c2_exited, c2_status) = c2.exit(STEP_TIMEOUT).await?;
 
-    c1.signal(libc::SIGCONT)?;
+    c1.signal(Signal::CONT)?;
     let resumed = Instant::now();
     say(&format!(
         "{}  client 1 resumed with SIGCONT: it still believes it holds the lock, and writes",
@@ -387,15 +388,14 @@ impl ClientProcess {
         self.seen.iter().find(|e| e["event"] == kind).cloned()
     }
 
-    fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+    fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         let pid = self
             .child
             .id()
             .ok_or_else(|| anyhow!("{} has already ended", self.name()))?;
-        // SAFETY: kill(2) on our own child, which is not reaped yet (`id()` says so).
-        if unsafe { libc::kill(pid as libc::pid_t, signal) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("cannot signal {}", self.name()));
+        // Our own child, not reaped yet (`id()` says so), so the PID names no other process.
+        if !send_signal(pid, signal) {
+            bail!("cannot signal {}", self.name());
         }
         Ok(())
     }

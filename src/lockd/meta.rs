@@ -8,7 +8,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
-use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -109,16 +108,14 @@ impl Revisions {
             .write(true)
             .open(dir.join(LOCK_FILE))
             .map_err(io_err)?;
-        // SAFETY: flock(2) on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let err = io::Error::last_os_error();
-            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                MetaError::InUse {
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                return Err(MetaError::InUse {
                     dir: dir.to_owned(),
-                }
-            } else {
-                io_err(err)
-            });
+                });
+            }
+            Err(err) => return Err(io_err(err.into())),
         }
         let path = dir.join(META_FILE);
         let (identity, start) = match fs::read(&path) {

@@ -1,7 +1,12 @@
-//! Child processes that end with the process that started them, and typed signals to them.
+//! Child processes that end with the process that started them, typed signals to them, a
+//! guard that kills and reaps a child on drop, and the one reader of a server's readiness line.
 
+use std::io::{self, BufRead as _, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 pub use rustix::process::Signal;
 use rustix::process::{Pid, kill_process, set_parent_process_death_signal};
@@ -34,4 +39,141 @@ pub fn send_signal(pid: u32, signal: Signal) -> bool {
         return false;
     };
     kill_process(pid, signal).is_ok()
+}
+
+/// Signals the process group `pgid` (a group leader's PID); false when nothing was signalled.
+fn send_group_signal(pgid: u32, signal: Signal) -> bool {
+    let Some(pgid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
+        return false;
+    };
+    rustix::process::kill_process_group(pgid, signal).is_ok()
+}
+
+/// A synchronous child process that is killed and reaped when dropped, also when the owner
+/// panics; for tests and tools that do not run inside a runtime.
+///
+/// Invariants: the PID is signalled only while the child is held unreaped, so it cannot
+/// name another process; a child started with [`ChildGuard::spawn_group`] leads its own
+/// process group, and the whole group is killed with it.
+pub struct ChildGuard {
+    child: Option<Child>,
+    name: String,
+    group: bool,
+}
+
+impl ChildGuard {
+    /// Spawns `command`, naming it `name` in messages.
+    pub fn spawn(name: impl Into<String>, command: &mut Command) -> io::Result<Self> {
+        Ok(Self {
+            child: Some(command.spawn()?),
+            name: name.into(),
+            group: false,
+        })
+    }
+
+    /// Spawns `command` as the leader of a new process group, so that killing it also kills
+    /// the programs it starts (e.g. the command `etcdctl lock NAME CMD` runs).
+    pub fn spawn_group(name: impl Into<String>, command: &mut Command) -> io::Result<Self> {
+        let mut guard = Self::spawn(name, command.process_group(0))?;
+        guard.group = true;
+        Ok(guard)
+    }
+
+    /// The PID, until the child is reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The name given at spawn.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The child, to take its pipes; `None` once it is reaped.
+    pub fn child_mut(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    /// Sends `signal` to the child; false when it is reaped or could not be signalled.
+    pub fn signal(&self, signal: Signal) -> bool {
+        self.pid().is_some_and(|pid| send_signal(pid, signal))
+    }
+
+    /// Kills the child (and its group, if it leads one) with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if self.group {
+                // The group's ID is the leader's PID, which stays ours until it is reaped.
+                send_group_signal(child.id(), Signal::KILL);
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself and reaps it; `None` if it is
+    /// still running then (or was already reaped). Programs a group leader started are killed
+    /// once it exits, since they may outlive it.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                if self.group {
+                    // Reaped just now; no other process group can have taken the ID while
+                    // members of this one still run, and none is signalled if none run.
+                    send_group_signal(child.id(), Signal::KILL);
+                }
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// True while the child has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // A stopped child acts on SIGKILL too, but continuing it first lets it be reaped
+        // promptly on every kernel.
+        self.signal(Signal::CONT);
+        self.kill();
+    }
+}
+
+/// Reads a server's stdout until its [`READY_PREFIX`] line and returns the address on it;
+/// `None` if the stream ends, or no such line comes within `timeout`. The stream is read on a
+/// thread that keeps draining it afterwards, so the server never blocks on a full pipe and a
+/// server that never gets ready cannot hang the caller.
+pub fn read_ready_addr(
+    stdout: impl io::Read + Send + 'static,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = parse_ready_line(&line)
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    rx.recv_timeout(timeout).ok()
+}
+
+/// The address on a [`READY_PREFIX`] line, `None` for any other line.
+pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
+    line.strip_prefix(READY_PREFIX)?.trim().parse().ok()
 }

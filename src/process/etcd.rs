@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 
+use super::Signal;
 use crate::lock::Client;
 
 /// Raft heartbeat for loopback members. etcd's default (100 ms) is sized for real networks;
@@ -41,20 +42,35 @@ const START_ATTEMPTS: usize = 3;
 /// Errors starting or restarting etcd.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cannot run {binary}: {source}")]
+    /// The etcd binary could not be started.
+    #[error("cannot run {binary}")]
     Spawn {
+        /// The binary as given.
         binary: String,
+        /// Why it could not be started.
+        #[source]
         source: std::io::Error,
     },
+    /// A member exited while the cluster was starting.
     #[error("etcd member {name} exited during start-up; its log ends with:\n{log_tail}")]
-    Exited { name: String, log_tail: String },
+    Exited {
+        /// The member's name (`m0`, `m1`, ...).
+        name: String,
+        /// The end of the member's log.
+        log_tail: String,
+    },
+    /// A member did not answer a linearizable read in time.
     #[error("etcd member {name} did not become healthy within {timeout:?}: {detail}")]
     Unhealthy {
+        /// The member's name.
         name: String,
+        /// How long it was given.
         timeout: Duration,
+        /// The last answer (or its absence) to the health read.
         detail: String,
     },
-    #[error("cannot prepare etcd's data directory or ports: {0}")]
+    /// The data directory, its logs or the ports could not be prepared.
+    #[error("cannot prepare etcd's data directory or ports")]
     Io(#[from] std::io::Error),
 }
 
@@ -251,7 +267,7 @@ impl EtcdCluster {
     /// Stops member `i` with SIGTERM, waiting up to 10 s before resorting to SIGKILL.
     pub async fn stop(&mut self, i: usize) {
         let member = &mut self.members[i];
-        if member.signal(libc::SIGTERM) {
+        if member.signal(Signal::TERM) {
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Some(child) = member.child.as_mut()
@@ -268,12 +284,12 @@ impl EtcdCluster {
 
     /// Freezes member `i` (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn pause(&self, i: usize) {
-        self.members[i].signal(libc::SIGSTOP);
+        self.members[i].signal(Signal::STOP);
     }
 
     /// Resumes a paused member `i` (SIGCONT).
     pub fn resume(&self, i: usize) {
-        self.members[i].signal(libc::SIGCONT);
+        self.members[i].signal(Signal::CONT);
     }
 
     /// Starts a stopped or killed member `i` again on its data directory and ports, and waits
@@ -331,22 +347,18 @@ impl Member {
     }
 
     /// Sends `signal` if the member runs; false if it does not.
-    fn signal(&self, signal: libc::c_int) -> bool {
-        let Some(child) = self.child.as_ref() else {
-            return false;
-        };
-        // A PID from `Child::id` fits pid_t on every platform Rust supports.
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child, which has not been reaped (we still hold it).
-        unsafe { libc::kill(pid, signal) == 0 }
+    fn signal(&self, signal: Signal) -> bool {
+        // Our own child, not reaped while we hold it, so its PID names no other process.
+        self.child
+            .as_ref()
+            .is_some_and(|child| super::send_signal(child.id(), signal))
     }
 
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // A stopped process acts on SIGKILL too, but continuing it first lets it be
             // reaped promptly on every kernel.
-            // SAFETY: as in `signal`.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
+            super::send_signal(child.id(), Signal::CONT);
             let _ = child.kill();
             let _ = child.wait();
         }

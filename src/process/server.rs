@@ -15,19 +15,29 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
+use super::Signal;
+
 /// How long a starting server may take to print its address.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a server process could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    #[error("cannot start {what}: {source}")]
+    /// The binary could not be started.
+    #[error("cannot start {what}")]
     Spawn {
+        /// The command, `BINARY SUBCOMMAND`.
         what: String,
+        /// Why it could not be started.
+        #[source]
         source: std::io::Error,
     },
+    /// The server did not print its [`READY_PREFIX`](super::READY_PREFIX) line in time.
     #[error("{what} did not report its address within {READY_TIMEOUT:?}")]
-    NotReady { what: String },
+    NotReady {
+        /// The command, `BINARY SUBCOMMAND`.
+        what: String,
+    },
 }
 
 /// A running `fencelock <subcommand>`; killed (and reaped) when dropped.
@@ -41,7 +51,7 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `binary subcommand --listen 127.0.0.1:0 args...` and waits until it prints
-    /// `listening on http://ADDR`.
+    /// its readiness line ([`READY_PREFIX`](super::READY_PREFIX) and its address).
     pub async fn spawn(
         binary: &Path,
         subcommand: &str,
@@ -63,6 +73,7 @@ impl ServerProcess {
         format!("http://{}", self.addr)
     }
 
+    /// The server's address, `127.0.0.1:PORT`; the same after a restart.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -72,12 +83,12 @@ impl ServerProcess {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the process; false when it is not running.
-    pub fn signal(&self, signal: libc::c_int) -> bool {
-        let Some(pid) = self.pid() else { return false };
-        // SAFETY: kill(2) on the PID of a child this handle has not reaped yet, so the PID
-        // cannot have been reused by another process.
-        unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+    /// Sends `signal` (`Signal::STOP`, `Signal::CONT`, ...) to the process; false when it is
+    /// not running. The PID is that of a child this handle has not reaped yet, so it cannot
+    /// have been reused by another process.
+    pub fn signal(&self, signal: Signal) -> bool {
+        self.pid()
+            .is_some_and(|pid| super::send_signal(pid, signal))
     }
 
     /// Kills the process with SIGKILL and reaps it.
@@ -125,14 +136,13 @@ async fn start(
         what: what.clone(),
         source,
     })?;
-    let stdout = child.stdout.take().expect("stdout is piped");
+    let Some(stdout) = child.stdout.take() else {
+        unreachable!("stdout is piped above");
+    };
     let mut lines = BufReader::new(stdout).lines();
     let announced = tokio::time::timeout(READY_TIMEOUT, async {
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(addr) = line
-                .strip_prefix(super::READY_PREFIX)
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-            {
+            if let Some(addr) = super::parse_ready_line(&line) {
                 return Some(addr);
             }
         }

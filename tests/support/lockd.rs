@@ -2,16 +2,15 @@
 //! data directory in a temporary folder that outlives restarts, killed on drop.
 //!
 //! - The first start listens on `127.0.0.1:0`; the address comes from the
-//!   `listening on http://IP:PORT` line it prints once ready.
+//!   readiness line it prints once ready (`fencelock::process::READY_PREFIX`).
 //! - A restart reuses the data directory and the port, so clients connected before keep
 //!   their endpoints and reconnect by themselves.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use super::proc::{ChildGuard, fencelock_bin};
+use super::proc::{ChildGuard, Signal, fencelock_bin};
 
 /// How long lockd may take to open its data directory and print its address.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -55,8 +54,8 @@ impl LockdProcess {
         self.child.pid()
     }
 
-    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the lockd process.
-    pub fn signal(&self, signal: libc::c_int) {
+    /// Sends `signal` (e.g. `Signal::STOP`) to the lockd process.
+    pub fn signal(&self, signal: Signal) {
         self.child.signal(signal);
     }
 
@@ -67,7 +66,7 @@ impl LockdProcess {
 
     /// SIGTERM, then waits for lockd to exit by itself.
     pub fn stop(&mut self) -> ExitStatus {
-        self.child.signal(libc::SIGTERM);
+        self.child.signal(Signal::TERM);
         self.child.wait_exit(Duration::from_secs(10))
     }
 
@@ -109,31 +108,19 @@ fn spawn(data_dir: &std::path::Path, listen: &str) -> (ChildGuard, String) {
         }
         Vec::from(tail).join("\n")
     });
-    // Read on a thread so a server that never gets ready fails the test instead of hanging.
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        let _ = tx.send(lines.next());
-        // Keep the pipe open for the server's lifetime.
-        for _ in lines {}
-    });
-    let line = match rx.recv_timeout(READY_TIMEOUT) {
-        Ok(Some(Ok(line))) => line,
-        other => {
+    let addr = match fencelock::process::read_ready_addr(stdout, READY_TIMEOUT) {
+        Some(addr) => addr.to_string(),
+        None => {
             // Without its address the server is of no use: stop it, then show why it failed.
             let status = child.child_mut().try_wait().ok().flatten();
             child.kill();
             let tail = log_reader.join().unwrap_or_default();
             panic!(
-                "cannot start lockd (`{} lockd --listen {listen}`): no `listening on` line \
-                 ({other:?}, exit status {status:?}); its stderr ends with:\n{tail}",
+                "cannot start lockd (`{} lockd --listen {listen}`): no readiness line within \
+                 {READY_TIMEOUT:?} (exit status {status:?}); its stderr ends with:\n{tail}",
                 fencelock_bin().display()
             );
         }
     };
-    let addr = line
-        .strip_prefix("listening on http://")
-        .unwrap_or_else(|| panic!("lockd's first line is not `listening on http://…`: {line:?}"))
-        .to_owned();
     (child, addr)
 }

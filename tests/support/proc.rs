@@ -4,107 +4,69 @@ use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// A spawned child process that is killed and reaped when dropped, also when a test panics.
-pub struct ChildGuard {
-    child: Option<Child>,
-    name: String,
-    /// Set when the child leads a process group of its own, which is killed with it.
-    group: bool,
-}
+pub use fencelock::process::Signal;
+
+/// The library's [`fencelock::process::ChildGuard`] with the panicking accessors tests want:
+/// killed (with its process group, if it leads one) and reaped when dropped, also when a
+/// test panics.
+pub struct ChildGuard(fencelock::process::ChildGuard);
 
 impl ChildGuard {
     /// Spawns `cmd`, naming it `name` in messages.
     pub fn spawn(name: impl Into<String>, cmd: &mut Command) -> Self {
         let name = name.into();
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-        Self {
-            child: Some(child),
-            name,
-            group: false,
+        match fencelock::process::ChildGuard::spawn(name.clone(), cmd) {
+            Ok(guard) => Self(guard),
+            Err(e) => panic!("cannot start {name}: {e}"),
         }
     }
 
     /// Spawns `cmd` as the leader of a new process group, so that killing it also kills the
     /// programs it starts (e.g. the command `etcdctl lock NAME CMD` runs).
     pub fn spawn_group(name: impl Into<String>, cmd: &mut Command) -> Self {
-        use std::os::unix::process::CommandExt;
-        let mut guard = Self::spawn(name, cmd.process_group(0));
-        guard.group = true;
-        guard
+        let name = name.into();
+        match fencelock::process::ChildGuard::spawn_group(name.clone(), cmd) {
+            Ok(guard) => Self(guard),
+            Err(e) => panic!("cannot start {name}: {e}"),
+        }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("child is running").id()
+        self.0.pid().expect("child is running")
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        self.0.name()
     }
 
     pub fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("child is running")
+        self.0.child_mut().expect("child is running")
     }
 
-    /// Sends `signal` (e.g. `libc::SIGSTOP`) to the child.
-    pub fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill(2) with a PID we spawned and have not yet reaped.
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
-        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.name);
+    /// Sends `signal` (e.g. `Signal::STOP`) to the child; panics if it cannot.
+    pub fn signal(&self, signal: Signal) {
+        assert!(
+            self.0.signal(signal),
+            "cannot send {signal:?} to {}",
+            self.name()
+        );
     }
 
     /// SIGKILLs the child and reaps it.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            if self.group {
-                // The group's ID is the leader's PID, which stays ours until it is reaped
-                // below. SAFETY: kill(2) on a process group this guard created.
-                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.0.kill();
     }
 
     /// Waits for the child to exit by itself, up to `timeout`; panics if it does not.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child_mut().try_wait().expect("try_wait") {
-                if self.group {
-                    // Programs the leader started may outlive it; the group keeps its ID
-                    // while any of them runs. SAFETY: kill(2) on a group this guard created.
-                    unsafe { libc::kill(-(self.pid() as libc::pid_t), libc::SIGKILL) };
-                }
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {timeout:?}",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(10));
+        match self.0.wait_exit(timeout) {
+            Some(status) => status,
+            None => panic!("{} did not exit within {timeout:?}", self.name()),
         }
     }
 
     pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(child) => child.try_wait().expect("try_wait").is_none(),
-            None => false,
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            // A stopped process must be continued before it can act on SIGKILL's reap.
-            // SAFETY: kill(2) on our own unreaped child.
-            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGCONT) };
-        }
-        self.kill();
+        self.0.is_running()
     }
 }
 

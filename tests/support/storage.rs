@@ -1,10 +1,8 @@
 //! A `fencelock storage` process for tests: started on `127.0.0.1:0`, its real address read
-//! from the `listening on http://IP:PORT` line it prints once ready, killed on drop.
+//! from the readiness line it prints once ready (`fencelock::process::READY_PREFIX`), killed on drop.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use super::proc::{ChildGuard, fencelock_bin};
@@ -45,23 +43,10 @@ impl StorageProcess {
             });
         let mut child = ChildGuard::spawn("fencelock storage", &mut cmd);
         let stdout = child.child_mut().stdout.take().expect("piped stdout");
-        // Read on a thread so a server that never gets ready fails the test instead of hanging.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Keep the pipe open for the server's lifetime.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(READY_TIMEOUT) {
-            Ok(Some(Ok(line))) => line,
-            other => panic!("storage did not print its address: {other:?}"),
+        let url = match fencelock::process::read_ready_addr(stdout, READY_TIMEOUT) {
+            Some(addr) => format!("http://{addr}"),
+            None => panic!("storage did not print its address within {READY_TIMEOUT:?}"),
         };
-        let url = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
         StorageProcess { child, url }
     }
 
