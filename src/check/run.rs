@@ -27,8 +27,8 @@ use super::timeline;
 use fencelock::etcd::etcdserverpb as pb;
 use fencelock::etcd::mvccpb::event::EventType as PbEventType;
 use fencelock::lock::{Client, LeaseId, PrefixWatch};
-use fencelock::process::EtcdCluster;
 use fencelock::process::ServerProcess;
+use fencelock::process::{EtcdCluster, Signal, send_signal};
 use fencelock::storage::fence::Policy;
 
 /// The counter's key in the storage.
@@ -82,7 +82,7 @@ pub struct Options {
 pub enum CheckError {
     #[error("{0}")]
     Usage(String),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Setup {
         what: String,
         #[source]
@@ -584,9 +584,7 @@ async fn follow_worker(
 /// those that do not exit in time.
 async fn stop_workers(workers: &mut [Worker]) {
     for worker in workers.iter_mut() {
-        if let Some(pid) = worker.child.id() {
-            signal(pid, libc::SIGCONT);
-        }
+        signal(worker.child.id(), Signal::CONT);
         worker.stdin = None;
     }
     let deadline = tokio::time::Instant::now() + WORKER_EXIT_GRACE;
@@ -700,10 +698,10 @@ async fn watch_keys(
     }
 }
 
-fn signal(pid: u32, signal: libc::c_int) -> bool {
-    // SAFETY: kill(2) on a child of this process that has not been reaped (its handle is
-    // alive), so the PID cannot belong to another process.
-    unsafe { libc::kill(pid as libc::pid_t, signal) == 0 }
+/// Signals a worker or server process this run started and has not reaped (its handle is
+/// alive), so the PID cannot belong to another process.
+fn signal(pid: Option<u32>, signal: Signal) -> bool {
+    pid.is_some_and(|pid| send_signal(pid, signal))
 }
 
 /// The progress line: a bar on a terminal, a line every 10 s otherwise.
@@ -858,11 +856,9 @@ impl Injector<'_> {
     }
 
     fn freeze(&self, worker: usize, frozen: bool) {
-        if let Some(pid) = self.workers[worker].child.id() {
-            let sig = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
-            if signal(pid, sig) {
-                locked(&self.tracker).workers[worker].frozen = frozen;
-            }
+        let sig = if frozen { Signal::STOP } else { Signal::CONT };
+        if signal(self.workers[worker].child.id(), sig) {
+            locked(&self.tracker).workers[worker].frozen = frozen;
         }
     }
 
@@ -872,7 +868,7 @@ impl Injector<'_> {
         }
         match &*self.lock_service {
             LockService::Lockd(lockd) => {
-                lockd.signal(libc::SIGCONT);
+                signal(lockd.pid(), Signal::CONT);
             }
             LockService::Etcd(cluster) => {
                 for i in 0..cluster.len() {
@@ -1063,7 +1059,7 @@ impl Injector<'_> {
         let freeze = self.options.ttl + self.options.ttl / 2 + Duration::from_millis(500);
         let (target, note) = match &*self.lock_service {
             LockService::Lockd(lockd) => {
-                lockd.signal(libc::SIGSTOP);
+                signal(lockd.pid(), Signal::STOP);
                 (Target::LockService(None), "lockd")
             }
             LockService::Etcd(cluster) => {
@@ -1077,7 +1073,7 @@ impl Injector<'_> {
         let waited = self.pause(freeze).await;
         match (&*self.lock_service, &target) {
             (LockService::Lockd(lockd), _) => {
-                lockd.signal(libc::SIGCONT);
+                signal(lockd.pid(), Signal::CONT);
             }
             (LockService::Etcd(cluster), Target::LockService(Some(member))) => {
                 cluster.resume(*member as usize);
