@@ -11,6 +11,7 @@ use std::time::Duration;
 use fencelock::etcd::etcdserverpb::{self as pb, compare, request_op};
 use fencelock::lock::{Client, Error, RESERVED_PREFIX, Session};
 use support::backend::Service;
+use support::proc::Signal;
 use tokio::time::{Instant, timeout};
 
 /// The request timeout of the client under test: short, so its Txn is given up while the
@@ -26,7 +27,7 @@ const PROMPTLY: Duration = Duration::from_secs(10);
 const NAME: &str = "/enqueue-frozen";
 
 fn freeze(service: &Service, frozen: bool) {
-    let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+    let signal = if frozen { Signal::STOP } else { Signal::CONT };
     match service {
         Service::Lockd(lockd) => lockd.signal(signal),
         Service::Etcd(etcd) if frozen => etcd.pause(0),
