@@ -73,8 +73,11 @@ pub struct Client {
 /// A lock key as stored in etcd: who holds or waits, in create_revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockKey {
+    /// The full etcd key, under the lock name's prefix.
     pub key: String,
+    /// The key's create_revision, which is its fencing token.
     pub token: FencingToken,
+    /// The lease the key is attached to: the session that holds or waits.
     pub lease: LeaseId,
 }
 

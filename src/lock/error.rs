@@ -39,29 +39,50 @@ pub enum Error {
         "no etcd endpoint answered within {timeout:?} (endpoints: {endpoints}; last error: {cause})"
     )]
     Unavailable {
+        /// The endpoints tried, comma-separated.
         endpoints: String,
+        /// How long the client waited for an answer.
         timeout: Duration,
+        /// The last endpoint's error, as text.
         cause: String,
     },
 
     /// An endpoint string could not be parsed.
     #[error("invalid etcd endpoint {endpoint:?}: {reason}")]
-    InvalidEndpoint { endpoint: String, reason: String },
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it cannot be parsed.
+        reason: String,
+    },
 
     /// The session's lease is gone, or may be gone: the lock is not held any more.
     #[error("session lost (lease {lease}): {reason}")]
-    SessionLost { lease: LeaseId, reason: LossReason },
+    SessionLost {
+        /// The session's lease.
+        lease: LeaseId,
+        /// How the loss was noticed.
+        reason: LossReason,
+    },
 
     /// `try_lock` gave up waiting; its waiter key was deleted.
     #[error("timed out after {waited:?} waiting for lock {name:?}")]
-    Timeout { name: String, waited: Duration },
+    Timeout {
+        /// The lock name.
+        name: String,
+        /// How long `try_lock` waited.
+        waited: Duration,
+    },
 
     /// This session already holds, or waits for, the lock name. A second holder on the same
     /// lease would share the first one's key and token, so it is refused.
     /// A call that failed is still cleaning up after itself (the lock service was not
     /// answering) and keeps the name until it is done.
     #[error("lock {name:?} is already held or awaited by this session")]
-    AlreadyLocked { name: String },
+    AlreadyLocked {
+        /// The lock name.
+        name: String,
+    },
 
     /// The lock name cannot be used: see `reason`. Names start with `/`, do not end with
     /// one, and so never reach the library's own keys ([`RESERVED_PREFIX`](super::RESERVED_PREFIX)).
@@ -75,14 +96,24 @@ pub enum Error {
 
     /// etcd answered a request with an error.
     #[error("etcd {op} failed: {status}")]
+    ///
+    /// The status is shown in the message and is not a `source()`, so a cause chain prints
+    /// it once.
     Rpc {
+        /// The etcd call that failed (`"lease grant"`, `"range"`...).
         op: &'static str,
+        /// etcd's answer, boxed to keep `Error` small.
         status: Box<tonic::Status>,
     },
 
     /// etcd answered in a way the protocol does not allow (a bug on one side).
     #[error("unexpected answer from etcd to {op}: {detail}")]
-    Protocol { op: &'static str, detail: String },
+    Protocol {
+        /// The etcd call whose answer is wrong.
+        op: &'static str,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 impl Error {
@@ -101,4 +132,5 @@ impl Error {
     }
 }
 
+/// The lock client's result: [`Error`] unless said otherwise.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -28,8 +28,11 @@ pub enum ClientError {
     /// The fence has seen a newer token: a newer holder of the lock exists.
     #[error("stale fencing token for fence {fence:?}: presented {presented}, current {current}")]
     StaleToken {
+        /// The lock name whose fence refused the token (the key, for a key's own fence).
         fence: String,
+        /// The token the request carried.
         presented: FencingToken,
+        /// The newest token the fence has seen.
         current: FencingToken,
     },
     /// The key belongs to another fence than the one the request named: a request under
@@ -46,13 +49,18 @@ pub enum ClientError {
     /// The server answered with an error other than a stale token.
     #[error("storage answered {status}: {error}: {message}")]
     Server {
+        /// The HTTP status.
         status: StatusCode,
+        /// The answer's error code (`"bad_request"`, `"not_found"`...).
         error: String,
+        /// The answer's explanation.
         message: String,
     },
-    /// The request did not get an answer (connection, timeout, undecodable body).
-    #[error("storage request failed: {0}")]
+    /// The request did not get an answer (connection, timeout, undecodable body). The
+    /// cause is the `source()`, not part of the message, so a cause chain prints it once.
+    #[error("storage request failed")]
     Http(#[from] reqwest::Error),
+    /// The base URL, or a URL built from it and a key, cannot be parsed.
     #[error("invalid storage URL {0:?}")]
     BadUrl(String),
     /// The seed protocol names no fence; a request naming one cannot be sent with it.

@@ -77,7 +77,9 @@ impl FromStr for Policy {
 /// What a request does to the guarded data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// The request reads the data.
     Read,
+    /// The request changes the data.
     Write,
 }
 
@@ -132,14 +134,19 @@ pub enum Rejection {
     /// Under [`Policy::Seed`] "behind" means "different".
     #[error("stale fencing token for fence {fence:?}: presented {}, current {current}", show(*.presented))]
     Stale {
+        /// The fence that refused the token.
         fence: String,
         /// `None` when the request carried no token (only possible under [`Policy::Seed`]).
         presented: Option<FencingToken>,
+        /// The newest token the fence has seen.
         current: FencingToken,
     },
     /// A write without a token, under a policy that checks writes.
     #[error("a write must carry a fencing token (fence {fence:?})")]
-    MissingToken { fence: String },
+    MissingToken {
+        /// The fence the write falls under.
+        fence: String,
+    },
     /// The key belongs to another fence than the one the request names.
     #[error("key {key:?} belongs to {bound}, not to {requested}")]
     WrongFence {

@@ -5,7 +5,7 @@
 //! - [`wire`] holds the seed's JSON protocol and the REST face's bodies.
 //! - `backend` holds the engines (fjall on disk, or memory).
 //! - `store` holds the single writer thread and its group commit.
-//! - [`server`] holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers,
+//! - `server` holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers,
 //!   `http` the state and JSON answers they share (so no two of these import each other).
 //! - `metrics` holds the Prometheus counters and histograms.
 //! - [`client`] holds [`StorageClient`].

@@ -5,8 +5,8 @@
 //!
 //! | route | handler |
 //! |---|---|
-//! | `POST /` | the seed's JSON protocol ([`super::seed`]) |
-//! | `GET`, `PUT /v1/kv/{key}`, `/v1/kv?key=K` | the REST face ([`super::rest`]) |
+//! | `POST /` | the seed's JSON protocol (`seed.rs`) |
+//! | `GET`, `PUT /v1/kv/{key}`, `/v1/kv?key=K` | the REST face (`rest.rs`) |
 //! | `POST /v1/txn?fence=NAME` | several steps under one lock and one token, all or none |
 //! | `GET /v1/fences/{name}` | a fence's current token |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
@@ -39,21 +39,48 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 /// How the server stores data and which fence policy it enforces.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Where the data lives (on disk or in memory).
     pub engine: Engine,
+    /// Which requests the fences check.
     pub policy: Policy,
     /// Largest request body accepted, in bytes; larger ones get a 413.
     pub max_body: usize,
 }
 
 /// Why the server could not start or stopped with an error.
+///
+/// Each variant shows its cause in its message and has no `source()`, so a cause chain
+/// (`{:#}`) prints it once, and a plain `{}` (the demo logs one that way) still shows it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// The storage engine could not open its data.
     #[error("cannot open the store: {0}")]
-    Store(#[from] BackendError),
+    Store(BackendError),
+    /// Accepting or serving a connection failed.
     #[error("server I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+    /// The blocking task that opens or closes the store panicked.
     #[error("opening or closing the store panicked: {0}")]
-    Join(#[from] tokio::task::JoinError),
+    Join(tokio::task::JoinError),
+}
+
+// Written out rather than `#[from]`, which would also make the cause the `source()`.
+impl From<BackendError> for ServerError {
+    fn from(e: BackendError) -> Self {
+        ServerError::Store(e)
+    }
+}
+
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        ServerError::Io(e)
+    }
+}
+
+impl From<tokio::task::JoinError> for ServerError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ServerError::Join(e)
+    }
 }
 
 /// A server whose store is open, ready to serve a listener.

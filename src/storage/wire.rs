@@ -21,7 +21,9 @@ pub const MAX_KEY_BYTES: usize = u16::MAX as usize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SeedOp {
+    /// `"read"`: answer the key's value and token.
     Read,
+    /// `"write"`: store a value under the presented token.
     Write,
 }
 
@@ -43,8 +45,11 @@ struct RawSeedRequest {
 /// A decoded, validated seed-protocol request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct SeedRequest {
+    /// What the request does.
     pub op: SeedOp,
+    /// The key it reads or writes.
     pub key: String,
+    /// The value to write; empty for a read.
     pub val: String,
     /// `None` for the wire's 0.
     pub token: Option<FencingToken>,
@@ -55,24 +60,39 @@ pub struct SeedRequest {
 /// Why a request body or parameter could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
+    /// The body is empty.
     #[error("empty request body")]
     EmptyBody,
+    /// The body is not the expected JSON; the parser's explanation, as text.
     #[error("invalid JSON request: {0}")]
     Json(String),
+    /// A seed request without `"op"`.
     #[error("missing \"op\" (expected \"read\" or \"write\")")]
     MissingOp,
+    /// A `"version"` above the largest fencing token.
     #[error("\"version\" must be at most {MAX_TOKEN}, got {0}")]
     TokenOutOfRange(u64),
+    /// The named field (`"key"`, `"ops"`...) is empty.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// A key or name longer than the store keeps.
     #[error("{what} is {len} bytes long, the limit is {MAX_KEY_BYTES}")]
-    TooLong { what: &'static str, len: usize },
+    TooLong {
+        /// Which field is too long.
+        what: &'static str,
+        /// Its length, in bytes.
+        len: usize,
+    },
+    /// The `Fencing-Token` header is not a fencing token; why, as text.
     #[error("invalid Fencing-Token header: {0}")]
     BadTokenHeader(String),
+    /// A REST value that is not UTF-8.
     #[error("the value must be UTF-8 text")]
     ValueNotUtf8,
+    /// A transaction with more steps than allowed; how many it has.
     #[error("a transaction holds at most {MAX_TXN_OPS} steps, this one {0}")]
     TooManyOps(usize),
+    /// A transaction without `?fence=`.
     #[error("a transaction names its lock: ?fence=NAME")]
     TxnWithoutFence,
 }
@@ -140,12 +160,16 @@ pub fn parse_token_header(
 /// `version` is -1 and `val` empty, as the seed answers.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SeedResponse<'a> {
+    /// The value read; empty for a write or an error.
     pub val: &'a str,
+    /// The token, as [`wire_version`] writes it; -1 on an error.
     pub version: i64,
+    /// The error text; empty on success.
     pub err: &'a str,
 }
 
 impl<'a> SeedResponse<'a> {
+    /// A success answering `val` and `token`.
     pub fn ok(val: &'a str, token: Option<FencingToken>) -> Self {
         SeedResponse {
             val,
@@ -154,6 +178,7 @@ impl<'a> SeedResponse<'a> {
         }
     }
 
+    /// An error answering `err`.
     pub fn error(err: &'a str) -> Self {
         SeedResponse {
             val: "",
@@ -174,7 +199,9 @@ pub const KEY_NOT_FOUND: &str = "key not found";
 /// REST: `GET /v1/kv/{key}` answer.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvValue {
+    /// The key read.
     pub key: String,
+    /// Its value.
     pub value: String,
     /// The token of the write that stored the value (`null` if it carried none).
     pub token: Option<FencingToken>,
@@ -193,14 +220,18 @@ pub struct KvValue {
 /// REST: `PUT /v1/kv/{key}` answer.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KvWritten {
+    /// The key written.
     pub key: String,
+    /// The token the write carried (`null` if none).
     pub token: Option<FencingToken>,
 }
 
 /// REST: `GET /v1/fences/{name}` answer.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FenceState {
+    /// The lock name.
     pub fence: String,
+    /// The newest token its fence has seen.
     pub token: FencingToken,
 }
 
@@ -209,9 +240,11 @@ pub struct FenceState {
 pub struct StaleBody {
     /// Always `"stale_token"`.
     pub error: String,
+    /// The fence that refused the token.
     pub fence: String,
     /// The presented token; `null` only under the seed policy for a write without one.
     pub presented: Option<FencingToken>,
+    /// The newest token the fence has seen.
     pub current: FencingToken,
 }
 
@@ -333,7 +366,9 @@ pub enum TxnOutcome {
 /// REST and routing errors: `{"error": code, "message": text}`.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ErrorBody {
+    /// A short code callers can branch on (`"bad_request"`, `"not_found"`...).
     pub error: String,
+    /// A sentence for people.
     pub message: String,
 }
 
