@@ -80,10 +80,10 @@ fn serve(stream: TcpStream, data: &Mutex<HashMap<String, (String, u64)>>) -> Opt
             if header.is_empty() {
                 break;
             }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().ok()?;
-                }
+            if let Some((name, value)) = header.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().ok()?;
             }
         }
         let mut body = vec![0; length];
@@ -204,7 +204,7 @@ fn the_seed_only_storage_stops_on_a_request_that_is_not_the_seeds() {
     wait_for("the stand-in to stop", PROMPTLY, || {
         storage.exited.load(Ordering::SeqCst).then_some(())
     });
-    let _ = wait_for("connections to be refused", PROMPTLY, || {
+    wait_for("connections to be refused", PROMPTLY, || {
         TcpStream::connect(&addr).is_err().then_some(())
     });
 }

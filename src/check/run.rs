@@ -100,7 +100,6 @@ pub struct Run {
     pub policy: Policy,
     pub dir: PathBuf,
     pub meta: RunMeta,
-    pub input: Input,
     pub report: Report,
 }
 
@@ -476,7 +475,6 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
         policy,
         dir: dir.to_owned(),
         meta,
-        input,
         report,
     })
 }
