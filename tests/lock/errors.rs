@@ -1,18 +1,18 @@
-//! Refusals on both lock services (`support::backend`: a real etcd from `support::etcd`, and
+//! Refusals on both lock services (`crate::support::backend`: a real etcd from `crate::support::etcd`, and
 //! `fencelock lockd`): each bad request gets the same gRPC code and message from lockd as from
 //! etcd, changes nothing, and the service keeps serving.
 
-mod support;
+use crate::both_backends;
 
 use std::time::Duration;
 
+use crate::support::backend::Service;
 use fencelock::etcd::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
     LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
     compare, request_op,
 };
 use fencelock::lock::Client;
-use support::backend::Service;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
 

@@ -1,11 +1,9 @@
 //! The REST face, the metrics, and `StorageClient` against the real binary.
 
-mod support;
-
+use crate::support::storage::{StorageProcess, answer, seed};
 use fencelock::FencingToken;
 use fencelock::storage::{ClientError, StorageClient, Stored};
 use serde_json::json;
-use support::storage::{StorageProcess, answer, seed};
 
 fn token(n: u64) -> FencingToken {
     FencingToken::new(n).unwrap()
@@ -188,7 +186,7 @@ async fn healthz_answers_and_metrics_count_requests_rejections_and_commits() {
         let write = json!({"op": "write", "key": "k", "val": "v", "version": version});
         seed(&http, url, write).await;
     }
-    support::storage::post_raw(&http, url, "nonsense").await;
+    crate::support::storage::post_raw(&http, url, "nonsense").await;
 
     println!("GET /metrics");
     let response = http.get(format!("{url}/metrics")).send().await.unwrap();

@@ -1,10 +1,8 @@
 //! The fence rule end to end: the real `fencelock storage` binary over real HTTP, speaking
 //! the seed's JSON protocol, under each `--fencing` policy.
 
-mod support;
-
+use crate::support::storage::{StorageProcess, seed};
 use serde_json::{Value, json};
-use support::storage::{StorageProcess, seed};
 
 fn write(key: &str, val: &str, token: u64) -> Value {
     json!({"op": "write", "key": key, "val": val, "version": token})

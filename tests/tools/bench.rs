@@ -1,12 +1,10 @@
-//! `fencelock bench lock` as a user runs it: lockd and a loopback etcd (`support::etcd`'s
+//! `fencelock bench lock` as a user runs it: lockd and a loopback etcd (`crate::support::etcd`'s
 //! binary) measured in one run, each row with cycles, and the lockd/etcd median ratio.
-
-mod support;
 
 use std::process::Command;
 
-use support::etcd;
-use support::proc::fencelock_bin;
+use crate::support::etcd;
+use crate::support::proc::fencelock_bin;
 
 #[test]
 fn the_lock_benchmark_measures_lockd_next_to_etcd_and_compares_them() {

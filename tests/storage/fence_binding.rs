@@ -1,12 +1,10 @@
 //! Each key belongs to one fence: the real `fencelock storage` binary over real HTTP, refusing
 //! a stale holder that names another fence, or none, for a key bound to a lock.
 
-mod support;
-
+use crate::support::storage::{Answer, StorageProcess, answer, seed};
 use fencelock::FencingToken;
 use fencelock::storage::{ClientError, StorageClient};
 use serde_json::json;
-use support::storage::{Answer, StorageProcess, answer, seed};
 
 fn token(n: u64) -> FencingToken {
     FencingToken::new(n).unwrap()

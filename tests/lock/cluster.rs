@@ -1,17 +1,15 @@
-//! The lock library against a real 3-member etcd (`support::etcd`): fencing tokens across
+//! The lock library against a real 3-member etcd (`crate::support::etcd`): fencing tokens across
 //! members, and a cluster that loses a member.
 //!
 //! etcd only: these tests are about members (killed, frozen, lease IDs carrying member bits),
 //! and `fencelock lockd` is a single member. The single-member suite runs on both services in
 //! `lock_suite.rs`.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::etcd;
 use fencelock::etcd::etcdserverpb::StatusRequest;
 use fencelock::lock::Client;
-use support::etcd;
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(2);

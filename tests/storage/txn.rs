@@ -1,13 +1,11 @@
 //! `POST /v1/txn?fence=NAME`: several reads, writes and deletes under one lock's fence and
 //! one token, all or none, through the real binary and through `StorageClient`.
 
-mod support;
-
+use crate::support::storage::{StorageProcess, answer};
 use fencelock::FencingToken;
 use fencelock::storage::wire::{TxnOutcome, TxnStep};
 use fencelock::storage::{ClientError, StorageClient};
 use serde_json::json;
-use support::storage::{StorageProcess, answer};
 
 fn token(n: u64) -> FencingToken {
     FencingToken::new(n).unwrap()

@@ -1,15 +1,13 @@
-//! `fencelock lockd` restarted on its data directory (`support::lockd`), after `kill -9` and
+//! `fencelock lockd` restarted on its data directory (`crate::support::lockd`), after `kill -9` and
 //! after SIGTERM: the revision, and with it every fencing token, only goes up; leases do not
 //! survive, so a session held across a restart is lost.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::lockd::LockdProcess;
 use fencelock::FencingToken;
 use fencelock::etcd::etcdserverpb::{LeaseTimeToLiveRequest, RangeRequest};
 use fencelock::lock::{Client, LossReason};
-use support::lockd::LockdProcess;
 use tokio::time::{Instant, timeout};
 
 const TTL: Duration = Duration::from_secs(2);

@@ -1,11 +1,11 @@
-//! The real `etcdctl` against both lock services (`support::backend`: a real etcd from
-//! `support::etcd`, and `fencelock lockd`): keys, transactions, watches with history and
+//! The real `etcdctl` against both lock services (`crate::support::backend`: a real etcd from
+//! `crate::support::etcd`, and `fencelock lockd`): keys, transactions, watches with history and
 //! compaction, leases, `etcdctl lock`, member list and endpoint status.
 //!
 //! Output is read in the forms etcdctl 3.4 and 3.5 print alike: `-w json` (keys and values
 //! base64), `--print-value-only`, and the simple watch, txn and lease-list formats.
 
-mod support;
+use crate::both_backends;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, ExitStatus, Output, Stdio};
@@ -13,12 +13,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::support::backend::Service;
+use crate::support::etcd::{etcdctl_bin, within_ttl};
+use crate::support::proc::{ChildGuard, Signal, wait_for};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::Value;
-use support::backend::Service;
-use support::etcd::{etcdctl_bin, within_ttl};
-use support::proc::{ChildGuard, Signal, wait_for};
 
 /// Bound for anything a healthy local service does at once (an event, an acquisition).
 const PROMPTLY: Duration = Duration::from_secs(5);

@@ -1,20 +1,20 @@
-//! `fencelock lock` as a process of its own, against both lock services (`support::backend`:
-//! a real etcd from `support::etcd`, and `fencelock lockd`): a holder the tests can freeze with
+//! `fencelock lock` as a process of its own, against both lock services (`crate::support::backend`:
+//! a real etcd from `crate::support::etcd`, and `fencelock lockd`): a holder the tests can freeze with
 //! SIGSTOP, and its JSON events and exit statuses.
 
-mod support;
+use crate::both_backends;
 
 use std::io::{BufRead, BufReader};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::support::backend::Service;
+use crate::support::etcd::within_ttl;
+use crate::support::proc::{ChildGuard, Signal, fencelock_bin};
 use fencelock::FencingToken;
 use fencelock::lock::Client;
 use serde_json::Value;
-use support::backend::Service;
-use support::etcd::within_ttl;
-use support::proc::{ChildGuard, Signal, fencelock_bin};
 use tokio::time::{Instant, timeout};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -149,7 +149,7 @@ both_backends!(the_lock_command_releases_on_stdin_eof_and_on_sigterm);
 
 #[test]
 fn the_lock_command_reports_an_unreachable_etcd_in_one_line() {
-    let endpoint = format!("127.0.0.1:{}", support::proc::free_port());
+    let endpoint = format!("127.0.0.1:{}", crate::support::proc::free_port());
     let output = Command::new(fencelock_bin())
         .args(["lock", "/nowhere", "--endpoints", &endpoint])
         .env("RUST_LOG", "off")

@@ -2,18 +2,18 @@
 //! waits on Enter, its lease is revoked with `etcdctl`, client 2 writes, Enter), a real
 //! `--pause`, and the exit statuses (0 accepted, 3 stale, 1 any other failure).
 
-mod support;
+use crate::both_backends;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::support::backend::Service;
+use crate::support::lockd::LockdProcess;
+use crate::support::proc::{ChildGuard, fencelock_bin, free_port};
+use crate::support::storage::StorageProcess;
 use serde_json::Value;
-use support::backend::Service;
-use support::lockd::LockdProcess;
-use support::proc::{ChildGuard, fencelock_bin, free_port};
-use support::storage::StorageProcess;
 
 /// Bound for anything a healthy local service does at once (start, acquire, write).
 const PROMPTLY: Duration = Duration::from_secs(10);

@@ -1,4 +1,4 @@
-//! lockd against a real etcd (`support::etcd`), request by request: the same random sequence
+//! lockd against a real etcd (`crate::support::etcd`), request by request: the same random sequence
 //! of Puts, DeleteRanges, Ranges (limits, sorting, filters, past revisions, keys-only,
 //! count-only), Txns (compares on every target, over single keys and ranges) and lease
 //! grants, revocations and time-to-live queries (keys attached and detached) goes to a
@@ -14,10 +14,10 @@
 //! The sequences come from fixed seeds, so a failure names the seed and the step that
 //! diverged and reproduces exactly.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::etcd;
+use crate::support::lockd::LockdProcess;
 use fencelock::etcd::etcdserverpb::{
     Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
     PutRequest, RangeRequest, RequestOp, ResponseHeader, ResponseOp, TxnRequest, compare,
@@ -30,8 +30,6 @@ use fencelock::etcd::mvccpb::{Event, KeyValue};
 use fencelock::lock::Client;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::etcd;
-use support::lockd::LockdProcess;
 use tokio_stream::wrappers::ReceiverStream;
 
 /// Steps per seed.

@@ -1,12 +1,12 @@
-//! Lock names, against both lock services (`support::backend`): the names the library refuses,
+//! Lock names, against both lock services (`crate::support::backend`): the names the library refuses,
 //! a name that starts like the library's own keys, and locks named under one another.
 
-mod support;
+use crate::both_backends;
 
 use std::time::Duration;
 
+use crate::support::backend::Service;
 use fencelock::lock::{Client, Error, RESERVED_PREFIX, Session};
-use support::backend::Service;
 use tokio::time::timeout;
 
 const TTL: Duration = Duration::from_secs(10);

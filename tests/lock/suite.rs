@@ -1,15 +1,15 @@
-//! The lock library's suite, run against both lock services (`support::backend`): a real
-//! single-member etcd (`support::etcd`) and `fencelock lockd`. Tokens, queueing, timeouts,
+//! The lock library's suite, run against both lock services (`crate::support::backend`): a real
+//! single-member etcd (`crate::support::etcd`) and `fencelock lockd`. Tokens, queueing, timeouts,
 //! cancellation, and loss of the session; the same assertions hold on either.
 
-mod support;
+use crate::both_backends;
 
 use std::time::Duration;
 
+use crate::support::backend::Service;
+use crate::support::etcd::{etcdctl, within_ttl};
 use fencelock::etcd::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
 use fencelock::lock::{Client, Error, LossReason, Session};
-use support::backend::Service;
-use support::etcd::{etcdctl, within_ttl};
 use tokio::time::{Instant, timeout};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -377,7 +377,7 @@ both_backends!(dropping_a_session_stops_its_keepalive_and_the_lease_expires);
 
 #[tokio::test]
 async fn connecting_to_a_dead_endpoint_fails_clearly_within_the_timeout() {
-    let port = support::proc::free_port();
+    let port = crate::support::proc::free_port();
     let endpoint = format!("127.0.0.1:{port}");
     let started = Instant::now();
     let err = Client::connect_with_timeout([endpoint.as_str()], Duration::from_secs(1))

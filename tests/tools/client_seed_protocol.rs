@@ -4,7 +4,7 @@
 //! else. The seed's manual walkthrough, played with fencelock's client: client 2 accepted,
 //! client 1 refused, exit 3.
 
-mod support;
+use crate::both_backends;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::backend::Service;
+use crate::support::proc::{ChildGuard, fencelock_bin, wait_for};
 use serde::Deserialize;
-use support::backend::Service;
-use support::proc::{ChildGuard, fencelock_bin, wait_for};
 
 /// Bound for anything a healthy local service does at once (start, acquire, write).
 const PROMPTLY: Duration = Duration::from_secs(10);

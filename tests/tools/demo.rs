@@ -3,14 +3,12 @@
 //! overwrites the newer holder's value without it; the lease expiry is seen on the lock
 //! service before client 2 acquires; the timeline picture is written.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::proc::{ChildGuard, fencelock_bin};
 use serde_json::Value;
-use support::proc::{ChildGuard, fencelock_bin};
 
 /// A scenario takes about a TTL; the demo's own steps are bounded, this only stops a hang.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(90);
@@ -147,7 +145,7 @@ fn the_demo_on_lockd_rejects_the_stale_write_with_fencing_and_loses_client_2s_wr
 
 #[tokio::test]
 async fn the_demo_on_a_three_member_etcd_rejects_the_stale_write_with_fencing() {
-    let Some(etcd) = support::etcd::start(3).await else {
+    let Some(etcd) = crate::support::etcd::start(3).await else {
         return;
     };
     let endpoints = etcd.endpoints().join(",");

@@ -1,17 +1,17 @@
 //! A lock call whose enqueuing Txn is never answered, because the lock service is frozen
 //! (SIGSTOP) for longer than the client's request timeout, against both lock services
-//! (`support::backend`). The frozen service still holds the Txn, and hedged copies of it, and
+//! (`crate::support::backend`). The frozen service still holds the Txn, and hedged copies of it, and
 //! may apply them once it runs again: the failed call must leave no lock key behind, now or
 //! later, so that other sessions are not blocked until this one ends.
 
-mod support;
+use crate::both_backends;
 
 use std::time::Duration;
 
+use crate::support::backend::Service;
+use crate::support::proc::Signal;
 use fencelock::etcd::etcdserverpb::{self as pb, compare, request_op};
 use fencelock::lock::{Client, Error, RESERVED_PREFIX, Session};
-use support::backend::Service;
-use support::proc::Signal;
 use tokio::time::{Instant, timeout};
 
 /// The request timeout of the client under test: short, so its Txn is given up while the

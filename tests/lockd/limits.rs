@@ -3,8 +3,6 @@
 //! get etcd's answers, and v3lock waiters still take the lock in order. lockd runs
 //! in-process (`lockd::Server`) on a loopback listener.
 
-mod support;
-
 use std::time::Duration;
 
 use fencelock::etcd::etcdserverpb::kv_client::KvClient;
@@ -162,7 +160,7 @@ async fn a_request_over_the_limit_gets_etcds_answer() {
 /// etcd's real server gives the same answer for the same request, when etcd is installed.
 #[tokio::test]
 async fn etcd_refuses_the_same_request_with_the_same_answer() {
-    let Some(cluster) = support::etcd::start(1).await else {
+    let Some(cluster) = crate::support::etcd::start(1).await else {
         return;
     };
     let channel = Channel::from_shared(format!("http://{}", cluster.endpoints()[0]))

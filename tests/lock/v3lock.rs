@@ -1,15 +1,15 @@
 //! etcd's server-side lock service (v3lock `Lock`/`Unlock`) on both lock services
-//! (`support::backend`: a real etcd from `support::etcd`, and lockd): queueing, hand-over in
+//! (`crate::support::backend`: a real etcd from `crate::support::etcd`, and lockd): queueing, hand-over in
 //! create_revision order, a waiter that gives up, and a lease that does not exist.
 
-mod support;
+use crate::both_backends;
 
 use std::time::Duration;
 
+use crate::support::backend::Service;
 use fencelock::etcd::etcdserverpb::LeaseGrantRequest;
 use fencelock::etcd::v3lockpb::{LockRequest, UnlockRequest};
 use fencelock::lock::{Client, LeaseId};
-use support::backend::Service;
 use tokio::time::timeout;
 
 async fn lease(client: &Client) -> i64 {

@@ -1,12 +1,10 @@
 //! Bad input never stops the storage: every malformed request gets a 4xx with a JSON body,
 //! and the next request is served. Checked against the real binary over real HTTP.
 
-mod support;
-
+use crate::support::storage::{StorageProcess, answer, post_raw, seed};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{Value, json};
-use support::storage::{StorageProcess, answer, post_raw, seed};
 
 /// A request that must succeed after every bad one.
 async fn assert_still_serving(http: &reqwest::Client, url: &str) {

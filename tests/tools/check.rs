@@ -1,18 +1,16 @@
 //! `fencelock check`, the real binary, in short runs with fixed seeds: the checker sees lost
 //! updates where the fencing policy allows them, none under strict fencing whatever the
-//! fault, on lockd and on a real 3-member etcd (`support::etcd`), and refuses faults it
+//! fault, on lockd and on a real 3-member etcd (`crate::support::etcd`), and refuses faults it
 //! cannot inject.
 //!
 //! Runs are a few seconds with TTL 1 s and a fault every second, so each one sees several
 //! faults; what is asserted is the analysis of the recorded history, never a timing.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
+use crate::support::proc::fencelock_bin;
 use serde_json::Value;
-use support::proc::fencelock_bin;
 
 /// Common flags of every run: short, dense in faults, repeatable.
 const SHORT: &[&str] = &[
@@ -197,7 +195,7 @@ fn strict_fencing_loses_nothing_under_every_fault_on_lockd() {
 
 #[tokio::test]
 async fn on_a_three_member_etcd_strict_fencing_loses_nothing_and_the_others_lose_updates() {
-    let Some(_slots) = support::etcd::reserve(3).await else {
+    let Some(_slots) = crate::support::etcd::reserve(3).await else {
         return;
     };
     let out = tempfile::tempdir().unwrap();

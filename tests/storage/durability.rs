@@ -1,16 +1,14 @@
 //! Durability and concurrency: acknowledged requests survive `kill -9`, fences never go
 //! back, and concurrent writers on distinct keys lose nothing.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::proc::Signal;
+use crate::support::storage::{StorageProcess, answer, seed};
 use serde_json::json;
-use support::proc::Signal;
-use support::storage::{StorageProcess, answer, seed};
 
 /// Writers running while the server is killed.
 const KILL_WRITERS: usize = 8;
