@@ -11,7 +11,10 @@
 //! - [`run`]: starting services and workers, injecting faults, stopping, analysing.
 
 pub mod analysis;
+pub mod faults;
 pub mod history;
 pub mod run;
+pub mod saved;
 pub mod timeline;
 pub mod worker;
+pub mod workers;

@@ -11,6 +11,7 @@ use fencelock::storage::Policy;
 use super::{current_exe, duration, exit, unless_interrupted};
 use crate::check::history::FaultKind;
 use crate::check::run::{self, Backend, CheckError};
+use crate::check::saved;
 
 #[derive(Args)]
 pub struct CheckArgs {
@@ -134,7 +135,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<u8> {
     // Interrupted, the run is dropped, which stops and reaps every process it started.
     let work = async {
         let result = match &args.analyse {
-            Some(dir) => run::load_all(dir),
+            Some(dir) => saved::load_all(dir),
             None => run::run(&options).await,
         };
         result.map_err(|e| match e {
@@ -145,10 +146,10 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<u8> {
     let runs = unless_interrupted(work).await?;
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let value = run::json(&runs);
+        let value = saved::json(&runs);
         writeln!(stdout, "{value:#}").context("cannot write to stdout")?;
     } else {
-        write!(stdout, "{}", run::table(&runs)).context("cannot write to stdout")?;
+        write!(stdout, "{}", saved::table(&runs)).context("cannot write to stdout")?;
         for run in &runs {
             writeln!(
                 stdout,

@@ -1,0 +1,393 @@
+//! Fault injection: one fault every interval, drawn from the seeded generator, each
+//! recorded as a begin/end pair in the fault log.
+//!
+//! Invariants: every fault it starts it also undoes (what it froze it continues, what it
+//! killed it restarts) before the run stops; the schedule depends only on the seed.
+
+use fencelock::process::Signal;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng as _;
+use rand::seq::IndexedRandom as _;
+use tokio::sync::{broadcast, watch};
+use tokio::time::sleep;
+
+use super::history::{
+    Event, EventType, FaultEvent, FaultKind, KeyChange, KeyEvent, Log, OpKind, Target, mono_ns,
+    wall_ms,
+};
+use fencelock::lock::{Client, LeaseId};
+use fencelock::process::ServerProcess;
+
+use super::run::*;
+use super::workers::*;
+
+/// Injects one fault every interval until the run stops.
+pub(crate) struct Injector<'a> {
+    pub(crate) options: &'a Options,
+    pub(crate) faults: &'a [FaultKind],
+    pub(crate) rng: rand::rngs::StdRng,
+    pub(crate) tracker: Arc<Mutex<Tracker>>,
+    pub(crate) workers: &'a [Worker],
+    pub(crate) storage: &'a mut ServerProcess,
+    pub(crate) lock_service: &'a mut LockService,
+    pub(crate) client: &'a Client,
+    pub(crate) keys: broadcast::Sender<KeyEvent>,
+    pub(crate) events: broadcast::Sender<Event>,
+    pub(crate) log: &'a mut Log,
+    pub(crate) next_id: u64,
+    pub(crate) stop: watch::Receiver<bool>,
+}
+
+/// A wait cut short by the end of the run.
+pub(crate) struct Stopped;
+
+impl Injector<'_> {
+    pub(crate) async fn run(&mut self) -> Result<(), CheckError> {
+        if self.faults.is_empty() {
+            return Ok(());
+        }
+        loop {
+            if self.pause(self.options.interval).await.is_err() {
+                return Ok(());
+            }
+            let fault = *self
+                .faults
+                .choose(&mut self.rng)
+                .expect("faults is not empty");
+            let result = match fault {
+                FaultKind::FreezeHolder => self.freeze_holder().await,
+                FaultKind::FreezeAfterRead => self.freeze_after_read().await,
+                FaultKind::Revoke => self.revoke().await,
+                FaultKind::FreezeLockService => self.freeze_lock_service().await,
+                FaultKind::KillStorage => self.kill_storage().await?,
+                FaultKind::KillMember => self.kill_member().await?,
+            };
+            if result.is_err() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sleeps, unless the run stops first.
+    async fn pause(&mut self, duration: Duration) -> Result<(), Stopped> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            () = sleep(duration) => Ok(()),
+            _ = stop.wait_for(|s| *s) => Err(Stopped),
+        }
+    }
+
+    /// Waits for `what` with a time limit; `Ok(None)` when the limit passed first.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        what: impl std::future::Future<Output = T>,
+    ) -> Result<Option<T>, Stopped> {
+        let mut stop = self.stop.clone();
+        tokio::select! {
+            value = what => Ok(Some(value)),
+            () = sleep(limit) => Ok(None),
+            _ = stop.wait_for(|s| *s) => Err(Stopped),
+        }
+    }
+
+    /// Longest a worker stays frozen: past its TTL, whatever else happens.
+    fn max_freeze(&self) -> Duration {
+        self.options.ttl * 3 + Duration::from_secs(2)
+    }
+
+    fn start(&mut self, fault: FaultKind, target: Target, lease: Option<i64>) -> FaultEvent {
+        self.next_id += 1;
+        locked(&self.tracker).faults += 1;
+        let event = FaultEvent {
+            id: self.next_id,
+            fault,
+            target,
+            start_mono_ns: mono_ns(),
+            end_mono_ns: None,
+            wall_ms: wall_ms(),
+            lease,
+            note: None,
+        };
+        let _ = self.log.append(&event);
+        event
+    }
+
+    fn end(&mut self, mut event: FaultEvent, note: Option<String>) {
+        event.end_mono_ns = Some(mono_ns());
+        event.wall_ms = wall_ms();
+        event.note = note;
+        let _ = self.log.append(&event);
+    }
+
+    fn freeze(&self, worker: usize, frozen: bool) {
+        if let Some(pid) = self.workers[worker].child.id() {
+            let sig = if frozen { Signal::STOP } else { Signal::CONT };
+            if signal(pid, sig) {
+                locked(&self.tracker).workers[worker].frozen = frozen;
+            }
+        }
+    }
+
+    pub(crate) fn thaw_all(&self) {
+        for i in 0..self.workers.len() {
+            self.freeze(i, false);
+        }
+        match &*self.lock_service {
+            LockService::Lockd(lockd) => {
+                lockd.signal(Signal::CONT);
+            }
+            LockService::Etcd(cluster) => {
+                for i in 0..cluster.len() {
+                    cluster.resume(i);
+                }
+            }
+            LockService::External(_) => {}
+        }
+    }
+
+    /// Workers holding the lock now, with their lease and token.
+    fn holders(&self) -> Vec<(usize, Option<i64>, u64)> {
+        let tracker = locked(&self.tracker);
+        tracker
+            .workers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| w.holding.map(|t| (i, w.lease, t)))
+            .collect()
+    }
+
+    /// Waits until some worker holds the lock; `None` if none does within an interval.
+    async fn some_holder(&mut self) -> Result<Option<(usize, Option<i64>, u64)>, Stopped> {
+        let mut events = self.events.subscribe();
+        if let Some(holder) = self.holders().first() {
+            return Ok(Some(*holder));
+        }
+        let tracker = self.tracker.clone();
+        let found = self
+            .within(self.options.interval, async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.f == OpKind::Lock && e.kind == EventType::Ok => {
+                            let i = (e.worker - 1) as usize;
+                            let lease = locked(&tracker).workers[i].lease;
+                            return Some((i, lease, e.token.unwrap_or(0)));
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            })
+            .await?;
+        Ok(found.flatten())
+    }
+
+    /// Keeps a frozen worker stopped until its lock key is seen gone (its lease expired on
+    /// the lock service) and another worker has gone on to `then` (acquired, or read), within
+    /// `max_freeze` in all.
+    async fn hold_frozen(
+        &mut self,
+        lease: Option<i64>,
+        token: u64,
+        then: (OpKind, &'static str),
+    ) -> Result<String, Stopped> {
+        let began = Instant::now();
+        let mut keys = self.keys.subscribe();
+        let mut events = self.events.subscribe();
+        let expired = self
+            .within(self.max_freeze(), async move {
+                loop {
+                    match keys.recv().await {
+                        Ok(k) if k.change == KeyChange::Deleted && k.lease == lease => return,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            })
+            .await?
+            .is_some();
+        if !expired {
+            return Ok("lock key not seen expiring; resumed at the time limit".into());
+        }
+        let left = self.max_freeze().saturating_sub(began.elapsed());
+        let (kind, what) = then;
+        let next = self
+            .within(left, async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.f == kind && e.kind == EventType::Ok => {
+                            if e.token.is_some_and(|t| t > token) {
+                                return e.worker;
+                            }
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => {
+                            std::future::pending::<()>().await
+                        }
+                    }
+                }
+            })
+            .await?;
+        Ok(match next {
+            Some(worker) => format!("lease expired; resumed after worker {worker} {what}"),
+            None => "lease expired; no other worker went on before the time limit".into(),
+        })
+    }
+
+    async fn freeze_holder(&mut self) -> Result<(), Stopped> {
+        let Some((worker, lease, token)) = self.some_holder().await? else {
+            return Ok(());
+        };
+        self.freeze(worker, true);
+        let event = self.start(
+            FaultKind::FreezeHolder,
+            Target::Worker(worker as u32 + 1),
+            lease,
+        );
+        let mut outcome = self
+            .hold_frozen(lease, token, (OpKind::Lock, "acquired"))
+            .await;
+        // Resume somewhere in the next holder's turn (before its read, between its read and
+        // its write, or after), so every interleaving of the stale holder comes up.
+        if let Ok(note) = &mut outcome {
+            let later = self
+                .rng
+                .random_range(Duration::ZERO..=self.options.work.1 + NEXT_TURN_SLACK);
+            if self.pause(later).await.is_err() {
+                outcome = Err(Stopped);
+            } else {
+                note.push_str(&format!(", {} ms later", later.as_millis()));
+            }
+        }
+        self.freeze(worker, false);
+        self.end(event, outcome.as_ref().ok().cloned());
+        outcome.map(|_| ())
+    }
+
+    /// Freezes the first worker to complete a read, and resumes it once its lease has expired
+    /// and the next holder has read too: the interleaving that defeats write-only fencing.
+    async fn freeze_after_read(&mut self) -> Result<(), Stopped> {
+        let mut events = self.events.subscribe();
+        let read = self
+            .within(self.options.interval * 2, async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.f == OpKind::Read && e.kind == EventType::Ok => return Some(e),
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            })
+            .await?
+            .flatten();
+        let Some(read) = read else { return Ok(()) };
+        let worker = (read.worker - 1) as usize;
+        self.freeze(worker, true);
+        let lease = locked(&self.tracker).workers[worker].lease;
+        let event = self.start(
+            FaultKind::FreezeAfterRead,
+            Target::Worker(read.worker),
+            lease,
+        );
+        let outcome = self
+            .hold_frozen(lease, read.token.unwrap_or(0), (OpKind::Read, "read"))
+            .await;
+        self.freeze(worker, false);
+        self.end(event, outcome.as_ref().ok().cloned());
+        outcome.map(|_| ())
+    }
+
+    async fn revoke(&mut self) -> Result<(), Stopped> {
+        let Some((worker, Some(lease), _)) = self.some_holder().await? else {
+            return Ok(());
+        };
+        let event = self.start(
+            FaultKind::Revoke,
+            Target::Worker(worker as u32 + 1),
+            Some(lease),
+        );
+        let client = self.client.clone();
+        let result = self
+            .within(Duration::from_secs(5), client.revoke(LeaseId::new(lease)))
+            .await?;
+        let note = match result {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(format!("revoke failed: {e}")),
+            None => Some("revoke got no answer in 5 s".into()),
+        };
+        self.end(event, note);
+        Ok(())
+    }
+
+    async fn freeze_lock_service(&mut self) -> Result<(), Stopped> {
+        // Past the TTL, so that leases run out on the service's clock while it is stopped.
+        let freeze = self.options.ttl + self.options.ttl / 2 + Duration::from_millis(500);
+        let (target, note) = match &*self.lock_service {
+            LockService::Lockd(lockd) => {
+                lockd.signal(Signal::STOP);
+                (Target::LockService(None), "lockd")
+            }
+            LockService::Etcd(cluster) => {
+                let member = self.rng.random_range(0..cluster.len());
+                cluster.pause(member);
+                (Target::LockService(Some(member as u32)), "etcd member")
+            }
+            LockService::External(_) => return Ok(()),
+        };
+        let event = self.start(FaultKind::FreezeLockService, target.clone(), None);
+        let waited = self.pause(freeze).await;
+        match (&*self.lock_service, &target) {
+            (LockService::Lockd(lockd), _) => {
+                lockd.signal(Signal::CONT);
+            }
+            (LockService::Etcd(cluster), Target::LockService(Some(member))) => {
+                cluster.resume(*member as usize);
+            }
+            _ => {}
+        }
+        self.end(event, Some(format!("{note} stopped for {freeze:?}")));
+        waited
+    }
+
+    async fn kill_storage(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let event = self.start(FaultKind::KillStorage, Target::Storage, None);
+        self.storage.kill().await;
+        let down = Duration::from_millis(self.rng.random_range(0..500));
+        // The storage comes back even when the run is ending: the final read needs it.
+        let waited = self.pause(down).await;
+        self.storage
+            .restart()
+            .await
+            .map_err(|e| setup("cannot restart the storage")(e.into()))?;
+        self.end(event, Some(format!("down for {down:?}")));
+        Ok(waited)
+    }
+
+    async fn kill_member(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let LockService::Etcd(cluster) = &mut *self.lock_service else {
+            return Ok(Ok(()));
+        };
+        let member = self.rng.random_range(0..cluster.len());
+        cluster.kill(member);
+        let event = self.start(
+            FaultKind::KillMember,
+            Target::LockService(Some(member as u32)),
+            None,
+        );
+        let down = Duration::from_millis(self.rng.random_range(500..2000));
+        let waited = self.pause(down).await;
+        let LockService::Etcd(cluster) = &mut *self.lock_service else {
+            unreachable!("checked above");
+        };
+        cluster
+            .restart(member)
+            .await
+            .map_err(|e| setup(format!("cannot restart etcd member {member}"))(e.into()))?;
+        self.end(event, Some(format!("down for {down:?}")));
+        Ok(waited)
+    }
+}
