@@ -27,9 +27,9 @@ const PROMPTLY: Duration = Duration::from_secs(10);
 const NAME: &str = "/enqueue-frozen";
 
 fn freeze(service: &Service, frozen: bool) {
-    let signal = if frozen { Signal::STOP } else { Signal::CONT };
     match service {
-        Service::Lockd(lockd) => lockd.signal(signal),
+        Service::Lockd(lockd) if frozen => lockd.freeze(),
+        Service::Lockd(lockd) => lockd.signal(Signal::CONT),
         Service::Etcd(etcd) if frozen => etcd.pause(0),
         Service::Etcd(etcd) => etcd.resume(0),
     }
