@@ -67,6 +67,18 @@ fn key_request(
     Ok(KeyRequest { key, fence, token })
 }
 
+/// The answer to a body that could not be read: `413 body_too_large` over `--max-body`,
+/// otherwise the extractor's own status as `bad_request`.
+fn body_refused(app: &AppState, op: MetricOp, rejection: &BytesRejection) -> Response {
+    app.metrics.request(op, Outcome::BadRequest);
+    let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        "body_too_large"
+    } else {
+        "bad_request"
+    };
+    error_response(rejection.status(), code, rejection.body_text())
+}
+
 fn bad_request(app: &AppState, op: MetricOp, message: String) -> Response {
     app.metrics.request(op, Outcome::BadRequest);
     error_response(StatusCode::BAD_REQUEST, "bad_request", message)
@@ -123,15 +135,7 @@ pub(super) async fn put_value(
 ) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            app.metrics.request(MetricOp::Write, Outcome::BadRequest);
-            let code = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                "body_too_large"
-            } else {
-                "bad_request"
-            };
-            return error_response(rejection.status(), code, rejection.body_text());
-        }
+        Err(rejection) => return body_refused(&app, MetricOp::Write, &rejection),
     };
     let request =
         key_request(path, query, &headers).and_then(|request| match std::str::from_utf8(&body) {
@@ -170,10 +174,7 @@ pub(super) async fn post_txn(
 ) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(rejection) => {
-            app.metrics.request(MetricOp::Txn, Outcome::BadRequest);
-            return error_response(rejection.status(), "bad_request", rejection.body_text());
-        }
+        Err(rejection) => return body_refused(&app, MetricOp::Txn, &rejection),
     };
     let decoded = (|| {
         let Query(param) = query.map_err(|e| e.body_text())?;
