@@ -1,11 +1,12 @@
 //! The gRPC services: each call locks the state, does its work, and answers; nothing waits
-//! with the state locked. Waiting calls (a v3lock `Lock`, streams) wait on the change feed.
+//! with the state locked. Streams wait on the change feed; a v3lock `Lock` waits for the
+//! deletion of the key ahead of its own.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::{Stream, StreamExt as _};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -243,20 +244,22 @@ impl lock_server::Lock for Services {
         request: Request<v3lockpb::LockRequest>,
     ) -> Answer<v3lockpb::LockResponse> {
         let request = request.into_inner();
-        let (mut changes, mut waiting) = {
+        let mut waiting = {
             let mut state = self.0.state();
             let (key, created) = state.enqueue(&request.name, request.lease)?;
-            let waiting = Waiting {
+            Waiting {
                 core: self.0.clone(),
                 key,
                 created,
                 armed: true,
-            };
-            (state.subscribe(), waiting)
+            }
         };
         loop {
+            // Registered with the state locked, so a deletion cannot fall between the look
+            // and the wait; only the key ahead (or this one) going wakes this waiter.
+            let wake = Arc::new(Notify::new());
             {
-                let state = self.0.state();
+                let mut state = self.0.state();
                 match state.turn(&request.name, &waiting.key, waiting.created) {
                     Turn::Owner => {
                         waiting.armed = false;
@@ -270,16 +273,13 @@ impl lock_server::Lock for Services {
                         waiting.armed = false;
                         return Err(EtcdError::LeaseNotFound.into());
                     }
-                    Turn::Waiting => {}
+                    Turn::Waiting(ahead) => {
+                        state.notify_on_delete([&ahead, &waiting.key], &wake);
+                    }
                 }
             }
             tokio::select! {
-                change = changes.recv() => match change {
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return Err(Status::unavailable("lockd is shutting down"));
-                    }
-                },
+                () = wake.notified() => {}
                 () = self.0.stopped() => {
                     return Err(Status::unavailable("lockd is shutting down"));
                 }

@@ -15,9 +15,9 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 use tokio::time::{Duration, Instant};
 
 use super::error::EtcdError;
@@ -116,7 +116,9 @@ struct Lease {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Turn {
     Owner,
-    Waiting,
+    /// Behind the key named: the newest older key under the lock's prefix. Only its
+    /// deletion (or the waiter's own) can change the answer.
+    Waiting(Vec<u8>),
     /// Its key is gone (lease expired or revoked, or unlocked by someone else).
     Gone,
 }
@@ -150,6 +152,8 @@ pub struct State {
     identity: Identity,
     limits: Limits,
     changes: broadcast::Sender<Arc<Change>>,
+    /// v3lock waiters to wake when a key is deleted, by key.
+    on_delete: HashMap<Vec<u8>, Vec<Weak<Notify>>>,
 }
 
 /// Capacity of the change feed; a watcher further behind catches up from the history.
@@ -176,6 +180,7 @@ impl State {
             identity,
             limits,
             changes: broadcast::channel(FEED_CAPACITY).0,
+            on_delete: HashMap::new(),
         }
     }
 
@@ -387,6 +392,19 @@ impl State {
         {
             let oldest = self.drop_oldest();
             self.oldest_kept = oldest.revision + 1;
+        }
+        if !self.on_delete.is_empty() {
+            for event in &change.events {
+                if event.r#type != EventType::Delete as i32 {
+                    continue;
+                }
+                let Some(kv) = &event.kv else { continue };
+                for waiter in self.on_delete.remove(&kv.key).into_iter().flatten() {
+                    if let Some(waiter) = waiter.upgrade() {
+                        waiter.notify_one();
+                    }
+                }
+            }
         }
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(change);
@@ -837,10 +855,23 @@ impl State {
         let mut prefix = name.to_vec();
         prefix.push(b'/');
         let range = KeyRange::new(&prefix, &prefix_end(&prefix));
-        if self.scan(&range).any(|kv| kv.create_revision < created) {
-            Turn::Waiting
-        } else {
-            Turn::Owner
+        match self
+            .scan(&range)
+            .filter(|kv| kv.create_revision < created)
+            .max_by_key(|kv| kv.create_revision)
+        {
+            Some(ahead) => Turn::Waiting(ahead.key.clone()),
+            None => Turn::Owner,
+        }
+    }
+
+    /// Wakes `waiter` (once) when any of `keys` is deleted. A waiter that went away is
+    /// forgotten with the key it waited on, or sooner when others queue on that key.
+    pub fn notify_on_delete(&mut self, keys: [&[u8]; 2], waiter: &Arc<Notify>) {
+        for key in keys {
+            let waiters = self.on_delete.entry(key.to_vec()).or_default();
+            waiters.retain(|w| w.strong_count() > 0);
+            waiters.push(Arc::downgrade(waiter));
         }
     }
 
@@ -1401,11 +1432,66 @@ mod tests {
         assert!(rev_b > rev_a);
         assert_eq!(s.enqueue(b"/l", a).unwrap(), (key_a.clone(), rev_a));
         assert_eq!(s.turn(b"/l", &key_a, rev_a), Turn::Owner);
-        assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Waiting);
+        assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Waiting(key_a.clone()));
         s.withdraw(&key_a, rev_a);
         assert_eq!(s.turn(b"/l", &key_a, rev_a), Turn::Gone);
         assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Owner);
         assert_eq!(s.enqueue(b"/l", 7).err(), Some(EtcdError::LeaseNotFound));
+    }
+
+    /// Whether `waiter` was woken since it registered, without waiting.
+    fn woken(waiter: &Notify) -> bool {
+        use futures::FutureExt as _;
+        waiter.notified().now_or_never().is_some()
+    }
+
+    #[test]
+    fn a_lock_waiter_wakes_only_when_the_key_ahead_of_it_or_its_own_goes() {
+        let mut s = state();
+        let now = Instant::now();
+        let leases: Vec<i64> = (0..4).map(|_| s.grant(now, 0, 10).unwrap().id).collect();
+        let queued: Vec<(Vec<u8>, i64)> = leases
+            .iter()
+            .map(|&lease| s.enqueue(b"/l", lease).unwrap())
+            .collect();
+        let waiters: Vec<Arc<Notify>> = (0..4).map(|_| Arc::new(Notify::new())).collect();
+        for (i, (key, created)) in queued.iter().enumerate().skip(1) {
+            let Turn::Waiting(ahead) = s.turn(b"/l", key, *created) else {
+                panic!("waiter {i} is not waiting");
+            };
+            assert_eq!(
+                ahead,
+                queued[i - 1].0,
+                "waiter {i} waits on the key just ahead"
+            );
+            s.notify_on_delete([&ahead, key], &waiters[i]);
+        }
+        // Changes elsewhere, even under the lock's prefix, wake nobody.
+        for key in ["other", "/l/zzz"] {
+            let put = pb::PutRequest {
+                key: key.into(),
+                ..Default::default()
+            };
+            s.put(&put).unwrap();
+        }
+        assert!(!waiters.iter().any(|w| woken(w)));
+        // The holder unlocks: only the next in line wakes.
+        s.withdraw(&queued[0].0, queued[0].1);
+        assert!(woken(&waiters[1]));
+        assert!(!woken(&waiters[2]) && !woken(&waiters[3]));
+        // A waiter in the middle gives up: the one behind it wakes, to wait on the one ahead.
+        s.withdraw(&queued[2].0, queued[2].1);
+        assert!(woken(&waiters[3]));
+        let Turn::Waiting(ahead) = s.turn(b"/l", &queued[3].0, queued[3].1) else {
+            panic!("the last waiter is not waiting");
+        };
+        assert_eq!(ahead, queued[1].0);
+        // A waiter whose own key goes with its lease wakes to find it gone.
+        s.notify_on_delete([&ahead, &queued[3].0], &waiters[3]);
+        s.revoke(leases[3]).unwrap();
+        assert!(woken(&waiters[3]));
+        assert_eq!(s.turn(b"/l", &queued[3].0, queued[3].1), Turn::Gone);
+        assert!(!woken(&waiters[1]));
     }
 
     #[test]
