@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Keys and values as reference-counted buffers: an event fanned out to many watchers,
+        // or kept in the history, shares one copy of a large value.
+        .bytes(".mvccpb.KeyValue")
         .compile_fds(descriptors)?;
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={proto}");

@@ -485,7 +485,7 @@ fn predecessor_in(
     limit: i64,
 ) -> Option<Option<(Vec<u8>, i64)>> {
     match kvs.iter().skip(1).find(|kv| is_lock_key(prefix, &kv.key)) {
-        Some(kv) => Some(Some((kv.key.clone(), kv.create_revision))),
+        Some(kv) => Some(Some((kv.key.to_vec(), kv.create_revision))),
         None if (kvs.len() as i64) < limit => Some(None),
         None => None,
     }

@@ -231,7 +231,7 @@ mod tests {
         Event {
             r#type: EventType::Delete as i32,
             kv: Some(KeyValue {
-                key: b"/l/1".to_vec(),
+                key: b"/l/1"[..].into(),
                 mod_revision: revision,
                 ..Default::default()
             }),
@@ -284,7 +284,7 @@ mod lockd_tests {
             .unwrap();
         let created = watch.next().await.unwrap().unwrap();
         assert_eq!(created.len(), 1);
-        assert_eq!(created[0].kv.as_ref().unwrap().key, b"/w/a");
+        assert_eq!(created[0].kv.as_ref().unwrap().key, &b"/w/a"[..]);
         assert_eq!(created[0].r#type, EventType::Put as i32);
         let deleted = watch.next().await.unwrap().unwrap();
         assert_eq!(deleted[0].r#type, EventType::Delete as i32);

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Weak};
 
+use bytes::Bytes;
 use tokio::sync::{Notify, broadcast};
 use tokio::time::{Duration, Instant};
 
@@ -269,7 +270,7 @@ impl State {
         }
         let mut keys: BTreeMap<Vec<u8>, KeyValue> = self
             .scan(range)
-            .map(|kv| (kv.key.clone(), kv.clone()))
+            .map(|kv| (kv.key.to_vec(), kv.clone()))
             .collect();
         let newer = self
             .history
@@ -283,8 +284,8 @@ impl State {
                 continue;
             }
             match &event.prev_kv {
-                Some(prev) => keys.insert(kv.key.clone(), prev.clone()),
-                None => keys.remove(&kv.key),
+                Some(prev) => keys.insert(kv.key.to_vec(), prev.clone()),
+                None => keys.remove(&kv.key[..]),
             };
         }
         Ok(keys.into_values().collect())
@@ -342,7 +343,7 @@ impl State {
             more = false;
         } else if request.keys_only {
             for kv in &mut kvs {
-                kv.value = Vec::new();
+                kv.value = Bytes::new();
             }
         }
         Ok(pb::RangeResponse {
@@ -399,7 +400,7 @@ impl State {
                     continue;
                 }
                 let Some(kv) = &event.kv else { continue };
-                for waiter in self.on_delete.remove(&kv.key).into_iter().flatten() {
+                for waiter in self.on_delete.remove(&kv.key[..]).into_iter().flatten() {
                     if let Some(waiter) = waiter.upgrade() {
                         waiter.notify_one();
                     }
@@ -454,10 +455,10 @@ impl State {
         };
         let value = match (&prev, request.ignore_value) {
             (Some(prev), true) => prev.value.clone(),
-            _ => request.value.clone(),
+            _ => Bytes::from(request.value.clone()),
         };
         let kv = KeyValue {
-            key: request.key.clone(),
+            key: Bytes::from(request.key.clone()),
             create_revision: prev.as_ref().map_or(revision, |p| p.create_revision),
             mod_revision: revision,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
@@ -474,7 +475,7 @@ impl State {
         if let Some(prev) = &prev {
             self.live_bytes -= prev.key.len() + prev.value.len();
         }
-        self.keys.insert(kv.key.clone(), kv.clone());
+        self.keys.insert(request.key.clone(), kv.clone());
         events.push(Event {
             r#type: EventType::Put as i32,
             prev_kv: before_revision(events, &kv.key, &prev),
@@ -493,7 +494,7 @@ impl State {
         want_prev: bool,
         events: &mut Vec<Event>,
     ) -> pb::DeleteRangeResponse {
-        let doomed = self.scan(range).map(|kv| kv.key.clone()).collect();
+        let doomed = self.scan(range).map(|kv| kv.key.to_vec()).collect();
         self.delete_keys(revision, doomed, want_prev, events)
     }
 
@@ -516,7 +517,7 @@ impl State {
                 r#type: EventType::Delete as i32,
                 prev_kv: before_revision(&events[..earlier], key, &Some(prev.clone())),
                 kv: Some(KeyValue {
-                    key: key.clone(),
+                    key: Bytes::from(key.clone()),
                     mod_revision: revision,
                     ..Default::default()
                 }),
@@ -860,7 +861,7 @@ impl State {
             .filter(|kv| kv.create_revision < created)
             .max_by_key(|kv| kv.create_revision)
         {
-            Some(ahead) => Turn::Waiting(ahead.key.clone()),
+            Some(ahead) => Turn::Waiting(ahead.key.to_vec()),
             None => Turn::Owner,
         }
     }
@@ -1071,7 +1072,7 @@ fn compare_kv(compare: &pb::Compare, kv: &KeyValue) -> bool {
             Some(TargetUnion::Lease(v)) => v,
             _ => &0,
         }),
-        CompareTarget::Value => kv.value.as_slice().cmp(match wanted {
+        CompareTarget::Value => kv.value[..].cmp(match wanted {
             Some(TargetUnion::Value(v)) => v.as_slice(),
             _ => &[],
         }),
@@ -1175,14 +1176,14 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(get(&s, "k", r1).unwrap().unwrap().value, b"a");
-        assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, b"b");
+        assert_eq!(get(&s, "k", r1).unwrap().unwrap().value, &b"a"[..]);
+        assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, &b"b"[..]);
         assert_eq!(get(&s, "k", 1).unwrap(), None);
         assert_eq!(get(&s, "k", 0).unwrap(), None);
         assert_eq!(get(&s, "k", 99), Err(EtcdError::FutureRevision));
         s.compact(r2).unwrap();
         assert_eq!(get(&s, "k", r1), Err(EtcdError::Compacted));
-        assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, b"b");
+        assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, &b"b"[..]);
         assert_eq!(s.changes_since(r1).err(), Some(EtcdError::Compacted));
         assert_eq!(s.changes_since(r2).unwrap()[0].revision, r2);
     }

@@ -244,40 +244,34 @@ impl Stream {
         }
     }
 
-    /// Reports `changes` (in revision order) to watcher `id`, batched.
+    /// Reports `changes` (in revision order) to watcher `id`, in answers of about
+    /// [`CATCH_UP_BATCH`] events, each sent before the next is built: a watcher far behind
+    /// never holds more than one answer's events at a time.
     async fn catch_up(&mut self, id: i64, changes: &[Arc<Change>]) -> Result<(), Closed> {
+        let header = self.core.state().header();
         let Some(watcher) = self.watchers.get_mut(&id) else {
             return Ok(());
         };
-        let mut batches = Vec::new();
         let mut events = Vec::new();
-        let mut last = 0;
-        for change in changes.iter().filter(|c| c.revision >= watcher.next) {
+        let first = changes.partition_point(|c| c.revision < watcher.next);
+        let mut pending = changes[first..].iter().peekable();
+        while let Some(change) = pending.next() {
             events.extend(watcher.select(change));
-            last = change.revision;
-            if events.len() >= CATCH_UP_BATCH {
-                batches.push((last, std::mem::take(&mut events)));
+            watcher.next = change.revision + 1;
+            let last = pending.peek().is_none();
+            if events.len() >= CATCH_UP_BATCH || last && !events.is_empty() {
+                watcher.active = true;
+                let response = pb::WatchResponse {
+                    header: Some(pb::ResponseHeader {
+                        revision: change.revision.max(header.revision),
+                        ..header
+                    }),
+                    watch_id: id,
+                    events: std::mem::take(&mut events),
+                    ..Default::default()
+                };
+                self.out.send(Ok(response)).await.map_err(|_| Closed)?;
             }
-        }
-        if !events.is_empty() {
-            batches.push((last, events));
-        }
-        if last > 0 {
-            watcher.next = last + 1;
-        }
-        watcher.active |= !batches.is_empty();
-        let header = self.core.state().header();
-        for (revision, events) in batches {
-            let response = pb::WatchResponse {
-                header: Some(pb::ResponseHeader {
-                    revision: revision.max(header.revision),
-                    ..header
-                }),
-                watch_id: id,
-                events,
-                ..Default::default()
-            };
-            self.send(response).await?;
         }
         Ok(())
     }
@@ -404,5 +398,50 @@ impl Stream {
             self.send(response).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::etcd::mvccpb::KeyValue;
+
+    #[test]
+    fn watchers_share_one_copy_of_a_large_value() {
+        let value = bytes::Bytes::from(vec![7u8; 1 << 20]);
+        let kv = KeyValue {
+            key: b"big"[..].into(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        let change = Change {
+            revision: 2,
+            events: vec![Event {
+                r#type: EventType::Put as i32,
+                kv: Some(kv.clone()),
+                prev_kv: Some(kv),
+            }],
+        };
+        let watcher = Watcher {
+            range: KeyRange::new(b"", b"\0"),
+            no_put: false,
+            no_delete: false,
+            prev_kv: true,
+            progress_notify: false,
+            next: 0,
+            active: false,
+        };
+        for _ in 0..100 {
+            let events = watcher.select(&change);
+            let sent = events[0].kv.as_ref().unwrap();
+            assert_eq!(sent.value.len(), value.len());
+            assert_eq!(sent.value.as_ptr(), value.as_ptr(), "the value was copied");
+            let prev = events[0].prev_kv.as_ref().unwrap();
+            assert_eq!(
+                prev.value.as_ptr(),
+                value.as_ptr(),
+                "the previous value was copied"
+            );
+        }
     }
 }
