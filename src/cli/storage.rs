@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use fencelock::storage::{self, DEFAULT_MAX_BODY, Engine, Policy};
+use fencelock::storage::{self, Engine, Limits, Policy, limits};
 use tracing::info;
 
 use super::{announce, exit, listen, shutdown_signal};
@@ -24,9 +24,16 @@ pub struct StorageArgs {
     /// Which requests are checked against the fence.
     #[arg(long, value_name = "POLICY", default_value = "strict")]
     fencing: Policy,
-    /// Largest request body accepted, in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    /// Largest request body accepted, in bytes; a larger one is answered 413.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_BODY)]
     max_body: usize,
+    /// Bytes of request bodies held at once, being read or waiting for their commit; a
+    /// request past it is answered 503 busy. At least --max-body.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::DEFAULT_MAX_QUEUED_BYTES)]
+    max_queued_bytes: usize,
+    /// Connections open at once; one more is answered 503 busy and closed.
+    #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
@@ -38,7 +45,11 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
     let config = storage::Config {
         engine: engine.clone(),
         policy: args.fencing,
-        max_body: args.max_body,
+        limits: Limits {
+            max_body: args.max_body,
+            max_queued_bytes: args.max_queued_bytes,
+            max_connections: args.max_connections,
+        },
     };
     let (listener, addr) = listen(&args.listen).await?;
     let server = storage::Server::open(config)

@@ -237,7 +237,7 @@ impl Servers {
         let config = storage::Config {
             engine: Engine::Durable(dir),
             policy,
-            max_body: storage::DEFAULT_MAX_BODY,
+            limits: storage::Limits::default(),
         };
         let server = storage::Server::open(config)
             .await

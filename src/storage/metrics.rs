@@ -9,6 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use super::limits::Refusal;
+
 /// The operation a request asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -76,6 +78,11 @@ pub struct Metrics {
     stale_rejections: AtomicU64,
     batch_size: Histogram,
     commit_latency: Histogram,
+    /// Connections open now.
+    pub(super) connections: AtomicU64,
+    /// Bytes of request bodies being read or waiting for their commit now.
+    pub(super) queued_bytes: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -83,6 +90,9 @@ impl Default for Metrics {
         Metrics {
             requests: Default::default(),
             stale_rejections: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            refused: Default::default(),
             // Requests per durable commit: powers of two up to the largest batches seen.
             batch_size: Histogram::new(&[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096], 1.0),
             // Nanoseconds, shown in seconds: an fdatasync is ~0.1-1 ms, stalls reach 100 ms.
@@ -119,6 +129,11 @@ impl Metrics {
         self.requests[op as usize][outcome as usize].load(Relaxed)
     }
 
+    /// One request or connection turned away by a bound.
+    pub(super) fn refused(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
     /// One durable commit of `requests` requests that took `elapsed`.
     pub fn commit(&self, requests: usize, elapsed: Duration) {
         self.batch_size.observe(requests as u64);
@@ -151,6 +166,27 @@ impl Metrics {
              fencelock_storage_stale_rejections_total {}",
             self.stale_rejections.load(Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP fencelock_storage_connections Connections open.\n\
+             # TYPE fencelock_storage_connections gauge\n\
+             fencelock_storage_connections {}\n\
+             # HELP fencelock_storage_queued_body_bytes Bytes of request bodies being read or waiting for their commit.\n\
+             # TYPE fencelock_storage_queued_body_bytes gauge\n\
+             fencelock_storage_queued_body_bytes {}\n\
+             # HELP fencelock_storage_busy_total Requests and connections answered 503 busy, by the bound they met.\n\
+             # TYPE fencelock_storage_busy_total counter",
+            self.connections.load(Relaxed),
+            self.queued_bytes.load(Relaxed),
+        );
+        for why in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "fencelock_storage_busy_total{{bound=\"{}\"}} {}",
+                why.label(),
+                self.refused[why as usize].load(Relaxed)
+            );
+        }
         self.batch_size.render(
             &mut out,
             "fencelock_storage_commit_batch_size",

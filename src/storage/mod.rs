@@ -7,6 +7,7 @@
 //! - `store` holds the single writer thread and its group commit.
 //! - `server` holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers,
 //!   `http` the state and JSON answers they share (so no two of these import each other).
+//! - `limits` holds the bounds on connections and queued request bodies (503 past them).
 //! - `metrics` holds the Prometheus counters and histograms.
 //! - [`client`] holds [`StorageClient`].
 //!
@@ -25,6 +26,8 @@ pub mod fence;
 #[cfg(feature = "storage")]
 mod http;
 #[cfg(feature = "storage")]
+pub mod limits;
+#[cfg(feature = "storage")]
 mod metrics;
 #[cfg(feature = "storage")]
 mod rest;
@@ -42,7 +45,9 @@ pub use backend::BackendError;
 pub use client::{ClientError, Protocol, StorageClient, Stored};
 pub use fence::Policy;
 #[cfg(feature = "storage")]
-pub use server::{Config, DEFAULT_MAX_BODY, Server, ServerError, run};
+pub use limits::{DEFAULT_MAX_BODY, Limits, LimitsError};
+#[cfg(feature = "storage")]
+pub use server::{Config, Server, ServerError, run};
 #[cfg(feature = "storage")]
 pub use store::Engine;
 pub use wire::FENCING_TOKEN;

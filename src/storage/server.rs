@@ -11,8 +11,9 @@
 //! | `GET /v1/fences/{name}` | a fence's current token |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
-//! Every refusal, including an unknown path, a wrong method and a body over `--max-body`, is
-//! answered with a JSON body; the server itself never stops on bad input.
+//! Every refusal, including an unknown path, a wrong method, a body over `--max-body` and a
+//! request past the bounds of `limits`, is answered with a JSON body; the server itself never
+//! stops on bad input.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,19 +23,16 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::fence::Policy;
 use super::http::{App, AppState, error_response};
+use super::limits::{self, BodyQueue, BoundedListener, Limits, LimitsError};
 use super::metrics::Metrics;
 use super::store::{Engine, Store};
 use super::{rest, seed};
 use crate::storage::backend::BackendError;
-
-/// The default `--max-body`: far above any value a lock holder writes, far below memory trouble.
-pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
 /// How the server stores data and which fence policy it enforces.
 #[derive(Clone, Debug)]
@@ -43,8 +41,8 @@ pub struct Config {
     pub engine: Engine,
     /// Which requests the fences check.
     pub policy: Policy,
-    /// Largest request body accepted, in bytes; larger ones get a 413.
-    pub max_body: usize,
+    /// Bounds on bodies and connections.
+    pub limits: Limits,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -59,6 +57,9 @@ pub enum ServerError {
     /// Accepting or serving a connection failed.
     #[error("server I/O: {0}")]
     Io(std::io::Error),
+    /// The limits cannot work together.
+    #[error("{0}")]
+    Limits(LimitsError),
     /// The blocking task that opens or closes the store panicked.
     #[error("opening or closing the store panicked: {0}")]
     Join(tokio::task::JoinError),
@@ -87,13 +88,14 @@ impl From<tokio::task::JoinError> for ServerError {
 pub struct Server {
     store: Store,
     state: AppState,
-    max_body: usize,
+    limits: Limits,
 }
 
 impl Server {
     /// Opens the store (replaying its journal when durable). Blocking work runs off the
     /// async threads.
     pub async fn open(config: Config) -> Result<Self, ServerError> {
+        config.limits.check().map_err(ServerError::Limits)?;
         let metrics = Arc::new(Metrics::default());
         let store = {
             let metrics = metrics.clone();
@@ -109,7 +111,7 @@ impl Server {
         Ok(Server {
             store,
             state,
-            max_body: config.max_body,
+            limits: config.limits,
         })
     }
 
@@ -126,13 +128,11 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let app = router(self.state, self.max_body);
-        // Replies are small and each one answers a waiting client: send them at once.
-        let listener = listener.tap_io(|stream| {
-            if let Err(e) = stream.set_nodelay(true) {
-                warn!("cannot set TCP_NODELAY: {e}");
-            }
-        });
+        let metrics = self.state.metrics.clone();
+        let queue = BodyQueue::new(self.limits, metrics.clone());
+        let app = router(self.state, self.limits.max_body)
+            .layer(axum::middleware::from_fn_with_state(queue, limits::admit));
+        let listener = BoundedListener::new(listener, self.limits.max_connections, metrics);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

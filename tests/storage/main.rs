@@ -10,5 +10,6 @@ mod bad_input;
 mod durability;
 mod fence_binding;
 mod fencing;
+mod limits;
 mod rest;
 mod txn;
