@@ -41,6 +41,35 @@ pub fn send_signal(pid: u32, signal: Signal) -> bool {
     kill_process(pid, signal).is_ok()
 }
 
+/// How long [`freeze`] waits for the kernel to show the process stopped.
+const FREEZE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGSTOP, then waits until the kernel shows process `pid` stopped (state `T` in
+/// `/proc/PID/stat`): kill(2) returns before the stop takes effect, and a request that
+/// arrives in between would still be answered. False when it could not be signalled or was
+/// not seen stopped within a few seconds. The same rule about `pid` as [`send_signal`].
+pub fn freeze(pid: u32) -> bool {
+    if !send_signal(pid, Signal::STOP) {
+        return false;
+    }
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
+    loop {
+        let state = std::fs::read_to_string(&stat).ok().and_then(|text| {
+            // The state follows the command name's closing parenthesis.
+            text.rsplit_once(") ")?.1.chars().next()
+        });
+        match state {
+            Some('T') => return true,
+            // Gone, or a zombie: it will not answer anything any more either.
+            None | Some('Z') => return false,
+            Some(_) if std::time::Instant::now() >= deadline => return false,
+            // Stopping takes the kernel microseconds; a short pause keeps this from spinning.
+            Some(_) => std::thread::sleep(std::time::Duration::from_micros(200)),
+        }
+    }
+}
+
 /// Signals the process group `pgid` (a group leader's PID); false when nothing was signalled.
 fn send_group_signal(pgid: u32, signal: Signal) -> bool {
     let Some(pgid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {

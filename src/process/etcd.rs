@@ -282,9 +282,12 @@ impl EtcdCluster {
         member.kill();
     }
 
-    /// Freezes member `i` (SIGSTOP): it keeps its sockets but answers nothing.
+    /// Freezes member `i` (SIGSTOP) and returns once the kernel shows it stopped: it keeps
+    /// its sockets but answers nothing.
     pub fn pause(&self, i: usize) {
-        self.members[i].signal(Signal::STOP);
+        if let Some(child) = &self.members[i].child {
+            super::freeze(child.id());
+        }
     }
 
     /// Resumes a paused member `i` (SIGCONT).

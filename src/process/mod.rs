@@ -1,7 +1,8 @@
 //! Child processes for the tools and the integration tests: a `fencelock` server to freeze,
 //! kill or restart ([`ServerProcess`]), a real loopback etcd cluster ([`EtcdCluster`]), and
 //! the one place that makes a child die with its parent ([`die_with_parent`]), a synchronous
-//! child guard ([`ChildGuard`]), typed signals ([`send_signal`]) and the one reader of a
+//! child guard ([`ChildGuard`]), typed signals ([`send_signal`], [`freeze`], which waits until
+//! the kernel shows the process stopped) and the one reader of a
 //! server's readiness line ([`read_ready_addr`], [`READY_PREFIX`]).
 //!
 //! Invariant: every child started here is killed and reaped when its handle drops, and dies
@@ -12,7 +13,7 @@ mod etcd;
 mod server;
 
 pub use child::{
-    ChildGuard, READY_PREFIX, Signal, die_with_parent, parse_ready_line, read_ready_addr,
+    ChildGuard, READY_PREFIX, Signal, die_with_parent, freeze, parse_ready_line, read_ready_addr,
     send_signal,
 };
 pub use etcd::{ClusterError, EtcdCluster};

@@ -62,14 +62,10 @@ impl LockdProcess {
     /// SIGSTOP, then waits until the kernel shows lockd stopped: kill(2) returns before the
     /// stop takes effect, and a request that arrives in between would still be answered.
     pub fn freeze(&self) {
-        self.child.signal(Signal::STOP);
-        let stat = format!("/proc/{}/stat", self.child.pid());
-        crate::support::proc::wait_for("lockd to be stopped", Duration::from_secs(5), || {
-            let text = std::fs::read_to_string(&stat).ok()?;
-            // The state follows the command name's closing parenthesis: "T" when stopped.
-            let state = text.rsplit_once(") ")?.1.chars().next()?;
-            (state == 'T').then_some(())
-        });
+        assert!(
+            fencelock::process::freeze(self.child.pid()),
+            "lockd was not seen stopped"
+        );
     }
 
     /// SIGKILL: no shutdown code runs, only what lockd already made durable survives.
