@@ -18,6 +18,7 @@
 //! is safe: it was never told it still held the lock.
 
 mod error;
+mod fanout;
 mod meta;
 mod service;
 mod state;
@@ -284,13 +285,17 @@ mod tests {
                     ..Default::default()
                 };
                 state.put(&put).unwrap();
-                (id, state.subscribe(), Instant::now())
+                let feed = state.open_feed();
+                state.add_watcher(feed.id(), 0, &state::KeyRange::new(b"k", b""));
+                (id, feed, Instant::now())
             };
             // Renewed half-way: the deadline moves to 1 s after the renewal.
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert_eq!(core.state().renew(Instant::now(), id), Some(1));
             let renewed = Instant::now();
-            let change = changes.recv().await.unwrap();
+            let fanout::Received::Change(change) = changes.recv().await else {
+                panic!("the feed ended");
+            };
             let waited = renewed.elapsed();
             assert_eq!(change.events.len(), 1, "the key's deletion");
             assert!(

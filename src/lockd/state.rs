@@ -8,8 +8,8 @@
 //! - `history` holds every change with a revision of at least `oldest_kept`, oldest first,
 //!   each with the key's previous version; that is what lets a Range read a past revision
 //!   (by undoing newer changes) and a Watch start in the past.
-//! - Each change is published on `changes` while the state is still locked, so a subscriber
-//!   that subscribes under the lock sees exactly the changes after what it read.
+//! - Each change is published on `fanout` while the state is still locked, so a watcher
+//!   added under the lock sees exactly the changes after what it read.
 //! - A lease's `keys` are exactly the live keys whose `lease` field names it.
 
 use std::cmp::Ordering;
@@ -18,10 +18,11 @@ use std::ops::Bound;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 use tokio::time::{Duration, Instant};
 
 use super::error::EtcdError;
+use super::fanout::{Fanout, Feed, StreamId};
 use super::meta::{Identity, Revisions};
 use crate::etcd::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
 use crate::etcd::mvccpb::{Event, KeyValue, event::EventType};
@@ -78,6 +79,11 @@ impl KeyRange {
             start: key.to_vec(),
             end,
         }
+    }
+
+    /// The one key of a single-key range.
+    pub fn single_key(&self) -> Option<&[u8]> {
+        (self.end == End::Single).then_some(self.start.as_slice())
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -152,13 +158,11 @@ pub struct State {
     revisions: Revisions,
     identity: Identity,
     limits: Limits,
-    changes: broadcast::Sender<Arc<Change>>,
+    /// The change feed of every watch stream, indexed by the keys and ranges watched.
+    fanout: Fanout,
     /// v3lock waiters to wake when a key is deleted, by key.
     on_delete: HashMap<Vec<u8>, Vec<Weak<Notify>>>,
 }
-
-/// Capacity of the change feed; a watcher further behind catches up from the history.
-const FEED_CAPACITY: usize = 4096;
 
 impl State {
     /// A state starting at `revision` with nothing in it. Changes before `revision`, if any,
@@ -180,7 +184,7 @@ impl State {
             revisions,
             identity,
             limits,
-            changes: broadcast::channel(FEED_CAPACITY).0,
+            fanout: Fanout::default(),
             on_delete: HashMap::new(),
         }
     }
@@ -207,10 +211,25 @@ impl State {
         }
     }
 
-    /// A feed of every change after this call; call it with the state locked to know where
-    /// the feed starts.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Change>> {
-        self.changes.subscribe()
+    /// A feed for a new watch stream; it carries the changes its watchers cover from the
+    /// moment each is added ([`State::add_watcher`]).
+    pub fn open_feed(&mut self) -> Feed {
+        self.fanout.open()
+    }
+
+    /// Forgets a watch stream and its watchers.
+    pub fn close_feed(&mut self, stream: StreamId) {
+        self.fanout.close(stream);
+    }
+
+    /// From now on, the changes covering `range` go to `stream`'s feed, for watcher `id`.
+    pub fn add_watcher(&mut self, stream: StreamId, id: i64, range: &KeyRange) {
+        self.fanout.add(stream, id, range);
+    }
+
+    /// Watcher `id` of `stream` hears nothing more.
+    pub fn remove_watcher(&mut self, stream: StreamId, id: i64) {
+        self.fanout.remove(stream, id);
     }
 
     /// Bytes of keys and values held, reported as the database size.
@@ -407,8 +426,7 @@ impl State {
                 }
             }
         }
-        // No receivers is fine: nobody is watching.
-        let _ = self.changes.send(change);
+        self.fanout.publish(&change);
     }
 
     fn drop_oldest(&mut self) -> Arc<Change> {

@@ -2,10 +2,11 @@
 //!
 //! Invariant: a watcher has reported every matching change before `next`, and nothing at or
 //! after it. A watcher is created with the state locked: its past changes come from the
-//! history, and the stream's change feed, subscribed before, carries everything after; the
-//! overlap is skipped by `next`. A stream that falls behind the feed resubscribes with the
-//! state locked and catches up from the history, or, if the history no longer reaches back
-//! that far, gets etcd's compacted answer.
+//! history, and the stream's feed (`fanout`), which carries only changes some watcher of the
+//! stream covers, has everything after; the overlap is skipped by `next`. A stream whose feed
+//! filled up learns the first revision it missed, resumes the feed with the state locked and
+//! catches up from the history, or, if the history no longer reaches back that far, gets
+//! etcd's compacted answer.
 //!
 //! Invariant: a progress answer (asked for or periodic) is sent only after every change at or
 //! below its header's revision has been delivered on the stream.
@@ -13,12 +14,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Duration, MissedTickBehavior, interval};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::EtcdError;
+use super::fanout::{Feed, Received, StreamId};
 use super::service::{Core, Services};
 use super::state::{Change, KeyRange, State};
 use crate::etcd::etcdserverpb::{
@@ -72,6 +74,8 @@ type Outbox = mpsc::Sender<Result<pb::WatchResponse, Status>>;
 
 struct Stream {
     core: Arc<Core>,
+    /// This stream in the state's index of watchers.
+    id: StreamId,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     out: Outbox,
@@ -89,20 +93,21 @@ impl watch_server::Watch for Services {
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (out, answers) = mpsc::channel(64);
+        let feed = self.0.state().open_feed();
         let stream = Stream {
             core: self.0.clone(),
+            id: feed.id(),
             watchers: BTreeMap::new(),
             next_id: 0,
             out,
         };
-        tokio::spawn(stream.run(request.into_inner()));
+        tokio::spawn(stream.run(request.into_inner(), feed));
         Ok(Response::new(ReceiverStream::new(answers)))
     }
 }
 
 impl Stream {
-    async fn run(mut self, mut requests: Streaming<pb::WatchRequest>) {
-        let mut changes = self.core.state().subscribe();
+    async fn run(mut self, mut requests: Streaming<pb::WatchRequest>, mut changes: Feed) {
         let mut progress = interval(PROGRESS_INTERVAL);
         progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
         progress.reset();
@@ -115,11 +120,9 @@ impl Stream {
                     Ok(None) | Err(_) => Err(Closed),
                 },
                 change = changes.recv() => match change {
-                    Ok(change) => self.deliver(&change).await,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        self.resync(&mut changes).await
-                    }
-                    Err(broadcast::error::RecvError::Closed) => Err(Closed),
+                    Received::Change(change) => self.deliver(&change).await,
+                    Received::Missed(from) => self.resync(&mut changes, from).await,
+                    Received::Closed => Err(Closed),
                 },
                 _ = progress.tick() => self.notify_progress(&mut changes).await,
                 () = core.stopped() => Err(Closed),
@@ -145,7 +148,7 @@ impl Stream {
     async fn handle(
         &mut self,
         request: pb::WatchRequest,
-        changes: &mut broadcast::Receiver<Arc<Change>>,
+        changes: &mut Feed,
     ) -> Result<(), Closed> {
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
@@ -155,7 +158,8 @@ impl Stream {
                     return Ok(());
                 }
                 let response = {
-                    let state = self.core.state();
+                    let mut state = self.core.state();
+                    state.remove_watcher(self.id, cancel.watch_id);
                     pb::WatchResponse {
                         canceled: true,
                         ..self.answer(&state, cancel.watch_id)
@@ -197,7 +201,7 @@ impl Stream {
         };
         // Decided with the state locked; sent after.
         let (created, past) = {
-            let state = self.core.state();
+            let mut state = self.core.state();
             let created = pb::WatchResponse {
                 created: true,
                 ..self.answer(&state, id)
@@ -228,6 +232,9 @@ impl Stream {
                         })
                     })
                 };
+                if past.is_ok() {
+                    state.add_watcher(self.id, id, &watcher.range);
+                }
                 (created, past)
             }
         };
@@ -308,31 +315,37 @@ impl Stream {
         Ok(())
     }
 
-    /// After the feed dropped changes for this stream: a new feed, and every watcher caught
-    /// up from the history (or cancelled as compacted).
-    async fn resync(
-        &mut self,
-        changes: &mut broadcast::Receiver<Arc<Change>>,
-    ) -> Result<(), Closed> {
+    /// After the feed missed changes from revision `from` on: every watcher caught up from
+    /// the history (or cancelled as compacted), and the feed resumed. Everything before `from`
+    /// that a watcher covers was queued, and has been delivered.
+    async fn resync(&mut self, changes: &mut Feed, from: i64) -> Result<(), Closed> {
         let mut catch_ups = Vec::new();
         let mut compacted = Vec::new();
         {
-            let state = self.core.state();
-            *changes = state.subscribe();
-            for (&id, watcher) in &self.watchers {
+            let mut state = self.core.state();
+            changes.resume();
+            for (&id, watcher) in &mut self.watchers {
+                watcher.next = watcher.next.max(from);
                 match state.changes_since(watcher.next) {
                     Ok(past) => catch_ups.push((id, past)),
-                    Err(_) => compacted.push(pb::WatchResponse {
-                        compact_revision: state.oldest_kept(),
-                        canceled: true,
-                        cancel_reason: EtcdError::Compacted.to_string(),
-                        ..self.answer(&state, id)
-                    }),
+                    Err(_) => compacted.push(id),
                 }
             }
+            for &id in &compacted {
+                state.remove_watcher(self.id, id);
+            }
         }
-        for response in compacted {
-            self.watchers.remove(&response.watch_id);
+        for id in compacted {
+            self.watchers.remove(&id);
+            let response = {
+                let state = self.core.state();
+                pb::WatchResponse {
+                    compact_revision: state.oldest_kept(),
+                    canceled: true,
+                    cancel_reason: EtcdError::Compacted.to_string(),
+                    ..self.answer(&state, id)
+                }
+            };
             self.send(response).await?;
         }
         for (id, past) in catch_ups {
@@ -348,39 +361,36 @@ impl Stream {
     /// skip them.
     async fn catch_up_with_feed(
         &mut self,
-        changes: &mut broadcast::Receiver<Arc<Change>>,
+        changes: &mut Feed,
     ) -> Result<pb::ResponseHeader, Closed> {
         loop {
             // Drained with the state locked: the feed is published under that lock, so
             // nothing can be committed between the last change taken and the header.
             let mut pending = Vec::new();
-            let (header, lagged) = {
+            let (header, missed) = {
                 let state = self.core.state();
-                let lagged = loop {
+                let missed = loop {
                     match changes.try_recv() {
-                        Ok(change) => pending.push(change),
-                        Err(broadcast::error::TryRecvError::Empty) => break false,
-                        Err(broadcast::error::TryRecvError::Lagged(_)) => break true,
-                        Err(broadcast::error::TryRecvError::Closed) => return Err(Closed),
+                        Some(Received::Change(change)) => pending.push(change),
+                        None => break None,
+                        Some(Received::Missed(from)) => break Some(from),
+                        Some(Received::Closed) => return Err(Closed),
                     }
                 };
-                (state.header(), lagged)
+                (state.header(), missed)
             };
             for change in &pending {
                 self.deliver(change).await?;
             }
-            if !lagged {
+            let Some(from) = missed else {
                 return Ok(header);
-            }
-            // The feed dropped changes: catch up from the history, then look again.
-            self.resync(changes).await?;
+            };
+            // The feed missed changes: catch up from the history, then look again.
+            self.resync(changes, from).await?;
         }
     }
 
-    async fn notify_progress(
-        &mut self,
-        changes: &mut broadcast::Receiver<Arc<Change>>,
-    ) -> Result<(), Closed> {
+    async fn notify_progress(&mut self, changes: &mut Feed) -> Result<(), Closed> {
         let header = self.catch_up_with_feed(changes).await?;
         let mut due = Vec::new();
         for (&id, watcher) in &mut self.watchers {
@@ -398,6 +408,12 @@ impl Stream {
             self.send(response).await?;
         }
         Ok(())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.core.state().close_feed(self.id);
     }
 }
 
