@@ -6,15 +6,25 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use fencelock::lock::WatchStart;
+use fencelock::storage::Policy;
 
-use super::{current_exe, duration, exit, unless_interrupted};
+use super::{announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted};
+use crate::bench::baseline;
 use crate::bench::lock::{self, Service};
+use crate::bench::storage::{self, Scenario, Store};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Lock+unlock cycles on lockd and on a loopback etcd cluster, with 1 and with 8
     /// contending sessions.
     Lock(BenchLockArgs),
+    /// Requests and keys written per second by the storage, durable and in memory, with 1
+    /// and with 32 connections, next to a baseline HTTP server measured by the same loader.
+    Storage(BenchStorageArgs),
+    /// The storage benchmark's baseline server (started by the benchmark): every request is
+    /// answered with the same small body.
+    #[command(hide = true)]
+    Baseline(BaselineArgs),
 }
 
 #[derive(Args)]
@@ -58,10 +68,80 @@ pub struct BenchLockArgs {
     go_watch: bool,
 }
 
+#[derive(Args)]
+pub struct BenchStorageArgs {
+    /// Stores measured, comma-separated: `durable` (on disk, synced) and `in-memory`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "durable,in-memory",
+        hide_possible_values = true
+    )]
+    stores: Vec<Store>,
+    /// Scenarios run on each store, comma-separated: `one-key` (every write to one key),
+    /// `distinct` (every write to a new key), `txn` (transactions of 16 new keys).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "one-key,distinct,txn",
+        hide_possible_values = true
+    )]
+    scenarios: Vec<Scenario>,
+    /// Connections per run, comma-separated; each keeps one request in flight.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    connections: Vec<usize>,
+    /// Time measured per run. 500ms, 2s, 1m or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration::parse_positive)]
+    duration: Duration,
+    /// The storage's fencing policy.
+    #[arg(long, value_name = "POLICY", default_value = "strict")]
+    fencing: Policy,
+}
+
+#[derive(Args)]
+pub struct BaselineArgs {
+    /// Address to listen on; port 0 picks a free port, printed once the server is ready.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: String,
+}
+
 pub async fn run(command: BenchCommand) -> anyhow::Result<u8> {
     match command {
         BenchCommand::Lock(args) => bench_lock(args).await,
+        BenchCommand::Storage(args) => bench_storage(args).await,
+        BenchCommand::Baseline(args) => serve_baseline(args).await,
     }
+}
+
+async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {
+    if args.connections.is_empty() || args.connections.contains(&0) {
+        return Err(exit::usage("--connections must be positive numbers"));
+    }
+    let options = storage::Options {
+        binary: current_exe()?,
+        stores: args.stores,
+        scenarios: args.scenarios,
+        connections: args.connections,
+        duration: args.duration,
+        policy: args.fencing,
+    };
+    // Interrupted, the benchmark is dropped, which stops the servers it started.
+    let work = async {
+        storage::run(&options, &mut std::io::stdout())
+            .await
+            .context("storage benchmark failed")
+    };
+    unless_interrupted(work).await?;
+    Ok(exit::SUCCESS)
+}
+
+async fn serve_baseline(args: BaselineArgs) -> anyhow::Result<u8> {
+    let (listener, addr) = listen(&args.listen).await?;
+    announce(addr)?;
+    baseline::serve(listener, shutdown_signal())
+        .await
+        .context("baseline server failed")?;
+    Ok(exit::SUCCESS)
 }
 
 async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {

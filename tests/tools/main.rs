@@ -7,6 +7,7 @@
 mod support;
 
 mod bench;
+mod bench_storage;
 mod check;
 mod client;
 mod client_seed_protocol;
