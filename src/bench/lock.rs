@@ -7,7 +7,7 @@
 //! Each cycle is one `lock` (including the wait for the sessions ahead) and one `unlock`,
 //! timed from the lock call to the unlock's answer. Runs can repeat with the watch starting
 //! at the Range's own revision, as etcd's Go client does, to show what starting after it
-//! gains.
+//! gains, and with idle watchers on keys no cycle touches, to show what they cost a cycle.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 
-use fencelock::etcd::etcdserverpb::StatusRequest;
+use fencelock::etcd::etcdserverpb::{
+    self as pb, StatusRequest, WatchCreateRequest, WatchRequest, watch_request::RequestUnion,
+};
 use fencelock::lock::{Client, LockOptions, WatchStart};
 use fencelock::process::{ClusterError, EtcdCluster};
 use fencelock::process::{ServerProcess, SpawnError};
@@ -59,6 +63,8 @@ pub struct Options {
     pub duration: Duration,
     /// Where waiters' watches start, one set of runs per choice.
     pub watch_starts: Vec<WatchStart>,
+    /// Watchers held open on keys no cycle touches, one set of runs per count.
+    pub idle_watchers: Vec<usize>,
 }
 
 /// Errors that stop the benchmark.
@@ -72,6 +78,8 @@ pub enum BenchError {
     Lock(#[from] fencelock::lock::Error),
     #[error("a benchmark session's task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    #[error("cannot start the idle watchers: {0}")]
+    IdleWatch(tonic::Status),
 }
 
 /// One run's figures.
@@ -81,6 +89,7 @@ pub struct RunStats {
     pub service: &'static str,
     pub sessions: usize,
     pub watch_start: WatchStart,
+    pub idle_watchers: usize,
     pub cycles: u64,
     pub elapsed: Duration,
     pub median: Duration,
@@ -99,8 +108,8 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
     let _ = writeln!(out, "{:?} per run", options.duration);
     let _ = writeln!(
         out,
-        "{:<24}  {:>8}  {:<22}  {:>7}  {:>9}  {:>10}  {:>10}",
-        "service", "sessions", "watch starts at", "cycles", "cycles/s", "median", "p99"
+        "{:<24}  {:>8}  {:<22}  {:>6}  {:>7}  {:>9}  {:>10}  {:>10}",
+        "service", "sessions", "watch starts at", "idle", "cycles", "cycles/s", "median", "p99"
     );
     let mut all = Vec::new();
     if let Some(endpoints) = &options.endpoints {
@@ -123,7 +132,120 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
         }
     }
     compare(&all, out);
+    scaling(&all, out);
     Ok(all)
+}
+
+/// Per service: cycles/s with the most sessions over cycles/s with 8 (or the fewest), and
+/// with idle watchers over without; each pair from the same run.
+fn scaling(all: &[RunStats], out: &mut impl Write) {
+    let rate = |service: &str, sessions: usize, start: WatchStart, idle: usize| {
+        all.iter()
+            .find(|s| {
+                s.service == service
+                    && s.sessions == sessions
+                    && s.watch_start == start
+                    && s.idle_watchers == idle
+            })
+            .map(RunStats::cycles_per_second)
+    };
+    for stats in all {
+        let (service, start, idle) = (stats.service, stats.watch_start, stats.idle_watchers);
+        let same = |s: &&RunStats| s.service == service && s.watch_start == start;
+        let sessions: Vec<usize> = all
+            .iter()
+            .filter(same)
+            .filter(|s| s.idle_watchers == idle)
+            .map(|s| s.sessions)
+            .collect();
+        let most = sessions.iter().copied().max().unwrap_or(0);
+        let base = if sessions.contains(&8) && most > 8 {
+            8
+        } else {
+            sessions.iter().copied().min().unwrap_or(0)
+        };
+        if stats.sessions == most
+            && most > base
+            && let Some(low) = rate(service, base, start, idle)
+        {
+            let _ = writeln!(
+                out,
+                "{service} cycles/s, {most} over {base} sessions, watch {}, {idle} idle: {:.2} ({:.0} / {:.0})",
+                watch_start_label(start),
+                stats.cycles_per_second() / low,
+                stats.cycles_per_second(),
+                low
+            );
+        }
+        if idle > 0
+            && let Some(quiet) = rate(service, stats.sessions, start, 0)
+        {
+            let _ = writeln!(
+                out,
+                "{service} cycles/s, {idle} over 0 idle watchers, {} session(s), watch {}: {:.2} ({:.0} / {:.0})",
+                stats.sessions,
+                watch_start_label(start),
+                stats.cycles_per_second() / quiet,
+                stats.cycles_per_second(),
+                quiet
+            );
+        }
+    }
+}
+
+/// Watches on keys no lock cycle touches, held open while they live: what a lock service
+/// pays per change for watchers that do not cover it.
+struct IdleWatchers {
+    _streams: Vec<(
+        mpsc::Sender<WatchRequest>,
+        tonic::Streaming<pb::WatchResponse>,
+    )>,
+}
+
+/// Idle watchers per watch stream, as a client multiplexing its watches would hold them.
+const IDLE_WATCHERS_PER_STREAM: usize = 1000;
+
+impl IdleWatchers {
+    /// Creates `count` watchers, each on a key of its own, and returns once all are confirmed.
+    async fn start(client: &Client, count: usize) -> Result<Self, BenchError> {
+        let mut streams = Vec::new();
+        let mut left = count;
+        while left > 0 {
+            let n = left.min(IDLE_WATCHERS_PER_STREAM);
+            left -= n;
+            let (requests, rx) = mpsc::channel(n);
+            for i in 0..n {
+                let create = WatchCreateRequest {
+                    key: format!("/fencelock-bench-idle/{}/{i}", streams.len()).into_bytes(),
+                    ..Default::default()
+                };
+                // The channel has room for all n.
+                let _ = requests.try_send(WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(create)),
+                });
+            }
+            let mut answers = client
+                .watch()
+                .watch(ReceiverStream::new(rx))
+                .await
+                .map_err(BenchError::IdleWatch)?
+                .into_inner();
+            let mut created = 0;
+            while created < n {
+                match answers.message().await.map_err(BenchError::IdleWatch)? {
+                    Some(answer) if answer.created && !answer.canceled => created += 1,
+                    Some(_) => {}
+                    None => {
+                        return Err(BenchError::IdleWatch(tonic::Status::unavailable(
+                            "the watch stream ended",
+                        )));
+                    }
+                }
+            }
+            streams.push((requests, answers));
+        }
+        Ok(IdleWatchers { _streams: streams })
+    }
 }
 
 /// One line per (sessions, watch start) measured on both: lockd's median over etcd's.
@@ -133,6 +255,7 @@ fn compare(all: &[RunStats], out: &mut impl Write) {
             s.service == "etcd"
                 && s.sessions == lockd.sessions
                 && s.watch_start == lockd.watch_start
+                && s.idle_watchers == lockd.idle_watchers
         });
         if let Some(etcd) = etcd {
             let _ = writeln!(
@@ -159,22 +282,27 @@ async fn run_service(
     let version = status.map_or_else(|_| "?".into(), |s| s.into_inner().version);
     let label = format!("{service} {version}, {}x", endpoints.len());
     let mut all = Vec::new();
-    for &watch_start in &options.watch_starts {
-        for &sessions in &options.sessions {
-            let mut stats = run_case(&client, sessions, watch_start, options.duration).await?;
-            stats.service = service;
-            let _ = writeln!(
-                out,
-                "{:<24}  {:>8}  {:<22}  {:>7}  {:>9.0}  {:>10.2?}  {:>10.2?}",
-                label,
-                stats.sessions,
-                watch_start_label(watch_start),
-                stats.cycles,
-                stats.cycles_per_second(),
-                stats.median,
-                stats.p99
-            );
-            all.push(stats);
+    for &idle in &options.idle_watchers {
+        let _idle = IdleWatchers::start(&client, idle).await?;
+        for &watch_start in &options.watch_starts {
+            for &sessions in &options.sessions {
+                let mut stats = run_case(&client, sessions, watch_start, options.duration).await?;
+                stats.service = service;
+                stats.idle_watchers = idle;
+                let _ = writeln!(
+                    out,
+                    "{:<24}  {:>8}  {:<22}  {:>6}  {:>7}  {:>9.0}  {:>10.2?}  {:>10.2?}",
+                    label,
+                    stats.sessions,
+                    watch_start_label(watch_start),
+                    idle,
+                    stats.cycles,
+                    stats.cycles_per_second(),
+                    stats.median,
+                    stats.p99
+                );
+                all.push(stats);
+            }
         }
     }
     Ok(all)
@@ -252,6 +380,7 @@ async fn run_case(
         service: "",
         sessions,
         watch_start,
+        idle_watchers: 0,
         cycles,
         elapsed,
         median: Duration::from_micros(histogram.value_at_quantile(0.5)),

@@ -66,6 +66,10 @@ pub struct BenchLockArgs {
     /// Also run with the watch at the read's own revision (same as adding `read`).
     #[arg(long)]
     go_watch: bool,
+    /// Watchers held open on keys no cycle touches, comma-separated, one set of runs per
+    /// count (e.g. `0,10000`): what watchers elsewhere cost a lock cycle.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    idle_watchers: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -164,6 +168,7 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {
         sessions: args.sessions,
         duration: args.duration,
         watch_starts,
+        idle_watchers: args.idle_watchers,
     };
     // Interrupted, the benchmark is dropped, which stops the etcd cluster it started.
     let work = async {

@@ -27,6 +27,8 @@ fn the_lock_benchmark_measures_lockd_next_to_etcd_and_compares_them() {
             "0.3",
             "--watch-start",
             "now",
+            "--idle-watchers",
+            "0,50",
         ])
         .env("FENCELOCK_ETCD_BIN", etcd::etcd_bin())
         .output()
@@ -40,22 +42,44 @@ fn the_lock_benchmark_measures_lockd_next_to_etcd_and_compares_them() {
     );
     for service in ["lockd", "etcd"] {
         let label = format!("{service} ");
-        let rows: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&label)).collect();
-        assert_eq!(rows.len(), 2, "one row per session count for {service}");
+        let rows: Vec<&str> = stdout
+            .lines()
+            .filter(|l| l.starts_with(&label) && !l.contains("cycles/s,"))
+            .collect();
+        assert_eq!(
+            rows.len(),
+            4,
+            "one row per session count and idle watcher count for {service}"
+        );
         for row in rows {
-            // The cycle count follows the watch-start label.
-            let cycles: u64 = row
+            // The idle watchers and the cycle count follow the watch-start label.
+            let mut columns = row
                 .split("needed)")
                 .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no watch-start label in {row:?}"))
+                .split_whitespace();
+            let idle = columns.next().and_then(|c| c.parse::<u64>().ok());
+            assert!(matches!(idle, Some(0 | 50)), "{row}");
+            let cycles: u64 = columns
+                .next()
                 .and_then(|c| c.parse().ok())
                 .unwrap_or_else(|| panic!("no cycle count in {row:?}"));
             assert!(cycles > 0, "{row}");
         }
+        let idle_ratios = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{service} cycles/s, 50 over 0 idle watchers")))
+            .count();
+        assert_eq!(idle_ratios, 2, "an idle-watcher ratio per session count");
+        let session_ratios = stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{service} cycles/s, 2 over 1 sessions")))
+            .count();
+        assert_eq!(session_ratios, 2, "a session ratio per idle watcher count");
     }
     let ratios = stdout
         .lines()
         .filter(|l| l.starts_with("lockd/etcd median"))
         .count();
-    assert_eq!(ratios, 2, "a ratio per session count");
+    assert_eq!(ratios, 4, "a ratio per session and idle watcher count");
 }
