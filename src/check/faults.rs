@@ -4,7 +4,6 @@
 //! Invariants: every fault it starts it also undoes (what it froze it continues, what it
 //! killed it restarts) before the run stops; the schedule depends only on the seed.
 
-use fencelock::process::Signal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,11 +16,10 @@ use super::history::{
     Event, EventType, FaultEvent, FaultKind, KeyChange, KeyEvent, Log, OpKind, Target, mono_ns,
     wall_ms,
 };
+use super::run::{CheckError, LockService, NEXT_TURN_SLACK, Options, setup};
+use super::workers::{Tracker, Worker, locked, signal};
 use fencelock::lock::{Client, LeaseId};
-use fencelock::process::ServerProcess;
-
-use super::run::*;
-use super::workers::*;
+use fencelock::process::{ServerProcess, Signal};
 
 /// Injects one fault every interval until the run stops.
 pub(crate) struct Injector<'a> {
@@ -135,15 +133,19 @@ impl Injector<'_> {
         for i in 0..self.workers.len() {
             self.freeze(i, false);
         }
+        self.thaw_lock_service(None);
+    }
+
+    /// Continues lockd, or etcd member `member` (every member when `None`).
+    fn thaw_lock_service(&self, member: Option<usize>) {
         match &*self.lock_service {
             LockService::Lockd(lockd) => {
                 lockd.signal(Signal::CONT);
             }
-            LockService::Etcd(cluster) => {
-                for i in 0..cluster.len() {
-                    cluster.resume(i);
-                }
-            }
+            LockService::Etcd(cluster) => match member {
+                Some(member) => cluster.resume(member),
+                None => (0..cluster.len()).for_each(|i| cluster.resume(i)),
+            },
             LockService::External(_) => {}
         }
     }
@@ -161,27 +163,19 @@ impl Injector<'_> {
 
     /// Waits until some worker holds the lock; `None` if none does within an interval.
     async fn some_holder(&mut self) -> Result<Option<(usize, Option<i64>, u64)>, Stopped> {
-        let mut events = self.events.subscribe();
+        let events = self.events.subscribe();
         if let Some(holder) = self.holders().first() {
             return Ok(Some(*holder));
         }
         let tracker = self.tracker.clone();
-        let found = self
-            .within(self.options.interval, async move {
-                loop {
-                    match events.recv().await {
-                        Ok(e) if e.f == OpKind::Lock && e.kind == EventType::Ok => {
-                            let i = (e.worker - 1) as usize;
-                            let lease = locked(&tracker).workers[i].lease;
-                            return Some((i, lease, e.token.unwrap_or(0)));
-                        }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
+        let acquired = first_match(events, move |e| {
+            (e.f == OpKind::Lock && e.kind == EventType::Ok).then(|| {
+                let i = (e.worker - 1) as usize;
+                let lease = locked(&tracker).workers[i].lease;
+                (i, lease, e.token.unwrap_or(0))
             })
-            .await?;
-        Ok(found.flatten())
+        });
+        self.within(self.options.interval, acquired).await
     }
 
     /// Keeps a frozen worker stopped until its lock key is seen gone (its lease expired on
@@ -194,44 +188,23 @@ impl Injector<'_> {
         then: (OpKind, &'static str),
     ) -> Result<String, Stopped> {
         let began = Instant::now();
-        let mut keys = self.keys.subscribe();
-        let mut events = self.events.subscribe();
-        let expired = self
-            .within(self.max_freeze(), async move {
-                loop {
-                    match keys.recv().await {
-                        Ok(k) if k.change == KeyChange::Deleted && k.lease == lease => return,
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
-                    }
-                }
-            })
-            .await?
-            .is_some();
+        let keys = self.keys.subscribe();
+        // Subscribed now, so that the next holder's event is kept while the key is awaited.
+        let events = self.events.subscribe();
+        let deleted = first_match(keys, |k| {
+            (k.change == KeyChange::Deleted && k.lease == lease).then_some(())
+        });
+        let expired = self.within(self.max_freeze(), deleted).await?.is_some();
         if !expired {
             return Ok("lock key not seen expiring; resumed at the time limit".into());
         }
         let left = self.max_freeze().saturating_sub(began.elapsed());
         let (kind, what) = then;
-        let next = self
-            .within(left, async move {
-                loop {
-                    match events.recv().await {
-                        Ok(e) if e.f == kind && e.kind == EventType::Ok => {
-                            if e.token.is_some_and(|t| t > token) {
-                                return e.worker;
-                            }
-                        }
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => {
-                            std::future::pending::<()>().await
-                        }
-                    }
-                }
-            })
-            .await?;
+        let went_on = first_match(events, move |e| {
+            (e.f == kind && e.kind == EventType::Ok && e.token.is_some_and(|t| t > token))
+                .then_some(e.worker)
+        });
+        let next = self.within(left, went_on).await?;
         Ok(match next {
             Some(worker) => format!("lease expired; resumed after worker {worker} {what}"),
             None => "lease expired; no other worker went on before the time limit".into(),
@@ -271,20 +244,13 @@ impl Injector<'_> {
     /// Freezes the first worker to complete a read, and resumes it once its lease has expired
     /// and the next holder has read too: the interleaving that defeats write-only fencing.
     async fn freeze_after_read(&mut self) -> Result<(), Stopped> {
-        let mut events = self.events.subscribe();
-        let read = self
-            .within(self.options.interval * 2, async move {
-                loop {
-                    match events.recv().await {
-                        Ok(e) if e.f == OpKind::Read && e.kind == EventType::Ok => return Some(e),
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            })
-            .await?
-            .flatten();
-        let Some(read) = read else { return Ok(()) };
+        let events = self.events.subscribe();
+        let read = first_match(events, |e| {
+            (e.f == OpKind::Read && e.kind == EventType::Ok).then_some(e)
+        });
+        let Some(read) = self.within(self.options.interval * 2, read).await? else {
+            return Ok(());
+        };
         let worker = (read.worker - 1) as usize;
         self.freeze(worker, true);
         let lease = locked(&self.tracker).workers[worker].lease;
@@ -326,29 +292,22 @@ impl Injector<'_> {
     async fn freeze_lock_service(&mut self) -> Result<(), Stopped> {
         // Past the TTL, so that leases run out on the service's clock while it is stopped.
         let freeze = self.options.ttl + self.options.ttl / 2 + Duration::from_millis(500);
-        let (target, note) = match &*self.lock_service {
+        let (member, note) = match &*self.lock_service {
             LockService::Lockd(lockd) => {
                 lockd.signal(Signal::STOP);
-                (Target::LockService(None), "lockd")
+                (None, "lockd")
             }
             LockService::Etcd(cluster) => {
                 let member = self.rng.random_range(0..cluster.len());
                 cluster.pause(member);
-                (Target::LockService(Some(member as u32)), "etcd member")
+                (Some(member), "etcd member")
             }
             LockService::External(_) => return Ok(()),
         };
-        let event = self.start(FaultKind::FreezeLockService, target.clone(), None);
+        let target = Target::LockService(member.map(|m| m as u32));
+        let event = self.start(FaultKind::FreezeLockService, target, None);
         let waited = self.pause(freeze).await;
-        match (&*self.lock_service, &target) {
-            (LockService::Lockd(lockd), _) => {
-                lockd.signal(Signal::CONT);
-            }
-            (LockService::Etcd(cluster), Target::LockService(Some(member))) => {
-                cluster.resume(*member as usize);
-            }
-            _ => {}
-        }
+        self.thaw_lock_service(member);
         self.end(event, Some(format!("{note} stopped for {freeze:?}")));
         waited
     }
@@ -389,5 +348,26 @@ impl Injector<'_> {
             .map_err(|e| setup(format!("cannot restart etcd member {member}"))(e.into()))?;
         self.end(event, Some(format!("down for {down:?}")));
         Ok(waited)
+    }
+}
+
+/// The first message on `rx` that `pick` accepts, as `pick` maps it. Messages missed while
+/// lagging are skipped: a fault waits for what happens next, not for one message in
+/// particular. The injector holds a sender of each channel, so none closes while a fault
+/// waits; were one to, no message would come, and the caller's time limit ends the wait.
+async fn first_match<T: Clone, U>(
+    mut rx: broadcast::Receiver<T>,
+    mut pick: impl FnMut(T) -> Option<U>,
+) -> U {
+    loop {
+        match rx.recv().await {
+            Ok(message) => {
+                if let Some(found) = pick(message) {
+                    return found;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }

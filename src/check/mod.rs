@@ -4,11 +4,22 @@
 //! order, and overlapping holders.
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
-//! - [`analysis`]: the pure analysis of a merged history into a [`analysis::Report`] and the
-//!   summary table.
-//! - [`timeline`]: the SVG timeline picture of one run.
 //! - [`worker`]: one worker process's loop (`fencelock check-worker`).
-//! - [`run`]: starting services and workers, injecting faults, stopping, analysing.
+//! - [`run`]: one run per policy: starting the services and the workers, watching the lock
+//!   keys, stopping everything, and handing the history files to the analysis.
+//! - [`faults`]: the fault injector, one seeded fault every interval, each undone before the
+//!   run stops.
+//! - [`workers`]: the worker processes of a run and the tracker of what their stdout says.
+//! - [`saved`]: a run's directory read back and analysed (also for `--analyse`), and runs as
+//!   a table or JSON.
+//! - [`analysis`]: the pure analysis of a merged history into a [`analysis::Report`]:
+//!   - `analysis/ops.rs`: the events in canonical order, joined into operations, holds and
+//!     fault spans;
+//!   - `analysis/rules.rs`: the rules (lost updates, backwards tokens, overlaps, lease
+//!     expiries, …) and the verdict;
+//!   - `analysis/report.rs`: the report's shape (its JSON) and the summary table;
+//!   - `analysis/fixtures.rs`: hand-built histories for the unit tests.
+//! - [`timeline`]: the SVG timeline picture of one run.
 
 pub mod analysis;
 pub mod faults;

@@ -15,7 +15,12 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::sleep;
 
 use super::analysis::Report;
+use super::faults::Injector;
 use super::history::{Event, FaultKind, KeyChange, KeyEvent, Log, mono_ns, wall_ms};
+use super::saved::{RUN_FILE, RunMeta, load};
+use super::workers::{
+    Tracker, WorkerState, follow_worker, locked, revoke_leftover_leases, spawn_worker, stop_workers,
+};
 use fencelock::etcd::etcdserverpb as pb;
 use fencelock::etcd::mvccpb::event::EventType as PbEventType;
 use fencelock::lock::{Client, LeaseId, PrefixWatch};
@@ -23,9 +28,6 @@ use fencelock::process::EtcdCluster;
 use fencelock::process::ServerProcess;
 use fencelock::storage::fence::Policy;
 
-use super::faults::*;
-use super::saved::*;
-use super::workers::*;
 /// The counter's key in the storage.
 pub const COUNTER_KEY: &str = "counter";
 
@@ -234,7 +236,8 @@ impl LockService {
     }
 }
 
-/// What the checker knows about one worker, from its stdout.
+/// One policy's run: a fresh storage under `policy`, the workers on lock name `lock`, faults
+/// until the duration is up, then the history files in `dir` loaded and analysed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_policy(
     options: &Options,

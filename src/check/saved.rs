@@ -1,4 +1,4 @@
-//! Saved runs: reading a run's directory back into a [`Run`](super::run::Run), analysing it
+//! Saved runs: reading a run's directory back into a [`Run`], analysing it
 //! (also for `fencelock check --analyse`), and presenting runs as a table or JSON.
 //!
 //! Invariants: the history files in the directory, not what the checker saw live, are the
@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 
 use super::analysis::{self, Input, Report};
 use super::history::{Event, FaultEvent, KeyEvent, read_lines};
+use super::run::{CheckError, Run, setup};
 use super::timeline;
 use fencelock::storage::fence::Policy;
-
-use super::run::*;
 
 /// The file in a run's directory that describes the run.
 pub const RUN_FILE: &str = "run.json";

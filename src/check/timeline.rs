@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
 
-use super::analysis::{self, FaultSpan, Hold, Input, Op, Outcome, Report};
+use super::analysis::{self, FaultSpan, Hold, Input, Op, Outcome, Report, show};
 use super::history::{FaultKind, OpKind, Target};
 use crate::svg::escape as esc;
 
@@ -240,7 +240,7 @@ impl Picture {
             let who: Vec<String> = o
                 .holders
                 .iter()
-                .map(|h| format!("worker {} (token {})", h.worker, opt(h.token)))
+                .map(|h| format!("worker {} (token {})", h.worker, show(h.token)))
                 .collect();
             let _ = writeln!(
                 self.s,
@@ -265,7 +265,7 @@ impl Picture {
             };
             let x0 = self.scale.x(h.start_ns);
             let w = (self.scale.x(h.end_ns) - x0).max(1.0);
-            let token = opt(h.token);
+            let token = show(h.token);
             let _ = writeln!(
                 self.s,
                 r##"<rect x="{x0:.1}" y="{:.1}" width="{w:.1}" height="{:.1}" rx="2" fill="{}" stroke="#737373" stroke-width="0.5"><title>worker {} holds, token {token}</title></rect>"##,
@@ -331,7 +331,7 @@ impl Picture {
                 h - 8.0,
                 esc(&format!(
                     "lease {} {what} at {:.2} s: key {} (token {})",
-                    opt(e.lease.map(|l| format!("{l:x}"))),
+                    show(e.lease.map(|l| format!("{l:x}"))),
                     e.at_s,
                     e.key,
                     e.token
@@ -366,8 +366,8 @@ impl Picture {
                 op.op,
                 kind_name(op.f),
                 op.outcome,
-                opt(op.token),
-                opt(op.value),
+                show(op.token),
+                show(op.value),
                 op.error
                     .as_deref()
                     .map(|e| format!(": {e}"))
@@ -421,10 +421,6 @@ fn kind_name(kind: OpKind) -> &'static str {
     }
 }
 
-fn opt(value: Option<impl ToString>) -> String {
-    value.map_or_else(|| "?".to_owned(), |v| v.to_string())
-}
-
 /// A fault's horizontal extent; one that never ended runs to the end of the plot, and an
 /// instant one gets a visible sliver.
 fn span_x(scale: &Scale, f: &FaultSpan, duration_s: f64) -> (f64, f64) {
@@ -476,7 +472,7 @@ fn heading(s: &mut String, input: &Input, report: &Report, title: &str, workers:
             report.duration_s,
             report.acknowledged_increments,
             report.unknown_writes,
-            opt(report.final_value),
+            show(report.final_value),
         ),
         format!(
             "{} lost updates ({:.1}%), {} backwards tokens, {} overlaps ({:.1} s), \
@@ -654,7 +650,7 @@ fn write_marker(s: &mut String, x: f64, y: f64, outcome: Outcome, stale: bool, t
 mod tests {
     use super::*;
     use crate::check::analysis::analyse;
-    use crate::check::analysis::tests::{End, History};
+    use crate::check::analysis::fixtures::{End, History, START, at};
     use crate::check::history::KeyChange;
     use fencelock::FencingToken;
     use fencelock::storage::fence::{self, Access, Policy};
@@ -827,8 +823,8 @@ mod tests {
                         id: fault_id,
                         fault: FaultKind::Revoke,
                         target: Target::Worker(worker),
-                        start_mono_ns: crate::check::analysis::tests::at(revoke),
-                        end_mono_ns: Some(crate::check::analysis::tests::at(revoke)),
+                        start_mono_ns: at(revoke),
+                        end_mono_ns: Some(at(revoke)),
                         wall_ms: 0,
                         lease: Some(lease),
                         note: None,
@@ -889,9 +885,10 @@ mod tests {
                 );
                 h.unlock(worker, write_at + 8, write_at + 12);
             }
-            let released = h.events.last().map_or(t, |e| {
-                (e.mono_ns - crate::check::analysis::tests::START) / 1_000_000
-            });
+            let released = h
+                .events
+                .last()
+                .map_or(t, |e| (e.mono_ns - START) / 1_000_000);
             h.key(released, lease, token, KeyChange::Deleted);
             t = released + 20 + rng.below(60);
         }

@@ -5,7 +5,6 @@
 //! PID cannot name another process; stopping continues a frozen worker before waiting, and
 //! kills those that do not exit within the grace.
 
-use fencelock::process::Signal;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -16,10 +15,11 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::broadcast;
 
 use super::history::{Event, EventType, OpKind};
+use super::run::{COUNTER_KEY, Options, WORKER_EXIT_GRACE};
 use fencelock::lock::{Client, LeaseId};
+use fencelock::process::Signal;
 
-use super::run::*;
-
+/// What the checker knows about one worker, from its stdout.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct WorkerState {
     pub(crate) lease: Option<i64>,

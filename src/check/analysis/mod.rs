@@ -1,0 +1,25 @@
+//! The analysis of a merged check history: lost updates, fencing tokens accepted out of
+//! order, overlapping holders, stale rejections, other failures, faults and lease expiries,
+//! and the verdict.
+//!
+//! [`analyse`] is pure: it sees only the recorded events, so the same history always gives
+//! the same [`Report`], and hand-built histories test it exactly. Each file owns the
+//! invariants of its step:
+//!
+//! - [`ops`]: the events in canonical order, joined into operations, holds and fault spans;
+//! - [`rules`]: [`analyse`], the rules that find violations in the operations, and the verdict;
+//! - [`report`]: the [`Report`] those rules fill in (its JSON) and the [`summary_table`];
+//! - `fixtures` (tests only): hand-built histories, shared with the timeline's tests.
+
+mod ops;
+mod report;
+mod rules;
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+
+pub use ops::{FaultSpan, Input, Outcome};
+pub(crate) use ops::{Hold, Op, fault_spans, holds, operations};
+pub(crate) use report::show;
+pub use report::{Report, summary_table};
+pub use rules::analyse;

@@ -1,0 +1,379 @@
+//! The report of one run: the shape of what the rules found, which is also its JSON (for
+//! `--json` and `report.json`), and the summary table for people.
+//!
+//! Invariants this file owns: the report is plain data, so its JSON is exactly its fields;
+//! the table is drawn from reports alone, and shows an unknown value as `?`.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::ops::{FaultSpan, HistoryNotes};
+use crate::check::history::{FaultKind, OpKind};
+
+/// The analysis of one run.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The storage's fencing policy during the run.
+    pub policy: String,
+    /// Whether the policy claims to prevent lost updates and backwards tokens (only strict).
+    pub claims_safety: bool,
+    /// `!claims_safety || (no lost update && no backwards token)`.
+    pub valid: bool,
+    /// One line for people: "valid", "invalid: …" or "not claimed safe (writes): …".
+    pub verdict: String,
+    pub duration_s: f64,
+    /// Per operation kind, how many ended each way.
+    pub operations: Vec<OpCounts>,
+    pub history: HistoryNotes,
+    /// Writes completed `ok`: increments the storage acknowledged.
+    pub acknowledged_increments: u64,
+    /// Writes whose outcome is unknown (`info`, or never completed): counted apart, never
+    /// as acknowledged nor as lost.
+    pub unknown_writes: u64,
+    /// The counter at the end, when it could be read.
+    pub final_value: Option<u64>,
+    pub lost_updates: LostUpdates,
+    /// The accesses the backwards-token rule looked at (those the policy checks).
+    pub fenced_accesses: Vec<OpKind>,
+    /// Accepted operations whose token was below one the fence had already accepted.
+    pub backwards_tokens: Vec<BackwardsToken>,
+    pub overlaps: Overlaps,
+    pub stale_rejections: StaleRejections,
+    /// Reads, writes and lock operations that failed or ended unknown for a reason other
+    /// than a stale token, per kind.
+    pub other_failures: Vec<FailureGroup>,
+    /// How many faults of each kind were injected.
+    pub faults: Vec<FaultCount>,
+    pub fault_spans: Vec<FaultSpan>,
+    /// Lock keys that vanished before their owner asked to release them.
+    pub lease_expiries: Vec<LeaseExpiry>,
+}
+
+/// Outcomes of one kind of operation.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct OpCounts {
+    pub kind: OpKind,
+    pub ok: u64,
+    pub fail: u64,
+    pub info: u64,
+    /// Invoked, never completed.
+    pub pending: u64,
+}
+
+/// Acknowledged increments that did not survive.
+///
+/// Counting, with `acked` the acknowledged increments:
+/// - *duplicates*: for each value written by `k > 1` acknowledged writes, `k - 1` of them
+///   were lost (they built on the same read, so the counter moved once for all of them);
+/// - *shortfall*: the increments that survive the duplicates are `acked - duplicate_lost`;
+///   if the final counter is below that, the difference was lost too (overwritten from an
+///   older read without producing a duplicate, or the storage lost acknowledged data);
+/// - `count = duplicate_lost + shortfall`, i.e. `max(duplicate_lost, acked - final)`, so
+///   a write is never counted twice.
+///
+/// The counter starts at 0 (a fresh storage). Unknown writes may have taken effect and
+/// leave the final counter above `acked`: that is not a loss, and it can hide a shortfall,
+/// never invent one. Without a final value only duplicates are counted.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct LostUpdates {
+    pub count: u64,
+    /// `count / acknowledged increments` (0 when nothing was acknowledged).
+    pub share: f64,
+    pub duplicate_lost: u64,
+    pub shortfall: u64,
+    pub duplicates: Vec<DuplicateWrite>,
+    /// The same findings as sentences.
+    pub details: Vec<String>,
+}
+
+/// A value that more than one acknowledged write wrote.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct DuplicateWrite {
+    pub value: u64,
+    /// The writes, in completion order.
+    pub writes: Vec<WriteRef>,
+    /// `writes.len() - 1`.
+    pub lost: u64,
+}
+
+/// An acknowledged write.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct WriteRef {
+    pub worker: u32,
+    pub op: u64,
+    pub token: Option<u64>,
+    /// The value of the worker's last successful read before this write.
+    pub read: Option<u64>,
+    pub at_s: f64,
+}
+
+/// An accepted operation whose token was below the highest token the fence had already
+/// accepted from an operation that completed before this one was invoked.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct BackwardsToken {
+    pub worker: u32,
+    pub op: u64,
+    pub f: OpKind,
+    pub token: u64,
+    pub invoked_s: f64,
+    /// The higher token already accepted, and the operation that presented it.
+    pub fence_token: u64,
+    pub fence_worker: u32,
+    pub fence_op: u64,
+    pub fence_at_s: f64,
+}
+
+/// Times in which two or more workers each believed they held the lock.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Overlaps {
+    pub total_s: f64,
+    pub intervals: Vec<Overlap>,
+}
+
+/// A maximal interval in which at least two workers believed they held the lock.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Overlap {
+    pub start_s: f64,
+    pub duration_s: f64,
+    /// Every worker that believed it held the lock at some point of the interval.
+    pub holders: Vec<Holder>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub worker: u32,
+    pub token: Option<u64>,
+}
+
+/// Reads and writes the storage refused because their token was behind the fence.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct StaleRejections {
+    pub reads: u64,
+    pub writes: u64,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct FailureGroup {
+    pub kind: OpKind,
+    pub fail: u64,
+    pub info: u64,
+    /// A few distinct error messages.
+    pub examples: Vec<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct FaultCount {
+    pub fault: FaultKind,
+    pub count: u64,
+}
+
+/// A lock key deleted without its owner having asked to release it first: its lease
+/// expired or was revoked.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct LeaseExpiry {
+    pub at_s: f64,
+    pub key: String,
+    pub lease: Option<i64>,
+    pub token: u64,
+    /// The worker whose session owned the lease, when known.
+    pub worker: Option<u32>,
+    /// Whether that worker had acquired the lock with this key (rather than still waiting).
+    pub held: bool,
+    /// Whether a `revoke` fault on this lease came first.
+    pub revoked: bool,
+}
+
+impl Report {
+    /// True when the run shows no violation of the policy's safety claim.
+    pub fn valid(&self) -> bool {
+        self.valid
+    }
+
+    /// Violations of the policy's safety claim: lost updates plus backwards tokens under a
+    /// policy that claims safety, 0 under one that claims none (its anomalies are still in
+    /// [`Report::lost_updates`] and [`Report::backwards_tokens`]). The tests' one-number
+    /// summary of a report; the binary reports the parts.
+    #[cfg(test)]
+    pub fn violations(&self) -> usize {
+        if self.claims_safety {
+            self.lost_updates.count as usize + self.backwards_tokens.len()
+        } else {
+            0
+        }
+    }
+}
+
+/// An optional value for people: `?` when it is not known.
+pub(crate) fn show(value: Option<impl std::fmt::Display>) -> String {
+    value.map_or_else(|| "?".to_owned(), |v| v.to_string())
+}
+
+/// An aligned text table: one row per measure, one column per labelled report (one per
+/// policy with `--compare`).
+pub fn summary_table(rows: &[(&str, &Report)]) -> String {
+    let measures: Vec<(&str, Vec<String>)> = vec![
+        ("verdict", each(rows, |r| verdict_word(r).to_owned())),
+        ("operations", each(rows, |r| total_ops(r).to_string())),
+        (
+            "acknowledged increments",
+            each(rows, |r| r.acknowledged_increments.to_string()),
+        ),
+        (
+            "unknown writes",
+            each(rows, |r| r.unknown_writes.to_string()),
+        ),
+        ("final counter", each(rows, |r| show(r.final_value))),
+        (
+            "lost updates",
+            each(rows, |r| {
+                format!(
+                    "{} ({:.1}%)",
+                    r.lost_updates.count,
+                    r.lost_updates.share * 100.0
+                )
+            }),
+        ),
+        (
+            "backwards tokens",
+            each(rows, |r| r.backwards_tokens.len().to_string()),
+        ),
+        (
+            "overlapping holders",
+            each(rows, |r| {
+                format!(
+                    "{} ({:.1} s)",
+                    r.overlaps.intervals.len(),
+                    r.overlaps.total_s
+                )
+            }),
+        ),
+        (
+            "stale rejections r/w",
+            each(rows, |r| {
+                format!("{}/{}", r.stale_rejections.reads, r.stale_rejections.writes)
+            }),
+        ),
+        (
+            "other failures",
+            each(rows, |r| {
+                r.other_failures
+                    .iter()
+                    .map(|g| g.fail + g.info)
+                    .sum::<u64>()
+                    .to_string()
+            }),
+        ),
+        (
+            "lease expiries",
+            each(rows, |r| r.lease_expiries.len().to_string()),
+        ),
+        ("faults", each(rows, |r| r.fault_spans.len().to_string())),
+    ];
+    let name_width = measures
+        .iter()
+        .map(|(name, _)| name.len())
+        .max()
+        .unwrap_or(0);
+    let widths: Vec<usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (label, _))| {
+            measures
+                .iter()
+                .map(|(_, cells)| cells[i].chars().count())
+                .chain([label.chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    let mut line = |name: &str, cells: &mut dyn Iterator<Item = &str>| {
+        let _ = write!(out, "{name:<name_width$}");
+        for (cell, width) in cells.zip(&widths) {
+            let _ = write!(out, "  {cell:>width$}");
+        }
+        out.push('\n');
+    };
+    line("", &mut rows.iter().map(|(label, _)| *label));
+    for (name, cells) in &measures {
+        line(name, &mut cells.iter().map(String::as_str));
+    }
+    out
+}
+
+fn each(rows: &[(&str, &Report)], cell: impl Fn(&Report) -> String) -> Vec<String> {
+    rows.iter().map(|(_, r)| cell(r)).collect()
+}
+
+/// One word for a table cell.
+fn verdict_word(report: &Report) -> &'static str {
+    match (report.claims_safety, report.valid) {
+        (true, true) => "valid",
+        (true, false) => "INVALID",
+        (false, _) => "not claimed",
+    }
+}
+
+fn total_ops(report: &Report) -> u64 {
+    report
+        .operations
+        .iter()
+        .map(|c| c.ok + c.fail + c.info + c.pending)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::analysis::analyse;
+    use crate::check::analysis::fixtures::{frozen_reader, sequential};
+    use fencelock::storage::fence::Policy;
+
+    #[test]
+    fn the_report_serialises_to_json_for_the_json_flag() {
+        let report = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));
+        let json = serde_json::to_value(&report).expect("a report is plain data");
+        assert_eq!(json["policy"], "writes");
+        assert_eq!(json["valid"], true);
+        assert_eq!(json["claims_safety"], false);
+        assert_eq!(json["lost_updates"]["count"], 1);
+        assert_eq!(
+            json["lost_updates"]["duplicates"][0]["writes"][1]["worker"],
+            2
+        );
+        assert_eq!(json["operations"][1]["kind"], "lock");
+        assert_eq!(json["fault_spans"][0]["fault"], "freeze-after-read");
+        assert_eq!(json["fault_spans"][0]["target"]["kind"], "worker");
+        assert_eq!(json["overlaps"]["intervals"][0]["duration_s"], 1.06);
+    }
+
+    #[test]
+    fn summary_table_has_one_aligned_column_per_label() {
+        let strict = analyse(&sequential().input(Policy::Strict, Some(3), 3000));
+        let writes = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));
+        let table = summary_table(&[("strict", &strict), ("writes", &writes)]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].ends_with("strict       writes"), "{table}");
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+        let row = |name: &str| {
+            lines
+                .iter()
+                .find(|l| l.starts_with(name))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        };
+        assert_eq!(row("verdict").as_deref(), Some("verdict valid not claimed"));
+        assert_eq!(
+            row("lost updates").as_deref(),
+            Some("lost updates 0 (0.0%) 1 (20.0%)")
+        );
+        assert_eq!(
+            row("acknowledged").as_deref(),
+            Some("acknowledged increments 3 5")
+        );
+        assert_eq!(
+            row("overlapping").as_deref(),
+            Some("overlapping holders 0 (0.0 s) 1 (1.1 s)")
+        );
+    }
+}
