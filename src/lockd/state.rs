@@ -272,42 +272,52 @@ impl State {
     /// The keys of `range` as of `revision` (0 or less: now, `pending` included), in key
     /// order. `pending` are the uncommitted events of the Txn being applied, already in
     /// `keys`: a read of a committed revision undoes them first.
-    fn read_at(
-        &self,
+    /// Whether a read at `revision` sees the live keys as they are.
+    fn reads_now(revision: i64, current: i64, pending: &[Event]) -> bool {
+        revision <= 0 || (revision == current && pending.is_empty())
+    }
+
+    /// The keys in `range` as they were at `revision` (0: now), in key order; `pending` are
+    /// the writes of the Txn reading, which a read at the current revision does not see.
+    fn read_at<'a>(
+        &'a self,
         range: &KeyRange,
         revision: i64,
-        pending: &[Event],
-    ) -> Result<Vec<KeyValue>, EtcdError> {
+        pending: &'a [Event],
+    ) -> Result<Vec<&'a KeyValue>, EtcdError> {
         if revision > self.revision {
             return Err(EtcdError::FutureRevision);
         }
-        if revision <= 0 || (revision == self.revision && pending.is_empty()) {
-            return Ok(self.scan(range).cloned().collect());
+        if Self::reads_now(revision, self.revision, pending) {
+            return Ok(self.scan(range).collect());
         }
         if revision < self.oldest_kept {
             return Err(EtcdError::Compacted);
         }
-        let mut keys: BTreeMap<Vec<u8>, KeyValue> = self
-            .scan(range)
-            .map(|kv| (kv.key.to_vec(), kv.clone()))
-            .collect();
+        // Each key changed since `revision`, with its version then: walked newest first, so
+        // the version before its oldest change is the one left.
         let newer = self
             .history
             .iter()
             .rev()
             .take_while(|change| change.revision > revision)
             .flat_map(|change| change.events.iter().rev());
+        let mut then: HashMap<&[u8], Option<&KeyValue>> = HashMap::new();
         for event in pending.iter().rev().chain(newer) {
             let Some(kv) = &event.kv else { continue };
-            if !range.contains(&kv.key) {
-                continue;
+            if range.contains(&kv.key) {
+                then.insert(&kv.key[..], event.prev_kv.as_ref());
             }
-            match &event.prev_kv {
-                Some(prev) => keys.insert(kv.key.to_vec(), prev.clone()),
-                None => keys.remove(&kv.key[..]),
-            };
         }
-        Ok(keys.into_values().collect())
+        let mut kvs: Vec<&KeyValue> = self
+            .scan(range)
+            .filter(|kv| !then.contains_key(&kv.key[..]))
+            .collect();
+        if !then.is_empty() {
+            kvs.extend(then.into_values().flatten());
+            kvs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        }
+        Ok(kvs)
     }
 
     pub fn range(&self, request: &pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
@@ -324,6 +334,7 @@ impl State {
             return Err(EtcdError::EmptyKey);
         }
         let range = KeyRange::new(&request.key, &request.range_end);
+        // Filtered and sorted by reference; only the keys answered are copied.
         let mut kvs = self.read_at(&range, request.revision, pending)?;
         let count = kvs.len() as i64;
         let within = |value: i64, min: i64, max: i64| {
@@ -351,7 +362,7 @@ impl State {
         if limit > 0 && request.sort_order() == range_request::SortOrder::None && !filtered {
             kvs.truncate(limit + 1);
         }
-        sort(&mut kvs, request.sort_target(), request.sort_order());
+        sort(&mut kvs, request.sort_target(), request.sort_order(), limit);
         let mut more = false;
         if limit > 0 && kvs.len() > limit {
             kvs.truncate(limit);
@@ -360,11 +371,21 @@ impl State {
         if request.count_only {
             kvs.clear();
             more = false;
-        } else if request.keys_only {
-            for kv in &mut kvs {
-                kv.value = Bytes::new();
-            }
         }
+        let kvs = kvs
+            .into_iter()
+            .map(|kv| {
+                if request.keys_only {
+                    KeyValue {
+                        value: Bytes::new(),
+                        key: kv.key.clone(),
+                        ..*kv
+                    }
+                } else {
+                    kv.clone()
+                }
+            })
+            .collect();
         Ok(pb::RangeResponse {
             header: Some(self.header()),
             kvs,
@@ -1105,24 +1126,41 @@ fn compare_kv(compare: &pb::Compare, kv: &KeyValue) -> bool {
 
 /// etcd's Range sorting: a target other than the key with no order means ascending; ties
 /// keep key order.
-fn sort(kvs: &mut [KeyValue], target: range_request::SortTarget, order: range_request::SortOrder) {
+/// Sorts `kvs` by `target` in `order`, keys in key order among equals (as a stable sort of
+/// key-ordered input leaves them). With a `limit`, only the first `limit + 1` (enough to
+/// tell whether there are more) are put in order: a waiter's read of its lock's newest key
+/// costs a selection over the lock's keys, not a sort of them.
+fn sort(
+    kvs: &mut Vec<&KeyValue>,
+    target: range_request::SortTarget,
+    order: range_request::SortOrder,
+    limit: usize,
+) {
     use range_request::{SortOrder, SortTarget};
     let order = match (target, order) {
         (SortTarget::Key, SortOrder::None | SortOrder::Ascend) => return,
         (_, SortOrder::None) => SortOrder::Ascend,
         (_, order) => order,
     };
-    let key = |a: &KeyValue, b: &KeyValue| match target {
+    let by_target = |a: &KeyValue, b: &KeyValue| match target {
         SortTarget::Key => a.key.cmp(&b.key),
         SortTarget::Version => a.version.cmp(&b.version),
         SortTarget::Create => a.create_revision.cmp(&b.create_revision),
         SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
         SortTarget::Value => a.value.cmp(&b.value),
     };
-    match order {
-        SortOrder::Descend => kvs.sort_by(|a, b| key(b, a)),
-        _ => kvs.sort_by(key),
+    let cmp = |a: &&KeyValue, b: &&KeyValue| {
+        let ordered = match order {
+            SortOrder::Descend => by_target(b, a),
+            _ => by_target(a, b),
+        };
+        ordered.then_with(|| a.key.cmp(&b.key))
+    };
+    if limit > 0 && kvs.len() > limit + 1 {
+        kvs.select_nth_unstable_by(limit, cmp);
+        kvs.truncate(limit + 1);
     }
+    kvs.sort_unstable_by(cmp);
 }
 
 #[cfg(test)]

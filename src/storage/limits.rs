@@ -14,9 +14,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -143,26 +142,77 @@ impl BodyQueue {
     }
 }
 
-/// Middleware: admits a request only while its body fits in the queue, and keeps it
-/// counted until its answer is ready.
-pub(super) async fn admit(
-    State(queue): State<BodyQueue>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let weight = queue.weight(&request);
-    if weight == 0 {
-        return next.run(request).await;
+/// Bodies this small are not counted: HTTP/1.1 serves one request per connection at a time,
+/// so together they hold at most `max_connections` times this, and the common small write
+/// pays nothing for the queue.
+const UNCOUNTED_BODY: u32 = 4096;
+
+/// The layer that puts [`BodyQueue`] in front of every route.
+#[derive(Clone)]
+pub(super) struct AdmitLayer(pub(super) BodyQueue);
+
+impl<S> tower_layer::Layer<S> for AdmitLayer {
+    type Service = Admit<S>;
+
+    fn layer(&self, inner: S) -> Admit<S> {
+        Admit {
+            queue: self.0.clone(),
+            inner,
+        }
     }
-    let Ok(permit) = queue.bytes.clone().try_acquire_many_owned(weight) else {
-        queue.metrics.refused(Refusal::QueuedBytes);
-        return busy(format!(
-            "the server already holds {} bytes of request bodies (--max-queued-bytes); retry later",
-            queue.limits.max_queued_bytes
-        ));
-    };
-    let _queued = Queued::new(permit, weight, queue.metrics.clone());
-    next.run(request).await
+}
+
+/// Admits a request only while its body fits in the queue, and keeps it counted until its
+/// answer is ready.
+#[derive(Clone)]
+pub(super) struct Admit<S> {
+    queue: BodyQueue,
+    inner: S,
+}
+
+type Admitting<F> = futures::future::Either<
+    F,
+    futures::future::BoxFuture<'static, Result<Response, std::convert::Infallible>>,
+>;
+
+impl<S> tower_service::Service<Request> for Admit<S>
+where
+    S: tower_service::Service<Request, Response = Response, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Admitting<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        use futures::future::{Either, FutureExt as _};
+        let weight = self.queue.weight(&request);
+        if weight <= UNCOUNTED_BODY {
+            return Either::Left(self.inner.call(request));
+        }
+        let Ok(permit) = self.queue.bytes.clone().try_acquire_many_owned(weight) else {
+            self.queue.metrics.refused(Refusal::QueuedBytes);
+            let refused = busy(format!(
+                "the server already holds {} bytes of request bodies (--max-queued-bytes); retry later",
+                self.queue.limits.max_queued_bytes
+            ));
+            return Either::Right(futures::future::ready(Ok(refused)).boxed());
+        };
+        let queued = Queued::new(permit, weight, self.queue.metrics.clone());
+        let answer = self.inner.call(request);
+        Either::Right(
+            async move {
+                let answer = answer.await;
+                drop(queued);
+                answer
+            }
+            .boxed(),
+        )
+    }
 }
 
 /// A request's bytes in the queue, given back when its answer is ready or its client left.

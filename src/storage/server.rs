@@ -28,7 +28,7 @@ use tracing::info;
 
 use super::fence::Policy;
 use super::http::{App, AppState, error_response};
-use super::limits::{self, BodyQueue, BoundedListener, Limits, LimitsError};
+use super::limits::{AdmitLayer, BodyQueue, BoundedListener, Limits, LimitsError};
 use super::metrics::Metrics;
 use super::store::{Engine, Store};
 use super::{rest, seed};
@@ -130,8 +130,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         let metrics = self.state.metrics.clone();
         let queue = BodyQueue::new(self.limits, metrics.clone());
-        let app = router(self.state, self.limits.max_body)
-            .layer(axum::middleware::from_fn_with_state(queue, limits::admit));
+        let app = router(self.state, self.limits.max_body).layer(AdmitLayer(queue));
         let listener = BoundedListener::new(listener, self.limits.max_connections, metrics);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

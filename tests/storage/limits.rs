@@ -135,9 +135,9 @@ fn bodies_past_max_queued_bytes_are_answered_busy_and_the_held_one_completes() {
         (queued == MIB as f64).then_some(())
     });
 
-    println!("a 1 KiB PUT meanwhile: 503 busy, not written");
+    println!("an 8 KiB PUT meanwhile: 503 busy, not written");
     let mut other = connect(addr);
-    let refused = exchange(&mut other, "PUT", "/v1/kv/small", &[b'y'; 1024]);
+    let refused = exchange(&mut other, "PUT", "/v1/kv/small", &[b'y'; 8192]);
     assert_busy(&refused, "--max-queued-bytes");
     let missing = exchange(&mut other, "GET", "/v1/kv/small", b"");
     assert_eq!(missing.status, 404, "the refused write left nothing");
@@ -152,7 +152,7 @@ fn bodies_past_max_queued_bytes_are_answered_busy_and_the_held_one_completes() {
     assert_eq!(stored.status, 200, "{:?}", stored.json());
     let read = exchange(&mut other, "GET", "/v1/kv/slow", b"");
     assert_eq!(read.json()["value"].as_str().map(str::len), Some(MIB));
-    let written = exchange(&mut other, "PUT", "/v1/kv/small", &[b'y'; 1024]);
+    let written = exchange(&mut other, "PUT", "/v1/kv/small", &[b'y'; 8192]);
     assert_eq!(written.status, 200, "{:?}", written.json());
     assert_eq!(
         metric(addr, "fencelock_storage_queued_body_bytes"),
