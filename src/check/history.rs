@@ -58,9 +58,11 @@ pub enum EventType {
     Invoke,
     /// It took effect.
     Ok,
-    /// It certainly did not take effect (for a write: refused, or never sent).
+    /// It certainly did not take effect: the storage said no (a stale token, a wrong
+    /// fence, a 4xx, `503 busy`) or the request was never sent.
     Fail,
-    /// It may or may not have taken effect (for a write: the storage died mid-request).
+    /// It may or may not have taken effect: the request was sent and got no answer (a
+    /// timeout, a reset) or any other 5xx (a failed commit's batch may still be replayed).
     Info,
 }
 

@@ -1,7 +1,7 @@
 //! `fencelock check`: a fault-injection checker after Jepsen's etcd lock tests. Worker
 //! processes increment a counter under a fenced lock while the checker freezes, revokes and
-//! kills; the recorded history is then analysed for lost updates, tokens accepted out of
-//! order, and overlapping holders.
+//! kills; the recorded history is then analysed for lost updates, stale reads, tokens
+//! accepted out of order, acquisitions out of token order, and overlapping holders.
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
 //! - [`worker`]: one worker process's loop (`fencelock check-worker`).
@@ -15,8 +15,8 @@
 //! - [`analysis`]: the pure analysis of a merged history into a [`analysis::Report`]:
 //!   - `analysis/ops.rs`: the events in canonical order, joined into operations, holds and
 //!     fault spans;
-//!   - `analysis/rules.rs`: the rules (lost updates, backwards tokens, overlaps, lease
-//!     expiries, …) and the verdict;
+//!   - `analysis/rules.rs`: the rules (lost updates, stale reads, backwards tokens, token
+//!     order, overlaps, lease expiries, …) and the verdict;
 //!   - `analysis/report.rs`: the report's shape (its JSON) and the summary table;
 //!   - `analysis/fixtures.rs`: hand-built histories for the unit tests.
 //! - [`timeline`]: the SVG timeline picture of one run.

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use rand::{Rng as _, SeedableRng as _};
+use reqwest::StatusCode;
 
 use super::history::{Event, EventType, Log, OpKind, mono_ns, wall_ms};
 use fencelock::FencingToken;
@@ -26,6 +27,9 @@ use fencelock::storage::{ClientError, StorageClient};
 /// A storage request that gets no answer in this time is given up; a write given up may
 /// still have taken effect (`info`).
 const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The error code of the storage's `503` when a request met its admission limit.
+const BUSY: &str = "busy";
 
 /// Pause after a failed step, so a worker facing a dead service does not spin.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -161,7 +165,7 @@ async fn cycles(
                 }
             },
             Err(e) => {
-                recorder.fail(op, storage_failure(&e, &with_token))?;
+                recorder.complete(op, outcome(&e), storage_failure(&e, &with_token))?;
                 None
             }
         };
@@ -225,36 +229,11 @@ async fn write(
         .await
     {
         Ok(()) => recorder.ok(op, fields)?,
-        Err(ClientError::StaleToken { current, .. }) => {
-            let refused = Fields {
-                stale: true,
-                current: Some(current.get()),
-                ..fields
-            };
-            recorder.fail(op, refused)?;
-        }
-        // Refused before the connection was made: it certainly did not take effect.
-        Err(ClientError::Http(e)) if e.is_connect() => {
-            recorder.fail(
-                op,
-                Fields {
-                    error: Some(describe(&e)),
-                    ..fields
-                },
-            )?;
-            return Ok(false);
-        }
-        // Sent, but no answer: the storage may have applied it before dying.
-        Err(ClientError::Http(e)) => {
-            let event = Fields {
-                error: Some(describe(&e)),
-                ..fields
-            };
-            recorder.complete(op, EventType::Info, event)?;
-            return Ok(false);
+        Err(e @ ClientError::StaleToken { .. }) => {
+            recorder.fail(op, storage_failure(&e, &fields))?;
         }
         Err(e) => {
-            recorder.fail(op, storage_failure(&e, &fields))?;
+            recorder.complete(op, outcome(&e), storage_failure(&e, &fields))?;
             return Ok(false);
         }
     }
@@ -288,6 +267,35 @@ async fn close(
                 ..Fields::error(&e)
             },
         ),
+    }
+}
+
+/// How a storage request that got no success ended: `fail` only for a definite no, `info`
+/// for everything else, because the storage may have applied it.
+///
+/// Definite: a refusal by the fence (409: stale token, wrong fence) or of the request itself
+/// (4xx, or the seed protocol's `err`), a `503 busy` (the admission limit answers before the
+/// body is read, so nothing was applied), and a connection that was never made or a request
+/// that was never sent. Unknown: any other 5xx, in particular the `503` of a failed commit,
+/// whose batch may still be replayed when the storage restarts; and a request sent without an
+/// answer (a timeout, a reset, a body cut short).
+fn outcome(error: &ClientError) -> EventType {
+    match error {
+        ClientError::StaleToken { .. }
+        | ClientError::WrongFence { .. }
+        | ClientError::BadUrl(_)
+        | ClientError::FenceInSeedProtocol(_) => EventType::Fail,
+        ClientError::Server { status, error, .. } => {
+            if status.is_server_error()
+                && !(*status == StatusCode::SERVICE_UNAVAILABLE && error == BUSY)
+            {
+                EventType::Info
+            } else {
+                EventType::Fail
+            }
+        }
+        ClientError::Http(e) if e.is_connect() => EventType::Fail,
+        ClientError::Http(_) => EventType::Info,
     }
 }
 
@@ -401,4 +409,75 @@ impl<W: Write> Recorder<W> {
 struct Op {
     id: u64,
     f: OpKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(status: StatusCode, error: &str) -> ClientError {
+        ClientError::Server {
+            status,
+            error: error.into(),
+            message: "…".into(),
+        }
+    }
+
+    #[test]
+    fn a_storage_5xx_is_unknown_but_busy_and_refusals_are_definite() {
+        let failed_commit = answered(StatusCode::SERVICE_UNAVAILABLE, "store_failed");
+        assert_eq!(outcome(&failed_commit), EventType::Info);
+        let internal = answered(StatusCode::INTERNAL_SERVER_ERROR, "unexpected_answer");
+        assert_eq!(outcome(&internal), EventType::Info);
+        let busy = answered(StatusCode::SERVICE_UNAVAILABLE, BUSY);
+        assert_eq!(outcome(&busy), EventType::Fail);
+        let bad = answered(StatusCode::BAD_REQUEST, "bad_request");
+        assert_eq!(outcome(&bad), EventType::Fail);
+        let seed_refusal = answered(StatusCode::OK, "refused");
+        assert_eq!(outcome(&seed_refusal), EventType::Fail);
+        let stale = ClientError::StaleToken {
+            fence: "/lock".into(),
+            presented: FencingToken::new(5).unwrap(),
+            current: FencingToken::new(6).unwrap(),
+        };
+        assert_eq!(outcome(&stale), EventType::Fail);
+        let wrong_fence = ClientError::WrongFence {
+            key: "counter".into(),
+            fence: Some("/other".into()),
+            requested: Some("/lock".into()),
+        };
+        assert_eq!(outcome(&wrong_fence), EventType::Fail);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_definite_and_a_request_left_unanswered_is_unknown() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_addr = closed.local_addr().unwrap();
+        drop(closed);
+        let refused = reqwest::get(format!("http://{closed_addr}/"))
+            .await
+            .unwrap_err();
+        assert_eq!(outcome(&ClientError::Http(refused)), EventType::Fail);
+
+        // Accepts the connection and never answers: the request was sent.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                open.push(stream);
+            }
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let unanswered = http
+            .put(format!("http://{silent_addr}/v1/kv/counter"))
+            .body("1")
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(outcome(&ClientError::Http(unanswered)), EventType::Info);
+    }
 }

@@ -1,6 +1,7 @@
-//! The analysis of a merged check history: lost updates, fencing tokens accepted out of
-//! order, overlapping holders, stale rejections, other failures, faults and lease expiries,
-//! and the verdict.
+//! The analysis of a merged check history: lost updates, stale reads and a final counter
+//! below an acknowledged value, fencing tokens accepted out of order, acquisitions out of
+//! token order, overlapping holders, stale rejections, other failures, faults and lease
+//! expiries, and the verdict.
 //!
 //! [`analyse`] is pure: it sees only the recorded events, so the same history always gives
 //! the same [`Report`], and hand-built histories test it exactly. Each file owns the

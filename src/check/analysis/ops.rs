@@ -114,6 +114,28 @@ pub(super) fn secs(input: &Input, ns: u64) -> f64 {
     ns.saturating_sub(input.start_mono_ns) as f64 / 1e9
 }
 
+/// The message of a storage answer, as the storage client words it: `storage answered
+/// <status>: <error code>: <message>`.
+const SERVER_ANSWER: &str = "storage answered ";
+
+/// The one 5xx that is a definite no: the storage's admission limit refuses a request
+/// before reading its body, so nothing of it was applied.
+const BUSY_ANSWER: &str = "503 Service Unavailable: busy:";
+
+/// A `fail` the worker recorded for a storage 5xx other than `503 busy`, as workers did
+/// before they recorded those as `info`: the storage gave no definite no (the `503` of a
+/// failed commit may still be replayed after a restart), so the outcome is unknown. Kept so
+/// that `--analyse` of an older run's directory gives the sound answer too.
+fn recorded_unknown(e: &history::Event) -> bool {
+    matches!(e.f, OpKind::Read | OpKind::Write)
+        && !e.stale
+        && e.error.as_deref().is_some_and(|error| {
+            error
+                .strip_prefix(SERVER_ANSWER)
+                .is_some_and(|answer| answer.starts_with('5') && !answer.starts_with(BUSY_ANSWER))
+        })
+}
+
 /// Puts the events in canonical order and joins each invocation with its first completion.
 pub(crate) fn operations(input: &Input) -> (Vec<Op>, HistoryNotes) {
     let mut events: Vec<&history::Event> = input.events.iter().collect();
@@ -128,6 +150,7 @@ pub(crate) fn operations(input: &Input) -> (Vec<Op>, HistoryNotes) {
         let outcome = match e.kind {
             EventType::Invoke => None,
             EventType::Ok => Some(Outcome::Ok),
+            EventType::Fail if recorded_unknown(e) => Some(Outcome::Info),
             EventType::Fail => Some(Outcome::Fail),
             EventType::Info => Some(Outcome::Info),
         };

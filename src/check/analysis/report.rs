@@ -18,7 +18,8 @@ pub struct Report {
     pub policy: String,
     /// Whether the policy claims to prevent lost updates and backwards tokens (only strict).
     pub claims_safety: bool,
-    /// `!claims_safety || (no lost update && no backwards token)`.
+    /// `!claims_safety ||` no anomaly: no lost update, backwards token, acquisition out of
+    /// token order, stale read, nor final counter below an acknowledged value.
     pub valid: bool,
     /// One line for people: "valid", "invalid: …" or "not claimed safe (writes): …".
     pub verdict: String,
@@ -38,6 +39,18 @@ pub struct Report {
     pub fenced_accesses: Vec<OpKind>,
     /// Accepted operations whose token was below one the fence had already accepted.
     pub backwards_tokens: Vec<BackwardsToken>,
+    /// Acquisitions of the lock whose token was not above that of an acquisition completed
+    /// before them (the fenced-mutex model): the lock service's own claim, whatever the
+    /// storage's policy.
+    pub token_order: Vec<TokenOrder>,
+    /// Whether the stale-read rule applied: only under a policy whose fence checks reads
+    /// (strict), since elsewhere a stale holder's write may legitimately lower the counter.
+    pub reads_checked: bool,
+    /// Acknowledged reads that saw less than an acknowledged write completed before they
+    /// were invoked (empty when `reads_checked` is false).
+    pub stale_reads: Vec<StaleRead>,
+    /// The final counter, when below the largest value an acknowledged write wrote.
+    pub final_below_acknowledged: Option<FinalBelow>,
     pub overlaps: Overlaps,
     pub stale_rejections: StaleRejections,
     /// Reads, writes and lock operations that failed or ended unknown for a reason other
@@ -74,7 +87,8 @@ pub struct OpCounts {
 ///
 /// The counter starts at 0 (a fresh storage). Unknown writes may have taken effect and
 /// leave the final counter above `acked`: that is not a loss, and it can hide a shortfall,
-/// never invent one. Without a final value only duplicates are counted.
+/// never invent one. Without a final value only duplicates are counted. What this count
+/// misses, [`Report::stale_reads`] and [`Report::final_below_acknowledged`] see.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 pub struct LostUpdates {
     pub count: u64,
@@ -122,6 +136,57 @@ pub struct BackwardsToken {
     pub fence_worker: u32,
     pub fence_op: u64,
     pub fence_at_s: f64,
+}
+
+/// A successful acquisition of the lock.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Acquisition {
+    pub worker: u32,
+    pub op: u64,
+    pub token: u64,
+    pub invoked_s: f64,
+    pub acquired_s: f64,
+}
+
+/// Two acquisitions of the lock name out of token order: `later` completed after `earlier`
+/// but its token is not higher. `earlier` is the highest-token acquisition completed before
+/// `later`, so one stray token is reported once, not against every acquisition before it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct TokenOrder {
+    pub earlier: Acquisition,
+    pub later: Acquisition,
+}
+
+/// An acknowledged write of the counter, with the value it wrote.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct AckedWrite {
+    pub worker: u32,
+    pub op: u64,
+    pub token: Option<u64>,
+    pub value: u64,
+    pub at_s: f64,
+}
+
+/// A read that returned less than an acknowledged write completed before the read was
+/// invoked: the write was lost, whether or not a duplicate value shows it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct StaleRead {
+    pub worker: u32,
+    pub op: u64,
+    pub token: Option<u64>,
+    pub value: u64,
+    pub invoked_s: f64,
+    /// The acknowledged write of the largest value completed before the read was invoked.
+    pub write: AckedWrite,
+}
+
+/// The final counter below the largest acknowledged value: that write's effect is gone,
+/// however many unknown writes raised the counter otherwise.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct FinalBelow {
+    pub final_value: u64,
+    /// The acknowledged write of the largest value (the first to complete, among equals).
+    pub write: AckedWrite,
 }
 
 /// Times in which two or more workers each believed they held the lock.
@@ -190,17 +255,27 @@ impl Report {
         self.valid
     }
 
-    /// Violations of the policy's safety claim: lost updates plus backwards tokens under a
-    /// policy that claims safety, 0 under one that claims none (its anomalies are still in
-    /// [`Report::lost_updates`] and [`Report::backwards_tokens`]). The tests' one-number
-    /// summary of a report; the binary reports the parts.
+    /// Violations of the policy's safety claim under a policy that claims safety (lost
+    /// updates, backwards tokens, acquisitions out of token order, stale reads, a final
+    /// counter below an acknowledged value), 0 under one that claims none (its anomalies
+    /// are still in the report). The tests' one-number summary of a report; the binary
+    /// reports the parts.
     #[cfg(test)]
     pub fn violations(&self) -> usize {
         if self.claims_safety {
-            self.lost_updates.count as usize + self.backwards_tokens.len()
+            self.anomalies()
         } else {
             0
         }
+    }
+
+    /// Every anomaly found, whatever the policy claims.
+    pub(super) fn anomalies(&self) -> usize {
+        self.lost_updates.count as usize
+            + self.backwards_tokens.len()
+            + self.token_order.len()
+            + self.stale_reads.len()
+            + usize::from(self.final_below_acknowledged.is_some())
     }
 }
 
@@ -237,6 +312,30 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
         (
             "backwards tokens",
             each(rows, |r| r.backwards_tokens.len().to_string()),
+        ),
+        (
+            "token order violations",
+            each(rows, |r| r.token_order.len().to_string()),
+        ),
+        (
+            "stale reads",
+            each(rows, |r| {
+                if r.reads_checked {
+                    r.stale_reads.len().to_string()
+                } else {
+                    "not claimed".to_owned()
+                }
+            }),
+        ),
+        (
+            "final below acknowledged",
+            each(rows, |r| {
+                match (&r.final_below_acknowledged, r.final_value) {
+                    (Some(below), _) => format!("{} < {}", below.final_value, below.write.value),
+                    (None, Some(_)) => "no".to_owned(),
+                    (None, None) => "?".to_owned(),
+                }
+            }),
         ),
         (
             "overlapping holders",
@@ -346,6 +445,10 @@ mod tests {
         assert_eq!(json["fault_spans"][0]["fault"], "freeze-after-read");
         assert_eq!(json["fault_spans"][0]["target"]["kind"], "worker");
         assert_eq!(json["overlaps"]["intervals"][0]["duration_s"], 1.06);
+        assert_eq!(json["token_order"], serde_json::json!([]));
+        assert_eq!(json["reads_checked"], false);
+        assert_eq!(json["stale_reads"], serde_json::json!([]));
+        assert_eq!(json["final_below_acknowledged"], serde_json::Value::Null);
     }
 
     #[test]
@@ -370,6 +473,18 @@ mod tests {
         assert_eq!(
             row("acknowledged").as_deref(),
             Some("acknowledged increments 3 5")
+        );
+        assert_eq!(
+            row("token order").as_deref(),
+            Some("token order violations 0 0")
+        );
+        assert_eq!(
+            row("stale reads").as_deref(),
+            Some("stale reads 0 not claimed")
+        );
+        assert_eq!(
+            row("final below").as_deref(),
+            Some("final below acknowledged no no")
         );
         assert_eq!(
             row("overlapping").as_deref(),

@@ -1,21 +1,26 @@
 //! The rules: what [`analyse`] finds in the operations of one run (lost updates, fencing
-//! tokens accepted out of order, overlapping holders, stale rejections, other failures, lease
-//! expiries) and the verdict.
+//! tokens accepted out of order, acquisitions out of token order, stale reads, a final
+//! counter below an acknowledged value, overlapping holders, stale rejections, other
+//! failures, lease expiries) and the verdict.
 //!
 //! Invariants this file owns:
 //! - an acknowledged increment (a write completed `ok`) is counted lost at most once, however
 //!   many rules see it (see [`LostUpdates`]);
 //! - a write whose outcome is unknown (`info`, or no completion) is never counted as
 //!   acknowledged nor as lost, as Jepsen does: it is counted apart;
-//! - which accesses move the fence is asked of [`fence::check`], never re-derived here.
+//! - which accesses move the fence is asked of [`fence::check`], never re-derived here;
+//! - the counter rules that need a fence on reads (stale reads) apply only under a policy
+//!   whose fence checks reads; the others apply under every policy and count as violations
+//!   only under one that claims safety.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use super::ops::{Hold, Input, Op, Outcome, fault_spans, holds, operations, secs};
 use super::report::{
-    BackwardsToken, DuplicateWrite, FailureGroup, FaultCount, Holder, LeaseExpiry, LostUpdates,
-    OpCounts, Overlap, Overlaps, Report, StaleRejections, WriteRef, show,
+    AckedWrite, Acquisition, BackwardsToken, DuplicateWrite, FailureGroup, FaultCount, FinalBelow,
+    Holder, LeaseExpiry, LostUpdates, OpCounts, Overlap, Overlaps, Report, StaleRead,
+    StaleRejections, TokenOrder, WriteRef, show,
 };
 use crate::check::history::{self, FaultKind, KeyChange, OpKind};
 use fencelock::FencingToken;
@@ -111,6 +116,14 @@ pub fn analyse(input: &Input) -> Report {
 
     let fenced_accesses = fenced_accesses(input.policy);
     let backwards_tokens = backwards_tokens(input, &ops, &fenced_accesses);
+    let token_order = token_order(input, &ops);
+    let reads_checked = fenced(input.policy, Access::Read);
+    let stale_reads = if reads_checked {
+        stale_reads(input, &ops)
+    } else {
+        Vec::new()
+    };
+    let final_below_acknowledged = final_below_acknowledged(input, &ops);
     let overlaps = overlaps(input, &holds);
 
     let mut stale_rejections = StaleRejections::default();
@@ -135,26 +148,11 @@ pub fn analyse(input: &Input) -> Report {
     let lease_expiries = lease_expiries(input, &ops, &holds);
 
     let claims_safety = input.policy == Policy::Strict;
-    let anomalies = lost_updates.count > 0 || !backwards_tokens.is_empty();
-    let valid = !claims_safety || !anomalies;
-    let found = format!(
-        "{} lost update{}, {} backwards token{}",
-        lost_updates.count,
-        plural(lost_updates.count),
-        backwards_tokens.len(),
-        plural(backwards_tokens.len() as u64)
-    );
-    let verdict = match (claims_safety, valid) {
-        (true, true) => "valid: no lost update, no backwards token".to_owned(),
-        (true, false) => format!("invalid: {found} under {} fencing", input.policy),
-        (false, _) => format!("not claimed safe ({}): {found}", input.policy),
-    };
-
-    Report {
+    let mut report = Report {
         policy: input.policy.to_string(),
         claims_safety,
-        valid,
-        verdict,
+        valid: true,
+        verdict: String::new(),
         duration_s: secs(input, input.end_mono_ns),
         operations,
         history,
@@ -164,12 +162,54 @@ pub fn analyse(input: &Input) -> Report {
         lost_updates,
         fenced_accesses,
         backwards_tokens,
+        token_order,
+        reads_checked,
+        stale_reads,
+        final_below_acknowledged,
         overlaps,
         stale_rejections,
         other_failures,
         faults,
         fault_spans,
         lease_expiries,
+    };
+    report.valid = !claims_safety || report.anomalies() == 0;
+    report.verdict = verdict(&report, input.policy);
+    report
+}
+
+/// One line for people: the two findings every run has, then the rarer ones found.
+fn verdict(report: &Report, policy: Policy) -> String {
+    let lost = report.lost_updates.count;
+    let backwards = report.backwards_tokens.len() as u64;
+    let mut found = format!(
+        "{lost} lost update{}, {backwards} backwards token{}",
+        plural(lost),
+        plural(backwards)
+    );
+    let out_of_order = report.token_order.len() as u64;
+    if out_of_order > 0 {
+        let _ = write!(
+            found,
+            ", {out_of_order} acquisition{} out of token order",
+            plural(out_of_order)
+        );
+    }
+    let stale = report.stale_reads.len() as u64;
+    if stale > 0 {
+        let _ = write!(found, ", {stale} stale read{}", plural(stale));
+    }
+    if let Some(below) = &report.final_below_acknowledged {
+        let _ = write!(
+            found,
+            ", final counter {} below the acknowledged {}",
+            below.final_value, below.write.value
+        );
+    }
+    match (report.claims_safety, report.valid) {
+        (true, true) => "valid: no lost update, no backwards token".to_owned(),
+        (true, false) => format!("invalid: {found} under {policy} fencing"),
+        (false, _) => format!("not claimed safe ({policy}): {found}"),
     }
 }
 
@@ -304,6 +344,113 @@ fn backwards_tokens(input: &Input, ops: &[Op], accesses: &[OpKind]) -> Vec<Backw
         }
     }
     found
+}
+
+/// The fenced-mutex model: acquisitions of the lock, in the order they completed, carry
+/// strictly increasing tokens. A run checks one lock name, so every `lock` in it is of that
+/// name. Each acquisition is held against the highest-token one completed strictly before
+/// it; acquisitions completed at the same instant are not ordered.
+fn token_order(input: &Input, ops: &[Op]) -> Vec<TokenOrder> {
+    let mut acquired: Vec<&Op> = ops
+        .iter()
+        .filter(|o| o.f == OpKind::Lock && o.outcome == Outcome::Ok && o.token.is_some())
+        .collect();
+    acquired.sort_by_key(|o| (o.at_ns(), o.worker, o.op));
+    let acquisition = |o: &Op| Acquisition {
+        worker: o.worker,
+        op: o.op,
+        token: o.token.unwrap_or(0),
+        invoked_s: secs(input, o.invoke_ns),
+        acquired_s: secs(input, o.at_ns()),
+    };
+    let mut found = Vec::new();
+    let mut highest: Option<&Op> = None;
+    let mut next = acquired.iter().peekable();
+    for op in &acquired {
+        while let Some(done) = next.next_if(|d| d.at_ns() < op.at_ns()) {
+            if highest.is_none_or(|h| done.token > h.token) {
+                highest = Some(done);
+            }
+        }
+        if let Some(earlier) = highest
+            && op.token <= earlier.token
+        {
+            found.push(TokenOrder {
+                earlier: acquisition(earlier),
+                later: acquisition(op),
+            });
+        }
+    }
+    found
+}
+
+/// Acknowledged writes that carry a value, as the report shows them.
+fn acked_writes<'a>(input: &'a Input, ops: &'a [Op]) -> impl Iterator<Item = (&'a Op, AckedWrite)> {
+    ops.iter()
+        .filter(|o| o.f == OpKind::Write && o.outcome == Outcome::Ok)
+        .filter_map(move |o| {
+            let value = o.value?;
+            Some((
+                o,
+                AckedWrite {
+                    worker: o.worker,
+                    op: o.op,
+                    token: o.token,
+                    value,
+                    at_s: secs(input, o.at_ns()),
+                },
+            ))
+        })
+}
+
+/// A read invoked after an acknowledged write of `v` completed must see at least `v`: the
+/// counter only grows while every stale holder's request is refused. Unlike the duplicate
+/// rule this sees a lost update whose overwriting write's value nobody else wrote, and
+/// unlike the shortfall it cannot be hidden by unknown writes that took effect later. Only
+/// acknowledged reads and writes take part; each read is held against the largest value
+/// acknowledged before it was invoked.
+fn stale_reads(input: &Input, ops: &[Op]) -> Vec<StaleRead> {
+    let mut writes: Vec<(&Op, AckedWrite)> = acked_writes(input, ops).collect();
+    writes.sort_by_key(|(o, _)| (o.at_ns(), o.worker, o.op));
+    let mut reads: Vec<&Op> = ops
+        .iter()
+        .filter(|o| o.f == OpKind::Read && o.outcome == Outcome::Ok && o.value.is_some())
+        .collect();
+    reads.sort_by_key(|o| (o.invoke_ns, o.worker, o.op));
+    let mut found = Vec::new();
+    let mut largest: Option<&AckedWrite> = None;
+    let mut next = writes.iter().peekable();
+    for read in reads {
+        while let Some((_, done)) = next.next_if(|(w, _)| w.at_ns() < read.invoke_ns) {
+            if largest.is_none_or(|l| done.value > l.value) {
+                largest = Some(done);
+            }
+        }
+        let (Some(write), Some(value)) = (largest, read.value) else {
+            continue;
+        };
+        if value < write.value {
+            found.push(StaleRead {
+                worker: read.worker,
+                op: read.op,
+                token: read.token,
+                value,
+                invoked_s: secs(input, read.invoke_ns),
+                write: write.clone(),
+            });
+        }
+    }
+    found
+}
+
+/// The final counter must be at least the largest acknowledged value: the counter reached
+/// it, and under strict fencing no accepted write lowers it again. Unknown writes that took effect
+/// only raise the counter, so they cannot hide this the way they hide a shortfall.
+fn final_below_acknowledged(input: &Input, ops: &[Op]) -> Option<FinalBelow> {
+    let final_value = input.final_value?;
+    let (_, write) = acked_writes(input, ops)
+        .min_by_key(|(o, w)| (std::cmp::Reverse(w.value), o.at_ns(), o.worker, o.op))?;
+    (final_value < write.value).then_some(FinalBelow { final_value, write })
 }
 
 /// Maximal intervals in which at least two holds are open, by a sweep over hold starts and
@@ -497,6 +644,10 @@ mod tests {
         assert_eq!(report.other_failures, vec![]);
         assert_eq!(report.lease_expiries, vec![]);
         assert_eq!(report.fenced_accesses, vec![OpKind::Read, OpKind::Write]);
+        assert_eq!(report.token_order, vec![]);
+        assert!(report.reads_checked);
+        assert_eq!(report.stale_reads, vec![]);
+        assert_eq!(report.final_below_acknowledged, None);
         assert!(report.claims_safety && report.valid());
         assert_eq!(report.violations(), 0);
         assert_eq!(report.verdict, "valid: no lost update, no backwards token");
@@ -736,6 +887,243 @@ mod tests {
                 examples: vec!["connection reset".into()],
             }]
         );
+        assert!(report.valid());
+    }
+
+    #[test]
+    fn an_acquisition_completed_later_with_a_lower_token_is_out_of_token_order() {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        h.turn(2, 1000, 12, 1);
+        // Granted after worker 2's acquisition of 12 completed, yet with token 11; the
+        // fence refuses its read.
+        h.lock(3, 2000, 2010, 0x10b, 11);
+        h.op(
+            3,
+            OpKind::Read,
+            2020,
+            2030,
+            End::Stale,
+            Some(11),
+            None,
+            Some("stale"),
+        );
+        h.unlock(3, 2050, 2060);
+        h.turn(1, 3000, 13, 2);
+        let report = analyse(&h.input(Policy::Strict, Some(3), 4000));
+        assert_eq!(
+            report.token_order,
+            vec![TokenOrder {
+                earlier: Acquisition {
+                    worker: 2,
+                    op: 1,
+                    token: 12,
+                    invoked_s: 1.0,
+                    acquired_s: 1.01,
+                },
+                later: Acquisition {
+                    worker: 3,
+                    op: 1,
+                    token: 11,
+                    invoked_s: 2.0,
+                    acquired_s: 2.01,
+                },
+            }]
+        );
+        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.stale_reads, vec![]);
+        assert_eq!(report.final_below_acknowledged, None);
+        assert!(!report.valid());
+        assert_eq!(report.violations(), 1);
+        assert_eq!(
+            report.verdict,
+            "invalid: 0 lost updates, 0 backwards tokens, 1 acquisition out of token order \
+             under strict fencing"
+        );
+    }
+
+    #[test]
+    fn an_acquisition_with_the_token_of_an_earlier_one_is_out_of_token_order() {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        h.turn(2, 1000, 10, 1);
+        let report = analyse(&h.input(Policy::Writes, Some(2), 2000));
+        let pairs: Vec<((u32, u64), (u32, u64))> = report
+            .token_order
+            .iter()
+            .map(|t| {
+                (
+                    (t.earlier.worker, t.earlier.token),
+                    (t.later.worker, t.later.token),
+                )
+            })
+            .collect();
+        assert_eq!(pairs, vec![((1, 10), (2, 10))]);
+        // Not claimed by the storage's policy: reported, not a violation of it.
+        assert!(report.valid());
+        assert_eq!(
+            report.verdict,
+            "not claimed safe (writes): 0 lost updates, 0 backwards tokens, 1 acquisition out \
+             of token order"
+        );
+    }
+
+    /// Worker 2's increment to 2 ends unknown but took effect; worker 1 builds 3 on it;
+    /// worker 2 then reads 1, below the acknowledged 3, and writes 2: the acknowledged 3 is
+    /// lost, and no acknowledged value repeats.
+    fn stale_read_without_duplicate() -> History {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        h.lock(2, 1000, 1010, 0x10b, 11);
+        h.read(2, 1020, 1030, 11, 1);
+        h.op(
+            2,
+            OpKind::Write,
+            1200,
+            1210,
+            End::Info,
+            Some(11),
+            Some(2),
+            Some("storage answered 503 Service Unavailable: store_failed: commit failed"),
+        );
+        h.unlock(2, 1250, 1260);
+        h.turn(1, 2000, 12, 2);
+        h.turn(2, 3000, 13, 1);
+        h
+    }
+
+    #[test]
+    fn a_stale_read_shows_a_lost_update_that_left_no_duplicate_value() {
+        // The counter could not be read at the end, so no shortfall can be computed.
+        let report = analyse(&stale_read_without_duplicate().input(Policy::Strict, None, 4000));
+        assert_eq!(report.acknowledged_increments, 3);
+        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(
+            report.stale_reads,
+            vec![StaleRead {
+                worker: 2,
+                op: 6,
+                token: Some(13),
+                value: 1,
+                invoked_s: 3.02,
+                write: AckedWrite {
+                    worker: 1,
+                    op: 7,
+                    token: Some(12),
+                    value: 3,
+                    at_s: 2.21,
+                },
+            }]
+        );
+        assert_eq!(report.backwards_tokens, vec![]);
+        assert_eq!(report.token_order, vec![]);
+        assert_eq!(report.final_below_acknowledged, None);
+        assert!(!report.valid());
+        assert_eq!(report.violations(), 1);
+        assert_eq!(
+            report.verdict,
+            "invalid: 0 lost updates, 0 backwards tokens, 1 stale read under strict fencing"
+        );
+    }
+
+    #[test]
+    fn reads_are_held_to_acknowledged_writes_only_under_a_policy_that_fences_them() {
+        let report = analyse(&stale_read_without_duplicate().input(Policy::Writes, None, 4000));
+        assert!(!report.reads_checked);
+        assert_eq!(report.stale_reads, vec![]);
+        assert_eq!(report.fenced_accesses, vec![OpKind::Write]);
+    }
+
+    #[test]
+    fn unknown_writes_that_raised_the_counter_do_not_hide_a_lost_acknowledged_value() {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        for (worker, from, token, read) in [(2, 1000, 11, 1), (3, 2000, 12, 2)] {
+            h.lock(worker, from, from + 10, 0x100 + token as i64, token);
+            h.read(worker, from + 20, from + 30, token, read);
+            h.op(
+                worker,
+                OpKind::Write,
+                from + 200,
+                from + 210,
+                End::Info,
+                Some(token),
+                Some(read + 1),
+                Some("storage request failed: operation timed out"),
+            );
+            h.unlock(worker, from + 250, from + 260);
+        }
+        h.turn(1, 3000, 13, 3);
+        // The acknowledged 4 is gone; the unknown writes leave the counter at 3, above the
+        // 2 acknowledged increments, so the shortfall sees nothing.
+        let report = analyse(&h.input(Policy::Strict, Some(3), 4000));
+        assert_eq!(report.acknowledged_increments, 2);
+        assert_eq!(report.unknown_writes, 2);
+        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.stale_reads, vec![]);
+        assert_eq!(
+            report.final_below_acknowledged,
+            Some(FinalBelow {
+                final_value: 3,
+                write: AckedWrite {
+                    worker: 1,
+                    op: 7,
+                    token: Some(13),
+                    value: 4,
+                    at_s: 3.21,
+                },
+            })
+        );
+        assert!(!report.valid());
+        assert_eq!(report.violations(), 1);
+        assert_eq!(
+            report.verdict,
+            "invalid: 0 lost updates, 0 backwards tokens, final counter 3 below the \
+             acknowledged 4 under strict fencing"
+        );
+    }
+
+    #[test]
+    fn a_failed_commit_recorded_as_a_failure_is_read_back_as_unknown_but_busy_stays_a_failure() {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        h.lock(2, 1000, 1010, 0x10b, 11);
+        h.read(2, 1020, 1030, 11, 1);
+        h.op(
+            2,
+            OpKind::Write,
+            1200,
+            1210,
+            End::Fail,
+            Some(11),
+            Some(2),
+            Some("storage answered 503 Service Unavailable: store_failed: commit failed"),
+        );
+        h.op(
+            2,
+            OpKind::Write,
+            1300,
+            1310,
+            End::Fail,
+            Some(11),
+            Some(2),
+            Some("storage answered 503 Service Unavailable: busy: too many bytes queued"),
+        );
+        h.op(
+            2,
+            OpKind::Write,
+            1400,
+            1410,
+            End::Fail,
+            Some(11),
+            Some(2),
+            Some("storage answered 409 Conflict: wrong_fence: key belongs to another fence"),
+        );
+        h.unlock(2, 1500, 1510);
+        let report = analyse(&h.input(Policy::Strict, Some(2), 2000));
+        assert_eq!(counts(&report, OpKind::Write), (1, 2, 1, 0));
+        assert_eq!(report.unknown_writes, 1);
+        assert_eq!(report.lost_updates, no_lost());
         assert!(report.valid());
     }
 
