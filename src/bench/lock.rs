@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use fencelock::etcd::etcdserverpb::{
     self as pb, StatusRequest, WatchCreateRequest, WatchRequest, watch_request::RequestUnion,
 };
-use fencelock::lock::{Client, LockOptions, WatchStart};
+use fencelock::lock::{Client, ConnectOptions, LockOptions, WatchStart};
 use fencelock::process::{ClusterError, EtcdCluster};
 use fencelock::process::{ServerProcess, SpawnError};
 
@@ -49,6 +49,8 @@ pub enum Service {
 pub struct Options {
     /// An existing service's endpoints, measured instead of `services`.
     pub endpoints: Option<Vec<String>>,
+    /// How to connect to `endpoints` (TLS).
+    pub connect: fencelock::lock::ConnectOptions,
     /// Services to start and measure, one after the other.
     pub services: Vec<Service>,
     /// The `fencelock` binary that runs lockd.
@@ -113,7 +115,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
     );
     let mut all = Vec::new();
     if let Some(endpoints) = &options.endpoints {
-        all.extend(run_service("given", endpoints, options, out).await?);
+        all.extend(run_service("given", endpoints, &options.connect, options, out).await?);
         return Ok(all);
     }
     for &service in &options.services {
@@ -123,11 +125,13 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
                 let lockd =
                     ServerProcess::spawn(&options.lockd_bin, "lockd", ["--in-memory"]).await?;
                 let endpoints = [lockd.endpoint().to_string()];
-                all.extend(run_service("lockd", &endpoints, options, out).await?);
+                let plain = ConnectOptions::default();
+                all.extend(run_service("lockd", &endpoints, &plain, options, out).await?);
             }
             Service::Etcd => {
                 let cluster = EtcdCluster::start(options.members, &options.etcd_bin).await?;
-                all.extend(run_service("etcd", &cluster.endpoints(), options, out).await?);
+                let plain = ConnectOptions::default();
+                all.extend(run_service("etcd", &cluster.endpoints(), &plain, options, out).await?);
             }
         }
     }
@@ -274,10 +278,11 @@ fn compare(all: &[RunStats], out: &mut impl Write) {
 async fn run_service(
     service: &'static str,
     endpoints: &[String],
+    connect: &ConnectOptions,
     options: &Options,
     out: &mut impl Write,
 ) -> Result<Vec<RunStats>, BenchError> {
-    let client = Client::connect(endpoints).await?;
+    let client = Client::connect_with(endpoints, connect).await?;
     let status = client.maintenance().status(StatusRequest {}).await;
     let version = status.map_or_else(|_| "?".into(), |s| s.into_inner().version);
     let label = format!("{service} {version}, {}x", endpoints.len());

@@ -195,7 +195,7 @@ pub(crate) fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
 /// The lock service the workers use, owned or not.
 pub(crate) enum LockService {
     Lockd(Box<ServerProcess>),
-    Etcd(EtcdCluster),
+    Etcd(Box<EtcdCluster>),
     External(Vec<String>),
 }
 
@@ -212,7 +212,7 @@ impl LockService {
                 let cluster = EtcdCluster::start(*members, binary)
                     .await
                     .map_err(|e| setup("cannot start the etcd cluster")(e.into()))?;
-                LockService::Etcd(cluster)
+                LockService::Etcd(Box::new(cluster))
             }
             Backend::External(endpoints) => LockService::External(endpoints.clone()),
         })

@@ -8,7 +8,9 @@ use clap::{Args, Subcommand};
 use fencelock::lock::WatchStart;
 use fencelock::storage::Policy;
 
-use super::{announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted};
+use super::{
+    EtcdTls, announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted,
+};
 use crate::bench::baseline;
 use crate::bench::lock::{self, Service};
 use crate::bench::storage::{self, Scenario, Store};
@@ -32,6 +34,9 @@ pub struct BenchLockArgs {
     /// Measure this lock service (comma-separated endpoints) instead of starting lockd and etcd.
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<String>>,
+    /// TLS towards the service given with --endpoints.
+    #[command(flatten)]
+    tls: EtcdTls,
     /// Services to start and measure, comma-separated: `lockd` (in memory) and `etcd` (a
     /// loopback cluster of --members).
     #[arg(
@@ -161,6 +166,7 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {
     }
     let options = lock::Options {
         endpoints: args.endpoints,
+        connect: args.tls.connect_options()?,
         services: args.services,
         lockd_bin: current_exe()?,
         members: args.members,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use fencelock::storage::Protocol;
 
-use super::{duration, exit};
+use super::{EtcdTls, duration, exit};
 use crate::demo::client::{self, ClientOptions, Outcome, Role};
 
 #[derive(Args)]
@@ -13,7 +13,7 @@ pub struct ClientArgs {
     /// Which client: 1 waits (or pauses) before writing, 2 writes at once.
     #[arg(value_parser = clap::value_parser!(u8).range(1..=2))]
     client: u8,
-    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    /// etcd endpoints, comma-separated (host:port, http://host:port or https://host:port).
     #[arg(
         long,
         env = "ETCDCTL_ENDPOINTS",
@@ -21,6 +21,8 @@ pub struct ClientArgs {
         default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
     )]
     endpoints: Vec<String>,
+    #[command(flatten)]
+    tls: EtcdTls,
     /// The fenced storage's URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     storage: String,
@@ -59,6 +61,7 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
             Role::Second
         },
         endpoints: args.endpoints,
+        connect: args.tls.connect_options()?,
         storage: args.storage,
         protocol: args.protocol,
         lock: args.lock,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use fencelock::lock::{Client, LockGuard, LossReason, Session};
+use fencelock::lock::{Client, ConnectOptions, LockGuard, LossReason, Session};
 use serde_json::json;
 
 use super::{Endpoints, duration, exit, stop_requested};
@@ -30,7 +30,8 @@ pub struct LockArgs {
 
 pub async fn run(args: LockArgs) -> anyhow::Result<u8> {
     let mut out = std::io::stdout();
-    let outcome = hold(&args, &mut out, stop_requested())
+    let options = args.endpoints.tls.connect_options()?;
+    let outcome = hold(&args, &options, &mut out, stop_requested())
         .await
         .with_context(|| format!("cannot hold lock {}", args.name))?;
     Ok(match outcome {
@@ -57,10 +58,11 @@ enum Outcome {
 /// unlocks) or the lock is lost.
 async fn hold(
     args: &LockArgs,
+    options: &ConnectOptions,
     out: &mut impl Write,
     stop: impl Future<Output = ()>,
 ) -> fencelock::lock::Result<Outcome> {
-    let client = Client::connect(&args.endpoints.endpoints).await?;
+    let client = Client::connect_with(&args.endpoints.endpoints, options).await?;
     let session = client.session(args.ttl).await?;
     tokio::pin!(stop);
     let guard = tokio::select! {

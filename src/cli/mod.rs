@@ -124,7 +124,7 @@ impl Command {
 /// The lock service's endpoints, for commands that only talk to one.
 #[derive(Args)]
 pub struct Endpoints {
-    /// etcd endpoints, comma-separated (host:port or http://host:port).
+    /// etcd endpoints, comma-separated (host:port, http://host:port or https://host:port).
     #[arg(
         long,
         env = "ETCDCTL_ENDPOINTS",
@@ -132,6 +132,44 @@ pub struct Endpoints {
         default_value = "127.0.0.1:2379"
     )]
     pub endpoints: Vec<String>,
+    #[command(flatten)]
+    pub tls: EtcdTls,
+}
+
+/// TLS towards the lock service, with etcdctl's flag and environment variable names. Any of
+/// them turns TLS on; endpoints without a scheme then mean `https://`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct EtcdTls {
+    /// CA bundle (PEM) that signs the lock service's certificates; the system's roots when
+    /// only `https://` endpoints are given.
+    #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --key.
+    #[arg(long, env = "ETCDCTL_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key (PEM); needs --cert.
+    #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// The name the lock service's certificates carry, when it is not the endpoint's host.
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+}
+
+impl EtcdTls {
+    /// The library's connect options: TLS when any TLS flag was given.
+    pub fn connect_options(&self) -> anyhow::Result<fencelock::lock::ConnectOptions> {
+        let mut options = fencelock::lock::ConnectOptions::default();
+        if self.cacert.is_some() || self.cert.is_some() || self.server_name.is_some() {
+            let mut tls = fencelock::lock::TlsOptions::from_files(
+                self.cacert.as_deref(),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?;
+            tls.server_name = self.server_name.clone();
+            options.tls = Some(tls);
+        }
+        Ok(options)
+    }
 }
 
 /// The `fencelock` binary itself, which the tools start again as their child processes.

@@ -58,6 +58,8 @@ impl Role {
 pub struct ClientOptions {
     pub role: Role,
     pub endpoints: Vec<String>,
+    /// How to connect to them (TLS, timeout).
+    pub connect: fencelock::lock::ConnectOptions,
     /// Base URL of the fenced storage.
     pub storage: String,
     /// The storage protocol: REST (fenced by the lock name) or the seed's (the key is its own
@@ -115,7 +117,7 @@ pub async fn client(
     };
     // A bad URL is the user's mistake: report it before taking any lock.
     let storage = StorageClient::new(&options.storage)?.with_protocol(options.protocol);
-    let client = Client::connect(&options.endpoints).await?;
+    let client = Client::connect_with(&options.endpoints, &options.connect).await?;
     let session = client.session(options.ttl).await?;
     let guard = session.lock(&options.lock).await?;
     say.acquired(options, &session, &guard);

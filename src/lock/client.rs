@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio::time::{Instant, sleep, timeout};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{Error, LeaseId, Result, Session};
 use crate::FencingToken;
@@ -55,6 +55,84 @@ pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// by closing the connection, so the interval stays above that.
 const HTTP2_PING_INTERVAL: Duration = Duration::from_secs(10);
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to reach a cluster: how long to wait, and TLS when its members speak it.
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    /// How long `connect` waits for an endpoint to answer; also bounds every request's
+    /// retries.
+    pub timeout: Duration,
+    /// TLS for every endpoint. `None` speaks plaintext to `http://` endpoints (and to
+    /// endpoints without a scheme) and TLS with the system's roots to `https://` ones.
+    pub tls: Option<TlsOptions>,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            timeout: DEFAULT_TIMEOUT,
+            tls: None,
+        }
+    }
+}
+
+/// TLS towards the members: whom to trust, and who this client is (mutual TLS).
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM certificates of the authorities that sign the members' certificates (etcdctl's
+    /// `--cacert`); the system's roots when `None`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// This client's PEM certificate and key (`--cert`, `--key`), for members that ask for
+    /// one (`--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name the members' certificates must carry, when it is not the endpoint's host.
+    pub server_name: Option<String>,
+}
+
+impl TlsOptions {
+    /// Reads the CA bundle and the client certificate and key from PEM files; `cert` and
+    /// `key` go together.
+    pub fn from_files(
+        ca: Option<&std::path::Path>,
+        cert: Option<&std::path::Path>,
+        key: Option<&std::path::Path>,
+    ) -> Result<Self> {
+        let read = |what: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::Tls(format!("cannot read the {what} {}: {e}", path.display())))
+        };
+        let identity = match (cert, key) {
+            (Some(cert), Some(key)) => Some((read("certificate", cert)?, read("key", key)?)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Tls("a client certificate needs its key".into()));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Tls("a client key needs its certificate".into()));
+            }
+        };
+        Ok(TlsOptions {
+            ca_pem: ca.map(|ca| read("CA bundle", ca)).transpose()?,
+            identity,
+            server_name: None,
+        })
+    }
+
+    fn client_config(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_native_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        config
+    }
+}
 
 /// A connection to an etcd cluster (or anything speaking its v3 API).
 #[derive(Clone)]
@@ -99,9 +177,25 @@ impl Client {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let options = ConnectOptions {
+            timeout,
+            ..ConnectOptions::default()
+        };
+        Self::connect_with(endpoints, &options).await
+    }
+
+    /// Connects with `options`: TLS to every endpoint when `options.tls` is set (endpoints
+    /// without a scheme then mean `https://`), and the given timeout.
+    pub async fn connect_with<I, S>(endpoints: I, options: &ConnectOptions) -> Result<Client>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let timeout = options.timeout;
+        let tls_default = options.tls.is_some();
         let endpoints: Vec<String> = endpoints
             .into_iter()
-            .map(|e| normalize_endpoint(e.as_ref()))
+            .map(|e| normalize_endpoint(e.as_ref(), tls_default))
             .collect::<Result<_>>()?;
         if endpoints.is_empty() {
             return Err(Error::InvalidEndpoint {
@@ -112,7 +206,7 @@ impl Client {
         let mut list = Vec::with_capacity(endpoints.len());
         let mut members = Vec::with_capacity(endpoints.len());
         for uri in &endpoints {
-            let endpoint = Endpoint::from_shared(uri.clone())
+            let mut endpoint = Endpoint::from_shared(uri.clone())
                 .map_err(|e| Error::InvalidEndpoint {
                     endpoint: uri.clone(),
                     reason: e.to_string(),
@@ -121,9 +215,19 @@ impl Client {
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(HTTP2_PING_INTERVAL)
                 .keep_alive_timeout(HTTP2_PING_TIMEOUT);
+            if uri.starts_with("https://") {
+                let tls = options.tls.clone().unwrap_or_default();
+                endpoint = endpoint
+                    .tls_config(tls.client_config())
+                    .map_err(|e| Error::Tls(format!("{uri}: {e}")))?;
+            }
             members.push(endpoint.connect_lazy());
             list.push(endpoint);
         }
+        let tls_probe = list
+            .first()
+            .filter(|_| endpoints[0].starts_with("https://"))
+            .cloned();
         let balanced = Channel::balance_list(list.into_iter());
         let client = Client {
             channel: balanced.clone(),
@@ -133,11 +237,32 @@ impl Client {
             endpoints: endpoints.into(),
             timeout,
         };
-        client
+        let status = client
             .hedged("status", |c| async move {
                 c.maintenance().status(pb::StatusRequest {}).await
             })
-            .await?;
+            .await;
+        if let Err(e) = status {
+            // A TLS handshake that fails reaches a lazy channel's call only as "connection
+            // closed"; connecting eagerly to the first endpoint tells why.
+            let Some(first) = tls_probe else {
+                return Err(e);
+            };
+            let cause = match first.connect().await {
+                Err(cause) => error_chain(&cause),
+                // The handshake went through, and the member closed the connection: TLS 1.3
+                // servers refuse a client certificate only after the handshake.
+                Ok(_) => format!(
+                    "{e}; the connection was closed after the TLS handshake: the member may \
+                     require a client certificate (--cert, --key) signed by an authority it trusts"
+                ),
+            };
+            return Err(Error::Unavailable {
+                endpoints: client.endpoints.join(","),
+                timeout,
+                cause,
+            });
+        }
         Ok(client)
     }
 
@@ -403,6 +528,21 @@ impl std::fmt::Debug for Client {
 
 /// Failures worth another attempt: the endpoint is unreachable or the cluster is between
 /// leaders. etcd reports both as UNAVAILABLE; tonic reports a broken connection the same way.
+/// An error and its causes, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn is_transient(status: &tonic::Status) -> bool {
     match status.code() {
         tonic::Code::Unavailable => true,
@@ -411,8 +551,9 @@ fn is_transient(status: &tonic::Status) -> bool {
     }
 }
 
-/// `host:port` becomes `http://host:port`; `http://` URIs pass; TLS is not supported.
-fn normalize_endpoint(endpoint: &str) -> Result<String> {
+/// `host:port` or a URL, as a URL: `https://` when `tls` is set and no scheme is given,
+/// `http://` otherwise. A URL needs its port, as etcdctl's endpoints do.
+fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     let endpoint = endpoint.trim().trim_end_matches('/');
     let invalid = |reason: &str| Error::InvalidEndpoint {
         endpoint: endpoint.to_string(),
@@ -421,13 +562,12 @@ fn normalize_endpoint(endpoint: &str) -> Result<String> {
     if endpoint.is_empty() {
         return Err(invalid("empty endpoint"));
     }
-    if endpoint.starts_with("https://") {
-        return Err(invalid("TLS endpoints are not supported"));
-    }
-    let uri = if endpoint.starts_with("http://") {
+    let uri = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         endpoint.to_string()
     } else if endpoint.contains("://") {
-        return Err(invalid("only http:// endpoints are supported"));
+        return Err(invalid("only http:// and https:// endpoints are supported"));
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     };
@@ -460,15 +600,23 @@ mod tests {
     #[test]
     fn endpoints_accept_host_port_and_http_uris() {
         assert_eq!(
-            normalize_endpoint("127.0.0.1:2379").unwrap(),
+            normalize_endpoint("127.0.0.1:2379", false).unwrap(),
             "http://127.0.0.1:2379"
         );
         assert_eq!(
-            normalize_endpoint(" http://localhost:2379/ ").unwrap(),
+            normalize_endpoint(" http://localhost:2379/ ", false).unwrap(),
             "http://localhost:2379"
         );
-        assert!(normalize_endpoint("https://127.0.0.1:2379").is_err());
-        assert!(normalize_endpoint("127.0.0.1").is_err());
-        assert!(normalize_endpoint("").is_err());
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:2379", true).unwrap(),
+            "https://127.0.0.1:2379"
+        );
+        assert_eq!(
+            normalize_endpoint("https://127.0.0.1:2379", false).unwrap(),
+            "https://127.0.0.1:2379"
+        );
+        assert!(normalize_endpoint("unix:///tmp/etcd", false).is_err());
+        assert!(normalize_endpoint("127.0.0.1", false).is_err());
+        assert!(normalize_endpoint("", false).is_err());
     }
 }

@@ -56,6 +56,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// The TLS material given cannot be used (a file that cannot be read, a certificate
+    /// without its key...).
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+
     /// The session's lease is gone, or may be gone: the lock is not held any more.
     #[error("session lost (lease {lease}): {reason}")]
     SessionLost {

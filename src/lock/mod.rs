@@ -27,7 +27,7 @@ mod mutex;
 mod session;
 mod watch;
 
-pub use client::{Client, DEFAULT_TIMEOUT, LockKey};
+pub use client::{Client, ConnectOptions, DEFAULT_TIMEOUT, LockKey, TlsOptions};
 pub use error::{Error, LossReason, Result};
 pub use lease_id::LeaseId;
 pub use mutex::{LockGuard, LockOptions, RESERVED_PREFIX};

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep};
 
 use super::Signal;
-use crate::lock::Client;
+use crate::lock::{Client, ConnectOptions, TlsOptions};
 
 /// Raft heartbeat for loopback members. etcd's default (100 ms) is sized for real networks;
 /// on loopback 50 ms elects a leader twice as fast and still leaves room on a busy 2-core
@@ -83,10 +83,26 @@ struct Member {
     child: Option<Child>,
 }
 
+/// TLS for a cluster's client port: the members' certificate and key, and the authority
+/// whose client certificates they require (`--client-cert-auth`).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    /// The members' certificate (PEM), valid for 127.0.0.1.
+    pub cert_file: PathBuf,
+    /// Its key (PEM).
+    pub key_file: PathBuf,
+    /// The authority (PEM) that signs the clients' certificates.
+    pub trusted_ca_file: PathBuf,
+    /// How this process itself connects to check the members: a CA that trusts their
+    /// certificate and a client certificate the members accept.
+    pub client: TlsOptions,
+}
+
 /// A running loopback etcd cluster owned by this process.
 pub struct EtcdCluster {
     binary: PathBuf,
     members: Vec<Member>,
+    tls: Option<ServerTls>,
     // Removed after the members are killed (fields drop in order).
     dir: tempfile::TempDir,
 }
@@ -95,10 +111,20 @@ impl EtcdCluster {
     /// Starts `members` etcd members from `binary` (a path or a name on PATH) and waits until
     /// the cluster answers reads.
     pub async fn start(members: usize, binary: impl Into<PathBuf>) -> Result<Self, ClusterError> {
+        Self::start_with(members, binary, None).await
+    }
+
+    /// Like [`EtcdCluster::start`], with the client port behind mutual TLS when `tls` is
+    /// given: endpoints are then `https://` and every client needs a certificate.
+    pub async fn start_with(
+        members: usize,
+        binary: impl Into<PathBuf>,
+        tls: Option<ServerTls>,
+    ) -> Result<Self, ClusterError> {
         let binary = binary.into();
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::spawn(members, &binary)?;
+            let mut cluster = Self::spawn(members, &binary, tls.clone())?;
             match cluster.wait_started().await {
                 Ok(()) => return Ok(cluster),
                 Err(StartFailure::PortTaken) if attempt < START_ATTEMPTS => {
@@ -116,7 +142,7 @@ impl EtcdCluster {
         }
     }
 
-    fn spawn(members: usize, binary: &Path) -> Result<Self, ClusterError> {
+    fn spawn(members: usize, binary: &Path, tls: Option<ServerTls>) -> Result<Self, ClusterError> {
         let dir = tempfile::Builder::new()
             .prefix("fencelock-etcd-")
             .tempdir()?;
@@ -137,13 +163,26 @@ impl EtcdCluster {
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         );
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let tls_args: Vec<OsString> = tls.as_ref().map_or_else(Vec::new, |tls| {
+            vec![
+                "--cert-file".into(),
+                tls.cert_file.clone().into_os_string(),
+                "--key-file".into(),
+                tls.key_file.clone().into_os_string(),
+                "--trusted-ca-file".into(),
+                tls.trusted_ca_file.clone().into_os_string(),
+                "--client-cert-auth".into(),
+            ]
+        });
         let mut cluster = EtcdCluster {
             binary: binary.to_path_buf(),
             members: Vec::with_capacity(members),
+            tls,
             dir,
         };
         for (i, name) in names.iter().enumerate() {
-            let client_url = format!("http://127.0.0.1:{}", ports[2 * i]);
+            let client_url = format!("{scheme}://127.0.0.1:{}", ports[2 * i]);
             let data_dir = cluster.dir.path().join(format!("{name}.etcd"));
             let args: Vec<OsString> = [
                 "--name",
@@ -175,6 +214,7 @@ impl EtcdCluster {
             .iter()
             .map(OsString::from)
             .chain([data_dir.into_os_string()])
+            .chain(tls_args.iter().cloned())
             .collect();
             let mut member = Member {
                 name: name.clone(),
@@ -219,7 +259,8 @@ impl EtcdCluster {
                     log_tail,
                 }));
             }
-            let detail = match member_answers(&endpoint).await {
+            let tls = self.tls.as_ref().map(|t| t.client.clone());
+            let detail = match member_answers(&endpoint, tls).await {
                 Ok(()) => return Ok(()),
                 Err(detail) => detail,
             };
@@ -234,14 +275,19 @@ impl EtcdCluster {
         }
     }
 
-    /// Client endpoints (`127.0.0.1:port`), one per member, in member order.
+    /// Client endpoints (`127.0.0.1:port`, or `https://127.0.0.1:port` behind TLS), one per
+    /// member, in member order.
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// Client endpoint of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("127.0.0.1:{}", self.members[i].client_port)
+        let port = self.members[i].client_port;
+        match self.tls {
+            Some(_) => format!("https://127.0.0.1:{port}"),
+            None => format!("127.0.0.1:{port}"),
+        }
     }
 
     /// Number of members.
@@ -403,8 +449,12 @@ fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
 }
 
 /// Ok once `endpoint` serves a linearizable read (it has a leader and a quorum).
-async fn member_answers(endpoint: &str) -> Result<(), String> {
-    let client = Client::connect_with_timeout([endpoint], Duration::from_secs(1))
+async fn member_answers(endpoint: &str, tls: Option<TlsOptions>) -> Result<(), String> {
+    let options = ConnectOptions {
+        timeout: Duration::from_secs(1),
+        tls,
+    };
+    let client = Client::connect_with([endpoint], &options)
         .await
         .map_err(|e| e.to_string())?;
     let read = crate::etcd::etcdserverpb::RangeRequest {

@@ -13,4 +13,5 @@ mod enqueue;
 mod errors;
 mod names;
 mod suite;
+mod tls;
 mod v3lock;

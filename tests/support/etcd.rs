@@ -74,6 +74,14 @@ pub fn available() -> bool {
 /// Starts an etcd cluster of `members` for the calling test, or returns `None` after printing
 /// why the test is skipped.
 pub async fn start(members: u32) -> Option<TestEtcd> {
+    start_with(members, None).await
+}
+
+/// Like [`start`], with the client port behind mutual TLS when `tls` is given.
+pub async fn start_with(
+    members: u32,
+    tls: Option<fencelock::process::ServerTls>,
+) -> Option<TestEtcd> {
     if !available() {
         return None;
     }
@@ -82,7 +90,7 @@ pub async fn start(members: u32) -> Option<TestEtcd> {
         .acquire_many(members.min(SLOTS_TOTAL))
         .await
         .expect("the semaphore is never closed");
-    let cluster = EtcdCluster::start(members as usize, &binary)
+    let cluster = EtcdCluster::start_with(members as usize, &binary, tls)
         .await
         .unwrap_or_else(|e| panic!("cannot start a {members}-member etcd from {binary}: {e}"));
     Some(TestEtcd {

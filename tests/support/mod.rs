@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod certs;
 pub mod etcd;
 pub mod lockd;
 pub mod proc;

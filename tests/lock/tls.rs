@@ -1,0 +1,164 @@
+//! The lock client over TLS, against a real etcd whose client port requires mutual TLS
+//! (certificates made by the test): the library, and `fencelock lock` given etcdctl's flags
+//! or its environment variables; a wrong authority or a missing client certificate is one
+//! readable line and a non-zero exit.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::certs::TestCerts;
+use crate::support::etcd;
+use crate::support::proc::{ChildGuard, Signal, fencelock_bin};
+use fencelock::lock::{Client, ConnectOptions};
+use serde_json::Value;
+
+const TTL: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn the_library_locks_and_unlocks_through_mutual_tls() {
+    let certs = TestCerts::new();
+    let Some(etcd) = etcd::start_with(1, Some(certs.server())).await else {
+        return;
+    };
+    let options = ConnectOptions {
+        tls: Some(certs.client()),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(etcd.endpoints(), &options)
+        .await
+        .expect("connect over mutual TLS");
+    let session = client.session(TTL).await.unwrap();
+    let first = session.lock("/tls").await.unwrap();
+    let token = first.token();
+    first.unlock().await.unwrap();
+    let second = session.lock("/tls").await.unwrap();
+    assert!(second.token() > token, "each acquisition has a newer token");
+    second.unlock().await.unwrap();
+    session.close().await.unwrap();
+
+    println!("without a client certificate the cluster refuses the connection");
+    let no_identity = ConnectOptions {
+        timeout: Duration::from_secs(2),
+        tls: Some(fencelock::lock::TlsOptions {
+            identity: None,
+            ..certs.client()
+        }),
+    };
+    let refused = Client::connect_with(etcd.endpoints(), &no_identity).await;
+    assert!(
+        matches!(refused, Err(fencelock::lock::Error::Unavailable { .. })),
+        "{:?}",
+        refused.err()
+    );
+}
+
+/// `fencelock lock /tls-cli` with `args` and `envs`, until it prints its first event.
+fn acquire(args: &[String], envs: &[(&str, String)]) -> (ChildGuard, Value) {
+    let mut cmd = Command::new(fencelock_bin());
+    cmd.args(["lock", "/tls-cli", "--ttl", &TTL.as_secs().to_string()])
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = ChildGuard::spawn("fencelock lock /tls-cli", &mut cmd);
+    let stdout = child.child_mut().stdout.take().expect("piped stdout");
+    let line = BufReader::new(stdout)
+        .lines()
+        .next()
+        .expect("an event line")
+        .expect("readable stdout");
+    let event: Value = serde_json::from_str(&line).expect("a JSON event");
+    (child, event)
+}
+
+fn release(mut child: ChildGuard) {
+    child.signal(Signal::TERM);
+    let status = child.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "released and exited 0: {status}");
+}
+
+/// Runs `fencelock lock` expected to fail: its exit status and stderr.
+fn refused(args: &[String]) -> (Option<i32>, String) {
+    let output = Command::new(fencelock_bin())
+        .args(["lock", "/tls-cli", "--ttl", "2"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fencelock lock");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_one_line(stderr: &str, mentions: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
+    assert!(
+        lines[0].contains(mentions),
+        "{stderr:?} mentions {mentions:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr:?}");
+}
+
+#[tokio::test]
+async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_ones_in_one_line() {
+    let certs = TestCerts::new();
+    let Some(etcd) = etcd::start_with(1, Some(certs.server())).await else {
+        return;
+    };
+    let url = etcd.endpoint(0);
+    let host_port = url.trim_start_matches("https://").to_string();
+    let file = |name: &str| certs.path(name).display().to_string();
+
+    println!("flags, and an endpoint without a scheme: TLS because a CA was given");
+    let flags = vec![
+        format!("--endpoints={host_port}"),
+        format!("--cacert={}", file("ca.pem")),
+        format!("--cert={}", file("client.pem")),
+        format!("--key={}", file("client-key.pem")),
+    ];
+    let (holder, event) = acquire(&flags, &[]);
+    assert_eq!(event["event"], "acquired", "{event}");
+    release(holder);
+
+    println!("the same through ETCDCTL_* variables and an https:// endpoint");
+    let envs = [
+        ("ETCDCTL_ENDPOINTS", url.clone()),
+        ("ETCDCTL_CACERT", file("ca.pem")),
+        ("ETCDCTL_CERT", file("client.pem")),
+        ("ETCDCTL_KEY", file("client-key.pem")),
+    ];
+    let (holder, event) = acquire(&[], &envs);
+    assert_eq!(event["event"], "acquired", "{event}");
+    release(holder);
+
+    println!("an authority that did not sign the server's certificate");
+    let mut wrong_ca = flags.clone();
+    wrong_ca[1] = format!("--cacert={}", file("other-ca.pem"));
+    let (code, stderr) = refused(&wrong_ca);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_line(&stderr, "no etcd endpoint answered");
+    assert!(stderr.contains("certificate"), "says why: {stderr}");
+
+    println!("no client certificate");
+    let (code, stderr) = refused(&flags[..2]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_line(&stderr, "no etcd endpoint answered");
+
+    println!("a certificate without its key: a usage error");
+    let (code, stderr) = refused(&flags[..3]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--key"), "{stderr}");
+
+    println!("a CA file that does not exist");
+    let mut missing = flags.clone();
+    missing[1] = format!("--cacert={}", certs.dir().join("absent.pem").display());
+    let (code, stderr) = refused(&missing);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_line(&stderr, "cannot read the CA bundle");
+}
