@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use fencelock::storage::Protocol;
 
-use super::{EtcdTls, duration, exit};
+use super::{duration, exit};
 use crate::demo::client::{self, ClientOptions, Outcome, Role};
 
 #[derive(Args)]
@@ -21,8 +21,6 @@ pub struct ClientArgs {
         default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
     )]
     endpoints: Vec<String>,
-    #[command(flatten)]
-    tls: EtcdTls,
     /// The fenced storage's URL.
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     storage: String,
@@ -61,7 +59,8 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
             Role::Second
         },
         endpoints: args.endpoints,
-        connect: args.tls.connect_options()?,
+        // Plaintext: `--key` here names the storage key, so etcdctl's TLS flags do not fit.
+        connect: fencelock::lock::ConnectOptions::default(),
         storage: args.storage,
         protocol: args.protocol,
         lock: args.lock,

@@ -245,3 +245,15 @@ pub async fn stop_requested() {
         () = shutdown_signal() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap's own checks of every command (two flags with one name, a `requires` naming no
+    /// flag...), which otherwise fire only when that command is run.
+    #[test]
+    fn every_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -355,7 +355,13 @@ fn token_order(input: &Input, ops: &[Op]) -> Vec<TokenOrder> {
         .iter()
         .filter(|o| o.f == OpKind::Lock && o.outcome == Outcome::Ok && o.token.is_some())
         .collect();
+    // Real-time order: an acquisition must carry a newer token than every acquisition that
+    // completed before it was invoked. Two that overlap (one invoked before the other
+    // completed, e.g. a waiter frozen with its answer in flight) may complete in either
+    // order.
     acquired.sort_by_key(|o| (o.at_ns(), o.worker, o.op));
+    let mut by_invocation = acquired.clone();
+    by_invocation.sort_by_key(|o| (o.invoke_ns, o.worker, o.op));
     let acquisition = |o: &Op| Acquisition {
         worker: o.worker,
         op: o.op,
@@ -366,8 +372,8 @@ fn token_order(input: &Input, ops: &[Op]) -> Vec<TokenOrder> {
     let mut found = Vec::new();
     let mut highest: Option<&Op> = None;
     let mut next = acquired.iter().peekable();
-    for op in &acquired {
-        while let Some(done) = next.next_if(|d| d.at_ns() < op.at_ns()) {
+    for op in &by_invocation {
+        while let Some(done) = next.next_if(|d| d.at_ns() < op.invoke_ns) {
             if highest.is_none_or(|h| done.token > h.token) {
                 highest = Some(done);
             }
@@ -888,6 +894,18 @@ mod tests {
             }]
         );
         assert!(report.valid());
+    }
+
+    #[test]
+    fn acquisitions_that_overlap_in_time_may_complete_out_of_token_order() {
+        let mut h = History::default();
+        // Worker 1 asks first and gets 10, but its answer arrives after worker 2, who asked
+        // while worker 1 was still waiting for it, got 12 and let go.
+        h.lock(1, 0, 3000, 0x10a, 10);
+        h.unlock(1, 3100, 3200);
+        h.turn(2, 1000, 12, 0);
+        let report = analyse(&h.input(Policy::Strict, Some(1), 4000));
+        assert_eq!(report.token_order, vec![]);
     }
 
     #[test]
