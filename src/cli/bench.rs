@@ -9,7 +9,7 @@ use fencelock::lock::WatchStart;
 use fencelock::storage::Policy;
 
 use super::{
-    EtcdTls, announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted,
+    EtcdConnect, announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted,
 };
 use crate::bench::baseline;
 use crate::bench::lock::{self, Service};
@@ -19,7 +19,7 @@ use crate::bench::storage::{self, Scenario, Store};
 pub enum BenchCommand {
     /// Lock+unlock cycles on lockd and on a loopback etcd cluster, with 1 and with 8
     /// contending sessions.
-    Lock(BenchLockArgs),
+    Lock(Box<BenchLockArgs>),
     /// Requests and keys written per second by the storage, durable and in memory, with 1
     /// and with 32 connections, next to a baseline HTTP server measured by the same loader.
     Storage(BenchStorageArgs),
@@ -36,7 +36,7 @@ pub struct BenchLockArgs {
     endpoints: Option<Vec<String>>,
     /// TLS towards the service given with --endpoints.
     #[command(flatten)]
-    tls: EtcdTls,
+    tls: EtcdConnect,
     /// Services to start and measure, comma-separated: `lockd` (in memory) and `etcd` (a
     /// loopback cluster of --members).
     #[arg(
@@ -116,7 +116,7 @@ pub struct BaselineArgs {
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<u8> {
     match command {
-        BenchCommand::Lock(args) => bench_lock(args).await,
+        BenchCommand::Lock(args) => bench_lock(*args).await,
         BenchCommand::Storage(args) => bench_storage(args).await,
         BenchCommand::Baseline(args) => serve_baseline(args).await,
     }

@@ -133,13 +133,14 @@ pub struct Endpoints {
     )]
     pub endpoints: Vec<String>,
     #[command(flatten)]
-    pub tls: EtcdTls,
+    pub tls: EtcdConnect,
 }
 
-/// TLS towards the lock service, with etcdctl's flag and environment variable names. Any of
-/// them turns TLS on; endpoints without a scheme then mean `https://`.
+/// TLS and credentials towards the lock service, with etcdctl's flag and environment
+/// variable names. Any TLS flag turns TLS on; endpoints without a scheme then mean
+/// `https://`.
 #[derive(Args, Clone, Debug, Default)]
-pub struct EtcdTls {
+pub struct EtcdConnect {
     /// CA bundle (PEM) that signs the lock service's certificates; the system's roots when
     /// only `https://` endpoints are given.
     #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
@@ -153,9 +154,20 @@ pub struct EtcdTls {
     /// The name the lock service's certificates carry, when it is not the endpoint's host.
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
+    /// Authenticate as this etcd user: `name:password`, or `name` with --password.
+    #[arg(long, env = "ETCDCTL_USER", value_name = "NAME[:PASSWORD]")]
+    pub user: Option<String>,
+    /// The user's password, when --user gives only the name.
+    #[arg(
+        long,
+        env = "ETCDCTL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
 }
 
-impl EtcdTls {
+impl EtcdConnect {
     /// The library's connect options: TLS when any TLS flag was given.
     pub fn connect_options(&self) -> anyhow::Result<fencelock::lock::ConnectOptions> {
         let mut options = fencelock::lock::ConnectOptions::default();
@@ -167,6 +179,26 @@ impl EtcdTls {
             )?;
             tls.server_name = self.server_name.clone();
             options.tls = Some(tls);
+        }
+        if let Some(user) = &self.user {
+            let (name, password) = match (user.split_once(':'), &self.password) {
+                (Some((name, password)), None) => (name, password),
+                (Some(_), Some(_)) => {
+                    return Err(exit::usage(
+                        "the password is given twice: in --user name:password and in --password",
+                    ));
+                }
+                (None, Some(password)) => (user.as_str(), password.as_str()),
+                (None, None) => {
+                    return Err(exit::usage(
+                        "--user needs a password: --user name:password, or --password",
+                    ));
+                }
+            };
+            options.user = Some(fencelock::lock::Credentials {
+                name: name.to_owned(),
+                password: password.to_owned(),
+            });
         }
         Ok(options)
     }

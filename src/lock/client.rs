@@ -23,13 +23,15 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use tokio::time::{Instant, sleep, timeout};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{Error, LeaseId, Result, Session};
 use crate::FencingToken;
 use crate::etcd::etcdserverpb::{
-    self as pb, cluster_client::ClusterClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    self as pb, auth_client::AuthClient, cluster_client::ClusterClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 use crate::etcd::mvccpb::KeyValue as PbKeyValue;
 use crate::etcd::v3lockpb::lock_client::LockClient;
@@ -65,6 +67,8 @@ pub struct ConnectOptions {
     /// TLS for every endpoint. `None` speaks plaintext to `http://` endpoints (and to
     /// endpoints without a scheme) and TLS with the system's roots to `https://` ones.
     pub tls: Option<TlsOptions>,
+    /// A user to authenticate as, for a cluster with authentication enabled.
+    pub user: Option<Credentials>,
 }
 
 impl Default for ConnectOptions {
@@ -72,7 +76,47 @@ impl Default for ConnectOptions {
         ConnectOptions {
             timeout: DEFAULT_TIMEOUT,
             tls: None,
+            user: None,
         }
+    }
+}
+
+/// An etcd user and password (etcdctl's `--user name:password`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user's name.
+    pub name: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The channel every generated client of a [`Client`] sends on: it adds the current
+/// authentication token, if any, to each request.
+pub type Transport = InterceptedService<Channel, AuthToken>;
+
+/// The token from etcd's Authenticate, shared by a client and its clones, replaced when etcd
+/// says it expired.
+#[derive(Clone, Default)]
+pub struct AuthToken(Arc<std::sync::RwLock<Option<tonic::metadata::AsciiMetadataValue>>>);
+
+impl Interceptor for AuthToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> std::result::Result<tonic::Request<()>, tonic::Status> {
+        let token = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(token) = token {
+            request.metadata_mut().insert("token", token);
+        }
+        Ok(request)
     }
 }
 
@@ -146,6 +190,8 @@ pub struct Client {
     next_member: Arc<AtomicUsize>,
     endpoints: Arc<[String]>,
     timeout: Duration,
+    token: AuthToken,
+    user: Option<Arc<Credentials>>,
 }
 
 /// A lock key as stored in etcd: who holds or waits, in create_revision order.
@@ -236,7 +282,12 @@ impl Client {
             next_member: Arc::new(AtomicUsize::new(0)),
             endpoints: endpoints.into(),
             timeout,
+            token: AuthToken::default(),
+            user: options.user.clone().map(Arc::new),
         };
+        if client.user.is_some() {
+            client.authenticate().await?;
+        }
         let status = client
             .hedged("status", |c| async move {
                 c.maintenance().status(pb::StatusRequest {}).await
@@ -314,34 +365,70 @@ impl Client {
     }
 
     /// Generated KV client on this client's channel, for requests the library does not wrap.
-    pub fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone())
+    pub fn kv(&self) -> KvClient<Transport> {
+        KvClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Generated Lease client on this client's channel.
-    pub fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone())
+    pub fn lease(&self) -> LeaseClient<Transport> {
+        LeaseClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Generated Watch client on this client's channel.
-    pub fn watch(&self) -> WatchClient<Channel> {
-        WatchClient::new(self.channel.clone())
+    pub fn watch(&self) -> WatchClient<Transport> {
+        WatchClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Generated Cluster client on this client's channel.
-    pub fn cluster(&self) -> ClusterClient<Channel> {
-        ClusterClient::new(self.channel.clone())
+    pub fn cluster(&self) -> ClusterClient<Transport> {
+        ClusterClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Generated Maintenance client on this client's channel.
-    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
-        MaintenanceClient::new(self.channel.clone())
+    pub fn maintenance(&self) -> MaintenanceClient<Transport> {
+        MaintenanceClient::with_interceptor(self.channel.clone(), self.token.clone())
     }
 
     /// Generated client of etcd's v3lock service (server-side Lock/Unlock) on this client's
     /// channel.
-    pub fn v3lock(&self) -> LockClient<Channel> {
-        LockClient::new(self.channel.clone())
+    pub fn v3lock(&self) -> LockClient<Transport> {
+        LockClient::with_interceptor(self.channel.clone(), self.token.clone())
+    }
+
+    /// Asks etcd for a token for this client's user and sends it with every request from
+    /// now on; a wrong password or an unknown user is an error naming the user.
+    pub(crate) async fn authenticate(&self) -> Result<()> {
+        let Some(user) = self.user.clone() else {
+            return Ok(());
+        };
+        let request = pb::AuthenticateRequest {
+            name: user.name.clone(),
+            password: user.password.clone(),
+        };
+        let answer = self
+            .unary("authenticate", |c| {
+                let request = request.clone();
+                async move { AuthClient::new(c.channel).authenticate(request).await }
+            })
+            .await
+            .map_err(|e| match e {
+                Error::Rpc { status, .. } if !is_transient(&status) => {
+                    Error::Auth(format!("user {:?}: {}", user.name, status.message()))
+                }
+                e => e,
+            })?;
+        let token = answer
+            .token
+            .parse()
+            .map_err(|_| Error::protocol("authenticate", "a token that is not ASCII"))?;
+        *self.token.0.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(())
+    }
+
+    /// Whether `status` says the token is missing, invalid or expired and a user is
+    /// configured to get a new one.
+    fn token_refused(&self, status: &tonic::Status) -> bool {
+        self.user.is_some() && status.code() == tonic::Code::Unauthenticated
     }
 
     /// A handle for attempt number `attempt` (0 = first) of a request: the first goes
@@ -416,6 +503,10 @@ impl Client {
             let handle = self.for_attempt(failures);
             let cause = match timeout(left.min(ATTEMPT_TIMEOUT), attempt(handle)).await {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) if self.token_refused(&status) && op != "authenticate" => {
+                    Box::pin(self.authenticate()).await?;
+                    status.message().to_string()
+                }
                 Ok(Err(status)) if !is_transient(&status) => return Err(Error::rpc(op, status)),
                 Ok(Err(status)) => status.message().to_string(),
                 Err(_) => format!("no answer within {:?}", left.min(ATTEMPT_TIMEOUT)),
@@ -466,6 +557,11 @@ impl Client {
                 Some(done) = running.next() => {
                     match done {
                         Ok(Ok(response)) => return Ok(response.into_inner()),
+                        Ok(Err(status)) if self.token_refused(&status) => {
+                            // Expired: a new token, then the request again.
+                            Box::pin(self.authenticate()).await?;
+                            cause = status.message().to_string();
+                        }
                         Ok(Err(status)) if !is_transient(&status) => {
                             return Err(Error::rpc(op, status));
                         }
@@ -506,6 +602,8 @@ impl Client {
             next_member: Arc::new(AtomicUsize::new(0)),
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
             timeout: DEFAULT_TIMEOUT,
+            token: AuthToken::default(),
+            user: None,
         }
     }
 

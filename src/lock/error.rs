@@ -61,6 +61,10 @@ pub enum Error {
     #[error("TLS configuration: {0}")]
     Tls(String),
 
+    /// etcd refused the credentials (an unknown user or a wrong password).
+    #[error("etcd authentication failed: {0}")]
+    Auth(String),
+
     /// The session's lease is gone, or may be gone: the lock is not held any more.
     #[error("session lost (lease {lease}): {reason}")]
     SessionLost {

@@ -27,7 +27,9 @@ mod mutex;
 mod session;
 mod watch;
 
-pub use client::{Client, ConnectOptions, DEFAULT_TIMEOUT, LockKey, TlsOptions};
+pub use client::{
+    AuthToken, Client, ConnectOptions, Credentials, DEFAULT_TIMEOUT, LockKey, TlsOptions, Transport,
+};
 pub use error::{Error, LossReason, Result};
 pub use lease_id::LeaseId;
 pub use mutex::{LockGuard, LockOptions, RESERVED_PREFIX};

@@ -453,6 +453,7 @@ async fn member_answers(endpoint: &str, tls: Option<TlsOptions>) -> Result<(), S
     let options = ConnectOptions {
         timeout: Duration::from_secs(1),
         tls,
+        ..ConnectOptions::default()
     };
     let client = Client::connect_with([endpoint], &options)
         .await

@@ -6,6 +6,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod auth;
 mod cli;
 mod cluster;
 mod differential;

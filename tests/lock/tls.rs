@@ -44,6 +44,7 @@ async fn the_library_locks_and_unlocks_through_mutual_tls() {
             identity: None,
             ..certs.client()
         }),
+        ..ConnectOptions::default()
     };
     let refused = Client::connect_with(etcd.endpoints(), &no_identity).await;
     assert!(
@@ -53,17 +54,17 @@ async fn the_library_locks_and_unlocks_through_mutual_tls() {
     );
 }
 
-/// `fencelock lock /tls-cli` with `args` and `envs`, until it prints its first event.
-fn acquire(args: &[String], envs: &[(&str, String)]) -> (ChildGuard, Value) {
+/// `fencelock lock NAME` with `args` and `envs`, until it prints its first event.
+pub(crate) fn acquire(name: &str, args: &[String], envs: &[(&str, String)]) -> (ChildGuard, Value) {
     let mut cmd = Command::new(fencelock_bin());
-    cmd.args(["lock", "/tls-cli", "--ttl", &TTL.as_secs().to_string()])
+    cmd.args(["lock", name, "--ttl", &TTL.as_secs().to_string()])
         .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut child = ChildGuard::spawn("fencelock lock /tls-cli", &mut cmd);
+    let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
     let stdout = child.child_mut().stdout.take().expect("piped stdout");
     let line = BufReader::new(stdout)
         .lines()
@@ -74,27 +75,38 @@ fn acquire(args: &[String], envs: &[(&str, String)]) -> (ChildGuard, Value) {
     (child, event)
 }
 
-fn release(mut child: ChildGuard) {
+pub(crate) fn release(mut child: ChildGuard) {
     child.signal(Signal::TERM);
     let status = child.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "released and exited 0: {status}");
 }
 
-/// Runs `fencelock lock` expected to fail: its exit status and stderr.
-fn refused(args: &[String]) -> (Option<i32>, String) {
-    let output = Command::new(fencelock_bin())
-        .args(["lock", "/tls-cli", "--ttl", "2"])
+/// Runs `fencelock lock NAME` expected to fail: its exit status and stderr. Its stdin stays
+/// open (at EOF it would stop before trying), and its log is kept to warnings.
+pub(crate) fn refused(name: &str, args: &[String]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut cmd = Command::new(fencelock_bin());
+    cmd.args(["lock", name, "--ttl", "2"])
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run fencelock lock");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
+    let _stdin = child.child_mut().stdin.take();
+    let mut stderr = String::new();
+    child
+        .child_mut()
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("readable stderr");
+    let status = child.wait_exit(Duration::from_secs(30));
+    (status.code(), stderr)
 }
 
-fn assert_one_line(stderr: &str, mentions: &str) {
+pub(crate) fn assert_one_line(stderr: &str, mentions: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line: {stderr:?}");
     assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
@@ -122,7 +134,7 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
         format!("--cert={}", file("client.pem")),
         format!("--key={}", file("client-key.pem")),
     ];
-    let (holder, event) = acquire(&flags, &[]);
+    let (holder, event) = acquire("/tls-cli", &flags, &[]);
     assert_eq!(event["event"], "acquired", "{event}");
     release(holder);
 
@@ -133,32 +145,32 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
         ("ETCDCTL_CERT", file("client.pem")),
         ("ETCDCTL_KEY", file("client-key.pem")),
     ];
-    let (holder, event) = acquire(&[], &envs);
+    let (holder, event) = acquire("/tls-cli", &[], &envs);
     assert_eq!(event["event"], "acquired", "{event}");
     release(holder);
 
     println!("an authority that did not sign the server's certificate");
     let mut wrong_ca = flags.clone();
     wrong_ca[1] = format!("--cacert={}", file("other-ca.pem"));
-    let (code, stderr) = refused(&wrong_ca);
+    let (code, stderr) = refused("/tls-cli", &wrong_ca);
     assert_eq!(code, Some(1), "{stderr}");
     assert_one_line(&stderr, "no etcd endpoint answered");
     assert!(stderr.contains("certificate"), "says why: {stderr}");
 
     println!("no client certificate");
-    let (code, stderr) = refused(&flags[..2]);
+    let (code, stderr) = refused("/tls-cli", &flags[..2]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_one_line(&stderr, "no etcd endpoint answered");
 
     println!("a certificate without its key: a usage error");
-    let (code, stderr) = refused(&flags[..3]);
+    let (code, stderr) = refused("/tls-cli", &flags[..3]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("--key"), "{stderr}");
 
     println!("a CA file that does not exist");
     let mut missing = flags.clone();
     missing[1] = format!("--cacert={}", certs.dir().join("absent.pem").display());
-    let (code, stderr) = refused(&missing);
+    let (code, stderr) = refused("/tls-cli", &missing);
     assert_eq!(code, Some(1), "{stderr}");
     assert_one_line(&stderr, "cannot read the CA bundle");
 }

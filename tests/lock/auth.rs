@@ -1,0 +1,109 @@
+//! The lock client against a real etcd with authentication enabled: a user confined by its
+//! role to one lock prefix and the library's own keys locks there with `--user` or
+//! `ETCDCTL_USER`/`ETCDCTL_PASSWORD`; a wrong password, a missing one, and a lock outside
+//! the role's prefix are each one readable line and a non-zero exit.
+
+use std::time::Duration;
+
+use crate::support::etcd::{self, etcdctl};
+use crate::tls::{acquire, assert_one_line, refused, release};
+use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX};
+
+/// Turns authentication on: a root user, and `locker`, whose role reads and writes only
+/// under `/app/` and the library's bookkeeping keys.
+fn enable_auth(endpoints: &[String]) {
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "locker"],
+        &[
+            "role",
+            "grant-permission",
+            "locker",
+            "--prefix=true",
+            "readwrite",
+            "/app/",
+        ],
+        &[
+            "role",
+            "grant-permission",
+            "locker",
+            "--prefix=true",
+            "readwrite",
+            RESERVED_PREFIX,
+        ],
+        &["user", "add", "locker:lockerpw"],
+        &["user", "grant-role", "locker", "locker"],
+        &["auth", "enable"],
+    ] {
+        etcdctl(endpoints, args);
+    }
+}
+
+#[tokio::test]
+async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one_line() {
+    let Some(etcd) = etcd::start(1).await else {
+        return;
+    };
+    let endpoints = etcd.endpoints();
+    enable_auth(&endpoints);
+    let at = format!("--endpoints={}", endpoints.join(","));
+
+    println!("the library, as locker: two acquisitions with increasing tokens");
+    let options = ConnectOptions {
+        user: Some(Credentials {
+            name: "locker".into(),
+            password: "lockerpw".into(),
+        }),
+        ..ConnectOptions::default()
+    };
+    let client = Client::connect_with(&endpoints, &options).await.unwrap();
+    let session = client.session(Duration::from_secs(2)).await.unwrap();
+    let first = session.lock("/app/orders").await.unwrap();
+    let token = first.token();
+    first.unlock().await.unwrap();
+    let second = session.lock("/app/orders").await.unwrap();
+    assert!(second.token() > token);
+    second.unlock().await.unwrap();
+    session.close().await.unwrap();
+
+    println!("fencelock lock --user name:password");
+    let (holder, event) = acquire(
+        "/app/cli",
+        &[at.clone(), "--user=locker:lockerpw".into()],
+        &[],
+    );
+    assert_eq!(event["event"], "acquired", "{event}");
+    release(holder);
+
+    println!("ETCDCTL_USER and ETCDCTL_PASSWORD");
+    let envs = [
+        ("ETCDCTL_USER", "locker".to_string()),
+        ("ETCDCTL_PASSWORD", "lockerpw".to_string()),
+    ];
+    let (holder, event) = acquire("/app/cli", std::slice::from_ref(&at), &envs);
+    assert_eq!(event["event"], "acquired", "{event}");
+    release(holder);
+
+    println!("a wrong password");
+    let (code, stderr) = refused("/app/cli", &[at.clone(), "--user=locker:nope".into()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_line(&stderr, "authentication failed");
+    assert!(stderr.contains("locker"), "names the user: {stderr}");
+
+    println!("a user without a password: a usage error");
+    let (code, stderr) = refused("/app/cli", &[at.clone(), "--user=locker".into()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--password"), "{stderr}");
+
+    println!("a lock outside the role's prefix");
+    let (code, stderr) = refused("/elsewhere", &[at.clone(), "--user=locker:lockerpw".into()]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_one_line(&stderr, "permission denied");
+    assert!(stderr.contains("/elsewhere"), "names the lock: {stderr}");
+
+    println!("no credentials at all");
+    let (code, stderr) = refused("/app/cli", std::slice::from_ref(&at));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
