@@ -98,6 +98,16 @@ pub struct ServerTls {
     pub client: TlsOptions,
 }
 
+/// How to start a cluster beyond its size: TLS on the client port, and etcd flags of the
+/// caller's (e.g. `--auth-token-ttl`).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdOptions {
+    /// Mutual TLS on the client port.
+    pub tls: Option<ServerTls>,
+    /// More flags for every member.
+    pub args: Vec<String>,
+}
+
 /// A running loopback etcd cluster owned by this process.
 pub struct EtcdCluster {
     binary: PathBuf,
@@ -111,20 +121,21 @@ impl EtcdCluster {
     /// Starts `members` etcd members from `binary` (a path or a name on PATH) and waits until
     /// the cluster answers reads.
     pub async fn start(members: usize, binary: impl Into<PathBuf>) -> Result<Self, ClusterError> {
-        Self::start_with(members, binary, None).await
+        Self::start_with(members, binary, EtcdOptions::default()).await
     }
 
-    /// Like [`EtcdCluster::start`], with the client port behind mutual TLS when `tls` is
-    /// given: endpoints are then `https://` and every client needs a certificate.
+    /// Like [`EtcdCluster::start`], with `options`: behind mutual TLS when `options.tls` is
+    /// given (endpoints are then `https://` and every client needs a certificate), and with
+    /// the extra flags.
     pub async fn start_with(
         members: usize,
         binary: impl Into<PathBuf>,
-        tls: Option<ServerTls>,
+        options: EtcdOptions,
     ) -> Result<Self, ClusterError> {
         let binary = binary.into();
         let mut attempt = 1;
         loop {
-            let mut cluster = Self::spawn(members, &binary, tls.clone())?;
+            let mut cluster = Self::spawn(members, &binary, &options)?;
             match cluster.wait_started().await {
                 Ok(()) => return Ok(cluster),
                 Err(StartFailure::PortTaken) if attempt < START_ATTEMPTS => {
@@ -142,7 +153,8 @@ impl EtcdCluster {
         }
     }
 
-    fn spawn(members: usize, binary: &Path, tls: Option<ServerTls>) -> Result<Self, ClusterError> {
+    fn spawn(members: usize, binary: &Path, options: &EtcdOptions) -> Result<Self, ClusterError> {
+        let tls = options.tls.clone();
         let dir = tempfile::Builder::new()
             .prefix("fencelock-etcd-")
             .tempdir()?;
@@ -215,6 +227,7 @@ impl EtcdCluster {
             .map(OsString::from)
             .chain([data_dir.into_os_string()])
             .chain(tls_args.iter().cloned())
+            .chain(options.args.iter().map(OsString::from))
             .collect();
             let mut member = Member {
                 name: name.clone(),

@@ -16,5 +16,5 @@ pub use child::{
     ChildGuard, READY_PREFIX, Signal, die_with_parent, freeze, parse_ready_line, read_ready_addr,
     send_signal,
 };
-pub use etcd::{ClusterError, EtcdCluster, ServerTls};
+pub use etcd::{ClusterError, EtcdCluster, EtcdOptions, ServerTls};
 pub use server::{ServerProcess, SpawnError};

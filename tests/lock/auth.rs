@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::support::etcd::{self, etcdctl};
 use crate::tls::{acquire, assert_one_line, refused, release};
 use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX};
+use fencelock::process::EtcdOptions;
 
 /// Turns authentication on: a root user, and `locker`, whose role reads and writes only
 /// under `/app/` and the library's bookkeeping keys.
@@ -42,7 +43,12 @@ fn enable_auth(endpoints: &[String]) {
 
 #[tokio::test]
 async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one_line() {
-    let Some(etcd) = etcd::start(1).await else {
+    // Tokens that expire after 1 s without use, so the test sees the client fetch a new one.
+    let options = EtcdOptions {
+        args: vec!["--auth-token-ttl=1".into()],
+        ..EtcdOptions::default()
+    };
+    let Some(etcd) = etcd::start_with(1, options).await else {
         return;
     };
     let endpoints = etcd.endpoints();
@@ -65,6 +71,16 @@ async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one
     let second = session.lock("/app/orders").await.unwrap();
     assert!(second.token() > token);
     second.unlock().await.unwrap();
+    session.close().await.unwrap();
+
+    println!("idle past the token's TTL: etcd forgets the token, the client fetches another");
+    // Waiting out a TTL etcd enforces; nothing here races it: the next lock must succeed
+    // however long the wait, and fails without re-authentication.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let session = client.session(Duration::from_secs(2)).await.unwrap();
+    let third = session.lock("/app/orders").await.unwrap();
+    assert!(third.token() > token);
+    third.unlock().await.unwrap();
     session.close().await.unwrap();
 
     println!("fencelock lock --user name:password");

@@ -11,14 +11,22 @@ use crate::support::certs::TestCerts;
 use crate::support::etcd;
 use crate::support::proc::{ChildGuard, Signal, fencelock_bin};
 use fencelock::lock::{Client, ConnectOptions};
+use fencelock::process::EtcdOptions;
 use serde_json::Value;
 
 const TTL: Duration = Duration::from_secs(2);
 
+fn tls(certs: &TestCerts) -> EtcdOptions {
+    EtcdOptions {
+        tls: Some(certs.server()),
+        ..EtcdOptions::default()
+    }
+}
+
 #[tokio::test]
 async fn the_library_locks_and_unlocks_through_mutual_tls() {
     let certs = TestCerts::new();
-    let Some(etcd) = etcd::start_with(1, Some(certs.server())).await else {
+    let Some(etcd) = etcd::start_with(1, tls(&certs)).await else {
         return;
     };
     let options = ConnectOptions {
@@ -120,7 +128,7 @@ pub(crate) fn assert_one_line(stderr: &str, mentions: &str) {
 #[tokio::test]
 async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_ones_in_one_line() {
     let certs = TestCerts::new();
-    let Some(etcd) = etcd::start_with(1, Some(certs.server())).await else {
+    let Some(etcd) = etcd::start_with(1, tls(&certs)).await else {
         return;
     };
     let url = etcd.endpoint(0);

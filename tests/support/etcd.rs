@@ -13,7 +13,7 @@ use std::ops::{Deref, DerefMut};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use fencelock::process::EtcdCluster;
+use fencelock::process::{EtcdCluster, EtcdOptions};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Slots per test binary: a 1-member cluster takes one, a larger cluster takes all.
@@ -74,14 +74,11 @@ pub fn available() -> bool {
 /// Starts an etcd cluster of `members` for the calling test, or returns `None` after printing
 /// why the test is skipped.
 pub async fn start(members: u32) -> Option<TestEtcd> {
-    start_with(members, None).await
+    start_with(members, EtcdOptions::default()).await
 }
 
-/// Like [`start`], with the client port behind mutual TLS when `tls` is given.
-pub async fn start_with(
-    members: u32,
-    tls: Option<fencelock::process::ServerTls>,
-) -> Option<TestEtcd> {
+/// Like [`start`], with TLS or extra flags.
+pub async fn start_with(members: u32, options: EtcdOptions) -> Option<TestEtcd> {
     if !available() {
         return None;
     }
@@ -90,7 +87,7 @@ pub async fn start_with(
         .acquire_many(members.min(SLOTS_TOTAL))
         .await
         .expect("the semaphore is never closed");
-    let cluster = EtcdCluster::start_with(members as usize, &binary, tls)
+    let cluster = EtcdCluster::start_with(members as usize, &binary, options)
         .await
         .unwrap_or_else(|e| panic!("cannot start a {members}-member etcd from {binary}: {e}"));
     Some(TestEtcd {
