@@ -33,6 +33,9 @@ pub struct Fanout {
     keys: HashMap<Vec<u8>, HashMap<StreamId, usize>>,
     /// Range watchers, by stream and watch ID.
     ranges: HashMap<(StreamId, i64), KeyRange>,
+    /// Watchers indexed, single-key and range: kept as a count so that a scrape of
+    /// `/metrics` does not walk every stream with the state locked.
+    watchers: usize,
 }
 
 /// The sending end of one stream's feed.
@@ -146,6 +149,7 @@ impl Fanout {
             return;
         };
         outlet.watchers.insert(watch_id, range.clone());
+        self.watchers += 1;
         match range.single_key() {
             Some(key) => {
                 *self
@@ -172,6 +176,7 @@ impl Fanout {
     }
 
     fn unindex(&mut self, stream: StreamId, watch_id: i64, range: &KeyRange) {
+        self.watchers -= 1;
         match range.single_key() {
             Some(key) => {
                 if let Some(streams) = self.keys.get_mut(key) {
@@ -238,9 +243,20 @@ impl Fanout {
     }
 
     /// Watchers indexed, single-key and range.
-    #[cfg(test)]
-    fn watchers(&self) -> usize {
-        self.streams.values().map(|o| o.watchers.len()).sum()
+    pub fn watchers(&self) -> usize {
+        debug_assert_eq!(
+            self.watchers,
+            self.streams
+                .values()
+                .map(|o| o.watchers.len())
+                .sum::<usize>()
+        );
+        self.watchers
+    }
+
+    /// Streams open.
+    pub fn streams(&self) -> usize {
+        self.streams.len()
     }
 }
 

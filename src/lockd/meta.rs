@@ -72,6 +72,9 @@ pub struct Revisions {
     dir: Option<PathBuf>,
     identity: Identity,
     reserved: i64,
+    /// Why the last reservation failed, until one succeeds: while it is set, every write
+    /// is refused (each one tries again), so lockd reports itself unhealthy.
+    failure: Option<String>,
     /// Held open for its exclusive `flock`, released when lockd exits (also on `kill -9`).
     _lock: Option<File>,
 }
@@ -88,6 +91,7 @@ impl Revisions {
             dir: None,
             identity,
             reserved: i64::MAX,
+            failure: None,
             _lock: None,
         };
         (revisions, 1)
@@ -151,6 +155,7 @@ impl Revisions {
             dir: Some(dir.to_owned()),
             identity,
             reserved: start,
+            failure: None,
             _lock: Some(lock),
         };
         revisions
@@ -168,7 +173,14 @@ impl Revisions {
         if revision <= self.reserved {
             return Ok(());
         }
-        self.reserve(revision + RESERVATION_BLOCK)
+        let reserved = self.reserve(revision + RESERVATION_BLOCK);
+        self.failure = reserved.as_ref().err().map(|e| e.to_string());
+        reserved
+    }
+
+    /// Why revisions cannot be reserved now (the last attempt failed), if they cannot.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
     }
 
     fn reserve(&mut self, up_to: i64) -> io::Result<()> {

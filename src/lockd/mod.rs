@@ -10,6 +10,8 @@
 //!   keep-alive streams, revoke, time-to-live with keys, listing. A lease's keys are deleted
 //!   when it expires (checked at each deadline, so within milliseconds of it) or is revoked.
 //! - The v3lock service (Lock/Unlock), MemberList and Status describing one member.
+//! - On the same port, over HTTP/1.1, etcd's `GET /health` and a Prometheus `GET /metrics`
+//!   (the routes in `http.rs`, the series in `metrics.rs`).
 //!
 //! One process, one member, memory only, except for one promise: the revision, and with it
 //! every fencing token, never goes back, also across a restart (kept in
@@ -19,7 +21,9 @@
 
 mod error;
 mod fanout;
+mod http;
 mod meta;
+mod metrics;
 mod service;
 mod state;
 mod watch;
@@ -32,6 +36,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch as signal;
 use tokio::time::{Instant, sleep_until};
+use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 
 pub use error::EtcdError;
@@ -184,24 +189,27 @@ impl Server {
         let expiry = tokio::spawn(expire_leases(core.clone()));
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let mut stopped = stop.subscribe();
+        let grpc = Routes::new(
+            kv_server::KvServer::new(services.clone()).max_decoding_message_size(decode_limit),
+        )
+        .add_service(
+            watch_server::WatchServer::new(services.clone())
+                .max_decoding_message_size(decode_limit),
+        )
+        .add_service(
+            lease_server::LeaseServer::new(services.clone())
+                .max_decoding_message_size(decode_limit),
+        )
+        .add_service(
+            lock_server::LockServer::new(services.clone()).max_decoding_message_size(decode_limit),
+        )
+        .add_service(cluster_server::ClusterServer::new(services.clone()))
+        .add_service(maintenance_server::MaintenanceServer::new(services));
+        // HTTP/1.1 for `/health` and `/metrics`; gRPC connections still speak HTTP/2 with the
+        // same settings, told apart by the connection preface.
         let serve = tonic::transport::Server::builder()
-            .add_service(
-                kv_server::KvServer::new(services.clone()).max_decoding_message_size(decode_limit),
-            )
-            .add_service(
-                watch_server::WatchServer::new(services.clone())
-                    .max_decoding_message_size(decode_limit),
-            )
-            .add_service(
-                lease_server::LeaseServer::new(services.clone())
-                    .max_decoding_message_size(decode_limit),
-            )
-            .add_service(
-                lock_server::LockServer::new(services.clone())
-                    .max_decoding_message_size(decode_limit),
-            )
-            .add_service(cluster_server::ClusterServer::new(services.clone()))
-            .add_service(maintenance_server::MaintenanceServer::new(services))
+            .accept_http1(true)
+            .add_routes(http::routes(core.clone(), grpc))
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.wait_for(|&stop| stop).await;
             });
@@ -242,7 +250,9 @@ async fn expire_leases(core: Arc<Core>) {
         let wake = {
             let mut state = core.state();
             let now = Instant::now();
-            for id in state.expire(now) {
+            let expired = state.expire(now);
+            core.metrics.leases_expired(expired.len());
+            for id in expired {
                 tracing::debug!(lease = %format!("{id:x}"), "lease expired");
             }
             let latest = now + EXPIRY_CHECK;

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::EtcdError;
+use super::metrics::{Method, Metrics};
 use super::state::{State, Turn};
 use crate::etcd::etcdserverpb::maintenance_server;
 use crate::etcd::etcdserverpb::{self as pb, cluster_server, kv_server, lease_server};
@@ -32,6 +33,8 @@ pub struct Core {
     pub stopping: watch::Receiver<bool>,
     /// Longest write request accepted, encoded (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Counters for `/metrics`, kept outside the state lock.
+    pub metrics: Metrics,
 }
 
 impl Core {
@@ -41,6 +44,7 @@ impl Core {
             client_url,
             stopping,
             max_request_bytes: super::DEFAULT_MAX_REQUEST_BYTES,
+            metrics: Metrics::default(),
         }
     }
 
@@ -58,6 +62,16 @@ impl Core {
             return Err(EtcdError::RequestTooLarge);
         }
         Ok(())
+    }
+
+    /// Whether the server has started shutting down.
+    pub fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Counts one call of `method`.
+    pub fn count(&self, method: Method) {
+        self.metrics.request(method);
     }
 
     /// Resolves when the server starts shutting down.
@@ -81,10 +95,12 @@ fn answer<T>(result: Result<T, EtcdError>) -> Answer<T> {
 #[tonic::async_trait]
 impl kv_server::Kv for Services {
     async fn range(&self, request: Request<pb::RangeRequest>) -> Answer<pb::RangeResponse> {
+        self.0.count(Method::Range);
         answer(self.0.state().range(request.get_ref()))
     }
 
     async fn put(&self, request: Request<pb::PutRequest>) -> Answer<pb::PutResponse> {
+        self.0.count(Method::Put);
         self.0.check_size(request.get_ref())?;
         answer(self.0.state().put(request.get_ref()))
     }
@@ -93,11 +109,13 @@ impl kv_server::Kv for Services {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Answer<pb::DeleteRangeResponse> {
+        self.0.count(Method::DeleteRange);
         self.0.check_size(request.get_ref())?;
         answer(self.0.state().delete_range(request.get_ref()))
     }
 
     async fn txn(&self, request: Request<pb::TxnRequest>) -> Answer<pb::TxnResponse> {
+        self.0.count(Method::Txn);
         self.0.check_size(request.get_ref())?;
         answer(self.0.state().txn(request.get_ref()))
     }
@@ -106,6 +124,7 @@ impl kv_server::Kv for Services {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Answer<pb::CompactionResponse> {
+        self.0.count(Method::Compact);
         answer(self.0.state().compact(request.get_ref().revision))
     }
 }
@@ -118,6 +137,7 @@ impl lease_server::Lease for Services {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Answer<pb::LeaseGrantResponse> {
+        self.0.count(Method::LeaseGrant);
         let request = request.get_ref();
         answer(
             self.0
@@ -130,6 +150,7 @@ impl lease_server::Lease for Services {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Answer<pb::LeaseRevokeResponse> {
+        self.0.count(Method::LeaseRevoke);
         answer(self.0.state().revoke(request.get_ref().id))
     }
 
@@ -139,6 +160,7 @@ impl lease_server::Lease for Services {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Answer<Self::LeaseKeepAliveStream> {
+        self.0.count(Method::LeaseKeepAlive);
         let core = self.0.clone();
         let stop = self.0.clone();
         let answers = request
@@ -162,6 +184,7 @@ impl lease_server::Lease for Services {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Answer<pb::LeaseTimeToLiveResponse> {
+        self.0.count(Method::LeaseTimeToLive);
         let state = self.0.state();
         Ok(Response::new(
             state.time_to_live(Instant::now(), request.get_ref()),
@@ -172,6 +195,7 @@ impl lease_server::Lease for Services {
         &self,
         _request: Request<pb::LeaseLeasesRequest>,
     ) -> Answer<pb::LeaseLeasesResponse> {
+        self.0.count(Method::LeaseLeases);
         Ok(Response::new(self.0.state().leases()))
     }
 }
@@ -182,6 +206,7 @@ impl cluster_server::Cluster for Services {
         &self,
         _request: Request<pb::MemberListRequest>,
     ) -> Answer<pb::MemberListResponse> {
+        self.0.count(Method::MemberList);
         let state = self.0.state();
         let member = pb::Member {
             id: state.identity().member_id,
@@ -200,6 +225,7 @@ impl cluster_server::Cluster for Services {
 #[tonic::async_trait]
 impl maintenance_server::Maintenance for Services {
     async fn status(&self, _request: Request<pb::StatusRequest>) -> Answer<pb::StatusResponse> {
+        self.0.count(Method::Status);
         let state = self.0.state();
         let identity = state.identity();
         let index = state.revision() as u64;
@@ -243,6 +269,7 @@ impl lock_server::Lock for Services {
         &self,
         request: Request<v3lockpb::LockRequest>,
     ) -> Answer<v3lockpb::LockResponse> {
+        self.0.count(Method::Lock);
         let request = request.into_inner();
         let mut waiting = {
             let mut state = self.0.state();
@@ -254,6 +281,7 @@ impl lock_server::Lock for Services {
                 armed: true,
             }
         };
+        let _queued = self.0.metrics.lock_waiter();
         loop {
             // Registered with the state locked, so a deletion cannot fall between the look
             // and the wait; only the key ahead (or this one) going wakes this waiter.
@@ -291,6 +319,7 @@ impl lock_server::Lock for Services {
         &self,
         request: Request<v3lockpb::UnlockRequest>,
     ) -> Answer<v3lockpb::UnlockResponse> {
+        self.0.count(Method::Unlock);
         let delete = pb::DeleteRangeRequest {
             key: request.into_inner().key,
             ..Default::default()

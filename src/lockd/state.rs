@@ -24,6 +24,7 @@ use tokio::time::{Duration, Instant};
 use super::error::EtcdError;
 use super::fanout::{Fanout, Feed, StreamId};
 use super::meta::{Identity, Revisions};
+use super::metrics::Gauges;
 use crate::etcd::etcdserverpb::{self as pb, compare, range_request, request_op, response_op};
 use crate::etcd::mvccpb::{Event, KeyValue, event::EventType};
 use crate::etcd::prefix_end;
@@ -195,6 +196,23 @@ impl State {
 
     pub fn identity(&self) -> Identity {
         self.identity
+    }
+
+    /// Why writes fail now, if the revision reservation cannot be made durable.
+    pub fn write_failure(&self) -> Option<&str> {
+        self.revisions.failure()
+    }
+
+    /// What a scrape of `/metrics` reports about the state.
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            revision: self.revision,
+            keys: self.keys.len(),
+            key_bytes: self.size(),
+            leases: self.leases.len(),
+            watch_streams: self.fanout.streams(),
+            watchers: self.fanout.watchers(),
+        }
     }
 
     /// Oldest revision a watch can start from and a Range can read.

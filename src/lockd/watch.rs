@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::error::EtcdError;
 use super::fanout::{Feed, Received, StreamId};
+use super::metrics::Method;
 use super::service::{Core, Services};
 use super::state::{Change, KeyRange, State};
 use crate::etcd::etcdserverpb::{
@@ -92,6 +93,7 @@ impl watch_server::Watch for Services {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.0.count(Method::Watch);
         let (out, answers) = mpsc::channel(64);
         let feed = self.0.state().open_feed();
         let stream = Stream {

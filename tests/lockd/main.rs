@@ -1,4 +1,5 @@
-//! `fencelock lockd` as etcd's own tools and clients see it: etcdctl, limits, restarts, watches.
+//! `fencelock lockd` as etcd's own tools and clients see it: etcdctl, HTTP health and
+//! metrics, limits, restarts, watches.
 //!
 //! One test binary per topic, each case in a file of its own: the crate and the test
 //! support are compiled and linked once for all of them.
@@ -7,6 +8,7 @@
 mod support;
 
 mod etcdctl;
+mod http;
 mod limits;
 mod restart;
 mod watch;
