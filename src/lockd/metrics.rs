@@ -28,12 +28,13 @@ pub enum Method {
     LeaseLeases,
     MemberList,
     Status,
+    Alarm,
     Lock,
     Unlock,
 }
 
 impl Method {
-    const ALL: [Method; 15] = [
+    const ALL: [Method; 16] = [
         Method::Range,
         Method::Put,
         Method::DeleteRange,
@@ -47,6 +48,7 @@ impl Method {
         Method::LeaseLeases,
         Method::MemberList,
         Method::Status,
+        Method::Alarm,
         Method::Lock,
         Method::Unlock,
     ];
@@ -67,6 +69,7 @@ impl Method {
             Method::LeaseLeases => ("etcdserverpb.Lease", "LeaseLeases"),
             Method::MemberList => ("etcdserverpb.Cluster", "MemberList"),
             Method::Status => ("etcdserverpb.Maintenance", "Status"),
+            Method::Alarm => ("etcdserverpb.Maintenance", "Alarm"),
             Method::Lock => ("v3lockpb.Lock", "Lock"),
             Method::Unlock => ("v3lockpb.Lock", "Unlock"),
         }

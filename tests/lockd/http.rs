@@ -94,16 +94,8 @@ async fn health_answers_etcds_json_and_an_unknown_path_a_json_404() {
     assert!(body["error"].is_string(), "{body}");
 
     // 3. etcd's own health check, which goes over gRPC, on the same port: a Range of the
-    //    key `health`. etcdctl 3.5 also lists alarms, a method lockd's protocol subset
-    //    does not have yet, so only 3.4's check is held to success here.
+    //    key `health`, and with etcdctl 3.5 the alarm list.
     match Command::new(etcdctl_bin()).arg("version").output() {
-        Ok(output) if !String::from_utf8_lossy(&output.stdout).contains("API version: 3.4") => {
-            eprintln!(
-                "etcdctl endpoint health skipped: `{}` is not etcdctl 3.4 (3.5's check needs \
-                 the Alarm method)",
-                etcdctl_bin()
-            );
-        }
         Ok(output) if output.status.success() => {
             let output = Command::new(etcdctl_bin())
                 .env("ETCDCTL_API", "3")
