@@ -9,7 +9,7 @@
 //! feed was full, the feed is marked with the first revision it missed; nothing after that
 //! revision is queued until the stream has caught up from the history ([`Feed::resume`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -203,23 +203,26 @@ impl Fanout {
         if self.streams.is_empty() {
             return;
         }
-        let mut targets = HashSet::new();
+        // Usually one stream or none: a short list, sorted and deduplicated, rather than a
+        // set allocated for every commit.
+        let mut targets: Vec<StreamId> = Vec::new();
         for event in &change.events {
             let Some(kv) = &event.kv else { continue };
             if let Some(streams) = self.keys.get(&kv.key[..]) {
                 targets.extend(streams.keys().copied());
             }
-        }
-        for ((stream, _), range) in &self.ranges {
-            if !targets.contains(stream)
-                && change
-                    .events
+            targets.extend(
+                self.ranges
                     .iter()
-                    .any(|e| e.kv.as_ref().is_some_and(|kv| range.contains(&kv.key)))
-            {
-                targets.insert(*stream);
-            }
+                    .filter(|(_, range)| range.contains(&kv.key))
+                    .map(|((stream, _), _)| *stream),
+            );
         }
+        if targets.is_empty() {
+            return;
+        }
+        targets.sort_unstable();
+        targets.dedup();
         let mut gone = Vec::new();
         for stream in targets {
             let Some(outlet) = self.streams.get(&stream) else {

@@ -323,7 +323,7 @@ impl Stream {
     async fn resync(&mut self, changes: &mut Feed, from: i64) -> Result<(), Closed> {
         let mut catch_ups = Vec::new();
         let mut compacted = Vec::new();
-        {
+        let cancellations: Vec<pb::WatchResponse> = {
             let mut state = self.core.state();
             changes.resume();
             for (&id, watcher) in &mut self.watchers {
@@ -336,18 +336,18 @@ impl Stream {
             for &id in &compacted {
                 state.remove_watcher(self.id, id);
             }
-        }
-        for id in compacted {
-            self.watchers.remove(&id);
-            let response = {
-                let state = self.core.state();
-                pb::WatchResponse {
+            compacted
+                .iter()
+                .map(|&id| pb::WatchResponse {
                     compact_revision: state.oldest_kept(),
                     canceled: true,
                     cancel_reason: EtcdError::Compacted.to_string(),
                     ..self.answer(&state, id)
-                }
-            };
+                })
+                .collect()
+        };
+        for response in cancellations {
+            self.watchers.remove(&response.watch_id);
             self.send(response).await?;
         }
         for (id, past) in catch_ups {

@@ -25,6 +25,7 @@ use tracing::warn;
 
 use super::http::error_response;
 use super::metrics::Metrics;
+use super::wire::ErrorBody;
 
 /// The default `--max-body`: far above any value a lock holder writes, far below memory trouble.
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
@@ -98,9 +99,12 @@ impl Limits {
     }
 }
 
+/// The error code of every bound's 503.
+const BUSY: &str = "busy";
+
 /// The 503 every bound answers with.
 fn busy(message: String) -> Response {
-    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, BUSY, message);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -331,13 +335,14 @@ impl Listener for BoundedListener {
 /// read and dropped for a moment first: closing with unread data would reset the
 /// connection, and the client could lose the answer.
 async fn refuse(mut stream: TcpStream, max_connections: usize) {
-    let body = serde_json::json!({
-        "error": "busy",
-        "message": format!(
+    let refusal = ErrorBody {
+        error: BUSY.to_owned(),
+        message: format!(
             "the server has {max_connections} connections open (--max-connections); retry later"
         ),
-    })
-    .to_string();
+    };
+    // Serializing two strings cannot fail.
+    let body = serde_json::to_string(&refusal).unwrap_or_default();
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",

@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use crate::cli::Holder;
 use crate::support::etcd::{self, etcdctl};
-use crate::tls::{acquire, assert_one_line, refused, release};
+use crate::tls::{assert_one_line, refused};
 use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX};
 use fencelock::process::EtcdOptions;
 
@@ -84,22 +85,24 @@ async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one
     session.close().await.unwrap();
 
     println!("fencelock lock --user name:password");
-    let (holder, event) = acquire(
+    let holder = Holder::spawn_with(
         "/app/cli",
         &[at.clone(), "--user=locker:lockerpw".into()],
         &[],
     );
+    let event = holder.expect("acquired", Duration::from_secs(10));
     assert_eq!(event["event"], "acquired", "{event}");
-    release(holder);
+    holder.release();
 
     println!("ETCDCTL_USER and ETCDCTL_PASSWORD");
     let envs = [
         ("ETCDCTL_USER", "locker".to_string()),
         ("ETCDCTL_PASSWORD", "lockerpw".to_string()),
     ];
-    let (holder, event) = acquire("/app/cli", std::slice::from_ref(&at), &envs);
+    let holder = Holder::spawn_with("/app/cli", std::slice::from_ref(&at), &envs);
+    let event = holder.expect("acquired", Duration::from_secs(10));
     assert_eq!(event["event"], "acquired", "{event}");
-    release(holder);
+    holder.release();
 
     println!("a wrong password");
     let (code, stderr) = refused("/app/cli", &[at.clone(), "--user=locker:nope".into()]);

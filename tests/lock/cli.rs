@@ -20,7 +20,7 @@ use tokio::time::{Instant, timeout};
 const TTL: Duration = Duration::from_secs(2);
 
 /// A `fencelock lock` child and the JSON lines it prints.
-struct Holder {
+pub(crate) struct Holder {
     child: ChildGuard,
     stdin: Option<ChildStdin>,
     events: mpsc::Receiver<Value>,
@@ -28,9 +28,15 @@ struct Holder {
 
 impl Holder {
     fn spawn(endpoints: &[String], name: &str) -> Holder {
+        Self::spawn_with(name, &[format!("--endpoints={}", endpoints.join(","))], &[])
+    }
+
+    /// `fencelock lock NAME --ttl 2 <args>` with `envs` added to its environment.
+    pub(crate) fn spawn_with(name: &str, args: &[String], envs: &[(&str, String)]) -> Holder {
         let mut cmd = Command::new(fencelock_bin());
         cmd.args(["lock", name, "--ttl", &TTL.as_secs().to_string()])
-            .arg(format!("--endpoints={}", endpoints.join(",")))
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -55,13 +61,21 @@ impl Holder {
     }
 
     /// The next event, which must be `kind`, within `within`.
-    fn expect(&self, kind: &str, within: Duration) -> Value {
+    pub(crate) fn expect(&self, kind: &str, within: Duration) -> Value {
         let event = self
             .events
             .recv_timeout(within)
             .unwrap_or_else(|_| panic!("no {kind:?} event within {within:?}"));
         assert_eq!(event["event"], kind, "{event}");
         event
+    }
+
+    /// SIGTERM while holding: it releases the lock and exits 0.
+    pub(crate) fn release(mut self) {
+        self.child.signal(Signal::TERM);
+        self.expect("released", Duration::from_secs(10));
+        let status = self.child.wait_exit(Duration::from_secs(10));
+        assert!(status.success(), "released and exited 0: {status}");
     }
 
     fn token(event: &Value) -> FencingToken {

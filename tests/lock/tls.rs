@@ -3,16 +3,15 @@
 //! or its environment variables; a wrong authority or a missing client certificate is one
 //! readable line and a non-zero exit.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::cli::Holder;
 use crate::support::certs::TestCerts;
 use crate::support::etcd;
-use crate::support::proc::{ChildGuard, Signal, fencelock_bin};
+use crate::support::proc::{ChildGuard, fencelock_bin};
 use fencelock::lock::{Client, ConnectOptions};
 use fencelock::process::EtcdOptions;
-use serde_json::Value;
 
 const TTL: Duration = Duration::from_secs(2);
 
@@ -60,33 +59,6 @@ async fn the_library_locks_and_unlocks_through_mutual_tls() {
         "{:?}",
         refused.err()
     );
-}
-
-/// `fencelock lock NAME` with `args` and `envs`, until it prints its first event.
-pub(crate) fn acquire(name: &str, args: &[String], envs: &[(&str, String)]) -> (ChildGuard, Value) {
-    let mut cmd = Command::new(fencelock_bin());
-    cmd.args(["lock", name, "--ttl", &TTL.as_secs().to_string()])
-        .args(args)
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
-    let stdout = child.child_mut().stdout.take().expect("piped stdout");
-    let line = BufReader::new(stdout)
-        .lines()
-        .next()
-        .expect("an event line")
-        .expect("readable stdout");
-    let event: Value = serde_json::from_str(&line).expect("a JSON event");
-    (child, event)
-}
-
-pub(crate) fn release(mut child: ChildGuard) {
-    child.signal(Signal::TERM);
-    let status = child.wait_exit(Duration::from_secs(10));
-    assert!(status.success(), "released and exited 0: {status}");
 }
 
 /// Runs `fencelock lock NAME` expected to fail: its exit status and stderr. Its stdin stays
@@ -142,9 +114,10 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
         format!("--cert={}", file("client.pem")),
         format!("--key={}", file("client-key.pem")),
     ];
-    let (holder, event) = acquire("/tls-cli", &flags, &[]);
+    let holder = Holder::spawn_with("/tls-cli", &flags, &[]);
+    let event = holder.expect("acquired", Duration::from_secs(10));
     assert_eq!(event["event"], "acquired", "{event}");
-    release(holder);
+    holder.release();
 
     println!("the same through ETCDCTL_* variables and an https:// endpoint");
     let envs = [
@@ -153,9 +126,10 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
         ("ETCDCTL_CERT", file("client.pem")),
         ("ETCDCTL_KEY", file("client-key.pem")),
     ];
-    let (holder, event) = acquire("/tls-cli", &[], &envs);
+    let holder = Holder::spawn_with("/tls-cli", &[], &envs);
+    let event = holder.expect("acquired", Duration::from_secs(10));
     assert_eq!(event["event"], "acquired", "{event}");
-    release(holder);
+    holder.release();
 
     println!("an authority that did not sign the server's certificate");
     let mut wrong_ca = flags.clone();
