@@ -12,6 +12,8 @@
 //!   lease), fenced locks.
 //! - [`storage`]: the fence rule and the wire format (always), [`storage::StorageClient`]
 //!   (feature `client`) and the fenced key/value server (feature `storage`).
+//! - [`fence`]: the fence carried into the user's own data: PostgreSQL (feature `postgres`),
+//!   keys in etcd (feature `client`), and the rule over any compare-and-swap resource.
 //! - [`lockd`] (feature `lockd`): the embedded lock service, speaking etcd's protocol, for a
 //!   machine without etcd.
 //! - [`process`] (feature `cli`): child processes for the tools and the tests: servers to
@@ -21,7 +23,7 @@
 //! (`demo`, `check`, `bench`); they are not part of this library.
 //!
 //! Cargo features: `client` (the clients alone: no HTTP server, storage engine, CLI parser or
-//! log subscriber is compiled), `lockd`, `storage`, and `cli` (the binary, with everything);
+//! log subscriber is compiled), `lockd`, `postgres`, `storage`, and `cli` (the binary, with everything);
 //! `default` is `cli`.
 
 #![warn(missing_docs)]
@@ -30,6 +32,7 @@
 #![cfg_attr(not(feature = "cli"), allow(rustdoc::broken_intra_doc_links))]
 
 pub mod etcd;
+pub mod fence;
 #[cfg(feature = "client")]
 pub mod lock;
 #[cfg(feature = "lockd")]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod demo;
 pub mod duration;
 pub mod exit;
+pub mod fence;
 pub mod lock;
 pub mod lockd;
 pub mod storage;
@@ -56,6 +57,9 @@ pub enum Command {
     /// Keys and leases live in memory; only the revision high-water mark is kept in the data
     /// dir, so that lock tokens keep growing across a restart.
     Lockd(lockd::LockdArgs),
+    /// The fence in your own database: install PostgreSQL's fence table and SQL functions.
+    #[command(subcommand)]
+    Fence(fence::FenceCommand),
     /// Measurements.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -101,7 +105,9 @@ impl Command {
             | Command::Client(_) => "warn",
             // The demo's storage warns of every stale write, which the demo provokes and shows.
             Command::Demo(_) => "error",
-            Command::Storage(_) | Command::Lock(_) | Command::Lockd(_) => "info",
+            Command::Storage(_) | Command::Lock(_) | Command::Lockd(_) | Command::Fence(_) => {
+                "info"
+            }
         }
     }
 
@@ -111,6 +117,7 @@ impl Command {
             Command::Storage(args) => runtime.block_on(storage::run(args)),
             Command::Lock(args) => runtime.block_on(lock::run(args)),
             Command::Lockd(args) => runtime.block_on(lockd::run(args)),
+            Command::Fence(command) => runtime.block_on(fence::run(command)),
             Command::Bench(command) => runtime.block_on(bench::run(command)),
             Command::Check(args) => runtime.block_on(check::run(args)),
             Command::CheckWorker(args) => runtime.block_on(check_worker::run(args)),

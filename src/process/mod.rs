@@ -1,5 +1,6 @@
 //! Child processes for the tools and the integration tests: a `fencelock` server to freeze,
-//! kill or restart ([`ServerProcess`]), a real loopback etcd cluster ([`EtcdCluster`]), and
+//! kill or restart ([`ServerProcess`]), a real loopback etcd cluster ([`EtcdCluster`]), a private PostgreSQL server
+//! ([`PostgresServer`]), and
 //! the one place that makes a child die with its parent ([`die_with_parent`]), a synchronous
 //! child guard ([`ChildGuard`]), typed signals ([`send_signal`], [`freeze`], which waits until
 //! the kernel shows the process stopped) and the one reader of a
@@ -10,6 +11,7 @@
 
 mod child;
 mod etcd;
+mod postgres;
 mod server;
 
 pub use child::{
@@ -17,4 +19,5 @@ pub use child::{
     send_signal,
 };
 pub use etcd::{ClusterError, EtcdCluster, EtcdOptions, ServerTls};
+pub use postgres::{POSTGRES_USER, PostgresError, PostgresServer, postgres_bin_dir};
 pub use server::{ServerProcess, SpawnError};

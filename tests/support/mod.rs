@@ -7,5 +7,6 @@ pub mod backend;
 pub mod certs;
 pub mod etcd;
 pub mod lockd;
+pub mod postgres;
 pub mod proc;
 pub mod storage;

@@ -1,0 +1,1 @@
+//! Fenced writes to keys in etcd.
