@@ -335,6 +335,7 @@ async fn run_case(
     let options = LockOptions {
         watch_start,
         timeout: Some(CYCLE_TIMEOUT),
+        ..LockOptions::default()
     };
     let mut all = Vec::with_capacity(sessions);
     for _ in 0..sessions {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use fencelock::lock::{Client, ConnectOptions, LockGuard, LossReason, Session};
+use fencelock::lock::{Client, ConnectOptions, LockGuard, LockOptions, LossReason, Session};
 use serde_json::json;
 
 use super::{Endpoints, duration, exit, stop_requested};
@@ -26,6 +26,10 @@ pub struct LockArgs {
     /// seconds.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration::parse_ttl)]
     ttl: Duration,
+    /// Lock-delay: when the holder ahead lost its lease rather than releasing, acquire no
+    /// sooner than this after its key went (for resources that cannot check tokens).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration::parse)]
+    lock_delay: Duration,
 }
 
 pub async fn run(args: LockArgs) -> anyhow::Result<u8> {
@@ -64,9 +68,13 @@ async fn hold(
 ) -> fencelock::lock::Result<Outcome> {
     let client = Client::connect_with(&args.endpoints.endpoints, options).await?;
     let session = client.session(args.ttl).await?;
+    let lock_options = LockOptions {
+        lock_delay: args.lock_delay,
+        ..LockOptions::default()
+    };
     tokio::pin!(stop);
     let guard = tokio::select! {
-        guard = session.lock(&args.name) => guard?,
+        guard = session.lock_with(&args.name, lock_options) => guard?,
         () = &mut stop => {
             session.close().await?;
             return Ok(Outcome::Stopped);

@@ -40,6 +40,11 @@ pub struct LockdArgs {
     /// space exceeded", deletes still work.
     #[arg(long, value_name = "BYTES", default_value_t = lockd::DEFAULT_QUOTA_BACKEND_BYTES)]
     quota_backend_bytes: usize,
+    /// Lock-delay: the keys of a lease that ended without being deleted (it expired or was
+    /// revoked) stay this much longer, so a crashed or frozen holder's lock passes to the next
+    /// waiter no sooner than this after its lease ended. Released locks pass at once.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration::parse)]
+    lock_delay: Duration,
 }
 
 fn parse_history(text: &str) -> Result<usize, String> {
@@ -57,6 +62,7 @@ pub async fn run(args: LockdArgs) -> anyhow::Result<u8> {
         history: args.history,
         max_request_bytes: args.max_request_bytes,
         quota_backend_bytes: args.quota_backend_bytes,
+        lock_delay: args.lock_delay,
     };
     let (listener, addr) = listen(&args.listen).await?;
     let server = lockd::Server::open(&config).context("cannot start lockd")?;

@@ -43,6 +43,15 @@ pub struct LockOptions {
     pub timeout: Option<Duration>,
     /// Where the watch on the predecessor starts; see [`WatchStart`].
     pub watch_start: WatchStart,
+    /// Lock-delay, for resources that cannot check tokens: when the key ahead went because
+    /// its lease ended (expired or revoked) rather than by a release, acquire no sooner than
+    /// this after seeing it go, so that a holder frozen past its lease has this long to wake
+    /// and find its lock lost before the next holder acts. The client tells a release from an
+    /// ended lease by asking for that lease (LeaseTimeToLive); a release immediately
+    /// followed by closing the session can look like an ended lease and be delayed too,
+    /// never the reverse. Applies to waiters present when the key went; lockd's
+    /// `--lock-delay` also covers those who come later. Zero (the default) waits for nothing.
+    pub lock_delay: Duration,
 }
 
 impl Session {
@@ -79,7 +88,7 @@ impl Session {
         let my_revision = pending.created;
         let deadline = options.timeout.map(|t| started + t);
         let waited = tokio::select! {
-            waited = wait_turn(self, &prefix, my_revision, turn, options.watch_start) => waited,
+            waited = wait_turn(self, &prefix, my_revision, turn, &options) => waited,
             reason = self.lost() => Err(Error::SessionLost { lease: self.lease(), reason }),
             _ = until(deadline) => Err(Error::Timeout {
                 name: name.to_string(),
@@ -570,8 +579,10 @@ async fn wait_turn(
     prefix: &str,
     my_revision: i64,
     mut turn: Turn,
-    start: WatchStart,
+    options: &LockOptions,
 ) -> Result<()> {
+    // When the last predecessor whose lease ended (not released) was seen gone.
+    let mut lease_ended_seen: Option<Instant> = None;
     while let Some((predecessor, created)) = turn.predecessor {
         tracing::debug!(
             predecessor = %String::from_utf8_lossy(&predecessor),
@@ -585,7 +596,7 @@ async fn wait_turn(
             &predecessor,
             created,
             turn.revision,
-            start,
+            options.watch_start,
         );
         // A watch through a frozen member hears nothing until its connection is declared
         // dead, which takes the client's HTTP/2 ping interval and timeout; looking again now
@@ -595,8 +606,40 @@ async fn wait_turn(
             Ok(Watched::LookAgain) | Err(_) => None,
         };
         turn = look(session, prefix, my_revision, at).await?;
+        let gone = turn
+            .predecessor
+            .as_ref()
+            .is_none_or(|(key, revision)| *key != predecessor || *revision != created);
+        if gone && !options.lock_delay.is_zero() && !lease_alive(session, &predecessor).await? {
+            lease_ended_seen = Some(Instant::now());
+        }
+    }
+    if let Some(seen) = lease_ended_seen {
+        tracing::info!(delay = ?options.lock_delay, "the lease ahead ended without a release: waiting out the lock-delay");
+        sleep_until(seen + options.lock_delay).await;
     }
     Ok(())
+}
+
+/// Whether the lease of lock key `key` (`<name>/<lease id hex>`) still exists. A key whose
+/// name carries no lease ID counts as ended.
+async fn lease_alive(session: &Session, key: &[u8]) -> Result<bool> {
+    let id = std::str::from_utf8(key)
+        .ok()
+        .and_then(|key| key.rsplit_once('/'))
+        .and_then(|(_, hex)| i64::from_str_radix(hex, 16).ok());
+    let Some(id) = id else {
+        return Ok(false);
+    };
+    let request = pb::LeaseTimeToLiveRequest { id, keys: false };
+    let answer = session
+        .client()
+        .unary("lease_time_to_live", |c| async move {
+            c.lease().lease_time_to_live(request).await
+        })
+        .await?;
+    // etcd answers -1 for a lease it does not know; a live one has 0 or more seconds left.
+    Ok(answer.ttl >= 0)
 }
 
 async fn until(deadline: Option<Instant>) {

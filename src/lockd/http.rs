@@ -111,6 +111,7 @@ mod tests {
             history: 16,
             history_bytes: 1 << 20,
             quota_bytes: 1 << 20,
+            lock_delay: std::time::Duration::ZERO,
         }
     }
 

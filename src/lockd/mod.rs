@@ -92,6 +92,11 @@ pub struct Config {
     /// Bytes of live keys and values writes may grow the key space to; past it, writes get
     /// etcd's "database space exceeded" and deletes still work.
     pub quota_backend_bytes: usize,
+    /// Chubby's lock-delay: the keys of a lease that ended without their deletion (expired,
+    /// or revoked) stay this much longer, so a lock whose holder stopped renewing passes to
+    /// the next waiter no sooner than this after the lease ended. A released lock (its key
+    /// deleted) passes at once. Zero, the default, behaves as etcd does.
+    pub lock_delay: Duration,
 }
 
 impl Default for Config {
@@ -102,6 +107,7 @@ impl Default for Config {
             history: DEFAULT_HISTORY,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
+            lock_delay: Duration::ZERO,
         }
     }
 }
@@ -160,6 +166,7 @@ impl Server {
             history: config.history,
             history_bytes: HISTORY_BYTES,
             quota_bytes: config.quota_backend_bytes,
+            lock_delay: config.lock_delay,
         };
         Ok(Self {
             state: State::new(revisions, start, limits),

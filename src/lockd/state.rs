@@ -143,6 +143,18 @@ pub struct Limits {
     /// Bytes of live keys and values a write may grow the key space to (etcd's backend
     /// quota): a Put or Txn that would grow it further is refused; deletes always work.
     pub quota_bytes: usize,
+    /// How long the keys of a lease that ended without their deletion (it expired or was
+    /// revoked) outlive it: a lock key left by a holder that stopped renewing keeps the next
+    /// waiter out this much longer (Chubby's lock-delay). Zero deletes them with the lease.
+    pub lock_delay: Duration,
+}
+
+/// The keys of a lease that ended, kept until `until` (the lock-delay).
+struct Lingering {
+    until: Instant,
+    lease: i64,
+    /// Each key with its create_revision: only that incarnation is deleted at the end.
+    keys: Vec<(Vec<u8>, i64)>,
 }
 
 pub struct State {
@@ -156,6 +168,8 @@ pub struct State {
     oldest_kept: i64,
     leases: HashMap<i64, Lease>,
     deadlines: BTreeSet<(Instant, i64)>,
+    /// Keys of ended leases kept for the lock-delay, soonest end first.
+    lingering: VecDeque<Lingering>,
     revisions: Revisions,
     identity: Identity,
     limits: Limits,
@@ -182,6 +196,7 @@ impl State {
             oldest_kept: if revision <= 1 { 1 } else { revision + 1 },
             leases: HashMap::new(),
             deadlines: BTreeSet::new(),
+            lingering: VecDeque::new(),
             revisions,
             identity,
             limits,
@@ -802,10 +817,43 @@ impl State {
         Some(lease.ttl)
     }
 
-    /// Ends lease `id` and deletes its keys, all at one revision.
+    /// Ends lease `id` and deletes its keys, all at one revision; with a lock-delay, the keys
+    /// stay that much longer (the lease itself is gone at once: no renewal, no new key).
     pub fn revoke(&mut self, id: i64) -> Result<pb::LeaseRevokeResponse, EtcdError> {
+        self.end_lease(id, Instant::now())
+    }
+
+    fn end_lease(&mut self, id: i64, now: Instant) -> Result<pb::LeaseRevokeResponse, EtcdError> {
         if !self.leases.contains_key(&id) {
             return Err(EtcdError::LeaseNotFound);
+        }
+        if !self.limits.lock_delay.is_zero() {
+            let lease = self.leases.remove(&id).expect("checked above");
+            self.deadlines.remove(&(lease.deadline, id));
+            let keys = lease
+                .keys
+                .into_iter()
+                .filter_map(|key| {
+                    let created = self.keys.get(&key)?.create_revision;
+                    Some((key, created))
+                })
+                .collect::<Vec<_>>();
+            if !keys.is_empty() {
+                let until = now + self.limits.lock_delay;
+                // In order of `until`, also when callers' clocks interleave.
+                let at = self.lingering.partition_point(|l| l.until <= until);
+                self.lingering.insert(
+                    at,
+                    Lingering {
+                        until,
+                        lease: id,
+                        keys,
+                    },
+                );
+            }
+            return Ok(pb::LeaseRevokeResponse {
+                header: Some(self.header()),
+            });
         }
         let revision = self.begin()?;
         let lease = self.leases.remove(&id).expect("checked above");
@@ -823,9 +871,42 @@ impl State {
         })
     }
 
-    /// The earliest lease deadline, if any lease exists.
+    /// Deletes the lingering keys whose lock-delay has passed, each only while it is still
+    /// the incarnation its lease left (not deleted, nor deleted and created again since).
+    fn end_lingering(&mut self, now: Instant) {
+        while self.lingering.front().is_some_and(|l| l.until <= now) {
+            let lingering = self.lingering.pop_front().expect("checked above");
+            let keys: Vec<Vec<u8>> = lingering
+                .keys
+                .into_iter()
+                .filter(|(key, created)| {
+                    self.keys.get(key).is_some_and(|kv| {
+                        kv.create_revision == *created && kv.lease == lingering.lease
+                    })
+                })
+                .map(|(key, _)| key)
+                .collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let revision = match self.begin() {
+                Ok(revision) => revision,
+                Err(e) => {
+                    tracing::error!("cannot delete keys after the lock-delay: {e}");
+                    return;
+                }
+            };
+            let mut events = Vec::with_capacity(keys.len());
+            self.delete_keys(revision, keys, false, &mut events);
+            self.commit(revision, events);
+        }
+    }
+
+    /// The earliest lease deadline or end of a lock-delay, if any.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|&(deadline, _)| deadline)
+        let lease = self.deadlines.first().map(|&(deadline, _)| deadline);
+        let lingering = self.lingering.front().map(|l| l.until);
+        lease.into_iter().chain(lingering).min()
     }
 
     /// Revokes every lease whose deadline has passed; returns their IDs.
@@ -836,8 +917,9 @@ impl State {
             .take_while(|(deadline, _)| *deadline <= now)
             .map(|&(_, id)| id)
             .collect();
+        self.end_lingering(now);
         due.into_iter()
-            .filter(|&id| match self.revoke(id) {
+            .filter(|&id| match self.end_lease(id, now) {
                 Ok(_) => true,
                 Err(e) => {
                     tracing::error!(lease = %format!("{id:x}"), "cannot expire the lease: {e}");
@@ -1195,6 +1277,7 @@ mod tests {
                 history: 100,
                 history_bytes: 10_000,
                 quota_bytes: usize::MAX,
+                lock_delay: Duration::ZERO,
             },
         )
     }
@@ -1473,6 +1556,70 @@ mod tests {
             s.grant(now, 0, MAX_LEASE_TTL + 1).err(),
             Some(EtcdError::LeaseTtlTooLarge)
         );
+    }
+
+    #[test]
+    fn with_a_lock_delay_an_ended_lease_leaves_its_keys_for_the_delay() {
+        let mut s = state();
+        s.limits.lock_delay = Duration::from_secs(3);
+        let now = Instant::now();
+        let put_leased = |s: &mut State, key: &str, lease: i64| {
+            let request = pb::PutRequest {
+                key: key.into(),
+                lease,
+                ..Default::default()
+            };
+            s.put(&request).unwrap();
+        };
+        let expiring = s.grant(now, 0, 1).unwrap().id;
+        put_leased(&mut s, "/lock/a", expiring);
+        put_leased(&mut s, "/lock/reused", expiring);
+        let revoked = s.grant(now, 0, 10).unwrap().id;
+        put_leased(&mut s, "/lock/b", revoked);
+
+        let ended = now + Duration::from_secs(1);
+        assert_eq!(s.expire(ended), vec![expiring]);
+        let before = s.revision();
+        // The lease is gone at once: no renewal, no new key on it, TTL -1.
+        assert_eq!(s.renew(ended, expiring), None);
+        let ttl = pb::LeaseTimeToLiveRequest {
+            id: expiring,
+            keys: false,
+        };
+        assert_eq!(s.time_to_live(ended, &ttl).ttl, -1);
+        // Its keys stay, with the lease they had.
+        assert_eq!(get(&s, "/lock/a", 0).unwrap().unwrap().lease, expiring);
+        // One is deleted and created again meanwhile: that new incarnation is not the lease's.
+        let delete = pb::DeleteRangeRequest {
+            key: b"/lock/reused".to_vec(),
+            ..Default::default()
+        };
+        s.delete_range(&delete).unwrap();
+        put(&mut s, "/lock/reused", "new");
+        let reused = s.revision();
+        assert!(reused > before);
+
+        // Revoked (at the real clock's now, before `ended`): its key stays 3 s from then.
+        let revoked_at = Instant::now();
+        assert!(s.revoke(revoked).is_ok());
+        assert!(get(&s, "/lock/b", 0).unwrap().is_some());
+        let next = s.next_deadline().unwrap();
+        assert!(
+            next >= revoked_at + Duration::from_secs(3) && next < ended + Duration::from_secs(3)
+        );
+
+        s.expire(revoked_at + Duration::from_millis(2900));
+        assert!(get(&s, "/lock/b", 0).unwrap().is_some());
+        s.expire(ended + Duration::from_millis(2999));
+        assert_eq!(get(&s, "/lock/b", 0).unwrap(), None);
+        assert!(get(&s, "/lock/a", 0).unwrap().is_some());
+        s.expire(ended + Duration::from_secs(3));
+        assert_eq!(get(&s, "/lock/a", 0).unwrap(), None);
+        assert_eq!(
+            get(&s, "/lock/reused", 0).unwrap().unwrap().mod_revision,
+            reused
+        );
+        assert_eq!(s.next_deadline(), None);
     }
 
     #[test]

@@ -70,6 +70,11 @@ impl Holder {
         event
     }
 
+    /// Sends `signal` to the holder process (e.g. `Signal::STOP` to freeze it).
+    pub(crate) fn signal(&self, signal: Signal) {
+        self.child.signal(signal);
+    }
+
     /// SIGTERM while holding: it releases the lock and exits 0.
     pub(crate) fn release(mut self) {
         self.child.signal(Signal::TERM);

@@ -12,6 +12,7 @@ mod cluster;
 mod differential;
 mod enqueue;
 mod errors;
+mod lock_delay;
 mod names;
 mod suite;
 mod tls;
