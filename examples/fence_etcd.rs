@@ -32,14 +32,20 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
     match written {
-        Ok(revision) => println!("written at revision {revision} under token {}", holder.token),
+        Ok(revision) => println!(
+            "written at revision {revision} under token {}",
+            holder.token
+        ),
         Err(EtcdFenceError::LockGone { .. }) => println!("the lock was lost: nothing written"),
         Err(e) => return Err(e.into()),
     }
 
     // A reader without the lock: the data and the token that wrote it, at one revision.
     let read = fence.read("/config", &["config/mode"]).await?;
-    println!("read at revision {}: written under token {:?}", read.revision, read.token);
+    println!(
+        "read at revision {}: written under token {:?}",
+        read.revision, read.token
+    );
 
     guard.unlock().await?;
     session.close().await?;

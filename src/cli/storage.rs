@@ -7,7 +7,7 @@ use clap::Args;
 use fencelock::storage::{self, Engine, Limits, Policy, limits};
 use tracing::info;
 
-use super::{announce, exit, listen, shutdown_signal};
+use super::{Endpoints, announce, exit, listen, shutdown_signal};
 
 #[derive(Args)]
 pub struct StorageArgs {
@@ -34,6 +34,15 @@ pub struct StorageArgs {
     /// Connections open at once; one more is answered 503 busy and closed.
     #[arg(long, value_name = "N", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Verify every checked token with the lock service at --endpoints: refuse a token that
+    /// was never the create_revision of a lock key under the request's lock name
+    /// (unknown_token), whose lock key is gone (holder_gone) or still waits (not_holder).
+    /// Fenced requests must then name their lock (?fence=NAME).
+    #[arg(long)]
+    verify_tokens: bool,
+    /// The lock service that tokens are verified with (only with --verify-tokens).
+    #[command(flatten)]
+    lock_service: Endpoints,
 }
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
@@ -52,9 +61,18 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
         },
     };
     let (listener, addr) = listen(&args.listen).await?;
-    let server = storage::Server::open(config)
+    let mut server = storage::Server::open(config)
         .await
         .with_context(|| format!("cannot start the storage ({engine})"))?;
+    if args.verify_tokens {
+        let endpoints = &args.lock_service.endpoints;
+        let options = args.lock_service.tls.connect_options()?;
+        let client = fencelock::lock::Client::connect_with(endpoints, &options)
+            .await
+            .context("--verify-tokens: cannot reach the lock service")?;
+        server = server.verify_tokens(storage::verify::Verifier::new(client));
+        info!(endpoints = %endpoints.join(","), "tokens are verified with the lock service");
+    }
     info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
     announce(addr)?;
     server

@@ -46,10 +46,12 @@ pub enum Outcome {
     WrongFence,
     BadRequest,
     Failed,
+    /// Refused by token verification (`--verify-tokens`).
+    Unverified,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 7] = [
+    const ALL: [Outcome; 8] = [
         Outcome::Ok,
         Outcome::NotFound,
         Outcome::Stale,
@@ -57,6 +59,7 @@ impl Outcome {
         Outcome::WrongFence,
         Outcome::BadRequest,
         Outcome::Failed,
+        Outcome::Unverified,
     ];
 
     fn label(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Outcome {
             Outcome::WrongFence => "wrong_fence",
             Outcome::BadRequest => "bad_request",
             Outcome::Failed => "failed",
+            Outcome::Unverified => "unverified",
         }
     }
 }

@@ -9,6 +9,7 @@
 //!   `http` the state and JSON answers they share (so no two of these import each other).
 //! - `limits` holds the bounds on connections and queued request bodies (503 past them).
 //! - `metrics` holds the Prometheus counters and histograms.
+//! - [`verify`] holds token verification against the lock service (`--verify-tokens`).
 //! - [`client`] holds [`StorageClient`].
 //!
 //! The fence rule and the wire format are always compiled; the client needs the `client`
@@ -37,6 +38,8 @@ mod seed;
 pub mod server;
 #[cfg(feature = "storage")]
 mod store;
+#[cfg(feature = "storage")]
+pub mod verify;
 pub mod wire;
 
 #[cfg(feature = "storage")]

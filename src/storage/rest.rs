@@ -17,9 +17,10 @@ use super::fence::{Binding, Rejection};
 use super::http::{AppState, error_response, json};
 use super::metrics::{Op as MetricOp, Outcome};
 use super::store::{KeyFence, Op, Reply, StoreError, TxnOp, TxnResult};
+use super::verify::Unverified;
 use super::wire::{
     DecodeError, FENCING_TOKEN, FenceState, KvValue, KvWritten, StaleBody, TxnAnswer, TxnBody,
-    TxnOutcome, TxnStep, WrongFenceBody, check_name, parse_token_header,
+    TxnOutcome, TxnStep, UnverifiedBody, WrongFenceBody, check_name, parse_token_header,
 };
 use crate::FencingToken;
 
@@ -99,7 +100,7 @@ pub(super) async fn get_value(
         fence: request.fence,
         token: request.token,
     };
-    match app.store.execute(op).await {
+    match app.execute(op).await {
         Ok(Reply::Value(Some(entry), KeyFence { binding, token })) => {
             app.metrics.request(MetricOp::Read, Outcome::Ok);
             let body = KvValue {
@@ -152,7 +153,7 @@ pub(super) async fn put_value(
         fence: request.fence,
         token: request.token,
     };
-    match app.store.execute(op).await {
+    match app.execute(op).await {
         Ok(_) => {
             app.metrics.request(MetricOp::Write, Outcome::Ok);
             let body = KvWritten {
@@ -205,7 +206,7 @@ pub(super) async fn post_txn(
             TxnStep::Delete { key } => TxnOp::Delete { key },
         })
         .collect();
-    match app.store.execute(Op::Txn { fence, token, ops }).await {
+    match app.execute(Op::Txn { fence, token, ops }).await {
         Ok(Reply::Txn(results)) => {
             app.metrics.request(MetricOp::Txn, Outcome::Ok);
             let results = keys
@@ -244,7 +245,7 @@ pub(super) async fn get_fence(
         Ok(name) => name,
         Err(message) => return bad_request(&app, MetricOp::Fence, message),
     };
-    match app.store.execute(Op::Fence { name: name.clone() }).await {
+    match app.execute(Op::Fence { name: name.clone() }).await {
         Ok(Reply::Fence(Some(token))) => {
             app.metrics.request(MetricOp::Fence, Outcome::Ok);
             json(StatusCode::OK, &FenceState { fence: name, token })
@@ -324,6 +325,32 @@ fn refused(app: &AppState, op: MetricOp, error: StoreError) -> Response {
                 "missing_token",
                 format!("{rejection}: send it in the Fencing-Token header"),
             )
+        }
+        StoreError::Unverified(unverified) => {
+            app.metrics.request(op, Outcome::Unverified);
+            let message = unverified.to_string();
+            let (code, fence, token) = match unverified {
+                Unverified::UnknownToken { fence, token } => ("unknown_token", fence, token),
+                Unverified::HolderGone { fence, token } => ("holder_gone", fence, token),
+                Unverified::NotHolder { fence, token } => ("not_holder", fence, token),
+                Unverified::NoLockName { .. } => {
+                    return error_response(StatusCode::BAD_REQUEST, "lock_name_required", message);
+                }
+                Unverified::Unavailable(_) => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "lock_service_unavailable",
+                        message,
+                    );
+                }
+            };
+            let body = UnverifiedBody {
+                error: code.into(),
+                message,
+                fence,
+                token,
+            };
+            json(StatusCode::CONFLICT, &body)
         }
         StoreError::Failed(_) | StoreError::Closed => {
             app.metrics.request(op, Outcome::Failed);

@@ -18,6 +18,7 @@ use super::fence::{Policy, Rejection};
 use super::http::{AppState, json};
 use super::metrics::{Op as MetricOp, Outcome};
 use super::store::{Op, Reply, StoreError};
+use super::verify::Unverified;
 use super::wire::{KEY_NOT_FOUND, SeedOp, SeedRequest, SeedResponse};
 use crate::FencingToken;
 
@@ -53,7 +54,7 @@ pub(super) async fn handle(
                 fence: request.fence,
                 token,
             };
-            match app.store.execute(op).await {
+            match app.execute(op).await {
                 Ok(Reply::Value(Some(entry), _)) => {
                     app.metrics.request(MetricOp::Read, Outcome::Ok);
                     let val = String::from_utf8_lossy(&entry.value);
@@ -74,7 +75,7 @@ pub(super) async fn handle(
                 fence: request.fence,
                 token,
             };
-            match app.store.execute(op).await {
+            match app.execute(op).await {
                 Ok(_) => {
                     app.metrics.request(MetricOp::Write, Outcome::Ok);
                     // Bytes made from a String: always UTF-8, so this borrows.
@@ -114,6 +115,17 @@ fn refused(app: &AppState, op: MetricOp, error: StoreError) -> Response {
         StoreError::Rejected(Rejection::MissingToken { .. }) => (
             StatusCode::OK,
             Outcome::MissingToken,
+            error.to_string().into(),
+        ),
+        StoreError::Unverified(Unverified::Unavailable(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::Failed,
+            error.to_string().into(),
+        ),
+        // The seed's protocol answers refusals with 200 and an error text.
+        StoreError::Unverified(_) => (
+            StatusCode::OK,
+            Outcome::Unverified,
             error.to_string().into(),
         ),
         StoreError::Failed(_) | StoreError::Closed => (

@@ -107,12 +107,21 @@ impl Server {
             store: store.handle(),
             metrics,
             policy: config.policy,
+            verifier: std::sync::OnceLock::new(),
         });
         Ok(Server {
             store,
             state,
             limits: config.limits,
         })
+    }
+
+    /// Verifies every checked token with the lock service behind `verifier` before the
+    /// store sees the request ([`verify`](super::verify)). Call before serving.
+    pub fn verify_tokens(self, verifier: Arc<super::verify::Verifier>) -> Self {
+        // Only ever set here, once per server.
+        let _ = self.state.verifier.set(verifier);
+        self
     }
 
     /// Serves `listener` until `shutdown` resolves, then lets open requests finish, commits

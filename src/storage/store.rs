@@ -123,6 +123,9 @@ pub enum StoreError {
     Failed(Arc<str>),
     #[error("the store is shut down")]
     Closed,
+    /// Refused by token verification before reaching the store.
+    #[error(transparent)]
+    Unverified(#[from] super::verify::Unverified),
 }
 
 type Responder = oneshot::Sender<Result<Reply, StoreError>>;

@@ -248,6 +248,21 @@ pub struct StaleBody {
     pub current: FencingToken,
 }
 
+/// REST: the 409 body for a token that token verification refused: `error` is
+/// `unknown_token` (never handed out for the lock), `holder_gone` (its lock key is gone) or
+/// `not_holder` (a waiter's key).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnverifiedBody {
+    /// `unknown_token`, `holder_gone` or `not_holder`.
+    pub error: String,
+    /// What happened, in words.
+    pub message: String,
+    /// The lock name.
+    pub fence: String,
+    /// The presented token.
+    pub token: FencingToken,
+}
+
 /// REST: the 409 body for a request naming another fence than the key's.
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WrongFenceBody {

@@ -13,3 +13,4 @@ mod fencing;
 mod limits;
 mod rest;
 mod txn;
+mod verify;
