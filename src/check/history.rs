@@ -30,6 +30,75 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What the workers do under the lock, and so what the analysis looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Workload {
+    /// Each cycle adds the worker's own element (`w<worker>-<op>`) to a set held under one
+    /// key: every loss is observed exactly, as an acknowledged element missing from a later
+    /// read (Jepsen's lock-set workload).
+    Set,
+    /// Each cycle increments a counter: losses are inferred from duplicate values, stale
+    /// reads and the final counter.
+    Counter,
+}
+
+impl Workload {
+    /// The name on the command line and in the files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Set => "set",
+            Workload::Counter => "counter",
+        }
+    }
+
+    /// The storage key the workload's workers read and write.
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::Set => "set",
+            Workload::Counter => "counter",
+        }
+    }
+
+    /// The workload of a run recorded before the set workload existed: the counter.
+    pub fn recorded_before_sets() -> Self {
+        Workload::Counter
+    }
+}
+
+/// A set as the set workload stores it: its elements joined by commas (elements are
+/// `w<worker>-<op>`, which never contain one). The empty string is the empty set.
+pub fn encode_set(elements: &[String]) -> String {
+    elements.join(",")
+}
+
+/// The elements of a stored set, in stored order; `None` when the text is not a set the
+/// workers could have written (an element other than `w<worker>-<op>`).
+pub fn decode_set(text: &str) -> Option<Vec<String>> {
+    let mut elements = Vec::new();
+    for element in text.split(',').filter(|e| !e.is_empty()) {
+        let (worker, op) = element.strip_prefix('w')?.split_once('-')?;
+        worker.parse::<u32>().ok()?;
+        op.parse::<u64>().ok()?;
+        elements.push(element.to_owned());
+    }
+    Some(elements)
+}
+
+/// The set as the checker read it itself, after every worker had stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalSet {
+    /// When the checker sent its read (CLOCK_MONOTONIC): every add completed before it must
+    /// be in the set.
+    pub invoke_mono_ns: u64,
+    pub elements: Vec<String>,
+}
+
+/// The element worker `worker` adds in its operation `op`.
+pub fn element(worker: u32, op: u64) -> String {
+    format!("w{worker}-{op}")
+}
+
 /// What a worker did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -38,11 +107,13 @@ pub enum OpKind {
     Session,
     /// Acquire the lock. Completion carries `lease` and `token`.
     Lock,
-    /// Fenced read of the counter. Completion carries `token` and `value` (0 when the key
-    /// has no value yet).
+    /// Fenced read of the counter or the set. Completion carries `token` and, for the
+    /// counter, `value` (0 when the key has no value yet) or, for the set, `set` (empty when
+    /// the key has no value yet).
     Read,
-    /// Fenced write of the counter. Invocation and completion carry `token` and `value`
-    /// (the value written: the value read + 1).
+    /// Fenced write of the counter or the set. Invocation and completion carry `token` and,
+    /// for the counter, `value` (the value written: the value read + 1) or, for the set,
+    /// `element` (the write is the add of that element to the set read).
     Write,
     /// Release the lock (delete the lock key).
     Unlock,
@@ -83,6 +154,12 @@ pub struct Event {
     pub token: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<u64>,
+    /// For a write of the set workload: the element it adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub element: Option<String>,
+    /// For a read of the set workload, at its completion: the set it returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<Vec<String>>,
     /// For a `fail` of a read or write: true when the storage refused the token as stale.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stale: bool,
@@ -235,6 +312,8 @@ mod tests {
             lease: None,
             token: Some(12),
             value: Some(4),
+            element: None,
+            set: None,
             stale: true,
             current: Some(13),
             error: None,
@@ -248,6 +327,16 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         let back: Vec<Event> = read_lines(&path).unwrap();
         assert_eq!(back, vec![event.clone(), event]);
+    }
+
+    #[test]
+    fn a_set_round_trips_through_its_stored_text_and_foreign_text_is_no_set() {
+        let elements = vec![element(1, 4), element(12, 30)];
+        assert_eq!(encode_set(&elements), "w1-4,w12-30");
+        assert_eq!(decode_set(&encode_set(&elements)), Some(elements));
+        assert_eq!(decode_set(""), Some(vec![]));
+        assert_eq!(decode_set("7"), None);
+        assert_eq!(decode_set("w1-4,x"), None);
     }
 
     #[test]

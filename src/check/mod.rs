@@ -1,7 +1,9 @@
 //! `fencelock check`: a fault-injection checker after Jepsen's etcd lock tests. Worker
-//! processes increment a counter under a fenced lock while the checker freezes, revokes and
-//! kills; the recorded history is then analysed for lost updates, stale reads, tokens
-//! accepted out of order, acquisitions out of token order, and overlapping holders.
+//! processes add their own elements to a set (the default workload) or increment a counter
+//! under a fenced lock while the checker freezes, revokes and kills; the recorded history is
+//! then analysed for lost and phantom elements (or lost updates and stale reads of the
+//! counter), tokens accepted out of order, acquisitions out of token order, and overlapping
+//! holders.
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
 //! - [`worker`]: one worker process's loop (`fencelock check-worker`).
@@ -17,6 +19,7 @@
 //!     fault spans;
 //!   - `analysis/rules.rs`: the rules (lost updates, stale reads, backwards tokens, token
 //!     order, overlaps, lease expiries, …) and the verdict;
+//!   - `analysis/set.rs`: the set workload's rules (lost elements, phantoms);
 //!   - `analysis/report.rs`: the report's shape (its JSON) and the summary table;
 //!   - `analysis/fixtures.rs`: hand-built histories for the unit tests.
 //! - [`timeline`]: the SVG timeline picture of one run.

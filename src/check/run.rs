@@ -16,7 +16,9 @@ use tokio::time::sleep;
 
 use super::analysis::Report;
 use super::faults::Injector;
-use super::history::{Event, FaultKind, KeyChange, KeyEvent, Log, mono_ns, wall_ms};
+use super::history::{
+    Event, FaultKind, FinalSet, KeyChange, KeyEvent, Log, Workload, decode_set, mono_ns, wall_ms,
+};
 use super::saved::{RUN_FILE, RunMeta, load};
 use super::workers::{
     Tracker, WorkerState, follow_worker, locked, revoke_leftover_leases, spawn_worker, stop_workers,
@@ -27,9 +29,6 @@ use fencelock::lock::{Client, LeaseId, PrefixWatch};
 use fencelock::process::EtcdCluster;
 use fencelock::process::ServerProcess;
 use fencelock::storage::fence::Policy;
-
-/// The counter's key in the storage.
-pub const COUNTER_KEY: &str = "counter";
 
 /// How long stopped workers get to exit before they are killed.
 pub(crate) const WORKER_EXIT_GRACE: Duration = Duration::from_secs(3);
@@ -59,6 +58,7 @@ pub struct Options {
     pub clients: u32,
     pub ttl: Duration,
     pub lock: String,
+    pub workload: Workload,
     pub work: (Duration, Duration),
     /// `None`: every fault the backend allows.
     pub faults: Option<Vec<FaultKind>>,
@@ -344,7 +344,22 @@ pub(crate) async fn run_policy(
     }
     injected?;
     revoke_leftover_leases(&client, &tracker).await;
-    let final_value = read_counter(&storage.endpoint()).await;
+    let (final_value, final_set) = match options.workload {
+        Workload::Counter => {
+            let text = read_final(&storage.endpoint(), Workload::Counter.key()).await;
+            (text.and_then(|t| counter_value(&t)), None)
+        }
+        Workload::Set => {
+            let invoke_mono_ns = mono_ns();
+            let text = read_final(&storage.endpoint(), Workload::Set.key()).await;
+            let elements = text.as_deref().and_then(decode_set);
+            let final_set = elements.map(|elements| FinalSet {
+                invoke_mono_ns,
+                elements,
+            });
+            (None, final_set)
+        }
+    };
     // Events delivered by now are in the file; the watch may stop.
     watcher.abort();
     let _ = watcher.await;
@@ -357,7 +372,9 @@ pub(crate) async fn run_policy(
         duration_s: options.duration.as_secs_f64(),
         lock: lock.to_string(),
         lock_service: lock_service.describe(),
+        workload: options.workload,
         final_value,
+        final_set,
         start_mono_ns,
         end_mono_ns,
     };
@@ -368,9 +385,9 @@ pub(crate) async fn run_policy(
     load(dir)
 }
 
-/// The counter's final value, read without a token (a plain read under every policy).
-/// `None` when the storage cannot answer.
-pub(crate) async fn read_counter(storage: &str) -> Option<u64> {
+/// The text stored under `key` at the end, read without a token (a plain read under every
+/// policy): empty when the key holds nothing, `None` when the storage cannot answer.
+pub(crate) async fn read_final(storage: &str, key: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Value {
         value: String,
@@ -379,17 +396,26 @@ pub(crate) async fn read_counter(storage: &str) -> Option<u64> {
         .timeout(Duration::from_secs(5))
         .build()
         .ok()?;
-    let url = format!("{storage}/v1/kv/{COUNTER_KEY}");
+    let url = format!("{storage}/v1/kv/{key}");
     for _ in 0..20 {
         match http.get(&url).send().await {
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Some(0),
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => return Some(String::new()),
             Ok(r) if r.status().is_success() => {
-                return r.json::<Value>().await.ok()?.value.parse().ok();
+                return r.json::<Value>().await.ok().map(|v| v.value);
             }
             _ => sleep(Duration::from_millis(250)).await,
         }
     }
     None
+}
+
+/// The counter in a stored text: 0 when nothing is stored yet.
+fn counter_value(text: &str) -> Option<u64> {
+    if text.is_empty() {
+        Some(0)
+    } else {
+        text.parse().ok()
+    }
 }
 
 pub(crate) async fn current_revision(client: &Client) -> anyhow::Result<u64> {
@@ -486,8 +512,12 @@ pub(crate) async fn show_progress(
         let share = elapsed.as_secs_f64() / options.duration.as_secs_f64().max(f64::EPSILON);
         const WIDTH: usize = 30;
         let filled = ((share * WIDTH as f64) as usize).min(WIDTH);
+        let acknowledged = match options.workload {
+            Workload::Set => "adds",
+            Workload::Counter => "increments",
+        };
         let line = format!(
-            "check {label} [{}{}] {:>3}/{} s  increments {increments}  stale {stale}  faults {faults}",
+            "check {label} [{}{}] {:>3}/{} s  {acknowledged} {increments}  stale {stale}  faults {faults}",
             "#".repeat(filled),
             "-".repeat(WIDTH - filled),
             elapsed.as_secs(),

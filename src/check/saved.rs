@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::analysis::{self, Input, Report};
-use super::history::{Event, FaultEvent, KeyEvent, read_lines};
+use super::history::{Event, FaultEvent, FinalSet, KeyEvent, Workload, read_lines};
 use super::run::{CheckError, Run, setup};
 use super::timeline;
 use fencelock::storage::fence::Policy;
@@ -26,8 +26,14 @@ pub struct RunMeta {
     pub duration_s: f64,
     pub lock: String,
     pub lock_service: String,
-    /// The counter read after the workers stopped.
+    /// What the workers did; a run recorded before the set workload existed was a counter.
+    #[serde(default = "Workload::recorded_before_sets")]
+    pub workload: Workload,
+    /// The counter read after the workers stopped (counter workload).
     pub final_value: Option<u64>,
+    /// The set read after the workers stopped (set workload), when it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_set: Option<FinalSet>,
     pub start_mono_ns: u64,
     pub end_mono_ns: u64,
 }
@@ -62,10 +68,12 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
     keys.retain(|k| k.mono_ns <= meta.end_mono_ns);
     let input = Input {
         policy,
+        workload: meta.workload,
         events,
         faults,
         keys,
         final_value: meta.final_value,
+        final_set: meta.final_set.clone(),
         start_mono_ns: meta.start_mono_ns,
         end_mono_ns: meta.end_mono_ns,
     };
@@ -79,8 +87,12 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
         serde_json::to_string_pretty(&report).unwrap_or_default(),
     )?;
     let title = format!(
-        "fencelock check · {} workers on {} · TTL {} s · seed {}",
-        meta.clients, meta.lock_service, meta.ttl_s, meta.seed
+        "fencelock check · {} workload · {} workers on {} · TTL {} s · seed {}",
+        meta.workload.name(),
+        meta.clients,
+        meta.lock_service,
+        meta.ttl_s,
+        meta.seed
     );
     write("timeline.svg", timeline::svg(&input, &report, &title))?;
     Ok(Run {

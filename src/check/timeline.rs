@@ -4,8 +4,10 @@
 //!
 //! Invariants: the picture is drawn from the same [`analysis`] helpers as the report, so
 //! what it marks is what the report counts (every write of a value that several
-//! acknowledged writes wrote is ringed; a shortfall of the final counter has no single write
-//! to ring and shows only in the title); every piece of text from the record or
+//! acknowledged writes wrote is ringed, as is every acknowledged add of a lost element; a
+//! shortfall of the final counter has no single write to ring and shows only in the title;
+//! each phantom's failed add gets a dashed ring and the first read that showed it a
+//! diamond); every piece of text from the record or
 //! the caller is escaped; the plot is at least `MIN_PLOT_WIDTH` wide and gives each second
 //! at least `MIN_PX_PER_S`, so a 60-120 s run stays readable.
 //!
@@ -48,6 +50,7 @@ const LOST: &str = "#e31a1c";
 const BACKWARDS: &str = "#6a51a3";
 const EXPIRY: &str = "#a50f15";
 const OVERLAP: &str = "#fb6a4a";
+const PHANTOM: &str = "#ce1256";
 
 /// Horizontal placement: seconds since the run's start to x.
 struct Scale {
@@ -343,12 +346,29 @@ impl Picture {
     /// Reads as ticks, writes by what the storage did with them, and the report's findings
     /// ringed.
     fn reads_and_writes(&mut self, ops: &[Op], report: &Report) {
-        let lost: HashSet<(u32, u64)> = report
-            .lost_updates
-            .duplicates
-            .iter()
-            .flat_map(|d| d.writes.iter().map(|w| (w.worker, w.op)))
-            .collect();
+        let mut lost: HashSet<(u32, u64)> = HashSet::new();
+        let mut phantom_adds: HashSet<(u32, u64)> = HashSet::new();
+        let mut phantom_reads: HashSet<(u32, u64)> = HashSet::new();
+        if let Some(counter) = &report.counter {
+            lost.extend(
+                counter
+                    .lost_updates
+                    .duplicates
+                    .iter()
+                    .flat_map(|d| d.writes.iter().map(|w| (w.worker, w.op))),
+            );
+        }
+        if let Some(set) = &report.set {
+            lost.extend(set.lost.iter().map(|l| (l.add.worker, l.add.op)));
+            for phantom in &set.phantoms {
+                if let Some(add) = &phantom.add {
+                    phantom_adds.insert((add.worker, add.op));
+                }
+                if let (Some(worker), Some(op)) = (phantom.read.worker, phantom.read.op) {
+                    phantom_reads.insert((worker, op));
+                }
+            }
+        }
         let backwards: HashSet<(u32, u64)> = report
             .backwards_tokens
             .iter()
@@ -360,14 +380,18 @@ impl Picture {
             };
             let x = self.scale.x(op.at_ns());
             let mid = y + WORKER_LANE_H / 2.0;
+            let what = match (&op.element, &op.set) {
+                (Some(element), _) => format!("add {element}"),
+                (None, Some(set)) => format!("{} elements", set.len()),
+                (None, None) => format!("value {}", show(op.value)),
+            };
             let tip = esc(&format!(
-                "worker {} op {} {} {:?} token {} value {}{}",
+                "worker {} op {} {} {:?} token {} {what}{}",
                 op.worker,
                 op.op,
                 kind_name(op.f),
                 op.outcome,
                 show(op.token),
-                show(op.value),
                 op.error
                     .as_deref()
                     .map(|e| format!(": {e}"))
@@ -386,6 +410,13 @@ impl Picture {
                         y + 2.0,
                         y + 9.0,
                     );
+                    if phantom_reads.contains(&(op.worker, op.op)) {
+                        let _ = writeln!(
+                            self.s,
+                            r#"<path d="M{x:.1},{:.1} l4,4 l-4,4 l-4,-4 z" fill="{PHANTOM}"/>"#,
+                            y + 1.5,
+                        );
+                    }
                 }
                 OpKind::Write => {
                     write_marker(&mut self.s, x, mid, op.outcome, op.stale, &tip);
@@ -393,6 +424,12 @@ impl Picture {
                         let _ = writeln!(
                             self.s,
                             r#"<circle cx="{x:.1}" cy="{mid:.1}" r="7" fill="none" stroke="{LOST}" stroke-width="1.8"/>"#
+                        );
+                    }
+                    if phantom_adds.contains(&(op.worker, op.op)) {
+                        let _ = writeln!(
+                            self.s,
+                            r#"<circle cx="{x:.1}" cy="{mid:.1}" r="7" fill="none" stroke="{PHANTOM}" stroke-width="1.8" stroke-dasharray="3,2"/>"#
                         );
                     }
                 }
@@ -465,29 +502,54 @@ fn heading(s: &mut String, input: &Input, report: &Report, title: &str, workers:
             (false, _) => "not claimed safe",
         },
     );
-    let counts = [
-        format!(
-            "{:.0} s, {workers} workers, {total_ops} operations, {} acknowledged increments, \
-             {} unknown writes, final counter {}",
-            report.duration_s,
-            report.acknowledged_increments,
-            report.unknown_writes,
-            show(report.final_value),
-        ),
-        format!(
-            "{} lost updates ({:.1}%), {} backwards tokens, {} overlaps ({:.1} s), \
-             {}/{} stale reads/writes, {} lease expiries, {} faults",
-            report.lost_updates.count,
-            report.lost_updates.share * 100.0,
-            report.backwards_tokens.len(),
-            report.overlaps.intervals.len(),
-            report.overlaps.total_s,
-            report.stale_rejections.reads,
-            report.stale_rejections.writes,
-            report.lease_expiries.len(),
-            report.fault_spans.len(),
-        ),
-    ];
+    let common = format!(
+        "{} backwards tokens, {} overlaps ({:.1} s), {}/{} stale reads/writes, \
+         {} lease expiries, {} faults",
+        report.backwards_tokens.len(),
+        report.overlaps.intervals.len(),
+        report.overlaps.total_s,
+        report.stale_rejections.reads,
+        report.stale_rejections.writes,
+        report.lease_expiries.len(),
+        report.fault_spans.len(),
+    );
+    let run = format!(
+        "{:.0} s, {workers} workers, {total_ops} operations",
+        report.duration_s
+    );
+    let counts = match (&report.counter, &report.set) {
+        (Some(counter), _) => [
+            format!(
+                "{run}, {} acknowledged increments, {} unknown writes, final counter {}",
+                counter.acknowledged_increments,
+                counter.unknown_writes,
+                show(counter.final_value),
+            ),
+            format!(
+                "{} lost updates ({:.1}%), {common}",
+                counter.lost_updates.count,
+                counter.lost_updates.share * 100.0,
+            ),
+        ],
+        (None, Some(set)) => [
+            format!(
+                "{run}, {} acknowledged adds, {} unknown adds ({} in the final read), {} \
+                 failed adds, final set of {}",
+                set.acknowledged_adds,
+                set.unknown_adds,
+                show(set.unknown_adds_present),
+                set.failed_adds,
+                show(set.final_size),
+            ),
+            format!(
+                "{} lost elements ({:.1}%), {} phantoms, {common}",
+                set.lost.len(),
+                set.lost_share * 100.0,
+                set.phantoms.len(),
+            ),
+        ],
+        (None, None) => [run, common],
+    };
     for (i, line) in counts.iter().enumerate() {
         let _ = writeln!(
             s,
@@ -544,7 +606,7 @@ fn axis(s: &mut String, scale: &Scale, duration_s: f64, top: f64, y: f64) {
 }
 
 /// The legend's entries: a drawing at (0, 0) and its words.
-const LEGEND: [(&str, &str); 14] = [
+const LEGEND: [(&str, &str); 16] = [
     (
         r##"<rect x="-6" y="-5" width="14" height="10" rx="2" fill="#9ecae1" stroke="#737373" stroke-width="0.5"/>"##,
         "hold (lock ok to unlock)",
@@ -577,7 +639,15 @@ const LEGEND: [(&str, &str); 14] = [
     (r##"<circle r="3.5" fill="#969696"/>"##, "write failed"),
     (
         r##"<circle r="7" fill="none" stroke="#e31a1c" stroke-width="1.8"/>"##,
-        "lost update (value written twice)",
+        "lost: increment written twice",
+    ),
+    (
+        r##"<circle r="7" fill="none" stroke="#e31a1c" stroke-width="1.8"/><circle r="3.5" fill="#238b45"/>"##,
+        "lost: acknowledged add missing later",
+    ),
+    (
+        r##"<circle r="7" fill="none" stroke="#ce1256" stroke-width="1.8" stroke-dasharray="3,2"/><path d="M8,-9 l4,4 l-4,4 l-4,-4 z" fill="#ce1256"/>"##,
+        "phantom: failed add, and the read showing it",
     ),
     (
         r##"<rect x="-7" y="-7" width="14" height="14" fill="none" stroke="#6a51a3" stroke-width="1.8"/>"##,
@@ -650,10 +720,50 @@ fn write_marker(s: &mut String, x: f64, y: f64, outcome: Outcome, stale: bool, t
 mod tests {
     use super::*;
     use crate::check::analysis::analyse;
-    use crate::check::analysis::fixtures::{End, History, START, at};
+    use crate::check::analysis::fixtures::{End, History, START, at, phantom_and_loss};
     use crate::check::history::KeyChange;
     use fencelock::FencingToken;
     use fencelock::storage::fence::{self, Access, Policy};
+
+    #[test]
+    fn a_set_timeline_rings_the_lost_add_and_marks_the_phantom_and_its_read() {
+        let input = phantom_and_loss().set_input(Policy::Strict, Some(&["w2-3", "w1-7"]), 3000);
+        let report = analyse(&input);
+        let svg = svg(&input, &report, "set");
+        assert!(svg.contains("2 acknowledged adds, 0 unknown adds (0 in the final read), 1 failed adds, final set of 2"), "{svg}");
+        assert!(svg.contains("1 lost elements (50.0%), 1 phantoms"), "{svg}");
+        assert!(svg.contains("SAFETY VIOLATED"));
+        // The lost add w1-3 is ringed where it was acknowledged (0.21 s), the failed add
+        // w2-3 has a dashed ring, the read that showed it a diamond.
+        let x = |s: f64| MARGIN_LEFT + s * MIN_PLOT_WIDTH / 3.0;
+        let ring = format!(r#"<circle cx="{:.1}" cy"#, x(0.21));
+        let lost_ring = svg
+            .lines()
+            .filter(|l| l.starts_with(&ring) && l.contains(LOST))
+            .count();
+        assert_eq!(lost_ring, 1, "{svg}");
+        let dashed = format!(r#"<circle cx="{:.1}""#, x(1.21));
+        assert_eq!(
+            svg.lines()
+                .filter(|l| l.starts_with(&dashed) && l.contains(PHANTOM))
+                .count(),
+            1,
+            "{svg}"
+        );
+        let diamond = format!(r#"<path d="M{:.1},"#, x(2.03));
+        assert_eq!(
+            svg.lines()
+                .filter(|l| l.starts_with(&diamond) && l.contains(PHANTOM))
+                .count(),
+            1,
+            "{svg}"
+        );
+        assert!(
+            svg.contains("add w2-3"),
+            "the add's element is in its tooltip"
+        );
+        assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+    }
 
     #[test]
     fn timeline_has_a_lane_per_worker_and_escapes_its_title() {
@@ -936,11 +1046,16 @@ mod tests {
         let strict = analyse(&sample_input(Policy::Strict));
         let writes = analyse(&sample_input(Policy::Writes));
         let off = analyse(&sample_input(Policy::Off));
-        assert_eq!(strict.lost_updates.count, 0, "{:?}", strict.lost_updates);
+        assert_eq!(
+            strict.counter().lost_updates.count,
+            0,
+            "{:?}",
+            strict.counter().lost_updates
+        );
         assert_eq!(strict.backwards_tokens, vec![]);
         assert!(strict.valid());
-        assert!(writes.lost_updates.count > 0);
-        assert!(off.lost_updates.count > 0);
+        assert!(writes.counter().lost_updates.count > 0);
+        assert!(off.counter().lost_updates.count > 0);
         assert!(!strict.overlaps.intervals.is_empty());
     }
 

@@ -1,7 +1,10 @@
 //! One checker worker: the body of the hidden `fencelock check-worker` command.
 //!
-//! It loops as Jepsen's etcd lock test does: open a session, lock, fenced read of the
-//! counter, work for a random time, fenced write of the counter + 1, unlock, close. Every
+//! It loops as Jepsen's etcd lock tests do: open a session, lock, fenced read, work for a
+//! random time, fenced write, unlock, close. Under the set workload the read returns the set
+//! and the write adds the worker's own element (`w<worker>-<op>`, `<op>` the write's own
+//! operation number) to the set read; under the counter workload the write is the counter
+//! read + 1. Every
 //! operation is recorded twice, before (`invoke`) and after (`ok`/`fail`/`info`), to the
 //! worker's history file and, as the same JSON line, to stdout, where the checker follows
 //! the worker to aim its faults.
@@ -19,7 +22,9 @@ use std::time::Duration;
 use rand::{Rng as _, SeedableRng as _};
 use reqwest::StatusCode;
 
-use super::history::{Event, EventType, Log, OpKind, mono_ns, wall_ms};
+use super::history::{
+    Event, EventType, Log, OpKind, Workload, decode_set, element, encode_set, mono_ns, wall_ms,
+};
 use fencelock::FencingToken;
 use fencelock::lock::Client;
 use fencelock::storage::{ClientError, StorageClient};
@@ -41,9 +46,11 @@ pub struct WorkerOptions {
     pub endpoints: Vec<String>,
     /// Base URL of the storage.
     pub storage: String,
-    /// The lock name, which is also the fence of the counter.
+    /// The lock name, which is also the fence of the key.
     pub lock: String,
-    /// The counter's key.
+    /// What a cycle does with the key.
+    pub workload: Workload,
+    /// The key holding the counter or the set.
     pub key: String,
     pub ttl: Duration,
     /// The work between read and write lasts a uniformly random time in this range.
@@ -149,21 +156,30 @@ async fn cycles(
 
         let op = recorder.invoke(OpKind::Read, with_token.clone())?;
         let read = match storage.read(&options.key, token, fence).await {
-            Ok(None) => Some(0),
-            Ok(Some(stored)) => match stored.value.parse::<u64>() {
-                Ok(value) => Some(value),
-                Err(_) => {
-                    let error = format!("the counter holds {:?}, not a number", stored.value);
-                    recorder.fail(
-                        op,
-                        Fields {
-                            error: Some(error),
-                            ..with_token.clone()
-                        },
-                    )?;
-                    None
+            Ok(stored) => {
+                let text = stored.map(|s| s.value).unwrap_or_default();
+                match ReadValue::parse(options.workload, &text) {
+                    Some(read) => Some(read),
+                    None => {
+                        let expected = match options.workload {
+                            Workload::Counter => "a number",
+                            Workload::Set => "a set of w<worker>-<op> elements",
+                        };
+                        let error = format!(
+                            "the {} holds {text:?}, not {expected}",
+                            options.workload.name()
+                        );
+                        recorder.fail(
+                            op,
+                            Fields {
+                                error: Some(error),
+                                ..with_token.clone()
+                            },
+                        )?;
+                        None
+                    }
                 }
-            },
+            }
             Err(e) => {
                 recorder.complete(op, outcome(&e), storage_failure(&e, &with_token))?;
                 None
@@ -172,14 +188,8 @@ async fn cycles(
         // A cycle whose read or write did not get through ends with a pause, so a worker
         // facing a dead storage does not spin through sessions while it restarts.
         let mut failed = read.is_none();
-        if let Some(value) = read {
-            recorder.ok(
-                op,
-                Fields {
-                    value: Some(value),
-                    ..with_token.clone()
-                },
-            )?;
+        if let Some(read) = read {
+            recorder.ok(op, read.fields(&with_token))?;
             let (low, high) = options.work;
             let work = if high > low {
                 rng.random_range(low..=high)
@@ -187,7 +197,7 @@ async fn cycles(
                 low
             };
             tokio::time::sleep(work).await;
-            failed = !write(recorder, storage, options, token, value + 1).await?;
+            failed = !write(recorder, storage, options, token, read).await?;
         }
 
         let op = recorder.invoke(OpKind::Unlock, with_token.clone())?;
@@ -208,22 +218,72 @@ async fn cycles(
     }
 }
 
-/// Writes the counter and records the outcome; true when the storage answered it (accepted,
-/// or refused as stale).
+/// What a read returned, in the workload's terms.
+enum ReadValue {
+    Counter(u64),
+    Set(Vec<String>),
+}
+
+impl ReadValue {
+    /// The stored text (empty when the key has no value yet) as the workload reads it.
+    fn parse(workload: Workload, text: &str) -> Option<Self> {
+        match workload {
+            Workload::Counter if text.is_empty() => Some(ReadValue::Counter(0)),
+            Workload::Counter => text.parse().ok().map(ReadValue::Counter),
+            Workload::Set => decode_set(text).map(ReadValue::Set),
+        }
+    }
+
+    /// The read's completion fields.
+    fn fields(&self, base: &Fields) -> Fields {
+        match self {
+            ReadValue::Counter(value) => Fields {
+                value: Some(*value),
+                ..base.clone()
+            },
+            ReadValue::Set(elements) => Fields {
+                set: Some(elements.clone()),
+                ..base.clone()
+            },
+        }
+    }
+}
+
+/// Writes what follows from `read` (the counter + 1, or the set with this write's own
+/// element added) and records the outcome; true when the storage answered it (accepted, or
+/// refused as stale).
 async fn write(
     recorder: &mut Recorder<impl Write>,
     storage: &StorageClient,
     options: &WorkerOptions,
     token: FencingToken,
-    value: u64,
+    read: ReadValue,
 ) -> anyhow::Result<bool> {
-    let fields = Fields {
+    let base = Fields {
         token: Some(token.get()),
-        value: Some(value),
         ..Fields::default()
     };
+    let (text, fields) = match read {
+        ReadValue::Counter(value) => (
+            (value + 1).to_string(),
+            Fields {
+                value: Some(value + 1),
+                ..base
+            },
+        ),
+        ReadValue::Set(mut elements) => {
+            let added = element(options.id, recorder.next_op_id());
+            elements.push(added.clone());
+            (
+                encode_set(&elements),
+                Fields {
+                    element: Some(added),
+                    ..base
+                },
+            )
+        }
+    };
     let op = recorder.invoke(OpKind::Write, fields.clone())?;
-    let text = value.to_string();
     match storage
         .write(&options.key, &text, token, Some(&options.lock))
         .await
@@ -319,6 +379,8 @@ struct Fields {
     lease: Option<i64>,
     token: Option<u64>,
     value: Option<u64>,
+    element: Option<String>,
+    set: Option<Vec<String>>,
     stale: bool,
     current: Option<u64>,
     error: Option<String>,
@@ -358,6 +420,11 @@ struct Recorder<W> {
 }
 
 impl<W: Write> Recorder<W> {
+    /// The number the next operation will get.
+    fn next_op_id(&self) -> u64 {
+        self.next_op + 1
+    }
+
     fn invoke(&mut self, f: OpKind, fields: Fields) -> anyhow::Result<Op> {
         self.next_op += 1;
         let op = Op {
@@ -391,6 +458,8 @@ impl<W: Write> Recorder<W> {
             lease: fields.lease,
             token: fields.token,
             value: fields.value,
+            element: fields.element,
+            set: fields.set,
             stale: fields.stale,
             current: fields.current,
             error: fields.error,

@@ -15,7 +15,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::broadcast;
 
 use super::history::{Event, EventType, OpKind};
-use super::run::{COUNTER_KEY, Options, WORKER_EXIT_GRACE};
+use super::run::{Options, WORKER_EXIT_GRACE};
 use fencelock::lock::{Client, LeaseId};
 use fencelock::process::Signal;
 
@@ -32,6 +32,7 @@ pub(crate) struct WorkerState {
 #[derive(Default)]
 pub(crate) struct Tracker {
     pub(crate) workers: Vec<WorkerState>,
+    /// Writes acknowledged: increments or adds.
     pub(crate) increments: u64,
     pub(crate) stale: u64,
     pub(crate) faults: u64,
@@ -67,7 +68,8 @@ pub(crate) fn spawn_worker(
         .args(["--endpoints", &endpoints.join(",")])
         .args(["--storage", storage])
         .args(["--lock", lock])
-        .args(["--key", COUNTER_KEY])
+        .args(["--workload", options.workload.name()])
+        .args(["--key", options.workload.key()])
         .args(["--ttl", &options.ttl.as_secs().to_string()])
         .args(["--work-min", &options.work.0.as_secs_f64().to_string()])
         .args(["--work-max", &options.work.1.as_secs_f64().to_string()])

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use fencelock::storage::Policy;
 
 use super::{current_exe, duration, exit, unless_interrupted};
-use crate::check::history::FaultKind;
+use crate::check::history::{FaultKind, Workload};
 use crate::check::run::{self, Backend, CheckError};
 use crate::check::saved;
 
@@ -27,6 +27,11 @@ pub struct CheckArgs {
     /// The lock name the workers contend for.
     #[arg(long, value_name = "NAME", default_value = "/fencelock-check")]
     lock: String,
+    /// What each cycle does under the lock: `set` adds the worker's own element to a set
+    /// (every lost acknowledged add is seen exactly), `counter` increments a counter.
+    /// Ignored with --analyse, which reads it from the kept run.
+    #[arg(long, value_name = "WORKLOAD", default_value = "set")]
+    workload: Workload,
     /// Work between a worker's read and its write: uniformly random in MIN-MAX (or 0-MAX
     /// when one bound is given), each bound 500ms, 2s, 1m or seconds.
     #[arg(long, value_name = "MIN-MAX", default_value = "0-2", value_parser = duration::parse_range)]
@@ -119,6 +124,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<u8> {
         clients: args.clients,
         ttl: args.ttl,
         lock: args.lock,
+        workload: args.workload,
         work: args.work,
         faults: args.faults.map(|Faults(list)| list),
         interval: args.interval,
@@ -195,6 +201,21 @@ mod tests {
             parse_faults("none,revoke").is_err(),
             "none is the whole list or nothing"
         );
+    }
+
+    #[test]
+    fn the_set_workload_is_the_default_and_the_counter_stays() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            check: CheckArgs,
+        }
+        use clap::Parser as _;
+        let default = Cli::try_parse_from(["check"]).expect("no flag is required");
+        assert_eq!(default.check.workload, Workload::Set);
+        let counter = Cli::try_parse_from(["check", "--workload", "counter"]).unwrap();
+        assert_eq!(counter.check.workload, Workload::Counter);
+        assert!(Cli::try_parse_from(["check", "--workload", "queue"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{duration, exit, stop_requested};
+use crate::check::history::Workload;
 use crate::check::worker::{self, WorkerOptions};
 
 #[derive(Args)]
@@ -20,6 +21,8 @@ pub struct CheckWorkerArgs {
     storage: String,
     #[arg(long)]
     lock: String,
+    #[arg(long, value_name = "WORKLOAD", default_value = "set")]
+    workload: Workload,
     #[arg(long)]
     key: String,
     #[arg(long, value_name = "DURATION", value_parser = duration::parse_ttl)]
@@ -40,6 +43,7 @@ pub async fn run(args: CheckWorkerArgs) -> anyhow::Result<u8> {
         endpoints: args.endpoints,
         storage: args.storage,
         lock: args.lock,
+        workload: args.workload,
         key: args.key,
         ttl: args.ttl,
         work: (args.work_min, args.work_max),

@@ -1,7 +1,7 @@
 //! `fencelock check`, the real binary, in short runs with fixed seeds: the checker sees lost
-//! updates where the fencing policy allows them, none under strict fencing whatever the
-//! fault, on lockd and on a real 3-member etcd (`crate::support::etcd`), and refuses faults it
-//! cannot inject.
+//! updates of the counter and lost elements of the set where the fencing policy allows them,
+//! none under strict fencing whatever the fault, on lockd and on a real 3-member etcd
+//! (`crate::support::etcd`), and refuses faults it cannot inject.
 //!
 //! Runs are a few seconds with TTL 1 s and a fault every second, so each one sees several
 //! faults; what is asserted is the analysis of the recorded history, never a timing.
@@ -128,6 +128,8 @@ fn assert_safe(report: &Value) {
 fn freeze_after_read(policy: &str) -> Value {
     let out = tempfile::tempdir().unwrap();
     let args = [
+        "--workload",
+        "counter",
         "--duration",
         "10",
         "--faults",
@@ -166,7 +168,18 @@ fn write_only_fencing_loses_an_update_when_the_frozen_holder_resumes_during_the_
 #[test]
 fn strict_fencing_loses_nothing_under_every_fault_on_lockd() {
     let out = tempfile::tempdir().unwrap();
-    let result = check_json(out.path(), &["--duration", "12", "--fencing", "strict"], 0);
+    let result = check_json(
+        out.path(),
+        &[
+            "--workload",
+            "counter",
+            "--duration",
+            "12",
+            "--fencing",
+            "strict",
+        ],
+        0,
+    );
     let strict = report(&result, "strict");
     assert_safe(strict);
     assert!(
@@ -203,6 +216,8 @@ async fn on_a_three_member_etcd_strict_fencing_loses_nothing_and_the_others_lose
     let result = check_json(
         out.path(),
         &[
+            "--workload",
+            "counter",
             "--etcd-members",
             "3",
             "--duration",
@@ -221,6 +236,98 @@ async fn on_a_three_member_etcd_strict_fencing_loses_nothing_and_the_others_lose
         println!("{policy}: {} lost of {}", lost(r), acknowledged(r));
         assert!(lost(r) >= 1, "no lost update under {policy}: {r:#}");
     }
+}
+
+fn set_findings(report: &Value) -> &Value {
+    assert_eq!(report["workload"], "set", "{report:#}");
+    &report["set"]
+}
+
+fn count(value: &Value, field: &str) -> usize {
+    value[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {field} in {value:#}"))
+        .len()
+}
+
+#[test]
+fn the_set_workload_loses_no_element_under_strict_fencing_and_every_fault_on_lockd() {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--workload",
+        "set",
+        "--duration",
+        "10",
+        "--fencing",
+        "strict",
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let strict = report(&result, "strict");
+    let set = set_findings(strict);
+    let acknowledged = set["acknowledged_adds"]
+        .as_u64()
+        .expect("acknowledged_adds");
+    println!(
+        "strict set: {acknowledged} acknowledged adds, {} unknown, final set {}, {} stale \
+         rejections",
+        set["unknown_adds"],
+        set["final_size"],
+        stale(strict)
+    );
+    assert_eq!(count(set, "lost"), 0, "lost elements under strict: {set:#}");
+    assert_eq!(count(set, "phantoms"), 0, "phantoms under strict: {set:#}");
+    assert_eq!(backwards(strict), 0, "{strict:#}");
+    assert_eq!(count(strict, "token_order"), 0, "{strict:#}");
+    assert_eq!(strict["valid"], true);
+    assert!(acknowledged >= 5, "too little work got done: {strict:#}");
+    assert!(
+        stale(strict) >= 1,
+        "no stale request was refused: {strict:#}"
+    );
+    // Every acknowledged add is in the final set, which the checker read itself.
+    let final_size = set["final_size"].as_u64().expect("the final set was read");
+    assert!(final_size >= acknowledged, "{set:#}");
+    assert!(final_size <= acknowledged + set["unknown_adds"].as_u64().unwrap());
+}
+
+#[test]
+fn without_fencing_the_set_workload_shows_an_acknowledged_add_missing_from_a_later_read() {
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--workload",
+        "set",
+        "--duration",
+        "10",
+        "--faults",
+        "freeze-after-read",
+        "--fencing",
+        "off",
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let off = report(&result, "off");
+    assert!(faults_injected(off, "freeze-after-read") >= 1);
+    let set = set_findings(off);
+    let lost = set["lost"].as_array().expect("lost");
+    println!(
+        "off set: {} lost of {} acknowledged adds",
+        lost.len(),
+        set["acknowledged_adds"]
+    );
+    assert!(!lost.is_empty(), "no lost element without fencing: {set:#}");
+    for element in lost {
+        // Each names the acknowledged add and a read invoked after it completed.
+        assert_eq!(element["add"]["outcome"], "ok", "{element:#}");
+        let added = element["add"]["completed_s"].as_f64().unwrap();
+        let missed = element["read"]["invoked_s"].as_f64().unwrap();
+        assert!(missed > added, "{element:#}");
+        let name = element["element"].as_str().unwrap();
+        let worker = element["add"]["worker"].as_u64().unwrap();
+        let op = element["add"]["op"].as_u64().unwrap();
+        assert_eq!(name, format!("w{worker}-{op}"));
+    }
+    assert_eq!(count(set, "phantoms"), 0, "{set:#}");
+    // Nothing is claimed without fencing, so the run is not a violation.
+    assert_eq!(off["valid"], true);
 }
 
 /// One history event as a worker writes it, `at` seconds into a run that started at 1,000 s

@@ -1,12 +1,13 @@
-//! Hand-built histories for the checker's unit tests: compact builders of worker events,
-//! lock keys and faults on a monotonic clock that starts at [`START`], and two histories
-//! several tests share.
+//! Hand-built histories for the checker's unit tests: compact builders of worker events
+//! (of the counter and of the set workload), lock keys and faults on a monotonic clock that
+//! starts at [`START`], and two histories several tests share.
 
 use std::collections::HashMap;
 
 use super::Input;
 use crate::check::history::{
-    Event, EventType, FaultEvent, FaultKind, KeyChange, KeyEvent, OpKind, Target,
+    Event, EventType, FaultEvent, FaultKind, FinalSet, KeyChange, KeyEvent, OpKind, Target,
+    Workload, element,
 };
 use fencelock::storage::fence::Policy;
 
@@ -73,6 +74,8 @@ impl History {
             } else {
                 value
             },
+            element: None,
+            set: None,
             stale: false,
             current: None,
             error: None,
@@ -147,6 +150,70 @@ impl History {
         self.unlock(worker, from + 250, from + 260);
     }
 
+    /// An add of the set workload: a write of worker `worker`'s element for this op,
+    /// `w<worker>-<op>`, ending as `end`; returns the element.
+    pub fn add(&mut self, worker: u32, from: u64, to: u64, end: End, token: u64) -> String {
+        let error = match end {
+            End::Fail => Some("storage answered 400 Bad Request: bad_request: refused"),
+            End::Stale => Some("stale"),
+            End::Info => Some("storage request failed: operation timed out"),
+            End::Ok | End::Never => None,
+        };
+        let op = self.op(
+            worker,
+            OpKind::Write,
+            from,
+            to,
+            end,
+            Some(token),
+            None,
+            error,
+        );
+        let added = element(worker, op);
+        for e in self
+            .events
+            .iter_mut()
+            .filter(|e| e.worker == worker && e.op == op)
+        {
+            e.element = Some(added.clone());
+        }
+        added
+    }
+
+    /// A fenced read of the set workload that returned `elements`.
+    pub fn read_set(
+        &mut self,
+        worker: u32,
+        from: u64,
+        to: u64,
+        token: u64,
+        elements: &[&str],
+    ) -> u64 {
+        let op = self.op(
+            worker,
+            OpKind::Read,
+            from,
+            to,
+            End::Ok,
+            Some(token),
+            None,
+            None,
+        );
+        let last = self.events.len() - 1;
+        self.events[last].set = Some(elements.iter().map(|e| e.to_string()).collect());
+        op
+    }
+
+    /// One uneventful turn of the set workload from `from`: lock, read `read`, add the
+    /// worker's element (acknowledged), unlock, within 300 ms; returns the element.
+    pub fn set_turn(&mut self, worker: u32, from: u64, token: u64, read: &[&str]) -> String {
+        self.lock(worker, from, from + 10, 0x100 + token as i64, token);
+        self.read_set(worker, from + 20, from + 30, token, read);
+        let added = self.add(worker, from + 200, from + 210, End::Ok, token);
+        self.unlock(worker, from + 250, from + 260);
+        added
+    }
+
     pub fn key(&mut self, ms: u64, lease: i64, token: u64, change: KeyChange) {
         self.keys.push(KeyEvent {
             mono_ns: at(ms),
@@ -182,12 +249,28 @@ impl History {
     pub fn input(&self, policy: Policy, final_value: Option<u64>, end_ms: u64) -> Input {
         Input {
             policy,
+            workload: Workload::Counter,
             events: self.events.clone(),
             faults: self.faults.clone(),
             keys: self.keys.clone(),
             final_value,
+            final_set: None,
             start_mono_ns: START,
             end_mono_ns: at(end_ms),
+        }
+    }
+
+    /// The set workload's input; the checker's final read, when given, is invoked at
+    /// `end_ms` and returns `final_set`.
+    pub fn set_input(&self, policy: Policy, final_set: Option<&[&str]>, end_ms: u64) -> Input {
+        Input {
+            workload: Workload::Set,
+            final_value: None,
+            final_set: final_set.map(|elements| FinalSet {
+                invoke_mono_ns: at(end_ms),
+                elements: elements.iter().map(|e| e.to_string()).collect(),
+            }),
+            ..self.input(policy, None, end_ms)
         }
     }
 }
@@ -220,5 +303,23 @@ pub fn frozen_reader() -> History {
     h.write(2, 6500, 6510, 16, 4);
     h.unlock(2, 6600, 6610);
     h.key(6610, 0xb, 16, KeyChange::Deleted);
+    h
+}
+
+/// The set workload's two violations in one history: worker 1 adds w1-3; worker 2's add of
+/// w2-3 definitely fails, yet worker 1's next read (op 6) shows it; worker 1 then adds
+/// w1-7. A final read of `[w2-3, w1-7]` has lost w1-3 and shows the phantom again.
+pub fn phantom_and_loss() -> History {
+    let mut h = History::default();
+    let a = h.set_turn(1, 0, 10, &[]);
+    h.lock(2, 1000, 1010, 0x10b, 11);
+    h.read_set(2, 1020, 1030, 11, &[&a]);
+    let failed = h.add(2, 1200, 1210, End::Fail, 11);
+    h.unlock(2, 1250, 1260);
+    let c = h.set_turn(1, 2000, 12, &[&a, &failed]);
+    assert_eq!(
+        (a.as_str(), failed.as_str(), c.as_str()),
+        ("w1-3", "w2-3", "w1-7")
+    );
     h
 }

@@ -1,5 +1,6 @@
-//! The analysis of a merged check history: lost updates, stale reads and a final counter
-//! below an acknowledged value, fencing tokens accepted out of order, acquisitions out of
+//! The analysis of a merged check history: for the set workload lost and phantom elements,
+//! for the counter workload lost updates, stale reads and a final counter below an
+//! acknowledged value; for both fencing tokens accepted out of order, acquisitions out of
 //! token order, overlapping holders, stale rejections, other failures, faults and lease
 //! expiries, and the verdict.
 //!
@@ -8,13 +9,16 @@
 //! invariants of its step:
 //!
 //! - [`ops`]: the events in canonical order, joined into operations, holds and fault spans;
-//! - [`rules`]: [`analyse`], the rules that find violations in the operations, and the verdict;
+//! - [`rules`]: [`analyse`], the rules that find violations in the operations (the counter's
+//!   among them), and the verdict;
+//! - [`set`]: the set workload's rules (lost elements, phantoms);
 //! - [`report`]: the [`Report`] those rules fill in (its JSON) and the [`summary_table`];
 //! - `fixtures` (tests only): hand-built histories, shared with the timeline's tests.
 
 mod ops;
 mod report;
 mod rules;
+mod set;
 
 #[cfg(test)]
 pub(crate) mod fixtures;

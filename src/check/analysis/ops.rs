@@ -11,13 +11,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::check::history::{self, EventType, FaultKind, OpKind, Target};
+use crate::check::history::{self, EventType, FaultKind, FinalSet, OpKind, Target, Workload};
 use fencelock::storage::fence::Policy;
 
 /// Everything the analysis looks at: the merged files of one run under one policy.
 #[derive(Clone, Debug)]
 pub struct Input {
     pub policy: Policy,
+    /// What the workers did, and so which rules apply.
+    pub workload: Workload,
     /// All workers' events, in any order.
     pub events: Vec<history::Event>,
     /// Fault start lines and end lines (sharing an id), in any order.
@@ -26,8 +28,11 @@ pub struct Input {
     pub keys: Vec<history::KeyEvent>,
     /// The counter read at the end of the run; `None` when it could not be read. The
     /// counter is taken to start at 0 (a fresh storage), so it is the number of increments
-    /// that survived.
+    /// that survived. Counter workload only.
     pub final_value: Option<u64>,
+    /// The set read by the checker after every worker stopped; `None` when it could not be
+    /// read. Set workload only.
+    pub final_set: Option<FinalSet>,
     /// Run start and end, on the same monotonic clock as the events.
     pub start_mono_ns: u64,
     pub end_mono_ns: u64,
@@ -56,8 +61,12 @@ pub(crate) struct Op {
     pub outcome: Outcome,
     pub lease: Option<i64>,
     pub token: Option<u64>,
-    /// For a read: the value read; for a write: the value written.
+    /// For a read: the value read; for a write: the value written (counter workload).
     pub value: Option<u64>,
+    /// For a write: the element it adds (set workload).
+    pub element: Option<String>,
+    /// For a read: the set it returned (set workload).
+    pub set: Option<Vec<String>>,
     pub stale: bool,
     pub error: Option<String>,
 }
@@ -170,6 +179,8 @@ pub(crate) fn operations(input: &Input) -> (Vec<Op>, HistoryNotes) {
                     lease: e.lease,
                     token: e.token,
                     value: e.value,
+                    element: e.element.clone(),
+                    set: e.set.clone(),
                     stale: e.stale,
                     error: e.error.clone(),
                 });
@@ -186,6 +197,8 @@ pub(crate) fn operations(input: &Input) -> (Vec<Op>, HistoryNotes) {
                 op.lease = e.lease.or(op.lease);
                 op.token = e.token.or(op.token);
                 op.value = e.value.or(op.value);
+                op.element = e.element.clone().or(op.element.take());
+                op.set = e.set.clone().or(op.set.take());
                 op.stale = e.stale;
                 op.error = e.error.clone();
             }

@@ -8,8 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::ops::{FaultSpan, HistoryNotes};
-use crate::check::history::{FaultKind, OpKind};
+use super::ops::{FaultSpan, HistoryNotes, Outcome};
+use crate::check::history::{FaultKind, OpKind, Workload};
 
 /// The analysis of one run.
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -18,8 +18,9 @@ pub struct Report {
     pub policy: String,
     /// Whether the policy claims to prevent lost updates and backwards tokens (only strict).
     pub claims_safety: bool,
-    /// `!claims_safety ||` no anomaly: no lost update, backwards token, acquisition out of
-    /// token order, stale read, nor final counter below an acknowledged value.
+    /// `!claims_safety ||` no anomaly: no backwards token nor acquisition out of token
+    /// order, and, for the counter, no lost update, stale read, nor final counter below an
+    /// acknowledged value, for the set, no lost element nor phantom.
     pub valid: bool,
     /// One line for people: "valid", "invalid: …" or "not claimed safe (writes): …".
     pub verdict: String,
@@ -27,14 +28,15 @@ pub struct Report {
     /// Per operation kind, how many ended each way.
     pub operations: Vec<OpCounts>,
     pub history: HistoryNotes,
-    /// Writes completed `ok`: increments the storage acknowledged.
-    pub acknowledged_increments: u64,
-    /// Writes whose outcome is unknown (`info`, or never completed): counted apart, never
-    /// as acknowledged nor as lost.
-    pub unknown_writes: u64,
-    /// The counter at the end, when it could be read.
-    pub final_value: Option<u64>,
-    pub lost_updates: LostUpdates,
+    /// What the workers did.
+    pub workload: Workload,
+    /// The counter workload's findings, at the report's top level in JSON; absent for the
+    /// set workload.
+    #[serde(flatten)]
+    pub counter: Option<CounterFindings>,
+    /// The set workload's findings; absent for the counter workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set: Option<SetFindings>,
     /// The accesses the backwards-token rule looked at (those the policy checks).
     pub fenced_accesses: Vec<OpKind>,
     /// Accepted operations whose token was below one the fence had already accepted.
@@ -43,14 +45,6 @@ pub struct Report {
     /// before them (the fenced-mutex model): the lock service's own claim, whatever the
     /// storage's policy.
     pub token_order: Vec<TokenOrder>,
-    /// Whether the stale-read rule applied: only under a policy whose fence checks reads
-    /// (strict), since elsewhere a stale holder's write may legitimately lower the counter.
-    pub reads_checked: bool,
-    /// Acknowledged reads that saw less than an acknowledged write completed before they
-    /// were invoked (empty when `reads_checked` is false).
-    pub stale_reads: Vec<StaleRead>,
-    /// The final counter, when below the largest value an acknowledged write wrote.
-    pub final_below_acknowledged: Option<FinalBelow>,
     pub overlaps: Overlaps,
     pub stale_rejections: StaleRejections,
     /// Reads, writes and lock operations that failed or ended unknown for a reason other
@@ -61,6 +55,106 @@ pub struct Report {
     pub fault_spans: Vec<FaultSpan>,
     /// Lock keys that vanished before their owner asked to release them.
     pub lease_expiries: Vec<LeaseExpiry>,
+}
+
+/// What the counter rules found.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct CounterFindings {
+    /// Writes completed `ok`: increments the storage acknowledged.
+    pub acknowledged_increments: u64,
+    /// Writes whose outcome is unknown (`info`, or never completed): counted apart, never
+    /// as acknowledged nor as lost.
+    pub unknown_writes: u64,
+    /// The counter at the end, when it could be read.
+    pub final_value: Option<u64>,
+    pub lost_updates: LostUpdates,
+    /// Whether the stale-read rule applied: only under a policy whose fence checks reads
+    /// (strict), since elsewhere a stale holder's write may legitimately lower the counter.
+    pub reads_checked: bool,
+    /// Acknowledged reads that saw less than an acknowledged write completed before they
+    /// were invoked (empty when `reads_checked` is false).
+    pub stale_reads: Vec<StaleRead>,
+    /// The final counter, when below the largest value an acknowledged write wrote.
+    pub final_below_acknowledged: Option<FinalBelow>,
+}
+
+/// What the set rules found: each acknowledged add held against every read invoked after
+/// it completed and against the final read, each element read held against its add.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct SetFindings {
+    /// Adds (writes of the set) completed `ok`.
+    pub acknowledged_adds: u64,
+    /// Adds the storage certainly did not apply: their elements must never appear.
+    pub failed_adds: u64,
+    /// Adds whose outcome is unknown (`info`, or never completed): they may or may not
+    /// appear, and are never counted as acknowledged nor as lost.
+    pub unknown_adds: u64,
+    /// Of the unknown adds, those whose element is in the final read (they took effect);
+    /// `None` without a final read.
+    pub unknown_adds_present: Option<u64>,
+    /// Reads completed `ok` whose sets were checked, the checker's final read not included.
+    pub reads: u64,
+    /// Elements in the final read; `None` when it could not be read.
+    pub final_size: Option<u64>,
+    /// Acknowledged adds missing from a read invoked after they completed, or from the
+    /// final read: one entry per element, in the order the adds completed.
+    pub lost: Vec<LostElement>,
+    /// `lost / acknowledged adds` (0 when nothing was acknowledged).
+    pub lost_share: f64,
+    /// Elements read whose add definitely failed, or that no worker ever added: one entry
+    /// per element, in the order they were first seen.
+    pub phantoms: Vec<Phantom>,
+}
+
+/// An add of the set workload: the write that adds its element.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct AddRef {
+    pub worker: u32,
+    pub op: u64,
+    pub token: Option<u64>,
+    pub outcome: Outcome,
+    pub invoked_s: f64,
+    /// `None` when it never completed.
+    pub completed_s: Option<f64>,
+}
+
+/// A read of the set: a worker's fenced read, or the checker's own final read.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct ReadRef {
+    /// `None` for the checker's final read after every worker stopped.
+    pub worker: Option<u32>,
+    pub op: Option<u64>,
+    pub token: Option<u64>,
+    pub invoked_s: f64,
+    /// How many elements the read returned.
+    pub size: u64,
+}
+
+/// An acknowledged add whose element a later read did not return.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct LostElement {
+    pub element: String,
+    pub add: AddRef,
+    /// The first read (by invocation) invoked after the add completed that missed it.
+    pub read: ReadRef,
+    /// How many reads invoked after the add completed missed it, the final read included.
+    pub missed_by: u64,
+    /// Whether the final read has it (it was lost for a while and came back, from a stale
+    /// holder's copy); `None` without a final read.
+    pub in_final: Option<bool>,
+}
+
+/// An element a read returned that cannot be there: its add definitely failed, or no worker
+/// ever added it.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Phantom {
+    pub element: String,
+    /// The failed add; `None` when no worker added the element.
+    pub add: Option<AddRef>,
+    /// The first read (by invocation) that returned it.
+    pub read: ReadRef,
+    /// How many reads returned it, the final read included.
+    pub seen_by: u64,
 }
 
 /// Outcomes of one kind of operation.
@@ -255,11 +349,11 @@ impl Report {
         self.valid
     }
 
-    /// Violations of the policy's safety claim under a policy that claims safety (lost
-    /// updates, backwards tokens, acquisitions out of token order, stale reads, a final
-    /// counter below an acknowledged value), 0 under one that claims none (its anomalies
-    /// are still in the report). The tests' one-number summary of a report; the binary
-    /// reports the parts.
+    /// Violations of the policy's safety claim under a policy that claims safety (backwards
+    /// tokens, acquisitions out of token order; lost updates, stale reads, a final counter
+    /// below an acknowledged value; lost elements, phantoms), 0 under one that claims none
+    /// (its anomalies are still in the report). The tests' one-number summary of a report;
+    /// the binary reports the parts.
     #[cfg(test)]
     pub fn violations(&self) -> usize {
         if self.claims_safety {
@@ -271,11 +365,28 @@ impl Report {
 
     /// Every anomaly found, whatever the policy claims.
     pub(super) fn anomalies(&self) -> usize {
-        self.lost_updates.count as usize
-            + self.backwards_tokens.len()
-            + self.token_order.len()
-            + self.stale_reads.len()
-            + usize::from(self.final_below_acknowledged.is_some())
+        let counter = self.counter.as_ref().map_or(0, |c| {
+            c.lost_updates.count as usize
+                + c.stale_reads.len()
+                + usize::from(c.final_below_acknowledged.is_some())
+        });
+        let set = self
+            .set
+            .as_ref()
+            .map_or(0, |s| s.lost.len() + s.phantoms.len());
+        counter + set + self.backwards_tokens.len() + self.token_order.len()
+    }
+
+    /// The counter's findings, in tests of counter histories.
+    #[cfg(test)]
+    pub fn counter(&self) -> &CounterFindings {
+        self.counter.as_ref().expect("a counter workload's report")
+    }
+
+    /// The set's findings, in tests of set histories.
+    #[cfg(test)]
+    pub fn set(&self) -> &SetFindings {
+        self.set.as_ref().expect("a set workload's report")
     }
 }
 
@@ -287,28 +398,57 @@ pub(crate) fn show(value: Option<impl std::fmt::Display>) -> String {
 /// An aligned text table: one row per measure, one column per labelled report (one per
 /// policy with `--compare`).
 pub fn summary_table(rows: &[(&str, &Report)]) -> String {
-    let measures: Vec<(&str, Vec<String>)> = vec![
+    let counter = |f: fn(&CounterFindings) -> String| {
+        each(rows, move |r| r.counter.as_ref().map_or("-".to_owned(), f))
+    };
+    let set = |f: fn(&SetFindings) -> String| {
+        each(rows, move |r| r.set.as_ref().map_or("-".to_owned(), f))
+    };
+    let mut measures: Vec<(&str, Vec<String>)> = vec![
         ("verdict", each(rows, |r| verdict_word(r).to_owned())),
+        ("workload", each(rows, |r| r.workload.name().to_owned())),
         ("operations", each(rows, |r| total_ops(r).to_string())),
-        (
-            "acknowledged increments",
-            each(rows, |r| r.acknowledged_increments.to_string()),
-        ),
-        (
-            "unknown writes",
-            each(rows, |r| r.unknown_writes.to_string()),
-        ),
-        ("final counter", each(rows, |r| show(r.final_value))),
-        (
-            "lost updates",
-            each(rows, |r| {
-                format!(
-                    "{} ({:.1}%)",
-                    r.lost_updates.count,
-                    r.lost_updates.share * 100.0
-                )
-            }),
-        ),
+    ];
+    if rows.iter().any(|(_, r)| r.counter.is_some()) {
+        measures.extend([
+            (
+                "acknowledged increments",
+                counter(|c| c.acknowledged_increments.to_string()),
+            ),
+            ("unknown writes", counter(|c| c.unknown_writes.to_string())),
+            ("final counter", counter(|c| show(c.final_value))),
+            (
+                "lost updates",
+                counter(|c| {
+                    format!(
+                        "{} ({:.1}%)",
+                        c.lost_updates.count,
+                        c.lost_updates.share * 100.0
+                    )
+                }),
+            ),
+        ]);
+    }
+    if rows.iter().any(|(_, r)| r.set.is_some()) {
+        measures.extend([
+            (
+                "acknowledged adds",
+                set(|s| s.acknowledged_adds.to_string()),
+            ),
+            (
+                "unknown adds (in final)",
+                set(|s| format!("{} ({})", s.unknown_adds, show(s.unknown_adds_present))),
+            ),
+            ("failed adds", set(|s| s.failed_adds.to_string())),
+            ("final set", set(|s| show(s.final_size))),
+            (
+                "lost elements",
+                set(|s| format!("{} ({:.1}%)", s.lost.len(), s.lost_share * 100.0)),
+            ),
+            ("phantom elements", set(|s| s.phantoms.len().to_string())),
+        ]);
+    }
+    measures.extend([
         (
             "backwards tokens",
             each(rows, |r| r.backwards_tokens.len().to_string()),
@@ -317,26 +457,30 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
             "token order violations",
             each(rows, |r| r.token_order.len().to_string()),
         ),
-        (
-            "stale reads",
-            each(rows, |r| {
-                if r.reads_checked {
-                    r.stale_reads.len().to_string()
-                } else {
-                    "not claimed".to_owned()
-                }
-            }),
-        ),
-        (
-            "final below acknowledged",
-            each(rows, |r| {
-                match (&r.final_below_acknowledged, r.final_value) {
+    ]);
+    if rows.iter().any(|(_, r)| r.counter.is_some()) {
+        measures.extend([
+            (
+                "stale reads",
+                counter(|c| {
+                    if c.reads_checked {
+                        c.stale_reads.len().to_string()
+                    } else {
+                        "not claimed".to_owned()
+                    }
+                }),
+            ),
+            (
+                "final below acknowledged",
+                counter(|c| match (&c.final_below_acknowledged, c.final_value) {
                     (Some(below), _) => format!("{} < {}", below.final_value, below.write.value),
                     (None, Some(_)) => "no".to_owned(),
                     (None, None) => "?".to_owned(),
-                }
-            }),
-        ),
+                }),
+            ),
+        ]);
+    }
+    measures.extend([
         (
             "overlapping holders",
             each(rows, |r| {
@@ -368,7 +512,7 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
             each(rows, |r| r.lease_expiries.len().to_string()),
         ),
         ("faults", each(rows, |r| r.fault_spans.len().to_string())),
-    ];
+    ]);
     let name_width = measures
         .iter()
         .map(|(name, _)| name.len())
@@ -426,7 +570,7 @@ fn total_ops(report: &Report) -> u64 {
 mod tests {
     use super::*;
     use crate::check::analysis::analyse;
-    use crate::check::analysis::fixtures::{frozen_reader, sequential};
+    use crate::check::analysis::fixtures::{frozen_reader, phantom_and_loss, sequential};
     use fencelock::storage::fence::Policy;
 
     #[test]
@@ -449,6 +593,60 @@ mod tests {
         assert_eq!(json["reads_checked"], false);
         assert_eq!(json["stale_reads"], serde_json::json!([]));
         assert_eq!(json["final_below_acknowledged"], serde_json::Value::Null);
+    }
+
+    fn set_with_a_phantom_and_a_lost_element() -> Report {
+        analyse(&phantom_and_loss().set_input(Policy::Strict, Some(&["w2-3", "w1-7"]), 3000))
+    }
+
+    #[test]
+    fn a_set_report_serialises_its_findings_under_set_and_no_counter_fields() {
+        let report = set_with_a_phantom_and_a_lost_element();
+        let json = serde_json::to_value(&report).expect("a report is plain data");
+        assert_eq!(json["workload"], "set");
+        assert_eq!(json["valid"], false);
+        assert_eq!(json.get("lost_updates"), None);
+        assert_eq!(json.get("acknowledged_increments"), None);
+        let set = &json["set"];
+        assert_eq!(set["acknowledged_adds"], 2);
+        assert_eq!(set["failed_adds"], 1);
+        assert_eq!(set["final_size"], 2);
+        assert_eq!(set["lost"][0]["element"], "w1-3");
+        assert_eq!(set["lost"][0]["add"]["outcome"], "ok");
+        assert_eq!(set["lost"][0]["read"]["worker"], serde_json::Value::Null);
+        assert_eq!(set["phantoms"][0]["element"], "w2-3");
+        assert_eq!(set["phantoms"][0]["add"]["outcome"], "fail");
+        assert_eq!(set["phantoms"][0]["read"]["worker"], 1);
+        assert_eq!(set["phantoms"][0]["seen_by"], 2);
+
+        let counter = analyse(&sequential().input(Policy::Strict, Some(3), 3000));
+        let json = serde_json::to_value(&counter).expect("a report is plain data");
+        assert_eq!(json["workload"], "counter");
+        assert_eq!(json.get("set"), None);
+    }
+
+    #[test]
+    fn summary_table_shows_the_rows_of_the_workload_run() {
+        let set = set_with_a_phantom_and_a_lost_element();
+        let table = summary_table(&[("strict", &set)]);
+        let rows: Vec<String> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        for row in [
+            "verdict INVALID",
+            "workload set",
+            "acknowledged adds 2",
+            "unknown adds (in final) 0 (0)",
+            "failed adds 1",
+            "final set 2",
+            "lost elements 1 (50.0%)",
+            "phantom elements 1",
+        ] {
+            assert!(rows.iter().any(|r| r == row), "no {row:?} in\n{table}");
+        }
+        assert!(!table.contains("increments"), "{table}");
+        assert!(!table.contains("final counter"), "{table}");
     }
 
     #[test]

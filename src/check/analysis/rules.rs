@@ -1,9 +1,12 @@
-//! The rules: what [`analyse`] finds in the operations of one run (lost updates, fencing
-//! tokens accepted out of order, acquisitions out of token order, stale reads, a final
-//! counter below an acknowledged value, overlapping holders, stale rejections, other
-//! failures, lease expiries) and the verdict.
+//! The rules: what [`analyse`] finds in the operations of one run (for the counter workload
+//! lost updates, stale reads, a final counter below an acknowledged value; for both workloads
+//! fencing tokens accepted out of order, acquisitions out of token order, overlapping
+//! holders, stale rejections, other failures, lease expiries) and the verdict. The set
+//! workload's own rules are in `set.rs`.
 //!
 //! Invariants this file owns:
+//! - the counter rules run on counter histories only, the set rules on set histories only;
+//!   the rules of the lock and the fence run on both;
 //! - an acknowledged increment (a write completed `ok`) is counted lost at most once, however
 //!   many rules see it (see [`LostUpdates`]);
 //! - a write whose outcome is unknown (`info`, or no completion) is never counted as
@@ -18,11 +21,12 @@ use std::fmt::Write as _;
 
 use super::ops::{Hold, Input, Op, Outcome, fault_spans, holds, operations, secs};
 use super::report::{
-    AckedWrite, Acquisition, BackwardsToken, DuplicateWrite, FailureGroup, FaultCount, FinalBelow,
-    Holder, LeaseExpiry, LostUpdates, OpCounts, Overlap, Overlaps, Report, StaleRead,
-    StaleRejections, TokenOrder, WriteRef, show,
+    AckedWrite, Acquisition, BackwardsToken, CounterFindings, DuplicateWrite, FailureGroup,
+    FaultCount, FinalBelow, Holder, LeaseExpiry, LostUpdates, OpCounts, Overlap, Overlaps, Report,
+    StaleRead, StaleRejections, TokenOrder, WriteRef, show,
 };
-use crate::check::history::{self, FaultKind, KeyChange, OpKind};
+use super::set;
+use crate::check::history::{self, FaultKind, KeyChange, OpKind, Workload};
 use fencelock::FencingToken;
 use fencelock::storage::fence::{self, Access, Policy};
 
@@ -107,23 +111,13 @@ pub fn analyse(input: &Input) -> Report {
         })
         .collect();
 
-    let writes = || ops.iter().filter(|o| o.f == OpKind::Write);
-    let acknowledged_increments = writes().filter(|o| o.outcome == Outcome::Ok).count() as u64;
-    let unknown_writes = writes()
-        .filter(|o| matches!(o.outcome, Outcome::Info | Outcome::Pending))
-        .count() as u64;
-    let lost_updates = lost_updates(input, &ops, acknowledged_increments);
-
     let fenced_accesses = fenced_accesses(input.policy);
     let backwards_tokens = backwards_tokens(input, &ops, &fenced_accesses);
     let token_order = token_order(input, &ops);
-    let reads_checked = fenced(input.policy, Access::Read);
-    let stale_reads = if reads_checked {
-        stale_reads(input, &ops)
-    } else {
-        Vec::new()
+    let (counter, set) = match input.workload {
+        Workload::Counter => (Some(counter_findings(input, &ops)), None),
+        Workload::Set => (None, Some(set::findings(input, &ops))),
     };
-    let final_below_acknowledged = final_below_acknowledged(input, &ops);
     let overlaps = overlaps(input, &holds);
 
     let mut stale_rejections = StaleRejections::default();
@@ -156,16 +150,12 @@ pub fn analyse(input: &Input) -> Report {
         duration_s: secs(input, input.end_mono_ns),
         operations,
         history,
-        acknowledged_increments,
-        unknown_writes,
-        final_value: input.final_value,
-        lost_updates,
+        workload: input.workload,
+        counter,
+        set,
         fenced_accesses,
         backwards_tokens,
         token_order,
-        reads_checked,
-        stale_reads,
-        final_below_acknowledged,
         overlaps,
         stale_rejections,
         other_failures,
@@ -178,15 +168,45 @@ pub fn analyse(input: &Input) -> Report {
     report
 }
 
-/// One line for people: the two findings every run has, then the rarer ones found.
+/// The counter rules' findings.
+fn counter_findings(input: &Input, ops: &[Op]) -> CounterFindings {
+    let writes = || ops.iter().filter(|o| o.f == OpKind::Write);
+    let acknowledged_increments = writes().filter(|o| o.outcome == Outcome::Ok).count() as u64;
+    let unknown_writes = writes()
+        .filter(|o| matches!(o.outcome, Outcome::Info | Outcome::Pending))
+        .count() as u64;
+    let reads_checked = fenced(input.policy, Access::Read);
+    CounterFindings {
+        acknowledged_increments,
+        unknown_writes,
+        final_value: input.final_value,
+        lost_updates: lost_updates(input, ops, acknowledged_increments),
+        reads_checked,
+        stale_reads: if reads_checked {
+            stale_reads(input, ops)
+        } else {
+            Vec::new()
+        },
+        final_below_acknowledged: final_below_acknowledged(input, ops),
+    }
+}
+
+/// One line for people: the two findings every run has (lost updates or lost elements, and
+/// backwards tokens), then the rarer ones found.
 fn verdict(report: &Report, policy: Policy) -> String {
-    let lost = report.lost_updates.count;
     let backwards = report.backwards_tokens.len() as u64;
-    let mut found = format!(
-        "{lost} lost update{}, {backwards} backwards token{}",
-        plural(lost),
-        plural(backwards)
-    );
+    let mut found = match (&report.counter, &report.set) {
+        (Some(counter), _) => {
+            let lost = counter.lost_updates.count;
+            format!("{lost} lost update{}", plural(lost))
+        }
+        (None, Some(set)) => {
+            let lost = set.lost.len() as u64;
+            format!("{lost} lost element{}", plural(lost))
+        }
+        (None, None) => String::new(),
+    };
+    let _ = write!(found, ", {backwards} backwards token{}", plural(backwards));
     let out_of_order = report.token_order.len() as u64;
     if out_of_order > 0 {
         let _ = write!(
@@ -195,18 +215,29 @@ fn verdict(report: &Report, policy: Policy) -> String {
             plural(out_of_order)
         );
     }
-    let stale = report.stale_reads.len() as u64;
-    if stale > 0 {
-        let _ = write!(found, ", {stale} stale read{}", plural(stale));
+    if let Some(counter) = &report.counter {
+        let stale = counter.stale_reads.len() as u64;
+        if stale > 0 {
+            let _ = write!(found, ", {stale} stale read{}", plural(stale));
+        }
+        if let Some(below) = &counter.final_below_acknowledged {
+            let _ = write!(
+                found,
+                ", final counter {} below the acknowledged {}",
+                below.final_value, below.write.value
+            );
+        }
     }
-    if let Some(below) = &report.final_below_acknowledged {
-        let _ = write!(
-            found,
-            ", final counter {} below the acknowledged {}",
-            below.final_value, below.write.value
-        );
+    if let Some(set) = &report.set {
+        let phantoms = set.phantoms.len() as u64;
+        if phantoms > 0 {
+            let _ = write!(found, ", {phantoms} phantom element{}", plural(phantoms));
+        }
     }
     match (report.claims_safety, report.valid) {
+        (true, true) if report.set.is_some() => {
+            "valid: no lost element, no phantom, no backwards token".to_owned()
+        }
         (true, true) => "valid: no lost update, no backwards token".to_owned(),
         (true, false) => format!("invalid: {found} under {policy} fencing"),
         (false, _) => format!("not claimed safe ({policy}): {found}"),
@@ -639,11 +670,11 @@ mod tests {
     #[test]
     fn a_clean_sequential_history_is_valid() {
         let report = analyse(&sequential().input(Policy::Strict, Some(3), 3000));
-        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.counter().lost_updates, no_lost());
         assert_eq!(report.backwards_tokens, vec![]);
         assert_eq!(report.overlaps, no_overlap());
-        assert_eq!(report.acknowledged_increments, 3);
-        assert_eq!(report.unknown_writes, 0);
+        assert_eq!(report.counter().acknowledged_increments, 3);
+        assert_eq!(report.counter().unknown_writes, 0);
         assert_eq!(counts(&report, OpKind::Lock), (3, 0, 0, 0));
         assert_eq!(counts(&report, OpKind::Write), (3, 0, 0, 0));
         assert_eq!(report.stale_rejections, StaleRejections::default());
@@ -651,9 +682,9 @@ mod tests {
         assert_eq!(report.lease_expiries, vec![]);
         assert_eq!(report.fenced_accesses, vec![OpKind::Read, OpKind::Write]);
         assert_eq!(report.token_order, vec![]);
-        assert!(report.reads_checked);
-        assert_eq!(report.stale_reads, vec![]);
-        assert_eq!(report.final_below_acknowledged, None);
+        assert!(report.counter().reads_checked);
+        assert_eq!(report.counter().stale_reads, vec![]);
+        assert_eq!(report.counter().final_below_acknowledged, None);
         assert!(report.claims_safety && report.valid());
         assert_eq!(report.violations(), 0);
         assert_eq!(report.verdict, "valid: no lost update, no backwards token");
@@ -664,9 +695,9 @@ mod tests {
     fn write_only_fencing_loses_the_update_of_a_frozen_reader() {
         let report = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));
         // 5 acknowledged writes of 1, 2, 3, 4, 4: the counter moved 4 times.
-        assert_eq!(report.acknowledged_increments, 5);
+        assert_eq!(report.counter().acknowledged_increments, 5);
         assert_eq!(
-            report.lost_updates,
+            report.counter().lost_updates,
             LostUpdates {
                 count: 1,
                 share: 0.2,
@@ -753,7 +784,7 @@ mod tests {
     #[test]
     fn a_lost_update_under_strict_is_a_violation() {
         let report = analyse(&frozen_reader().input(Policy::Strict, Some(4), 7000));
-        assert_eq!(report.lost_updates.count, 1);
+        assert_eq!(report.counter().lost_updates.count, 1);
         // Worker 2's read raised a strict fence to 16 before worker 1 wrote with 15.
         assert_eq!(report.backwards_tokens.len(), 1);
         assert!(!report.valid());
@@ -789,7 +820,7 @@ mod tests {
                 fence_at_s: 1.01,
             }]
         );
-        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.counter().lost_updates, no_lost());
         assert_eq!(report.overlaps.intervals.len(), 1);
         assert!(!report.valid());
         assert_eq!(report.violations(), 1);
@@ -880,10 +911,10 @@ mod tests {
         );
         // The info write took effect, the last one is unknown: final 2 with 1 acknowledged.
         let report = analyse(&h.input(Policy::Strict, Some(2), 3000));
-        assert_eq!(report.acknowledged_increments, 1);
-        assert_eq!(report.unknown_writes, 2);
+        assert_eq!(report.counter().acknowledged_increments, 1);
+        assert_eq!(report.counter().unknown_writes, 2);
         assert_eq!(counts(&report, OpKind::Write), (1, 0, 1, 1));
-        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.counter().lost_updates, no_lost());
         assert_eq!(
             report.other_failures,
             vec![FailureGroup {
@@ -948,9 +979,9 @@ mod tests {
                 },
             }]
         );
-        assert_eq!(report.lost_updates, no_lost());
-        assert_eq!(report.stale_reads, vec![]);
-        assert_eq!(report.final_below_acknowledged, None);
+        assert_eq!(report.counter().lost_updates, no_lost());
+        assert_eq!(report.counter().stale_reads, vec![]);
+        assert_eq!(report.counter().final_below_acknowledged, None);
         assert!(!report.valid());
         assert_eq!(report.violations(), 1);
         assert_eq!(
@@ -1014,10 +1045,10 @@ mod tests {
     fn a_stale_read_shows_a_lost_update_that_left_no_duplicate_value() {
         // The counter could not be read at the end, so no shortfall can be computed.
         let report = analyse(&stale_read_without_duplicate().input(Policy::Strict, None, 4000));
-        assert_eq!(report.acknowledged_increments, 3);
-        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.counter().acknowledged_increments, 3);
+        assert_eq!(report.counter().lost_updates, no_lost());
         assert_eq!(
-            report.stale_reads,
+            report.counter().stale_reads,
             vec![StaleRead {
                 worker: 2,
                 op: 6,
@@ -1035,7 +1066,7 @@ mod tests {
         );
         assert_eq!(report.backwards_tokens, vec![]);
         assert_eq!(report.token_order, vec![]);
-        assert_eq!(report.final_below_acknowledged, None);
+        assert_eq!(report.counter().final_below_acknowledged, None);
         assert!(!report.valid());
         assert_eq!(report.violations(), 1);
         assert_eq!(
@@ -1047,8 +1078,8 @@ mod tests {
     #[test]
     fn reads_are_held_to_acknowledged_writes_only_under_a_policy_that_fences_them() {
         let report = analyse(&stale_read_without_duplicate().input(Policy::Writes, None, 4000));
-        assert!(!report.reads_checked);
-        assert_eq!(report.stale_reads, vec![]);
+        assert!(!report.counter().reads_checked);
+        assert_eq!(report.counter().stale_reads, vec![]);
         assert_eq!(report.fenced_accesses, vec![OpKind::Write]);
     }
 
@@ -1075,12 +1106,12 @@ mod tests {
         // The acknowledged 4 is gone; the unknown writes leave the counter at 3, above the
         // 2 acknowledged increments, so the shortfall sees nothing.
         let report = analyse(&h.input(Policy::Strict, Some(3), 4000));
-        assert_eq!(report.acknowledged_increments, 2);
-        assert_eq!(report.unknown_writes, 2);
-        assert_eq!(report.lost_updates, no_lost());
-        assert_eq!(report.stale_reads, vec![]);
+        assert_eq!(report.counter().acknowledged_increments, 2);
+        assert_eq!(report.counter().unknown_writes, 2);
+        assert_eq!(report.counter().lost_updates, no_lost());
+        assert_eq!(report.counter().stale_reads, vec![]);
         assert_eq!(
-            report.final_below_acknowledged,
+            report.counter().final_below_acknowledged,
             Some(FinalBelow {
                 final_value: 3,
                 write: AckedWrite {
@@ -1140,8 +1171,8 @@ mod tests {
         h.unlock(2, 1500, 1510);
         let report = analyse(&h.input(Policy::Strict, Some(2), 2000));
         assert_eq!(counts(&report, OpKind::Write), (1, 2, 1, 0));
-        assert_eq!(report.unknown_writes, 1);
-        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.counter().unknown_writes, 1);
+        assert_eq!(report.counter().lost_updates, no_lost());
         assert!(report.valid());
     }
 
@@ -1149,7 +1180,7 @@ mod tests {
     fn a_final_counter_below_the_acknowledged_increments_is_a_shortfall() {
         let report = analyse(&sequential().input(Policy::Strict, Some(1), 3000));
         assert_eq!(
-            report.lost_updates,
+            report.counter().lost_updates,
             LostUpdates {
                 count: 2,
                 share: 2.0 / 3.0,
@@ -1171,17 +1202,23 @@ mod tests {
         // Acknowledged: 1, 2, 3, 4, 4. Final 4: the duplicate explains the whole gap.
         let report = analyse(&frozen_reader().input(Policy::Writes, Some(4), 7000));
         assert_eq!(
-            (report.lost_updates.count, report.lost_updates.shortfall),
+            (
+                report.counter().lost_updates.count,
+                report.counter().lost_updates.shortfall
+            ),
             (1, 0)
         );
         // Final 3: one more increment is missing beyond the duplicate.
         let report = analyse(&frozen_reader().input(Policy::Writes, Some(3), 7000));
-        let lost = &report.lost_updates;
+        let lost = &report.counter().lost_updates;
         assert_eq!((lost.count, lost.duplicate_lost, lost.shortfall), (2, 1, 1));
         // No final value: only the duplicate can be seen.
         let report = analyse(&frozen_reader().input(Policy::Writes, None, 7000));
         assert_eq!(
-            (report.lost_updates.count, report.lost_updates.shortfall),
+            (
+                report.counter().lost_updates.count,
+                report.counter().lost_updates.shortfall
+            ),
             (1, 0)
         );
     }
@@ -1275,7 +1312,7 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(report.lost_updates, no_lost());
+        assert_eq!(report.counter().lost_updates, no_lost());
         assert!(report.valid());
     }
 
