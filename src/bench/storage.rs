@@ -9,6 +9,11 @@
 //!   bound to the fence, durably);
 //! - `txn`: `POST /v1/txn`, [`TXN_KEYS`] writes of new keys in one transaction.
 //!
+//! With `--verify-tokens` every run is made twice in a row, on a plain storage and on one
+//! started with `--verify-tokens` against a lockd of the benchmark's own, under a lock the
+//! benchmark holds for the whole run: the writes then carry that lock's name and token, and
+//! each pair is compared.
+//!
 //! Invariants: each run has a storage process of its own on an empty store (so one run's keys
 //! do not slow the next), started from this binary on a free loopback port, its data in a
 //! temporary directory removed after it is stopped; the loader runs in this process and the
@@ -28,9 +33,10 @@ use super::baseline::{BaselineError, BaselineProcess};
 use super::http_load::{self, LoadError, LoadStats, RequestFn};
 
 /// The lock name every benchmark write is fenced under.
-const FENCE: &str = "bench";
+const FENCE: &str = "/fencelock-bench";
 
-/// The fencing token of every write: one holder that never loses its lock.
+/// The fencing token of every write without verification: one holder that never loses its
+/// lock.
 const TOKEN: u64 = 1;
 
 /// Writes per transaction in the `txn` scenario.
@@ -46,16 +52,6 @@ pub enum Store {
     Durable,
     /// `--in-memory`: nothing synced, nothing kept.
     InMemory,
-}
-
-impl Store {
-    /// The name in the table.
-    pub fn label(self) -> &'static str {
-        match self {
-            Store::Durable => "durable",
-            Store::InMemory => "in-memory",
-        }
-    }
 }
 
 /// What the requests of a run do.
@@ -103,6 +99,8 @@ pub struct Options {
     pub duration: Duration,
     /// The storage's `--fencing`.
     pub policy: Policy,
+    /// Also measure each run with `--verify-tokens`, next to the plain one.
+    pub verify_tokens: bool,
 }
 
 /// Errors that stop the benchmark.
@@ -117,6 +115,9 @@ pub enum BenchError {
     /// The temporary data directory could not be created.
     #[error("cannot create a data directory for the storage")]
     DataDir(#[source] std::io::Error),
+    /// The lock service for `--verify-tokens` could not be started or locked.
+    #[error("the lock service for --verify-tokens: {0}")]
+    LockService(String),
     /// A run failed.
     #[error("{server} {scenario}, {connections} connection(s)")]
     Load {
@@ -206,34 +207,127 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
         all.push(stats);
     }
     drop(baseline);
+    let verifying = match options.verify_tokens {
+        true => Some(LockHeld::take(&options.binary).await?),
+        false => None,
+    };
+    // Without verification the plain runs only; with it, each plain run and then its twin.
+    let variants: Vec<Option<&LockHeld>> = std::iter::once(None)
+        .chain(verifying.as_ref().map(Some))
+        .collect();
+    let token = verifying.as_ref().map_or(TOKEN, |held| held.token);
     for &store in &options.stores {
         for &scenario in &options.scenarios {
             for &connections in &options.connections {
-                let storage = StorageProcess::start(&options.binary, store, options.policy).await?;
-                let request = storage_request(storage.server.addr(), scenario);
-                let measured = measure(
-                    storage.server.addr(),
-                    storage.server.pid(),
-                    connections,
-                    options,
-                    request,
-                )
-                .await;
-                storage.stop().await;
-                let measured = measured.map_err(|source| BenchError::Load {
-                    server: store.label(),
-                    scenario: scenario.label(),
-                    connections,
-                    source,
-                })?;
-                let stats = figures(store.label(), Some(scenario), connections, &measured);
-                print_row(out, &stats, &all);
-                all.push(stats);
+                for &verify in &variants {
+                    let label = label(store, verify.is_some());
+                    let extra = verify.map(|held| held.storage_args()).unwrap_or_default();
+                    let storage =
+                        StorageProcess::start(&options.binary, store, options.policy, &extra)
+                            .await?;
+                    let request = storage_request(storage.server.addr(), scenario, token);
+                    let measured = measure(
+                        storage.server.addr(),
+                        storage.server.pid(),
+                        connections,
+                        options,
+                        request,
+                    )
+                    .await;
+                    storage.stop().await;
+                    let measured = measured.map_err(|source| BenchError::Load {
+                        server: label,
+                        scenario: scenario.label(),
+                        connections,
+                        source,
+                    })?;
+                    let stats = figures(label, Some(scenario), connections, &measured);
+                    print_row(out, &stats, &all);
+                    all.push(stats);
+                }
             }
         }
     }
     compare(&all, out);
+    if options.verify_tokens {
+        compare_verified(&all, out);
+    }
     Ok(all)
+}
+
+/// The table's name for a store, verifying tokens or not.
+fn label(store: Store, verify: bool) -> &'static str {
+    match (store, verify) {
+        (Store::Durable, false) => "durable",
+        (Store::Durable, true) => "durable+verify",
+        (Store::InMemory, false) => "in-memory",
+        (Store::InMemory, true) => "in-memory+verify",
+    }
+}
+
+/// A lockd of the benchmark's own and a lock held on it for the whole run: the token every
+/// verified write presents.
+struct LockHeld {
+    // Declared first: the guard and its session go before the server.
+    _guard: fencelock::lock::LockGuard,
+    endpoint: String,
+    token: u64,
+    _lockd: ServerProcess,
+}
+
+impl LockHeld {
+    async fn take(binary: &Path) -> Result<Self, BenchError> {
+        let fail = |e: &dyn std::fmt::Display| BenchError::LockService(e.to_string());
+        let lockd = ServerProcess::spawn(binary, "lockd", ["--in-memory"]).await?;
+        let endpoint = lockd.addr().to_string();
+        let client = fencelock::lock::Client::connect([endpoint.as_str()])
+            .await
+            .map_err(|e| fail(&e))?;
+        let session = client
+            .session(Duration::from_secs(60))
+            .await
+            .map_err(|e| fail(&e))?;
+        let guard = session.lock(FENCE).await.map_err(|e| fail(&e))?;
+        Ok(Self {
+            token: guard.token().get(),
+            _guard: guard,
+            endpoint,
+            _lockd: lockd,
+        })
+    }
+
+    fn storage_args(&self) -> Vec<String> {
+        vec![
+            "--verify-tokens".into(),
+            "--endpoints".into(),
+            self.endpoint.clone(),
+        ]
+    }
+}
+
+/// One line per run measured both ways: requests/s with verification over without.
+fn compare_verified(all: &[RunStats], out: &mut impl Write) {
+    for verified in all.iter().filter(|s| s.server.ends_with("+verify")) {
+        let plain_label = verified.server.trim_end_matches("+verify");
+        let plain = all.iter().find(|s| {
+            s.server == plain_label
+                && s.scenario == verified.scenario
+                && s.connections == verified.connections
+        });
+        if let Some(plain) = plain {
+            let _ = writeln!(
+                out,
+                "verified/plain requests/s, {plain_label} {}, {} connection(s): {:.2} ({:.0} / {:.0}), p99 {:.1?} / {:.1?}",
+                verified.scenario.map_or("fixed", Scenario::label),
+                verified.connections,
+                verified.requests_per_second / plain.requests_per_second,
+                verified.requests_per_second,
+                plain.requests_per_second,
+                verified.p99,
+                plain.p99,
+            );
+        }
+    }
 }
 
 /// The load run plus the CPU each side used during it.
@@ -352,8 +446,14 @@ struct StorageProcess {
 }
 
 impl StorageProcess {
-    async fn start(binary: &Path, store: Store, policy: Policy) -> Result<Self, BenchError> {
+    async fn start(
+        binary: &Path,
+        store: Store,
+        policy: Policy,
+        extra: &[String],
+    ) -> Result<Self, BenchError> {
         let mut args = vec!["--fencing".to_owned(), policy.to_string()];
+        args.extend(extra.iter().cloned());
         let data = match store {
             Store::InMemory => {
                 args.push("--in-memory".into());
@@ -387,8 +487,8 @@ fn baseline_request(addr: SocketAddr) -> Arc<RequestFn> {
     Arc::new(move |_, _, out: &mut Vec<u8>| out.extend_from_slice(&request))
 }
 
-fn storage_request(addr: SocketAddr, scenario: Scenario) -> Arc<RequestFn> {
-    let headers = format!("Host: {addr}\r\nFencing-Token: {TOKEN}\r\n");
+fn storage_request(addr: SocketAddr, scenario: Scenario, token: u64) -> Arc<RequestFn> {
+    let headers = format!("Host: {addr}\r\nFencing-Token: {token}\r\n");
     match scenario {
         Scenario::OneKey => {
             let request = put("k0", &headers).into_bytes();
@@ -442,10 +542,10 @@ mod tests {
     fn a_transaction_writes_its_keys_under_the_fence_with_the_token() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut out = Vec::new();
-        storage_request(addr, Scenario::Txn)(3, 7, &mut out);
+        storage_request(addr, Scenario::Txn, 1)(3, 7, &mut out);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("POST /v1/txn?fence=bench HTTP/1.1\r\n"));
+        assert!(head.starts_with("POST /v1/txn?fence=/fencelock-bench HTTP/1.1\r\n"));
         assert!(head.contains("\r\nFencing-Token: 1\r\n"));
         assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));
         let txn = fencelock::storage::wire::TxnBody::decode(body.as_bytes()).unwrap();
@@ -456,7 +556,7 @@ mod tests {
     #[test]
     fn distinct_writes_never_repeat_a_key() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let request = storage_request(addr, Scenario::Distinct);
+        let request = storage_request(addr, Scenario::Distinct, 9);
         let line = |connection, seq| {
             let mut out = Vec::new();
             request(connection, seq, &mut out);
@@ -467,7 +567,10 @@ mod tests {
                 .unwrap()
                 .to_owned()
         };
-        assert_eq!(line(0, 1), "PUT /v1/kv/k0-1?fence=bench HTTP/1.1");
+        assert_eq!(
+            line(0, 1),
+            "PUT /v1/kv/k0-1?fence=/fencelock-bench HTTP/1.1"
+        );
         assert_ne!(line(1, 1), line(0, 1));
         assert_ne!(line(0, 2), line(0, 1));
     }

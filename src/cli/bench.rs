@@ -105,6 +105,10 @@ pub struct BenchStorageArgs {
     /// The storage's fencing policy.
     #[arg(long, value_name = "POLICY", default_value = "strict")]
     fencing: Policy,
+    /// Also measure every run on a storage verifying tokens with a lockd of the
+    /// benchmark's own (`fencelock storage --verify-tokens`), right after the plain run.
+    #[arg(long)]
+    verify_tokens: bool,
 }
 
 #[derive(Args)]
@@ -133,6 +137,7 @@ async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {
         connections: args.connections,
         duration: args.duration,
         policy: args.fencing,
+        verify_tokens: args.verify_tokens,
     };
     // Interrupted, the benchmark is dropped, which stops the servers it started.
     let work = async {

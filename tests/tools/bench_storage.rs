@@ -71,3 +71,48 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
         positive(ratio, &format!("{store} ratio"));
     }
 }
+
+#[test]
+fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
+    let output = Command::new(fencelock_bin())
+        .args([
+            "bench",
+            "storage",
+            "--duration",
+            "300ms",
+            "--connections",
+            "2",
+            "--stores",
+            "in-memory",
+            "--scenarios",
+            "one-key",
+            "--verify-tokens",
+        ])
+        .output()
+        .expect("run fencelock bench storage");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Both rows, and the ratio between them (the loader fails a run on any answer but 2xx,
+    // so a verified row means verified writes were accepted).
+    for server in ["in-memory", "in-memory+verify"] {
+        let cols: Vec<&str> = stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.len() > 4 && cols[0] == server && cols[1] == "one-key")
+            .unwrap_or_else(|| panic!("no row for {server}"));
+        let keys: f64 = cols[4].parse().unwrap();
+        assert!(keys > 0.0, "{server} wrote keys");
+    }
+    let ratio = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("verified/plain requests/s, in-memory one-key, 2 connection(s): "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the verified/plain ratio line");
+    let ratio: f64 = ratio.parse().unwrap();
+    assert!(ratio > 0.0);
+}
