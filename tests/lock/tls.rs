@@ -3,13 +3,11 @@
 //! or its environment variables; a wrong authority or a missing client certificate is one
 //! readable line and a non-zero exit.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::cli::Holder;
 use crate::support::certs::TestCerts;
 use crate::support::etcd;
-use crate::support::proc::{ChildGuard, fencelock_bin};
+use crate::support::lock_cmd::{Holder, assert_one_line, refused};
 use fencelock::lock::{Client, ConnectOptions};
 use fencelock::process::EtcdOptions;
 
@@ -59,42 +57,6 @@ async fn the_library_locks_and_unlocks_through_mutual_tls() {
         "{:?}",
         refused.err()
     );
-}
-
-/// Runs `fencelock lock NAME` expected to fail: its exit status and stderr. Its stdin stays
-/// open (at EOF it would stop before trying), and its log is kept to warnings.
-pub(crate) fn refused(name: &str, args: &[String]) -> (Option<i32>, String) {
-    use std::io::Read;
-    let mut cmd = Command::new(fencelock_bin());
-    cmd.args(["lock", name, "--ttl", "2"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
-    let _stdin = child.child_mut().stdin.take();
-    let mut stderr = String::new();
-    child
-        .child_mut()
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("readable stderr");
-    let status = child.wait_exit(Duration::from_secs(30));
-    (status.code(), stderr)
-}
-
-pub(crate) fn assert_one_line(stderr: &str, mentions: &str) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
-    assert!(
-        lines[0].contains(mentions),
-        "{stderr:?} mentions {mentions:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr:?}");
 }
 
 #[tokio::test]

@@ -23,20 +23,28 @@ pub struct LockdProcess {
     child: ChildGuard,
     /// `IP:PORT`, the form `EtcdCluster::endpoints` uses.
     addr: String,
+    /// Flags beyond the listener and the data directory, kept for restarts.
+    args: Vec<String>,
     data_dir: tempfile::TempDir,
 }
 
 impl LockdProcess {
     /// Starts lockd on a free loopback port with a fresh data directory.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with more `fencelock lockd` flags (TLS, metrics URLs).
+    pub fn start_with(args: &[String]) -> Self {
         let data_dir = tempfile::Builder::new()
             .prefix("fencelock-lockd-")
             .tempdir()
             .expect("temporary data directory");
-        let (child, addr) = spawn(data_dir.path(), "127.0.0.1:0");
+        let (child, addr) = spawn(data_dir.path(), "127.0.0.1:0", args);
         LockdProcess {
             child,
             addr,
+            args: args.to_vec(),
             data_dir,
         }
     }
@@ -83,18 +91,19 @@ impl LockdProcess {
     /// still runs).
     pub fn restart(&mut self) {
         self.child.kill();
-        let (child, addr) = spawn(self.data_dir.path(), &self.addr);
+        let (child, addr) = spawn(self.data_dir.path(), &self.addr, &self.args);
         assert_eq!(addr, self.addr, "lockd restarted on another address");
         self.child = child;
     }
 }
 
-/// `fencelock lockd --listen <listen> --data-dir <dir>`, once it says where it listens.
-/// Its log goes to the test's stderr when `FENCELOCK_TEST_LOG` is set.
-fn spawn(data_dir: &std::path::Path, listen: &str) -> (ChildGuard, String) {
+/// `fencelock lockd --listen <listen> --data-dir <dir> <args>`, once it says where it
+/// listens. Its log goes to the test's stderr when `FENCELOCK_TEST_LOG` is set.
+fn spawn(data_dir: &std::path::Path, listen: &str, args: &[String]) -> (ChildGuard, String) {
     let dir = data_dir.to_str().expect("UTF-8 temp path");
     let mut cmd = Command::new(fencelock_bin());
     cmd.args(["lockd", "--listen", listen, "--data-dir", dir])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
