@@ -375,7 +375,8 @@ pub(crate) async fn read_counter(storage: &str) -> Option<u64> {
     struct Value {
         value: String,
     }
-    let http = reqwest::Client::builder()
+    let http = fencelock::storage::http_client_builder(&Default::default())
+        .ok()?
         .timeout(Duration::from_secs(5))
         .build()
         .ok()?;

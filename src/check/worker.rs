@@ -66,7 +66,7 @@ pub async fn run(
         out,
     };
     let client = Client::connect(&options.endpoints).await?;
-    let http = reqwest::Client::builder()
+    let http = fencelock::storage::http_client_builder(&Default::default())?
         .timeout(STORAGE_TIMEOUT)
         .build()
         .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
@@ -284,6 +284,7 @@ fn outcome(error: &ClientError) -> EventType {
         ClientError::StaleToken { .. }
         | ClientError::WrongFence { .. }
         | ClientError::BadUrl(_)
+        | ClientError::Setup(_)
         | ClientError::FenceInSeedProtocol(_) => EventType::Fail,
         ClientError::Server { status, error, .. } => {
             if status.is_server_error()
@@ -468,7 +469,8 @@ mod tests {
                 open.push(stream);
             }
         });
-        let http = reqwest::Client::builder()
+        let http = fencelock::storage::http_client_builder(&Default::default())
+            .unwrap()
             .timeout(Duration::from_millis(100))
             .build()
             .unwrap();

@@ -168,7 +168,7 @@ async fn etcdctl_with_the_same_certificates_works_and_metrics_answer_on_their_ow
     );
 
     println!("3. /health and /metrics over plain HTTP on --listen-metrics-urls");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let base = format!("http://127.0.0.1:{metrics_port}");
     let response = http.get(format!("{base}/health")).send().await.unwrap();
     assert_eq!(response.status(), 200);
