@@ -455,7 +455,12 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed_addr = closed.local_addr().unwrap();
         drop(closed);
-        let refused = reqwest::get(format!("http://{closed_addr}/"))
+        let refused = fencelock::storage::http_client_builder(&Default::default())
+            .unwrap()
+            .build()
+            .unwrap()
+            .get(format!("http://{closed_addr}/"))
+            .send()
             .await
             .unwrap_err();
         assert_eq!(outcome(&ClientError::Http(refused)), EventType::Fail);
