@@ -392,7 +392,8 @@ pub(crate) async fn read_final(storage: &str, key: &str) -> Option<String> {
     struct Value {
         value: String,
     }
-    let http = reqwest::Client::builder()
+    let http = fencelock::storage::http_client_builder(&Default::default())
+        .ok()?
         .timeout(Duration::from_secs(5))
         .build()
         .ok()?;

@@ -73,7 +73,7 @@ pub async fn run(
         out,
     };
     let client = Client::connect(&options.endpoints).await?;
-    let http = reqwest::Client::builder()
+    let http = fencelock::storage::http_client_builder(&Default::default())?
         .timeout(STORAGE_TIMEOUT)
         .build()
         .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
@@ -344,6 +344,7 @@ fn outcome(error: &ClientError) -> EventType {
         ClientError::StaleToken { .. }
         | ClientError::WrongFence { .. }
         | ClientError::BadUrl(_)
+        | ClientError::Setup(_)
         | ClientError::FenceInSeedProtocol(_) => EventType::Fail,
         ClientError::Server { status, error, .. } => {
             if status.is_server_error()
@@ -523,7 +524,12 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let closed_addr = closed.local_addr().unwrap();
         drop(closed);
-        let refused = reqwest::get(format!("http://{closed_addr}/"))
+        let refused = fencelock::storage::http_client_builder(&Default::default())
+            .unwrap()
+            .build()
+            .unwrap()
+            .get(format!("http://{closed_addr}/"))
+            .send()
             .await
             .unwrap_err();
         assert_eq!(outcome(&ClientError::Http(refused)), EventType::Fail);
@@ -537,7 +543,8 @@ mod tests {
                 open.push(stream);
             }
         });
-        let http = reqwest::Client::builder()
+        let http = fencelock::storage::http_client_builder(&Default::default())
+            .unwrap()
             .timeout(Duration::from_millis(100))
             .build()
             .unwrap();

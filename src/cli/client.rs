@@ -1,9 +1,10 @@
 //! `fencelock client 1|2`: the seed's client, acquire the lock and write with its token.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fencelock::storage::Protocol;
+use fencelock::storage::{Protocol, StorageOptions};
 
 use super::{duration, exit};
 use crate::demo::client::{self, ClientOptions, Outcome, Role};
@@ -21,9 +22,18 @@ pub struct ClientArgs {
         default_value = "127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
     )]
     endpoints: Vec<String>,
-    /// The fenced storage's URL.
+    /// The fenced storage's URL (http:// or https://).
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     storage: String,
+    /// CA bundle (PEM) that signs an https:// storage's certificate; the system's roots
+    /// otherwise.
+    // Named for the storage: `--cacert`, `--cert` and `--key` are etcdctl's names for the
+    // lock service, and `--key` here is the storage key.
+    #[arg(long, value_name = "FILE")]
+    storage_cacert: Option<PathBuf>,
+    /// File whose first line is the storage's bearer token (its --auth-token-file).
+    #[arg(long, value_name = "FILE")]
+    storage_token_file: Option<PathBuf>,
     /// The lock name; also the fence the storage checks the token against.
     #[arg(long, value_name = "NAME", default_value = "/lock")]
     lock: String,
@@ -62,6 +72,10 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
         // Plaintext: `--key` here names the storage key, so etcdctl's TLS flags do not fit.
         connect: fencelock::lock::ConnectOptions::default(),
         storage: args.storage,
+        storage_options: StorageOptions::from_files(
+            args.storage_cacert.as_deref(),
+            args.storage_token_file.as_deref(),
+        )?,
         protocol: args.protocol,
         lock: args.lock,
         key: args.key,

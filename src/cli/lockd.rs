@@ -8,7 +8,7 @@ use clap::Args;
 use fencelock::lockd;
 use tracing::info;
 
-use super::{announce, duration, exit, listen, shutdown_signal};
+use super::{announce, announce_tls, duration, exit, listen, read_pem, shutdown_signal};
 
 #[derive(Args)]
 pub struct LockdArgs {
@@ -45,6 +45,36 @@ pub struct LockdArgs {
     /// waiter no sooner than this after its lease ended. Released locks pass at once.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration::parse)]
     lock_delay: Duration,
+    /// Serve TLS on the client port with this certificate (PEM), as etcd's --cert-file.
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM), as etcd's --key-file.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// Authorities (PEM) whose client certificates --client-cert-auth accepts.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Mutual TLS: refuse clients without a certificate signed by --trusted-ca-file.
+    #[arg(long, requires = "trusted_ca_file")]
+    client_cert_auth: bool,
+    /// Also serve /health and /metrics over plaintext HTTP on these URLs, comma-separated
+    /// (`http://127.0.0.1:2381`), as etcd's --listen-metrics-urls; with TLS on the client
+    /// port this is where monitoring scrapes.
+    #[arg(long, value_name = "URLS", value_delimiter = ',', value_parser = parse_metrics_url)]
+    listen_metrics_urls: Vec<String>,
+}
+
+/// `http://HOST:PORT` as `HOST:PORT`. Only plaintext: a metrics listener with TLS would need
+/// certificates of its own, and etcd's common use is a plaintext port for the scraper.
+fn parse_metrics_url(text: &str) -> Result<String, String> {
+    let Some(address) = text.strip_prefix("http://") else {
+        return Err(format!("{text}: only http://HOST:PORT is served"));
+    };
+    let address = address.trim_end_matches('/');
+    if address.is_empty() || address.contains('/') {
+        return Err(format!("{text}: expected http://HOST:PORT"));
+    }
+    Ok(address.to_owned())
 }
 
 fn parse_history(text: &str) -> Result<usize, String> {
@@ -63,21 +93,50 @@ pub async fn run(args: LockdArgs) -> anyhow::Result<u8> {
         max_request_bytes: args.max_request_bytes,
         quota_backend_bytes: args.quota_backend_bytes,
         lock_delay: args.lock_delay,
+        tls: tls(&args)?,
     };
     let (listener, addr) = listen(&args.listen).await?;
+    let mut metrics = Vec::new();
+    for url in &args.listen_metrics_urls {
+        let (listener, addr) = listen(url).await?;
+        info!(%addr, "serving /health and /metrics over http");
+        metrics.push(listener);
+    }
     let server = lockd::Server::open(&config).context("cannot start lockd")?;
     let data = match &config.data_dir {
         Some(dir) => dir.display().to_string(),
         None => "none (in memory)".into(),
     };
     info!(%addr, data_dir = %data, revision = server.revision(),
-          min_ttl = args.min_ttl.as_secs(), "lockd ready");
-    announce(addr)?;
+          min_ttl = args.min_ttl.as_secs(), tls = server.is_tls(),
+          client_cert_auth = args.client_cert_auth, "lockd ready");
+    if server.is_tls() {
+        announce_tls(addr)?;
+    } else {
+        announce(addr)?;
+    }
     server
-        .serve(listener, shutdown_signal())
+        .serve_with_metrics(listener, metrics, shutdown_signal())
         .await
         .context("lockd failed")?;
     Ok(exit::SUCCESS)
+}
+
+fn tls(args: &LockdArgs) -> anyhow::Result<Option<lockd::TlsConfig>> {
+    // clap's `requires` make the key come with the certificate.
+    let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) else {
+        return Ok(None);
+    };
+    Ok(Some(lockd::TlsConfig {
+        cert_pem: read_pem("--cert-file", cert)?,
+        key_pem: read_pem("--key-file", key)?,
+        trusted_ca_pem: args
+            .trusted_ca_file
+            .as_deref()
+            .map(|ca| read_pem("--trusted-ca-file", ca))
+            .transpose()?,
+        client_cert_auth: args.client_cert_auth,
+    }))
 }
 
 #[cfg(test)]

@@ -229,10 +229,23 @@ pub async fn listen(address: &str) -> anyhow::Result<(TcpListener, SocketAddr)> 
 
 /// Prints the address a server listens on: tools that start it on port 0 read this line.
 pub fn announce(addr: SocketAddr) -> anyhow::Result<()> {
+    announce_line(fencelock::process::READY_PREFIX, addr)
+}
+
+/// [`announce`] for a server whose port speaks TLS: `listening on https://IP:PORT`.
+pub fn announce_tls(addr: SocketAddr) -> anyhow::Result<()> {
+    announce_line(fencelock::process::READY_PREFIX_TLS, addr)
+}
+
+fn announce_line(prefix: &str, addr: SocketAddr) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}{addr}", fencelock::process::READY_PREFIX)
-        .context("cannot write to stdout")?;
+    writeln!(stdout, "{prefix}{addr}").context("cannot write to stdout")?;
     stdout.flush().context("cannot write to stdout")
+}
+
+/// Reads a PEM file named by `flag`, saying which flag and file when it cannot.
+pub fn read_pem(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -7,7 +7,7 @@ use clap::Args;
 use fencelock::storage::{self, Engine, Limits, Policy, limits};
 use tracing::info;
 
-use super::{Endpoints, announce, exit, listen, shutdown_signal};
+use super::{Endpoints, announce, announce_tls, exit, listen, read_pem, shutdown_signal};
 
 #[derive(Args)]
 pub struct StorageArgs {
@@ -43,6 +43,19 @@ pub struct StorageArgs {
     /// The lock service that tokens are verified with (only with --verify-tokens).
     #[command(flatten)]
     lock_service: Endpoints,
+    /// Serve HTTPS (both faces, every route) with this certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// Require `Authorization: Bearer <token>` on every request, the token being this file's
+    /// first line; others are answered 401.
+    #[arg(long, value_name = "FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Let /healthz and /metrics answer without the token (for probes and scrapers).
+    #[arg(long, requires = "auth_token_file")]
+    open_health: bool,
 }
 
 pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
@@ -59,6 +72,27 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
             max_queued_bytes: args.max_queued_bytes,
             max_connections: args.max_connections,
         },
+        tls: match (&args.cert_file, &args.key_file) {
+            (Some(cert), Some(key)) => Some(storage::TlsConfig {
+                cert_pem: read_pem("--cert-file", cert)?,
+                key_pem: read_pem("--key-file", key)?,
+            }),
+            _ => None,
+        },
+        auth: match &args.auth_token_file {
+            Some(path) => {
+                let bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read --auth-token-file {}", path.display()))?;
+                let token = storage::client::parse_token(&bytes).map_err(|why| {
+                    anyhow::anyhow!("--auth-token-file {}: {why}", path.display())
+                })?;
+                Some(storage::AuthConfig {
+                    token,
+                    open_health: args.open_health,
+                })
+            }
+            None => None,
+        },
     };
     let (listener, addr) = listen(&args.listen).await?;
     let mut server = storage::Server::open(config)
@@ -73,8 +107,13 @@ pub async fn run(args: StorageArgs) -> anyhow::Result<u8> {
         server = server.verify_tokens(storage::verify::Verifier::new(client));
         info!(endpoints = %endpoints.join(","), "tokens are verified with the lock service");
     }
-    info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body, "storage ready");
-    announce(addr)?;
+    info!(%addr, policy = %args.fencing, %engine, max_body = args.max_body,
+          tls = server.is_tls(), bearer_token = args.auth_token_file.is_some(), "storage ready");
+    if server.is_tls() {
+        announce_tls(addr)?;
+    } else {
+        announce(addr)?;
+    }
     server
         .serve(listener, shutdown_signal())
         .await

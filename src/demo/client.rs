@@ -24,7 +24,7 @@ use tokio::io::AsyncBufReadExt;
 
 use fencelock::FencingToken;
 use fencelock::lock::{Client, LockGuard, LossReason, Session};
-use fencelock::storage::{ClientError, Protocol, StorageClient};
+use fencelock::storage::{ClientError, Protocol, StorageClient, StorageOptions};
 
 /// How long releasing the lock may take once the write is done. The outcome is already
 /// known by then; a lock service that does not answer must not hold the exit back.
@@ -62,6 +62,8 @@ pub struct ClientOptions {
     pub connect: fencelock::lock::ConnectOptions,
     /// Base URL of the fenced storage.
     pub storage: String,
+    /// Its CA bundle and bearer token, when it serves HTTPS or asks for one.
+    pub storage_options: StorageOptions,
     /// The storage protocol: REST (fenced by the lock name) or the seed's (the key is its own
     /// fence), which the seed's own storage speaks.
     pub protocol: Protocol,
@@ -116,7 +118,8 @@ pub async fn client(
         role: options.role,
     };
     // A bad URL is the user's mistake: report it before taking any lock.
-    let storage = StorageClient::new(&options.storage)?.with_protocol(options.protocol);
+    let storage = StorageClient::with_options(&options.storage, &options.storage_options)?
+        .with_protocol(options.protocol);
     let client = Client::connect_with(&options.endpoints, &options.connect).await?;
     let session = client.session(options.ttl).await?;
     let guard = session.lock(&options.lock).await?;

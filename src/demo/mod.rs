@@ -238,6 +238,8 @@ impl Servers {
             engine: Engine::Durable(dir),
             policy,
             limits: storage::Limits::default(),
+            tls: None,
+            auth: None,
         };
         let server = storage::Server::open(config)
             .await

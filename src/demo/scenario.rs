@@ -273,7 +273,14 @@ async fn stored_value(storage: &str, key: &str) -> anyhow::Result<Option<String>
         .map_err(|()| anyhow!("the storage URL cannot take a path"))?
         .pop_if_empty()
         .extend(["v1", "kv", key]);
-    let response = reqwest::get(url).await.context("cannot read the storage")?;
+    let http = fencelock::storage::http_client_builder(&Default::default())?
+        .build()
+        .context("cannot build the HTTP client")?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .context("cannot read the storage")?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }

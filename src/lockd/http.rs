@@ -23,15 +23,23 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `grpc` (lockd's gRPC services) with `/health`, `/metrics` and the fallback added.
 pub fn routes(core: Arc<Core>, grpc: Routes) -> Routes {
-    let http = axum::Router::new()
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .with_state(core);
     // Replaces tonic's fallback, which answers every unknown path as an unknown gRPC service.
     grpc.into_axum_router()
-        .merge(http)
+        .merge(http_routes(core))
         .fallback(not_found)
         .into()
+}
+
+/// `/health` and `/metrics` alone, for a listener of their own (`--listen-metrics-urls`).
+pub fn metrics_router(core: Arc<Core>) -> axum::Router {
+    http_routes(core).fallback(not_found)
+}
+
+fn http_routes(core: Arc<Core>) -> axum::Router {
+    axum::Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(core)
 }
 
 /// Why lockd cannot serve now, or `None` when it can.

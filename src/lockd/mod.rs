@@ -11,7 +11,12 @@
 //!   when it expires (checked at each deadline, so within milliseconds of it) or is revoked.
 //! - The v3lock service (Lock/Unlock), MemberList and Status describing one member.
 //! - On the same port, over HTTP/1.1, etcd's `GET /health` and a Prometheus `GET /metrics`
-//!   (the routes in `http.rs`, the series in `metrics.rs`).
+//!   (the routes in `http.rs`, the series in `metrics.rs`); and, as etcd's
+//!   `--listen-metrics-urls` does, on plaintext HTTP listeners of their own
+//!   ([`Server::serve_with_metrics`]), which is where monitoring reaches them once the
+//!   client port speaks TLS.
+//! - TLS on the client port, and mutual TLS ([`TlsConfig`], etcd's `--cert-file`,
+//!   `--key-file`, `--trusted-ca-file`, `--client-cert-auth`), through tonic's rustls server.
 //!
 //! One process, one member, memory only, except for one promise: the revision, and with it
 //! every fencing token, never goes back, also across a restart (kept in
@@ -76,6 +81,78 @@ const EXPIRY_CHECK: Duration = Duration::from_millis(50);
 /// How long connections may take to close after a shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a client may take over its TLS handshake. Handshakes run concurrently, so a
+/// silent client delays no one else; this only frees what it holds.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS on the client port, with the meaning etcd gives its flags of the same names.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// The server's certificate chain, PEM (`--cert-file`).
+    pub cert_pem: Vec<u8>,
+    /// Its private key, PEM (`--key-file`).
+    pub key_pem: Vec<u8>,
+    /// Authorities whose client certificates are accepted, PEM (`--trusted-ca-file`); used
+    /// with `client_cert_auth`, as in etcd.
+    pub trusted_ca_pem: Option<Vec<u8>>,
+    /// Every client must present a certificate signed by `trusted_ca_pem`
+    /// (`--client-cert-auth`): mutual TLS.
+    pub client_cert_auth: bool,
+}
+
+impl std::fmt::Debug for TlsConfig {
+    // The key stays out of logs and panic messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("trusted_ca", &self.trusted_ca_pem.is_some())
+            .field("client_cert_auth", &self.client_cert_auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConfig {
+    /// tonic's server TLS for this configuration, checked: the certificate and key parse
+    /// and belong together, and mutual TLS has an authority to check clients against.
+    fn server_config(&self) -> Result<tonic::transport::ServerTlsConfig, LockdError> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        if self.client_cert_auth {
+            let Some(ca) = &self.trusted_ca_pem else {
+                return Err(LockdError::Config(
+                    "client certificate authentication needs a trusted CA file",
+                ));
+            };
+            config = config.client_ca_root(Certificate::from_pem(ca));
+        }
+        // tonic parses the PEM files when the configuration is applied; applying it once here
+        // turns a bad file into an error at start, before lockd says it is ready.
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|e| {
+                // tonic's own message is a bare "transport error"; the cause says what is wrong.
+                LockdError::Tls(match std::error::Error::source(&e) {
+                    Some(cause) => error_chain(cause),
+                    None => e.to_string(),
+                })
+            })?;
+        Ok(config)
+    }
+}
+
+/// `error` and its causes on one line, `: `-separated.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 /// How lockd runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -97,6 +174,8 @@ pub struct Config {
     /// the next waiter no sooner than this after the lease ended. A released lock (its key
     /// deleted) passes at once. Zero, the default, behaves as etcd does.
     pub lock_delay: Duration,
+    /// TLS on the client port; `None` serves plaintext.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for Config {
@@ -108,6 +187,7 @@ impl Default for Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             quota_backend_bytes: DEFAULT_QUOTA_BACKEND_BYTES,
             lock_delay: Duration::ZERO,
+            tls: None,
         }
     }
 }
@@ -121,6 +201,9 @@ pub enum LockdError {
     /// A [`Config`] value out of range; the text says which and why.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// The TLS certificate, key or authority cannot be used; the text says why.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(String),
     /// The listener's local address could not be read.
     #[error("cannot read the listening address: {0}")]
     Address(std::io::Error),
@@ -140,6 +223,7 @@ impl From<tonic::transport::Error> for LockdError {
 pub struct Server {
     state: State,
     max_request_bytes: usize,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Server {
@@ -157,6 +241,11 @@ impl Server {
                 "the history must keep at least one event",
             ));
         }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(TlsConfig::server_config)
+            .transpose()?;
         let (revisions, start) = match &config.data_dir {
             Some(dir) => Revisions::open(dir)?,
             None => Revisions::in_memory(),
@@ -171,7 +260,13 @@ impl Server {
         Ok(Self {
             state: State::new(revisions, start, limits),
             max_request_bytes: config.max_request_bytes,
+            tls,
         })
+    }
+
+    /// Whether the client port speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The revision the next change will follow.
@@ -186,9 +281,23 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), LockdError> {
+        self.serve_with_metrics(listener, Vec::new(), shutdown)
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), and also serves `GET /health` and `GET /metrics` over
+    /// plaintext HTTP/1.1 on each of `metrics` (etcd's `--listen-metrics-urls`), whatever the
+    /// client port speaks.
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Vec<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), LockdError> {
         let addr = listener.local_addr().map_err(LockdError::Address)?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         let (stop, stopping) = signal::channel(false);
-        let mut core = Core::new(self.state, format!("http://{addr}"), stopping);
+        let mut core = Core::new(self.state, format!("{scheme}://{addr}"), stopping);
         core.max_request_bytes = self.max_request_bytes;
         let core = Arc::new(core);
         let decode_limit = self.max_request_bytes.saturating_add(GRPC_OVERHEAD_BYTES);
@@ -214,7 +323,23 @@ impl Server {
         .add_service(maintenance_server::MaintenanceServer::new(services));
         // HTTP/1.1 for `/health` and `/metrics`; gRPC connections still speak HTTP/2 with the
         // same settings, told apart by the connection preface.
-        let serve = tonic::transport::Server::builder()
+        let mut metrics_servers = tokio::task::JoinSet::new();
+        for listener in metrics {
+            let mut stopped = stop.subscribe();
+            let router = http::metrics_router(core.clone());
+            metrics_servers.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|&stop| stop).await;
+                    })
+                    .await
+            });
+        }
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let serve = builder
             .accept_http1(true)
             .add_routes(http::routes(core.clone(), grpc))
             .serve_with_incoming_shutdown(incoming, async move {
@@ -236,6 +361,8 @@ impl Server {
             }
         };
         expiry.abort();
+        // The metrics listeners saw the same stop; whatever they still serve ends here.
+        metrics_servers.abort_all();
         result.map_err(LockdError::from)
     }
 }

@@ -16,6 +16,10 @@ use rustix::process::{Pid, kill_process, set_parent_process_death_signal};
 /// learn the port; it is written and read only through this constant.
 pub const READY_PREFIX: &str = "listening on http://";
 
+/// [`READY_PREFIX`] for a server whose port speaks TLS (`listening on https://IP:PORT`);
+/// [`parse_ready_line`] reads both.
+pub const READY_PREFIX_TLS: &str = "listening on https://";
+
 /// Makes `command`'s child receive SIGKILL when the thread that spawns it ends, so that a
 /// parent that dies without cleaning up (SIGKILL, a panic that aborts) leaves no child
 /// running. Spawn from a thread that lives as long as the child: a runtime's worker or the
@@ -202,7 +206,11 @@ pub fn read_ready_addr(
     rx.recv_timeout(timeout).ok()
 }
 
-/// The address on a [`READY_PREFIX`] line, `None` for any other line.
+/// The address on a [`READY_PREFIX`] or [`READY_PREFIX_TLS`] line, `None` for any other line.
 pub fn parse_ready_line(line: &str) -> Option<SocketAddr> {
-    line.strip_prefix(READY_PREFIX)?.trim().parse().ok()
+    line.strip_prefix(READY_PREFIX)
+        .or_else(|| line.strip_prefix(READY_PREFIX_TLS))?
+        .trim()
+        .parse()
+        .ok()
 }

@@ -15,8 +15,8 @@ mod postgres;
 mod server;
 
 pub use child::{
-    ChildGuard, READY_PREFIX, Signal, die_with_parent, freeze, parse_ready_line, read_ready_addr,
-    send_signal,
+    ChildGuard, READY_PREFIX, READY_PREFIX_TLS, Signal, die_with_parent, freeze, parse_ready_line,
+    read_ready_addr, send_signal,
 };
 pub use etcd::{ClusterError, EtcdCluster, EtcdOptions, ServerTls};
 pub use postgres::{POSTGRES_USER, PostgresError, PostgresServer, postgres_bin_dir};

@@ -7,7 +7,14 @@
 //! Two protocols ([`Protocol`]): the REST face (the default), and the seed's JSON on `POST /`,
 //! which both `fencelock storage` and the seed's own storage speak. The seed protocol names no
 //! fence (each key is its own fence) and sends nothing the seed's storage would not decode.
+//!
+//! A storage behind HTTPS or a bearer token is reached through [`StorageOptions`]. Every
+//! reqwest client of the crate is built by [`http_client_builder`]: reqwest is compiled
+//! without a TLS provider of its own and is handed a rustls configuration with the ring
+//! provider here, so nothing depends on a process-wide provider being installed.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
@@ -60,6 +67,9 @@ pub enum ClientError {
     /// cause is the `source()`, not part of the message, so a cause chain prints it once.
     #[error("storage request failed")]
     Http(#[from] reqwest::Error),
+    /// The CA bundle or the token cannot be used; the text says which and why.
+    #[error("cannot set up the storage client: {0}")]
+    Setup(String),
     /// The base URL, or a URL built from it and a key, cannot be parsed.
     #[error("invalid storage URL {0:?}")]
     BadUrl(String),
@@ -100,6 +110,200 @@ pub struct Stored {
     pub fence: Option<String>,
 }
 
+/// How to reach a storage that serves HTTPS or asks for a bearer token.
+#[derive(Clone, Default)]
+pub struct StorageOptions {
+    /// PEM certificates of the authorities that sign the storage's certificate; `https://`
+    /// URLs are checked against the system's roots when `None`.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Sent as `Authorization: Bearer <token>` with every request.
+    pub bearer_token: Option<String>,
+}
+
+impl std::fmt::Debug for StorageOptions {
+    // The token stays out of logs and panic messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageOptions")
+            .field("ca", &self.ca_pem.is_some())
+            .field("bearer_token", &self.bearer_token.is_some())
+            .finish()
+    }
+}
+
+impl StorageOptions {
+    /// Reads the CA bundle (PEM) and the token (the file's first line, surrounding
+    /// whitespace removed; the same file `fencelock storage --auth-token-file` reads).
+    pub fn from_files(ca: Option<&Path>, token: Option<&Path>) -> Result<Self, ClientError> {
+        let read = |what: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| {
+                ClientError::Setup(format!("cannot read the {what} {}: {e}", path.display()))
+            })
+        };
+        let bearer_token = match token {
+            Some(path) => {
+                let bytes = read("token file", path)?;
+                Some(parse_token(&bytes).map_err(|why| {
+                    ClientError::Setup(format!("the token file {}: {why}", path.display()))
+                })?)
+            }
+            None => None,
+        };
+        Ok(StorageOptions {
+            ca_pem: ca.map(|ca| read("CA bundle", ca)).transpose()?,
+            bearer_token,
+        })
+    }
+}
+
+/// A bearer token from a token file's contents: its first line, trimmed; it must be
+/// non-empty visible ASCII, the characters an HTTP header carries unchanged.
+pub fn parse_token(bytes: &[u8]) -> Result<String, &'static str> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8")?;
+    let token = text.lines().next().unwrap_or_default().trim();
+    if token.is_empty() {
+        return Err("no token on its first line");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token must be visible ASCII without spaces");
+    }
+    Ok(token.to_owned())
+}
+
+/// A reqwest client builder with fencelock's TLS (rustls and ring; the CA of `options`, or
+/// the system's roots) and `options`' bearer token on every request. Build every reqwest
+/// client through this: reqwest's own default TLS needs a process-wide provider.
+pub fn http_client_builder(
+    options: &StorageOptions,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Setup(format!("TLS versions: {e}")))?;
+    let mut tls = match &options.ca_pem {
+        Some(pem) => {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject as _;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert =
+                    cert.map_err(|e| ClientError::Setup(format!("the CA bundle is not PEM: {e}")))?;
+                roots.add(cert).map_err(|e| {
+                    ClientError::Setup(format!("a CA certificate is unusable: {e}"))
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(ClientError::Setup(
+                    "the CA bundle holds no certificate".into(),
+                ));
+            }
+            versions.with_root_certificates(roots)
+        }
+        // Checked against the system's roots, loaded at the first handshake: a client that
+        // only ever speaks plain HTTP does not read them at all.
+        None => versions
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SystemRoots { provider })),
+    }
+    .with_no_client_auth();
+    // The storage speaks HTTP/1.1 only (and so does this client).
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // The one builder of the crate (clippy.toml refuses the others).
+    #[allow(clippy::disallowed_methods)]
+    let mut builder = reqwest::Client::builder().tls_backend_preconfigured(tls);
+    if let Some(token) = &options.bearer_token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| ClientError::Setup("the token cannot be sent in a header".into()))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        builder = builder.default_headers(headers);
+    }
+    Ok(builder)
+}
+
+/// The system's root certificates, read once per process at the first handshake that needs
+/// them. Reading and parsing them takes tens of milliseconds (far more in a debug build), which
+/// a plaintext client should not pay at construction.
+static SYSTEM_ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+
+/// Server certificates checked against [`SYSTEM_ROOTS`] by rustls' own WebPKI verifier; only
+/// the loading of the roots is deferred.
+#[derive(Debug)]
+struct SystemRoots {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl SystemRoots {
+    fn verifier(&self) -> Result<Arc<rustls::client::WebPkiServerVerifier>, rustls::Error> {
+        let roots = SYSTEM_ROOTS.get_or_init(|| {
+            // Unreadable system certificates are skipped, as every TLS client does; a server
+            // they would have vouched for then fails its handshake as unknown.
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            Arc::new(roots)
+        });
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots.clone(),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(format!("no usable system root certificate: {e}")))
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for SystemRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// A client of one storage server.
 #[derive(Clone, Debug)]
 pub struct StorageClient {
@@ -111,14 +315,21 @@ pub struct StorageClient {
 impl StorageClient {
     /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
     pub fn new(base: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_options(base, &StorageOptions::default())
+    }
+
+    /// A client for the server at `base` (`http://` or `https://`) with a CA bundle or a
+    /// bearer token.
+    pub fn with_options(base: &str, options: &StorageOptions) -> Result<Self, ClientError> {
+        let http = http_client_builder(options)?
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
             .build()?;
         Self::with_http_client(base, http)
     }
 
-    /// A client sharing an existing `reqwest::Client` (and its connection pool).
+    /// A client sharing an existing `reqwest::Client` (and its connection pool); build it
+    /// with [`http_client_builder`].
     pub fn with_http_client(base: &str, http: reqwest::Client) -> Result<Self, ClientError> {
         let base = Url::parse(base).map_err(|_| ClientError::BadUrl(base.to_owned()))?;
         if base.cannot_be_a_base() {

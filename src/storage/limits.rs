@@ -272,6 +272,8 @@ pub(super) struct BoundedListener {
     slots: Arc<Semaphore>,
     max_connections: usize,
     metrics: Arc<Metrics>,
+    /// Whether a connection over the bound gets a plaintext 503 before it is closed.
+    answer_refusals: bool,
 }
 
 impl BoundedListener {
@@ -281,7 +283,15 @@ impl BoundedListener {
             slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             metrics,
+            answer_refusals: true,
         }
+    }
+
+    /// The same listener closing connections over the bound without an answer, for a port
+    /// that speaks TLS, where a plaintext 503 would only break the handshake.
+    pub(super) fn closing_refusals(mut self) -> Self {
+        self.answer_refusals = false;
+        self
     }
 }
 
@@ -320,7 +330,9 @@ impl Listener for BoundedListener {
                 }
                 Err(_) => {
                     self.metrics.refused(Refusal::Connections);
-                    tokio::spawn(refuse(stream, self.max_connections));
+                    if self.answer_refusals {
+                        tokio::spawn(refuse(stream, self.max_connections));
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@
 //! - `limits` holds the bounds on connections and queued request bodies (503 past them).
 //! - `metrics` holds the Prometheus counters and histograms.
 //! - [`verify`] holds token verification against the lock service (`--verify-tokens`).
+//! - `tls` holds HTTPS (a listener that completes handshakes), `auth` the bearer token.
 //! - [`client`] holds [`StorageClient`].
 //!
 //! The fence rule and the wire format are always compiled; the client needs the `client`
@@ -19,6 +20,8 @@
 //! lower is rejected, equal accepted, higher raises; check and effect are one step, durable
 //! before the reply; reads raise the fence too under the strict policy.
 
+#[cfg(feature = "storage")]
+mod auth;
 #[cfg(feature = "storage")]
 mod backend;
 #[cfg(feature = "client")]
@@ -39,13 +42,19 @@ pub mod server;
 #[cfg(feature = "storage")]
 mod store;
 #[cfg(feature = "storage")]
+mod tls;
+#[cfg(feature = "storage")]
 pub mod verify;
 pub mod wire;
 
 #[cfg(feature = "storage")]
+pub use auth::AuthConfig;
+#[cfg(feature = "storage")]
 pub use backend::BackendError;
 #[cfg(feature = "client")]
-pub use client::{ClientError, Protocol, StorageClient, Stored};
+pub use client::{
+    ClientError, Protocol, StorageClient, StorageOptions, Stored, http_client_builder,
+};
 pub use fence::Policy;
 #[cfg(feature = "storage")]
 pub use limits::{DEFAULT_MAX_BODY, Limits, LimitsError};
@@ -53,4 +62,6 @@ pub use limits::{DEFAULT_MAX_BODY, Limits, LimitsError};
 pub use server::{Config, Server, ServerError, run};
 #[cfg(feature = "storage")]
 pub use store::Engine;
+#[cfg(feature = "storage")]
+pub use tls::TlsConfig;
 pub use wire::FENCING_TOKEN;

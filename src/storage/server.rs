@@ -11,9 +11,10 @@
 //! | `GET /v1/fences/{name}` | a fence's current token |
 //! | `GET /healthz`, `GET /metrics` | liveness, Prometheus metrics |
 //!
-//! Every refusal, including an unknown path, a wrong method, a body over `--max-body` and a
-//! request past the bounds of `limits`, is answered with a JSON body; the server itself never
-//! stops on bad input.
+//! Every refusal, including an unknown path, a wrong method, a body over `--max-body`, a
+//! request past the bounds of `limits` and one without the bearer token (`auth`), is answered
+//! with a JSON body; the server itself never stops on bad input. With [`Config::tls`] every
+//! route is served over HTTPS only.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,14 +24,17 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::serve::Listener;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use super::auth::{AuthConfig, require_token};
 use super::fence::Policy;
 use super::http::{App, AppState, error_response};
 use super::limits::{AdmitLayer, BodyQueue, BoundedListener, Limits, LimitsError};
 use super::metrics::Metrics;
 use super::store::{Engine, Store};
+use super::tls::{TlsConfig, TlsListener};
 use super::{rest, seed};
 use crate::storage::backend::BackendError;
 
@@ -43,6 +47,10 @@ pub struct Config {
     pub policy: Policy,
     /// Bounds on bodies and connections.
     pub limits: Limits,
+    /// HTTPS instead of HTTP; `None` serves plaintext.
+    pub tls: Option<TlsConfig>,
+    /// A bearer token every request must carry; `None` lets anyone in.
+    pub auth: Option<AuthConfig>,
 }
 
 /// Why the server could not start or stopped with an error.
@@ -60,6 +68,9 @@ pub enum ServerError {
     /// The limits cannot work together.
     #[error("{0}")]
     Limits(LimitsError),
+    /// The certificate or key cannot be used; the text says why.
+    #[error("invalid TLS configuration: {0}")]
+    Tls(String),
     /// The blocking task that opens or closes the store panicked.
     #[error("opening or closing the store panicked: {0}")]
     Join(tokio::task::JoinError),
@@ -89,6 +100,8 @@ pub struct Server {
     store: Store,
     state: AppState,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Option<Arc<AuthConfig>>,
 }
 
 impl Server {
@@ -96,6 +109,12 @@ impl Server {
     /// async threads.
     pub async fn open(config: Config) -> Result<Self, ServerError> {
         config.limits.check().map_err(ServerError::Limits)?;
+        let tls = config
+            .tls
+            .as_ref()
+            .map(TlsConfig::acceptor)
+            .transpose()
+            .map_err(ServerError::Tls)?;
         let metrics = Arc::new(Metrics::default());
         let store = {
             let metrics = metrics.clone();
@@ -113,6 +132,8 @@ impl Server {
             store,
             state,
             limits: config.limits,
+            tls,
+            auth: config.auth.map(Arc::new),
         })
     }
 
@@ -122,6 +143,11 @@ impl Server {
         // Only ever set here, once per server.
         let _ = self.state.verifier.set(verifier);
         self
+    }
+
+    /// Whether the server speaks HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Serves `listener` until `shutdown` resolves, then lets open requests finish, commits
@@ -139,16 +165,44 @@ impl Server {
     ) -> Result<(), ServerError> {
         let metrics = self.state.metrics.clone();
         let queue = BodyQueue::new(self.limits, metrics.clone());
-        let app = router(self.state, self.limits.max_body).layer(AdmitLayer(queue));
-        let listener = BoundedListener::new(listener, self.limits.max_connections, metrics);
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let mut app = router(self.state, self.limits.max_body);
+        if let Some(auth) = self.auth {
+            // Around every route and the fallbacks, so that without the token even an
+            // unknown path is a 401: the routes are not shown to strangers.
+            app = app.layer(axum::middleware::from_fn_with_state(auth, require_token));
+        }
+        let app = app.layer(AdmitLayer(queue));
+        let served = match self.tls {
+            None => {
+                let listener = BoundedListener::new(listener, self.limits.max_connections, metrics);
+                serve_on(listener, app, shutdown).await
+            }
+            Some(acceptor) => {
+                // A connection over the bound is closed rather than answered: a plaintext
+                // 503 would break the client's handshake anyway.
+                let listener = BoundedListener::new(listener, self.limits.max_connections, metrics)
+                    .closing_refusals();
+                serve_on(TlsListener::new(listener, acceptor)?, app, shutdown).await
+            }
+        };
         let store = self.store;
         tokio::task::spawn_blocking(move || store.close()).await?;
         info!("storage stopped");
         Ok(served?)
     }
+}
+
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: Listener<Addr = std::net::SocketAddr>,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Opens the store and serves `listener` until `shutdown` resolves.

@@ -5,9 +5,8 @@
 
 use std::time::Duration;
 
-use crate::cli::Holder;
 use crate::support::etcd::{self, etcdctl};
-use crate::tls::{assert_one_line, refused};
+use crate::support::lock_cmd::{Holder, assert_one_line, refused};
 use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX};
 use fencelock::process::EtcdOptions;
 

@@ -4,89 +4,15 @@
 
 use crate::both_backends;
 
-use std::io::{BufRead, BufReader};
-use std::process::{ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::backend::Service;
 use crate::support::etcd::within_ttl;
-use crate::support::proc::{ChildGuard, Signal, fencelock_bin};
-use fencelock::FencingToken;
+use crate::support::lock_cmd::{Holder, TTL};
+use crate::support::proc::{Signal, fencelock_bin};
 use fencelock::lock::Client;
-use serde_json::Value;
 use tokio::time::{Instant, timeout};
-
-const TTL: Duration = Duration::from_secs(2);
-
-/// A `fencelock lock` child and the JSON lines it prints.
-pub(crate) struct Holder {
-    child: ChildGuard,
-    stdin: Option<ChildStdin>,
-    events: mpsc::Receiver<Value>,
-}
-
-impl Holder {
-    fn spawn(endpoints: &[String], name: &str) -> Holder {
-        Self::spawn_with(name, &[format!("--endpoints={}", endpoints.join(","))], &[])
-    }
-
-    /// `fencelock lock NAME --ttl 2 <args>` with `envs` added to its environment.
-    pub(crate) fn spawn_with(name: &str, args: &[String], envs: &[(&str, String)]) -> Holder {
-        let mut cmd = Command::new(fencelock_bin());
-        cmd.args(["lock", name, "--ttl", &TTL.as_secs().to_string()])
-            .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
-        let stdin = child.child_mut().stdin.take();
-        let stdout = child.child_mut().stdout.take().expect("piped stdout");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let event = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON line: {line:?}: {e}"));
-                if tx.send(event).is_err() {
-                    return;
-                }
-            }
-        });
-        Holder {
-            child,
-            stdin,
-            events,
-        }
-    }
-
-    /// The next event, which must be `kind`, within `within`.
-    pub(crate) fn expect(&self, kind: &str, within: Duration) -> Value {
-        let event = self
-            .events
-            .recv_timeout(within)
-            .unwrap_or_else(|_| panic!("no {kind:?} event within {within:?}"));
-        assert_eq!(event["event"], kind, "{event}");
-        event
-    }
-
-    /// Sends `signal` to the holder process (e.g. `Signal::STOP` to freeze it).
-    pub(crate) fn signal(&self, signal: Signal) {
-        self.child.signal(signal);
-    }
-
-    /// SIGTERM while holding: it releases the lock and exits 0.
-    pub(crate) fn release(mut self) {
-        self.child.signal(Signal::TERM);
-        self.expect("released", Duration::from_secs(10));
-        let status = self.child.wait_exit(Duration::from_secs(10));
-        assert!(status.success(), "released and exited 0: {status}");
-    }
-
-    fn token(event: &Value) -> FencingToken {
-        serde_json::from_value(event["token"].clone()).expect("a token")
-    }
-}
 
 async fn wait_for_keys(client: &Client, name: &str, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);

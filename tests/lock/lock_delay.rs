@@ -8,8 +8,8 @@ use fencelock::etcd::etcdserverpb as pb;
 use fencelock::lock::{Client, LockOptions, Session};
 use tokio::time::Instant;
 
-use crate::cli::Holder;
 use crate::support::etcd;
+use crate::support::lock_cmd::Holder;
 use crate::support::lockd::LockdProcess;
 use crate::support::proc::Signal;
 
@@ -136,7 +136,7 @@ async fn on_etcd_the_waiting_client_applies_the_lock_delay() {
 
 #[tokio::test]
 async fn lockd_applies_its_lock_delay_to_every_waiter() {
-    let lockd = LockdProcess::start_with(&["--lock-delay", "3s"]);
+    let lockd = LockdProcess::start_with(&["--lock-delay".into(), "3s".into()]);
     let endpoints = lockd.endpoints();
     // The waiter asks for no delay of its own.
     let after = acquire_after_a_frozen_holder(&endpoints, LockOptions::default()).await;

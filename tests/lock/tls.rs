@@ -1,15 +1,14 @@
 //! The lock client over TLS, against a real etcd whose client port requires mutual TLS
 //! (certificates made by the test): the library, and `fencelock lock` given etcdctl's flags
 //! or its environment variables; a wrong authority or a missing client certificate is one
-//! readable line and a non-zero exit.
+//! readable line and a non-zero exit; and the main story (a second holder acquires once the
+//! first unlocks, with a later token) on a 3-member cluster with `--client-cert-auth`.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::cli::Holder;
 use crate::support::certs::TestCerts;
 use crate::support::etcd;
-use crate::support::proc::{ChildGuard, fencelock_bin};
+use crate::support::lock_cmd::{Holder, assert_one_line, refused};
 use fencelock::lock::{Client, ConnectOptions};
 use fencelock::process::EtcdOptions;
 
@@ -59,42 +58,6 @@ async fn the_library_locks_and_unlocks_through_mutual_tls() {
         "{:?}",
         refused.err()
     );
-}
-
-/// Runs `fencelock lock NAME` expected to fail: its exit status and stderr. Its stdin stays
-/// open (at EOF it would stop before trying), and its log is kept to warnings.
-pub(crate) fn refused(name: &str, args: &[String]) -> (Option<i32>, String) {
-    use std::io::Read;
-    let mut cmd = Command::new(fencelock_bin());
-    cmd.args(["lock", name, "--ttl", "2"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
-    let _stdin = child.child_mut().stdin.take();
-    let mut stderr = String::new();
-    child
-        .child_mut()
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("readable stderr");
-    let status = child.wait_exit(Duration::from_secs(30));
-    (status.code(), stderr)
-}
-
-pub(crate) fn assert_one_line(stderr: &str, mentions: &str) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
-    assert!(
-        lines[0].contains(mentions),
-        "{stderr:?} mentions {mentions:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr:?}");
 }
 
 #[tokio::test]
@@ -155,4 +118,82 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
     let (code, stderr) = refused("/tls-cli", &missing);
     assert_eq!(code, Some(1), "{stderr}");
     assert_one_line(&stderr, "cannot read the CA bundle");
+}
+
+/// The lock suite's main story over mutual TLS against three members: each holder a client
+/// of its own, through a different member, so that the handover crosses the cluster.
+#[tokio::test]
+async fn holders_on_different_members_of_a_mutual_tls_cluster_hand_over_in_token_order() {
+    let certs = TestCerts::new();
+    let Some(etcd) = etcd::start_with(3, tls(&certs)).await else {
+        return;
+    };
+    let options = ConnectOptions {
+        tls: Some(certs.client()),
+        ..ConnectOptions::default()
+    };
+    let connect = |endpoints: Vec<String>| {
+        let options = options.clone();
+        async move {
+            Client::connect_with(endpoints, &options)
+                .await
+                .expect("connect over mutual TLS")
+        }
+    };
+    let a = connect(vec![etcd.endpoint(0)]).await;
+    let b = connect(vec![etcd.endpoint(2)]).await;
+    let observer = connect(etcd.endpoints()).await;
+
+    println!("1. A acquires through member 0");
+    let a_session = a.session(TTL).await.unwrap();
+    let first = a_session.lock("/tls-cluster").await.unwrap();
+
+    println!("2. B, through member 2, queues behind it");
+    let b_session = b.session(TTL).await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let guard = b_session.lock("/tls-cluster").await.unwrap();
+        (guard, b_session)
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while observer.lock_keys("/tls-cluster").await.unwrap().len() != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B never queued behind A"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!waiter.is_finished(), "B acquired while A held the lock");
+
+    println!("3. A unlocks; B acquires with a later token");
+    let first_token = first.token();
+    first.unlock().await.unwrap();
+    let (second, b_session) = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("B acquires once A unlocked")
+        .unwrap();
+    assert!(
+        second.token() > first_token,
+        "B's token {} follows A's {first_token}",
+        second.token()
+    );
+    let keys = observer.lock_keys("/tls-cluster").await.unwrap();
+    assert_eq!(keys.len(), 1, "only B's key is left: {keys:?}");
+    assert_eq!(keys[0].token, second.token());
+    let second_token = second.token();
+    second.unlock().await.unwrap();
+    b_session.close().await.unwrap();
+    a_session.close().await.unwrap();
+
+    println!("4. `fencelock lock` through all three members, etcdctl's flags");
+    let file = |name: &str| certs.path(name).display().to_string();
+    let flags = vec![
+        format!("--endpoints={}", etcd.endpoints().join(",")),
+        format!("--cacert={}", file("ca.pem")),
+        format!("--cert={}", file("client.pem")),
+        format!("--key={}", file("client-key.pem")),
+    ];
+    let holder = Holder::spawn_with("/tls-cluster", &flags, &[]);
+    let third = Holder::token(&holder.expect("acquired", Duration::from_secs(10)));
+    assert!(third > second_token, "{third} follows {second_token}");
+    holder.release();
 }

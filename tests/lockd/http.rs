@@ -74,7 +74,7 @@ async fn await_metric(http: &reqwest::Client, url: &str, series: &str, wanted: f
 async fn health_answers_etcds_json_and_an_unknown_path_a_json_404() {
     let lockd = LockdProcess::start();
     let url = base_url(&lockd);
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
 
     // 1. /health: 200 and etcd's body, exactly.
     let response = http.get(format!("{url}/health")).send().await.unwrap();
@@ -116,7 +116,7 @@ async fn health_answers_etcds_json_and_an_unknown_path_a_json_404() {
 async fn metrics_show_keys_leases_watchers_and_lock_waiters_and_grpc_still_works() {
     let lockd = LockdProcess::start();
     let url = base_url(&lockd);
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let channel = channel(&lockd).await;
     let mut kv = KvClient::new(channel.clone());
     let mut leases = LeaseClient::new(channel.clone());

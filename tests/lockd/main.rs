@@ -11,4 +11,5 @@ mod etcdctl;
 mod http;
 mod limits;
 mod restart;
+mod tls;
 mod watch;

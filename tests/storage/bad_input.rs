@@ -19,7 +19,7 @@ async fn assert_still_serving(http: &reqwest::Client, url: &str) {
 async fn each_malformed_seed_request_gets_a_json_400_and_the_next_request_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let server = StorageProcess::durable(dir.path(), "strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     let mut invalid_utf8 = br#"{"op":"write","key":"k"#.to_vec();
@@ -81,7 +81,7 @@ async fn each_malformed_seed_request_gets_a_json_400_and_the_next_request_is_ser
 #[tokio::test]
 async fn wrong_path_and_wrong_method_get_json_404_and_405() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("GET /nowhere: 404 with a JSON error");
@@ -109,7 +109,7 @@ async fn wrong_path_and_wrong_method_get_json_404_and_405() {
 #[tokio::test]
 async fn body_over_max_body_gets_a_json_413_and_the_next_request_is_served() {
     let server = StorageProcess::start(&["--in-memory", "--max-body", "1024"]);
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
     let big = "x".repeat(2048);
 
@@ -138,7 +138,7 @@ async fn body_over_max_body_gets_a_json_413_and_the_next_request_is_served() {
 #[tokio::test]
 async fn bad_rest_input_gets_a_json_400_and_the_next_request_is_served() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     for token in ["0", "-1", "abc", "9223372036854775808", "1.5"] {
@@ -237,7 +237,7 @@ fn random_bytes_and_random_json_get_2xx_or_4xx_and_the_server_survives() {
     let server = StorageProcess::in_memory("strict");
     let url = server.url.clone();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let mut runner = TestRunner::new(Config {
         cases: 400,
         ..Config::default()

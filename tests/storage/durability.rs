@@ -38,7 +38,7 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write_and_no_fenc
     for w in 0..KILL_WRITERS {
         let (url, acks) = (url.clone(), acks.clone());
         writers.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = crate::support::http_client();
             let key = format!("k{w}");
             let mut acked = Acked::default();
             for token in 1u64.. {
@@ -93,7 +93,7 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write_and_no_fenc
 
     println!("restart on the same data directory");
     let server = StorageProcess::durable(dir.path(), "strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     for (key, a) in &acked {
         println!(
             "{key}: acknowledged write {}, acknowledged fence {}",
@@ -158,7 +158,7 @@ async fn thirty_two_concurrent_writers_on_distinct_keys_lose_no_acknowledged_wri
     for w in 0..WRITERS {
         let url = url.clone();
         writers.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = crate::support::http_client();
             let mut acked = Vec::new();
             for n in 0u64.. {
                 if Instant::now() >= stop {
@@ -189,7 +189,7 @@ async fn thirty_two_concurrent_writers_on_distinct_keys_lose_no_acknowledged_wri
     for r in 0..WRITERS {
         let (url, acked) = (url.clone(), acked.clone());
         readers.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = crate::support::http_client();
             for (key, val) in acked.iter().skip(r).step_by(WRITERS) {
                 let (_, body) = seed(&http, &url, json!({"op": "read", "key": key})).await;
                 assert_eq!(body, json!({"val": val, "version": 1, "err": ""}), "{key}");
@@ -205,7 +205,7 @@ async fn thirty_two_concurrent_writers_on_distinct_keys_lose_no_acknowledged_wri
 async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = StorageProcess::durable(dir.path(), "strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
 
     println!("write under fence /lock with token 12, then SIGTERM");
     let write = json!({"op": "write", "key": "k", "val": "v", "version": 12, "fence": "/lock"});

@@ -29,7 +29,7 @@ async fn get(http: &reqwest::Client, url: &str, path: &str) -> Answer {
 /// under `/lock` with token 10, then a seed write naming no fence with token 5, then a REST
 /// write naming `/other` with token 3. Both late writes are refused and the value stays.
 async fn a_key_bound_to_a_lock_refuses_other_fences(server: &StorageProcess) {
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("PUT key0 under fence /lock with token 10: accepted, key0 now belongs to /lock");
@@ -101,7 +101,7 @@ async fn a_keys_binding_is_durable_with_the_write_that_made_it() {
 
     println!("restart on the same data directory: key0 still belongs to /lock");
     let server = StorageProcess::durable(dir.path(), "strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let (_, body) = seed(
         &http,
         &server.url,
@@ -116,7 +116,7 @@ async fn a_keys_binding_is_durable_with_the_write_that_made_it() {
 #[tokio::test]
 async fn a_key_that_is_its_own_fence_refuses_a_lock_and_leaves_the_locks_fence_alone() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("seed write of key `/lock` with version 7 and no fence: the key is its own fence");

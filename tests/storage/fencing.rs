@@ -38,7 +38,7 @@ fn assert_stale(answer: &(u16, Value), presented: u64, current: u64) {
 async fn stale_write_is_rejected_equal_is_accepted_higher_raises_the_fence() {
     let dir = tempfile::tempdir().unwrap();
     let server = StorageProcess::durable(dir.path(), "strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("a holder with token 5 writes: accepted, the fence is now 5");
@@ -61,7 +61,7 @@ async fn stale_write_is_rejected_equal_is_accepted_higher_raises_the_fence() {
 #[tokio::test]
 async fn strict_read_raises_the_fence_so_an_older_holders_later_write_is_rejected() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("A (token 5) writes counter=1");
@@ -96,7 +96,7 @@ async fn strict_read_raises_the_fence_so_an_older_holders_later_write_is_rejecte
 #[tokio::test]
 async fn writes_policy_lets_the_read_modify_write_lose_an_update() {
     let server = StorageProcess::in_memory("writes");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("A (token 5) writes counter=1; B (token 6) reads 1: under `writes` the fence stays 5");
@@ -129,7 +129,7 @@ async fn writes_policy_lets_the_read_modify_write_lose_an_update() {
 #[tokio::test]
 async fn one_fence_guards_several_keys() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("token 7 writes `a` under fence /lock");
@@ -160,7 +160,7 @@ async fn one_fence_guards_several_keys() {
 #[tokio::test]
 async fn strict_write_without_a_token_is_refused_and_a_plain_read_is_allowed() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("a write with version 0 (no token) is refused");
@@ -188,7 +188,7 @@ async fn strict_write_without_a_token_is_refused_and_a_plain_read_is_allowed() {
 #[tokio::test]
 async fn seed_policy_reproduces_the_seed_walkthrough() {
     let server = StorageProcess::in_memory("seed");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
     // The walkthrough's numbers: the seed sends lease IDs as versions.
     let client1: u64 = 4703569812595502721;
@@ -227,7 +227,7 @@ async fn seed_policy_reproduces_the_seed_walkthrough() {
 #[tokio::test]
 async fn off_policy_accepts_stale_tokens() {
     let server = StorageProcess::in_memory("off");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("token 9, then token 1, then no token: all accepted");

@@ -10,6 +10,7 @@ mod bad_input;
 mod durability;
 mod fence_binding;
 mod fencing;
+mod https;
 mod limits;
 mod rest;
 mod txn;

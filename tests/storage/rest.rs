@@ -12,7 +12,7 @@ fn token(n: u64) -> FencingToken {
 #[tokio::test]
 async fn rest_put_and_get_with_a_stale_put_answered_409_naming_fence_presented_and_current() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("PUT /v1/kv/config?fence=/lock with token 4");
@@ -93,7 +93,7 @@ async fn rest_put_and_get_with_a_stale_put_answered_409_naming_fence_presented_a
 #[tokio::test]
 async fn keys_with_slashes_are_addressed_by_a_double_slash_or_percent_encoding() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("PUT /v1/kv//lock/a/b writes the key `/lock/a/b`");
@@ -125,7 +125,7 @@ async fn keys_with_slashes_are_addressed_by_a_double_slash_or_percent_encoding()
 #[tokio::test]
 async fn fence_names_and_key_names_live_apart() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("key `/lock` is its own fence: writing it leaves the lock `/lock`'s fence alone");
@@ -174,7 +174,7 @@ async fn fence_names_and_key_names_live_apart() {
 async fn healthz_answers_and_metrics_count_requests_rejections_and_commits() {
     let dir = tempfile::tempdir().unwrap();
     let server = StorageProcess::durable(dir.path(), "strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("GET /healthz");

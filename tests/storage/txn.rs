@@ -25,7 +25,7 @@ fn read(key: &str) -> TxnStep {
 #[tokio::test]
 async fn a_transaction_written_by_hand_applies_its_steps_in_order() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
 
     println!("seed c under /orders, then one transaction: write a, read b, delete c, read a");
@@ -170,7 +170,7 @@ async fn an_acknowledged_transaction_survives_a_restart_whole() {
 #[tokio::test]
 async fn bad_transactions_get_a_400_with_a_json_error_and_the_server_keeps_serving() {
     let server = StorageProcess::in_memory("strict");
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let url = &server.url;
     for (query, body) in [
         ("", r#"{"ops":[{"op":"read","key":"a"}]}"#),

@@ -36,7 +36,7 @@ async fn tokens_are_verified_with_the_lock_service(service: Service) {
     let storage =
         StorageProcess::start(&["--in-memory", "--verify-tokens", "--endpoints", &endpoints]);
     let url = &storage.url;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let client = Client::connect(service.endpoints()).await.unwrap();
 
     println!("a forged token near i64::MAX is refused and does not lock the fence out");

@@ -1,7 +1,9 @@
 //! Certificates made for one test: an authority, a server certificate for 127.0.0.1 signed by
 //! it, a client certificate signed by it, and a second authority that signed none of them
-//! (to be trusted by mistake). Written as PEM files into a temporary directory, removed on
-//! drop.
+//! (to be trusted by mistake) but signed a client certificate of its own (to be presented by
+//! mistake). Written as PEM files into a temporary directory, removed on drop:
+//! `ca.pem`, `server.pem`, `server-key.pem`, `client.pem`, `client-key.pem`, `other-ca.pem`,
+//! `other-client.pem`, `other-client-key.pem`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,6 +28,7 @@ impl TestCerts {
         let other = authority("some other CA");
         let server = leaf(&["127.0.0.1", "localhost"], "etcd", &ca);
         let client = leaf(&[], "fencelock test client", &ca);
+        let stranger = leaf(&[], "a client of some other CA", &other);
         let write = |name: &str, pem: String| {
             std::fs::write(dir.path().join(name), pem).expect("write a PEM file");
         };
@@ -35,6 +38,8 @@ impl TestCerts {
         write("server-key.pem", server.1);
         write("client.pem", client.0);
         write("client-key.pem", client.1);
+        write("other-client.pem", stranger.0);
+        write("other-client-key.pem", stranger.1);
         TestCerts { dir }
     }
 

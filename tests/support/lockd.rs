@@ -23,7 +23,7 @@ pub struct LockdProcess {
     child: ChildGuard,
     /// `IP:PORT`, the form `EtcdCluster::endpoints` uses.
     addr: String,
-    /// Flags beyond the listen address and the data directory, kept for restarts.
+    /// Flags beyond the listener and the data directory, kept for restarts.
     args: Vec<String>,
     data_dir: tempfile::TempDir,
 }
@@ -34,18 +34,17 @@ impl LockdProcess {
         Self::start_with(&[])
     }
 
-    /// Like [`LockdProcess::start`], with more `fencelock lockd` flags.
-    pub fn start_with(args: &[&str]) -> Self {
+    /// Like [`start`](Self::start), with more `fencelock lockd` flags (TLS, metrics URLs).
+    pub fn start_with(args: &[String]) -> Self {
         let data_dir = tempfile::Builder::new()
             .prefix("fencelock-lockd-")
             .tempdir()
             .expect("temporary data directory");
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let (child, addr) = spawn(data_dir.path(), "127.0.0.1:0", &args);
+        let (child, addr) = spawn(data_dir.path(), "127.0.0.1:0", args);
         LockdProcess {
             child,
             addr,
-            args,
+            args: args.to_vec(),
             data_dir,
         }
     }

@@ -6,7 +6,17 @@
 pub mod backend;
 pub mod certs;
 pub mod etcd;
+pub mod lock_cmd;
 pub mod lockd;
 pub mod postgres;
 pub mod proc;
 pub mod storage;
+
+/// A plain HTTP client for the tests. reqwest is built without a TLS provider of its own, so
+/// its `Client::new()` would panic; every client is built through the library's builder.
+pub fn http_client() -> reqwest::Client {
+    fencelock::storage::http_client_builder(&Default::default())
+        .expect("the default HTTP client options")
+        .build()
+        .expect("an HTTP client")
+}

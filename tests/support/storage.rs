@@ -12,7 +12,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct StorageProcess {
     pub child: ChildGuard,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://` when started with `--cert-file`.
     pub url: String,
 }
 
@@ -43,8 +43,13 @@ impl StorageProcess {
             });
         let mut child = ChildGuard::spawn("fencelock storage", &mut cmd);
         let stdout = child.child_mut().stdout.take().expect("piped stdout");
+        let scheme = if args.iter().any(|a| a.starts_with("--cert-file")) {
+            "https"
+        } else {
+            "http"
+        };
         let url = match fencelock::process::read_ready_addr(stdout, READY_TIMEOUT) {
-            Some(addr) => format!("http://{addr}"),
+            Some(addr) => format!("{scheme}://{addr}"),
             None => panic!("storage did not print its address within {READY_TIMEOUT:?}"),
         };
         StorageProcess { child, url }

@@ -110,7 +110,9 @@ fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
     }
     let ratio = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("verified/plain requests/s, in-memory one-key, 2 connection(s): "))
+        .find_map(|l| {
+            l.strip_prefix("verified/plain requests/s, in-memory one-key, 2 connection(s): ")
+        })
         .and_then(|rest| rest.split_whitespace().next())
         .expect("the verified/plain ratio line");
     let ratio: f64 = ratio.parse().unwrap();

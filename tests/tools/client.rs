@@ -116,7 +116,9 @@ fn token_in(line: &str) -> u64 {
 
 /// The value stored under `key`, read without a token.
 async fn stored(storage: &str, key: &str) -> String {
-    let body: Value = reqwest::get(format!("{storage}/v1/kv/{key}"))
+    let body: Value = crate::support::http_client()
+        .get(format!("{storage}/v1/kv/{key}"))
+        .send()
         .await
         .expect("the storage answers")
         .json()
