@@ -17,7 +17,8 @@
 //! - [`lockd`] (feature `lockd`): the embedded lock service, speaking etcd's protocol, for a
 //!   machine without etcd.
 //! - [`process`] (feature `cli`): child processes for the tools and the tests: servers to
-//!   freeze, kill or restart, and a real loopback etcd cluster.
+//!   freeze, kill or restart, a real etcd cluster on loopback or across a private test
+//!   network of namespaces whose links can be cut.
 //!
 //! The `fencelock` binary (`src/main.rs`) holds the commands and the tools behind them
 //! (`demo`, `check`, `bench`); they are not part of this library.

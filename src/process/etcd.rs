@@ -1,9 +1,13 @@
-//! A real etcd cluster on loopback, started, faulted and stopped by this process.
+//! A real etcd cluster, on loopback or on the hosts of a [`TestNet`](super::TestNet), started,
+//! faulted and stopped by this process.
 //!
 //! Used by the tests, the benchmark and any command that needs etcd without asking the user
 //! to run one. Invariants:
-//! - Members listen on 127.0.0.1 only, on ports that were free when chosen, with data in a
-//!   temporary directory removed on drop.
+//! - By default members listen on 127.0.0.1 only, on ports that were free when chosen. Given
+//!   hosts ([`EtcdOptions::hosts`]), each member runs inside its host's network namespace and
+//!   listens on that host's address only, on etcd's own ports (2379, 2380: the namespace is
+//!   the member's alone), and is reached, checked included, from inside the network only.
+//! - Data lives in a temporary directory removed on drop.
 //! - `start` returns only once every member answers a linearizable read, i.e. the cluster
 //!   has a leader and a quorum.
 //! - Every member process is killed and reaped when the cluster is dropped, also if it was
@@ -21,7 +25,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep};
 
-use super::Signal;
+use super::{NetError, NetHost, Signal};
 use crate::lock::{Client, ConnectOptions, TlsOptions};
 
 /// Raft heartbeat for loopback members. etcd's default (100 ms) is sized for real networks;
@@ -34,6 +38,10 @@ const ELECTION_MS: u32 = 500;
 
 /// How long a cluster may take to elect a leader and answer reads.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Client and peer ports of a member on a host of its own: etcd's defaults, free by
+/// construction in a namespace that holds nothing else.
+const HOST_PORTS: (u16, u16) = (2379, 2380);
 
 /// Attempts with fresh ports when a member cannot bind: a "free" port can be taken by
 /// another process between choosing it and etcd binding it.
@@ -72,12 +80,27 @@ pub enum ClusterError {
     /// The data directory, its logs or the ports could not be prepared.
     #[error("cannot prepare etcd's data directory or ports")]
     Io(#[from] std::io::Error),
+    /// [`EtcdOptions::hosts`] names a host count other than the member count.
+    #[error("{members} members need {members} hosts, not {hosts}")]
+    Hosts {
+        /// Members asked for.
+        members: usize,
+        /// Hosts given.
+        hosts: usize,
+    },
+    /// A member could not be started inside its host, or checked from there.
+    #[error("cannot place an etcd member in its network namespace")]
+    Net(#[from] NetError),
 }
 
 /// One etcd process of the cluster.
 struct Member {
     name: String,
+    /// Where it listens: 127.0.0.1, or its host's address.
+    ip: std::net::Ipv4Addr,
     client_port: u16,
+    /// Its host when it runs in a test network's namespace.
+    host: Option<NetHost>,
     args: Vec<OsString>,
     log: PathBuf,
     child: Option<Child>,
@@ -98,17 +121,22 @@ pub struct ServerTls {
     pub client: TlsOptions,
 }
 
-/// How to start a cluster beyond its size: TLS on the client port, and etcd flags of the
-/// caller's (e.g. `--auth-token-ttl`).
+/// How to start a cluster beyond its size: TLS on the client port, etcd flags of the
+/// caller's (e.g. `--auth-token-ttl`), and where the members run.
 #[derive(Clone, Debug, Default)]
 pub struct EtcdOptions {
-    /// Mutual TLS on the client port.
+    /// Mutual TLS on the client port (with [`EtcdOptions::hosts`], the certificate must be
+    /// valid for the hosts' addresses).
     pub tls: Option<ServerTls>,
     /// More flags for every member.
     pub args: Vec<String>,
+    /// Empty (the default): every member on loopback. Otherwise one host per member, member
+    /// `i` inside `hosts[i]` on its address; endpoints are then reachable only from inside
+    /// that test network (e.g. from [`NetHost::run`] or a process started in a host).
+    pub hosts: Vec<NetHost>,
 }
 
-/// A running loopback etcd cluster owned by this process.
+/// A running etcd cluster owned by this process, on loopback or on the hosts of a test network.
 pub struct EtcdCluster {
     binary: PathBuf,
     members: Vec<Member>,
@@ -155,12 +183,37 @@ impl EtcdCluster {
 
     fn spawn(members: usize, binary: &Path, options: &EtcdOptions) -> Result<Self, ClusterError> {
         let tls = options.tls.clone();
+        if !options.hosts.is_empty() && options.hosts.len() != members {
+            return Err(ClusterError::Hosts {
+                members,
+                hosts: options.hosts.len(),
+            });
+        }
         let dir = tempfile::Builder::new()
             .prefix("fencelock-etcd-")
             .tempdir()?;
-        let ports = free_ports(2 * members)?;
+        // (address, client port, peer port) per member.
+        let places: Vec<(std::net::Ipv4Addr, u16, u16)> = if options.hosts.is_empty() {
+            let ports = free_ports(2 * members)?;
+            (0..members)
+                .map(|i| {
+                    (
+                        std::net::Ipv4Addr::LOCALHOST,
+                        ports[2 * i],
+                        ports[2 * i + 1],
+                    )
+                })
+                .collect()
+        } else {
+            let (client, peer) = HOST_PORTS;
+            options
+                .hosts
+                .iter()
+                .map(|h| (h.addr(), client, peer))
+                .collect()
+        };
         let names: Vec<String> = (0..members).map(|i| format!("m{i}")).collect();
-        let peer_url = |i: usize| format!("http://127.0.0.1:{}", ports[2 * i + 1]);
+        let peer_url = |i: usize| format!("http://{}:{}", places[i].0, places[i].2);
         let initial_cluster = names
             .iter()
             .enumerate()
@@ -194,7 +247,8 @@ impl EtcdCluster {
             dir,
         };
         for (i, name) in names.iter().enumerate() {
-            let client_url = format!("{scheme}://127.0.0.1:{}", ports[2 * i]);
+            let (ip, client_port, _) = places[i];
+            let client_url = format!("{scheme}://{ip}:{client_port}");
             let data_dir = cluster.dir.path().join(format!("{name}.etcd"));
             let args: Vec<OsString> = [
                 "--name",
@@ -231,7 +285,9 @@ impl EtcdCluster {
             .collect();
             let mut member = Member {
                 name: name.clone(),
-                client_port: ports[2 * i],
+                ip,
+                client_port,
+                host: options.hosts.get(i).cloned(),
                 args,
                 log: cluster.dir.path().join(format!("{name}.log")),
                 child: None,
@@ -273,7 +329,18 @@ impl EtcdCluster {
                 }));
             }
             let tls = self.tls.as_ref().map(|t| t.client.clone());
-            let detail = match member_answers(&endpoint, tls).await {
+            let answer = match member.host.clone() {
+                None => member_answers(&endpoint, tls).await,
+                // Its address is reachable only from inside the test network: ask from the
+                // member's own host.
+                Some(host) => {
+                    let endpoint = endpoint.clone();
+                    host.run(move || async move { member_answers(&endpoint, tls).await })
+                        .await
+                        .map_err(ClusterError::from)?
+                }
+            };
+            let detail = match answer {
                 Ok(()) => return Ok(()),
                 Err(detail) => detail,
             };
@@ -288,19 +355,26 @@ impl EtcdCluster {
         }
     }
 
-    /// Client endpoints (`127.0.0.1:port`, or `https://127.0.0.1:port` behind TLS), one per
-    /// member, in member order.
+    /// Client endpoints (`127.0.0.1:port`, or `https://127.0.0.1:port` behind TLS; the host's
+    /// address instead of 127.0.0.1 on a test network), one per member, in member order.
     pub fn endpoints(&self) -> Vec<String> {
         (0..self.members.len()).map(|i| self.endpoint(i)).collect()
     }
 
     /// Client endpoint of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        let port = self.members[i].client_port;
+        let Member {
+            ip, client_port, ..
+        } = &self.members[i];
         match self.tls {
-            Some(_) => format!("https://127.0.0.1:{port}"),
-            None => format!("127.0.0.1:{port}"),
+            Some(_) => format!("https://{ip}:{client_port}"),
+            None => format!("{ip}:{client_port}"),
         }
+    }
+
+    /// The host member `i` runs in, on a test network.
+    pub fn host(&self, i: usize) -> Option<&NetHost> {
+        self.members[i].host.as_ref()
     }
 
     /// Number of members.
@@ -400,6 +474,9 @@ impl Member {
         // signal to the thread that started the member: a runtime's worker or main thread,
         // which lives as long as the cluster.)
         super::die_with_parent(&mut command);
+        if let Some(host) = &self.host {
+            host.enter(&mut command)?;
+        }
         let child = command.spawn().map_err(|source| ClusterError::Spawn {
             binary: binary.display().to_string(),
             source,

@@ -1,6 +1,7 @@
 //! Child processes for the tools and the integration tests: a `fencelock` server to freeze,
-//! kill or restart ([`ServerProcess`]), a real loopback etcd cluster ([`EtcdCluster`]), a private PostgreSQL server
-//! ([`PostgresServer`]), and
+//! kill or restart ([`ServerProcess`]), a real etcd cluster ([`EtcdCluster`]) on loopback or
+//! on the hosts of a private test network ([`TestNet`]: network namespaces on a bridge, with
+//! links cut and healed), a private PostgreSQL server ([`PostgresServer`]), and
 //! the one place that makes a child die with its parent ([`die_with_parent`]), a synchronous
 //! child guard ([`ChildGuard`]), typed signals ([`send_signal`], [`freeze`], which waits until
 //! the kernel shows the process stopped) and the one reader of a
@@ -11,6 +12,7 @@
 
 mod child;
 mod etcd;
+mod net;
 mod postgres;
 mod server;
 
@@ -19,5 +21,6 @@ pub use child::{
     read_ready_addr, send_signal,
 };
 pub use etcd::{ClusterError, EtcdCluster, EtcdOptions, ServerTls};
+pub use net::{NETNS_PREFIX, NetError, NetHost, TestNet};
 pub use postgres::{POSTGRES_USER, PostgresError, PostgresServer, postgres_bin_dir};
 pub use server::{ServerProcess, SpawnError};

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::proc::{ChildGuard, Signal, fencelock_bin};
 use fencelock::FencingToken;
+use fencelock::process::NetHost;
 use serde_json::Value;
 
 /// The lease TTL every `fencelock lock` started here asks for.
@@ -29,12 +30,27 @@ impl Holder {
     /// `fencelock lock NAME --ttl 2 <args>` with `envs` added to its environment.
     pub fn spawn_with(name: &str, args: &[String], envs: &[(&str, String)]) -> Holder {
         let mut cmd = Command::new(fencelock_bin());
+        cmd.envs(envs.iter().map(|(k, v)| (*k, v.as_str())));
+        Self::spawn_command(name, args, cmd)
+    }
+
+    /// Like [`Holder::spawn`], inside `host` of a test network.
+    pub fn spawn_in(host: &NetHost, endpoints: &[String], name: &str) -> Holder {
+        let cmd = host
+            .command(fencelock_bin())
+            .unwrap_or_else(|e| panic!("cannot start fencelock lock in {}: {e}", host.netns()));
+        Self::spawn_command(name, &[format!("--endpoints={}", endpoints.join(","))], cmd)
+    }
+
+    fn spawn_command(name: &str, args: &[String], mut cmd: Command) -> Holder {
         cmd.args(["lock", name, "--ttl", &TTL.as_secs().to_string()])
             .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
+        // Dies with the test even if the test is killed: a holder left inside a test
+        // network's namespace would keep that namespace alive.
+        fencelock::process::die_with_parent(&mut cmd);
         let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
         let stdin = child.child_mut().stdin.take();
         let stdout = child.child_mut().stdout.take().expect("piped stdout");

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod etcd;
 pub mod lock_cmd;
 pub mod lockd;
+pub mod net;
 pub mod postgres;
 pub mod proc;
 pub mod storage;
