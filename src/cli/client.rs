@@ -34,6 +34,30 @@ pub struct ClientArgs {
     /// File whose first line is the storage's bearer token (its --auth-token-file).
     #[arg(long, value_name = "FILE")]
     storage_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the lock service's certificates, as etcdctl's --cacert.
+    #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for a lock service with mutual TLS; needs --cert-key.
+    #[arg(long, env = "ETCDCTL_CERT", value_name = "FILE", requires = "cert_key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's key (PEM): etcdctl's --key, renamed because --key is the
+    /// storage key here; ETCDCTL_KEY works as with etcdctl.
+    #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE", requires = "cert")]
+    cert_key: Option<PathBuf>,
+    /// The name the lock service's certificates carry, when it is not the endpoint's host.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Authenticate as this etcd user: `name:password`, or `name` with --password.
+    #[arg(long, env = "ETCDCTL_USER", value_name = "NAME[:PASSWORD]")]
+    user: Option<String>,
+    /// The user's password, when --user gives only the name.
+    #[arg(
+        long,
+        env = "ETCDCTL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
     /// The lock name; also the fence the storage checks the token against.
     #[arg(long, value_name = "NAME", default_value = "/lock")]
     lock: String,
@@ -69,8 +93,15 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
             Role::Second
         },
         endpoints: args.endpoints,
-        // Plaintext: `--key` here names the storage key, so etcdctl's TLS flags do not fit.
-        connect: fencelock::lock::ConnectOptions::default(),
+        connect: super::EtcdConnect {
+            cacert: args.cacert,
+            cert: args.cert,
+            key: args.cert_key,
+            server_name: args.server_name,
+            user: args.user,
+            password: args.password,
+        }
+        .connect_options()?,
         storage: args.storage,
         storage_options: StorageOptions::from_files(
             args.storage_cacert.as_deref(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{current_exe, duration, exit, unless_interrupted};
+use super::{EtcdConnect, current_exe, duration, exit, unless_interrupted};
 use crate::demo::{self, DemoOptions};
 
 #[derive(Args)]
@@ -22,6 +22,9 @@ pub struct DemoArgs {
     /// Print only a machine-readable JSON result.
     #[arg(long)]
     json: bool,
+    /// TLS and credentials towards the cluster given with --endpoints.
+    #[command(flatten)]
+    tls: EtcdConnect,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
@@ -31,6 +34,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<u8> {
         out_dir: args.out,
         json: args.json,
         client_bin: current_exe()?,
+        connect: args.tls.connect_options()?,
+        client_env: args.tls.as_env(),
     };
     // Interrupted, the demo is dropped, which kills its clients and stops its servers.
     let report = unless_interrupted(demo::run(&options, &mut std::io::stdout())).await?;

@@ -49,6 +49,10 @@ pub struct DemoOptions {
     pub json: bool,
     /// The `fencelock` binary the clients run as.
     pub client_bin: PathBuf,
+    /// How the demo itself connects to the lock service (TLS, credentials).
+    pub connect: fencelock::lock::ConnectOptions,
+    /// The same for the client processes, as etcdctl's environment variables.
+    pub client_env: Vec<(&'static str, std::ffi::OsString)>,
 }
 
 /// The file name of the timeline picture in [`DemoOptions::out_dir`].
@@ -90,7 +94,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<
             (vec![servers.lockd(dir).await?], "lockd")
         }
     };
-    let client = Client::connect(&endpoints)
+    let client = Client::connect_with(&endpoints, &options.connect)
         .await
         .context("cannot reach the lock service")?;
     let mut say = Narrator {
@@ -113,6 +117,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<
         let url = servers.storage(dir, policy).await?;
         let setup = scenario::Setup {
             client_bin: &options.client_bin,
+            client_env: &options.client_env,
             endpoints: &endpoints,
             client: &client,
             storage: &url,

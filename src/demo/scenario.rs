@@ -44,6 +44,8 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What one scenario runs against.
 pub(super) struct Setup<'a> {
     pub client_bin: &'a Path,
+    /// TLS and credentials for the clients, as etcdctl's environment variables.
+    pub client_env: &'a [(&'static str, std::ffi::OsString)],
     pub endpoints: &'a [String],
     /// The demo's own connection to the lock service, for watching.
     pub client: &'a Client,
@@ -317,6 +319,7 @@ impl ClientProcess {
             .args(["--key", &setup.key])
             .args(["--ttl", &setup.ttl.as_secs().to_string()])
             .env_remove("ETCDCTL_ENDPOINTS")
+            .envs(setup.client_env.iter().map(|(name, value)| (*name, value)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

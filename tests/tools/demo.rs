@@ -157,6 +157,41 @@ async fn the_demo_on_a_three_member_etcd_rejects_the_stale_write_with_fencing() 
     assert_story(status, &report, &svg);
 }
 
+#[tokio::test]
+async fn the_demo_and_its_clients_reach_a_mutual_tls_etcd_with_etcdctls_flags() {
+    let certs = crate::support::certs::TestCerts::new();
+    let options = fencelock::process::EtcdOptions {
+        tls: Some(certs.server()),
+        ..Default::default()
+    };
+    let Some(etcd) = crate::support::etcd::start_with(1, options).await else {
+        return;
+    };
+    let endpoints = etcd.endpoints().join(",");
+    let (ca, cert, key) = (
+        certs.path("ca.pem").display().to_string(),
+        certs.path("client.pem").display().to_string(),
+        certs.path("client-key.pem").display().to_string(),
+    );
+    // The demo connects with the flags and hands them to its `fencelock client` processes.
+    let (status, report, svg) = tokio::task::spawn_blocking(move || {
+        run_demo(&[
+            "--endpoints",
+            &endpoints,
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(report["lock_service"], "etcd");
+    assert_story(status, &report, &svg);
+}
+
 #[test]
 fn the_demo_refuses_bad_input_in_one_line() {
     // A directory cannot be made under a plain file, not even by root.
