@@ -8,6 +8,7 @@ use fencelock::storage::{Protocol, StorageOptions};
 
 use super::{duration, exit};
 use crate::demo::client::{self, ClientOptions, Outcome, Role};
+use crate::demo::resource::Resource;
 
 #[derive(Args)]
 pub struct ClientArgs {
@@ -79,12 +80,33 @@ pub struct ClientArgs {
     /// Print JSON lines (one per event) instead of plain words.
     #[arg(long)]
     json: bool,
+    /// Where to write: the fenced storage (--storage), a PostgreSQL table (--database-url;
+    /// fenced by `fencelock::fence::postgres`), or the key in the lock service itself (fenced
+    /// by a Txn on the lock key).
+    #[arg(long, value_enum, default_value_t = Resource::Storage)]
+    resource: Resource,
+    /// PostgreSQL's URL, for --resource postgres.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// For --resource postgres or etcd: write without the fence, to see what it prevents.
+    #[arg(long)]
+    unfenced: bool,
 }
 
 /// Runs on a one-thread runtime of its own, which `--pause` stops (`demo::client`).
 pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
     if args.pause.is_some() && args.client != 1 {
         return Err(exit::usage("--pause is for client 1"));
+    }
+    if args.resource == Resource::Postgres && args.database_url.is_none() {
+        return Err(exit::usage(
+            "--resource postgres needs --database-url (or DATABASE_URL)",
+        ));
+    }
+    if args.unfenced && args.resource == Resource::Storage {
+        return Err(exit::usage(
+            "--unfenced is for --resource postgres or etcd; the storage's --fencing decides for it",
+        ));
     }
     let options = ClientOptions {
         role: if args.client == 1 {
@@ -113,6 +135,9 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
         ttl: args.ttl,
         pause: args.pause,
         json: args.json,
+        resource: args.resource,
+        database_url: args.database_url,
+        fenced: !args.unfenced,
     };
     let outcome = client::run(&options, &mut std::io::stdout())?;
     Ok(exit_status(outcome))
