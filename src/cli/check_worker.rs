@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::{duration, exit, stop_requested};
-use crate::check::history::Workload;
+use crate::check::history::{Resource, Workload};
 use crate::check::worker::{self, WorkerOptions};
 
 #[derive(Args)]
@@ -17,8 +17,15 @@ pub struct CheckWorkerArgs {
     id: u32,
     #[arg(long, value_delimiter = ',')]
     endpoints: Vec<String>,
+    #[arg(long, value_name = "RESOURCE", default_value = "storage")]
+    resource: Resource,
     #[arg(long)]
-    storage: String,
+    storage: Option<String>,
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Leave the adapter's fence out (postgres and etcd).
+    #[arg(long)]
+    unfenced: bool,
     #[arg(long)]
     lock: String,
     #[arg(long, value_name = "WORKLOAD", default_value = "set")]
@@ -41,7 +48,10 @@ pub async fn run(args: CheckWorkerArgs) -> anyhow::Result<u8> {
     let options = WorkerOptions {
         id: args.id,
         endpoints: args.endpoints,
+        resource: args.resource,
         storage: args.storage,
+        database_url: args.database_url,
+        fenced: !args.unfenced,
         lock: args.lock,
         workload: args.workload,
         key: args.key,
