@@ -78,6 +78,11 @@ pub struct Options {
     pub binary: PathBuf,
     /// Show progress on stderr.
     pub progress: bool,
+    /// How the checker and its workers connect to an external lock service (TLS,
+    /// credentials); the workers get it as etcdctl's environment variables.
+    pub connect: fencelock::lock::ConnectOptions,
+    /// The same, as those variables.
+    pub worker_env: Vec<(&'static str, std::ffi::OsString)>,
 }
 
 /// Why a check could not run: a usage or setup error, not a finding.
@@ -466,7 +471,7 @@ pub(crate) async fn run_policy(
         .tempdir()
         .map_err(|e| setup("cannot create a temporary directory")(e.into()))?;
     let endpoints = lock_service.endpoints();
-    let client = Client::connect(&endpoints)
+    let client = Client::connect_with(&endpoints, &options.connect)
         .await
         .map_err(|e| setup("cannot reach the lock service")(e.into()))?;
     let key = data_key(options.resource, lock, options.workload);

@@ -51,6 +51,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub struct WorkerOptions {
     pub id: u32,
     pub endpoints: Vec<String>,
+    /// How to connect to them (TLS, credentials).
+    pub connect: fencelock::lock::ConnectOptions,
     /// Where the data lives, and so which adapter fences it.
     pub resource: Resource,
     /// Base URL of the storage (`--resource storage`).
@@ -87,7 +89,7 @@ pub async fn run(
         log: Log::create(&options.history)?,
         out,
     };
-    let client = Client::connect(&options.endpoints).await?;
+    let client = Client::connect_with(&options.endpoints, &options.connect).await?;
     let mut data = match options.resource {
         Resource::Storage => {
             let url = options

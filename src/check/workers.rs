@@ -78,6 +78,12 @@ pub(crate) fn spawn_worker(
         .arg("--history")
         .arg(dir.join(format!("worker-{id}.jsonl")))
         .env_remove("ETCDCTL_ENDPOINTS")
+        .envs(
+            options
+                .worker_env
+                .iter()
+                .map(|(name, value)| (*name, value)),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)

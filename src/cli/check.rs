@@ -60,6 +60,10 @@ pub struct CheckArgs {
     /// processes cannot be faulted.
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<String>>,
+    /// TLS and credentials towards the lock service given with --endpoints (the workers get
+    /// them too).
+    #[command(flatten)]
+    tls: super::EtcdConnect,
     /// Where the workers' data lives: `storage` (fencelock's storage server), `postgres` (a
     /// table row, fenced by `fence::postgres`; the checker starts its own PostgreSQL unless
     /// --database-url is given) or `etcd` (a key in the lock service, written by
@@ -148,6 +152,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<u8> {
         out: args.out,
         binary: current_exe()?,
         progress: !args.json,
+        connect: args.tls.connect_options()?,
+        worker_env: args.tls.as_env(),
     };
     if !args.json && args.analyse.is_none() {
         eprintln!("fencelock check: seed {seed} (repeat with --seed {seed})");

@@ -44,6 +44,22 @@ pub struct CheckWorkerArgs {
     history: PathBuf,
 }
 
+/// TLS and credentials from etcdctl's variables, which the checker sets (`--key` here is
+/// the data key, so etcdctl's flags cannot be used).
+fn connect_from_env() -> anyhow::Result<fencelock::lock::ConnectOptions> {
+    let path = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    let text = |name: &str| std::env::var(name).ok();
+    super::EtcdConnect {
+        cacert: path("ETCDCTL_CACERT"),
+        cert: path("ETCDCTL_CERT"),
+        key: path("ETCDCTL_KEY"),
+        server_name: None,
+        user: text("ETCDCTL_USER"),
+        password: text("ETCDCTL_PASSWORD"),
+    }
+    .connect_options()
+}
+
 pub async fn run(args: CheckWorkerArgs) -> anyhow::Result<u8> {
     let options = WorkerOptions {
         id: args.id,
@@ -59,6 +75,7 @@ pub async fn run(args: CheckWorkerArgs) -> anyhow::Result<u8> {
         work: (args.work_min, args.work_max),
         seed: args.seed,
         history: args.history,
+        connect: connect_from_env()?,
     };
     worker::run(&options, std::io::stdout(), stop_requested())
         .await

@@ -643,3 +643,55 @@ fn faults_and_policies_that_do_not_apply_to_a_resource_are_refused_in_one_line()
         &["--database-url", "--resource postgres"],
     );
 }
+
+#[tokio::test]
+async fn the_checker_and_its_workers_reach_a_mutual_tls_etcd_with_etcdctls_flags() {
+    let certs = crate::support::certs::TestCerts::new();
+    let options = fencelock::process::EtcdOptions {
+        tls: Some(certs.server()),
+        ..Default::default()
+    };
+    let Some(etcd) = crate::support::etcd::start_with(1, options).await else {
+        return;
+    };
+    let endpoints = etcd.endpoints().join(",");
+    let (ca, cert, key) = (
+        certs.path("ca.pem").display().to_string(),
+        certs.path("client.pem").display().to_string(),
+        certs.path("client-key.pem").display().to_string(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_owned();
+    // Holders frozen past their lease on a cluster the workers reach only over mutual TLS.
+    let result = tokio::task::spawn_blocking(move || {
+        check_json(
+            &dir,
+            &[
+                "--endpoints",
+                &endpoints,
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--faults",
+                "freeze-holder",
+                "--duration",
+                "5",
+                "--fencing",
+                "strict",
+            ],
+            0,
+        )
+    })
+    .await
+    .unwrap();
+    // What is checked here is the way in (TLS for the checker and every worker); the
+    // safety claims are the other tests'.
+    let strict = report(&result, "strict");
+    let set = set_findings(strict);
+    assert_eq!(count(set, "lost"), 0, "{set:#}");
+    assert_eq!(strict["valid"], true, "{strict:#}");
+    assert!(set["acknowledged_adds"].as_u64() > Some(0), "{strict:#}");
+}
