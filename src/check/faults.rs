@@ -19,7 +19,7 @@ use super::history::{
 use super::run::{CheckError, LockService, NEXT_TURN_SLACK, Options, setup};
 use super::workers::{Tracker, Worker, locked, signal};
 use fencelock::lock::{Client, LeaseId};
-use fencelock::process::{ServerProcess, Signal};
+use fencelock::process::{PostgresServer, ServerProcess, Signal};
 
 /// Injects one fault every interval until the run stops.
 pub(crate) struct Injector<'a> {
@@ -28,7 +28,10 @@ pub(crate) struct Injector<'a> {
     pub(crate) rng: rand::rngs::StdRng,
     pub(crate) tracker: Arc<Mutex<Tracker>>,
     pub(crate) workers: &'a [Worker],
-    pub(crate) storage: &'a mut ServerProcess,
+    /// The storage, with `--resource storage`.
+    pub(crate) storage: Option<&'a mut ServerProcess>,
+    /// The PostgreSQL server, when the checker started it.
+    pub(crate) postgres: Option<&'a mut PostgresServer>,
     pub(crate) lock_service: &'a mut LockService,
     pub(crate) client: &'a Client,
     pub(crate) keys: broadcast::Sender<KeyEvent>,
@@ -61,6 +64,7 @@ impl Injector<'_> {
                 FaultKind::FreezeLockService => self.freeze_lock_service().await,
                 FaultKind::KillStorage => self.kill_storage().await?,
                 FaultKind::KillMember => self.kill_member().await?,
+                FaultKind::KillPostgres => self.kill_postgres().await?,
             };
             if result.is_err() {
                 return Ok(());
@@ -313,16 +317,62 @@ impl Injector<'_> {
     }
 
     async fn kill_storage(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        if self.storage.is_none() {
+            return Ok(Ok(()));
+        }
         let event = self.start(FaultKind::KillStorage, Target::Storage, None);
-        self.storage.kill().await;
+        if let Some(storage) = self.storage.as_deref_mut() {
+            storage.kill().await;
+        }
         let down = Duration::from_millis(self.rng.random_range(0..500));
         // The storage comes back even when the run is ending: the final read needs it.
         let waited = self.pause(down).await;
-        self.storage
-            .restart()
-            .await
-            .map_err(|e| setup("cannot restart the storage")(e.into()))?;
+        if let Some(storage) = self.storage.as_deref_mut() {
+            storage
+                .restart()
+                .await
+                .map_err(|e| setup("cannot restart the storage")(e.into()))?;
+        }
         self.end(event, Some(format!("down for {down:?}")));
+        Ok(waited)
+    }
+
+    /// Kills the postmaster and every backend at once (SIGKILL, as a crash would), and starts
+    /// PostgreSQL again on the same data: crash recovery replays what reached the
+    /// write-ahead log, so every acknowledged commit must still be there.
+    async fn kill_postgres(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let Some(port) = self.postgres.as_deref().map(PostgresServer::port) else {
+            return Ok(Ok(()));
+        };
+        let event = self.start(FaultKind::KillPostgres, Target::Postgres, None);
+        if let Some(server) = self.postgres.as_deref_mut() {
+            server.crash();
+        }
+        let down = Duration::from_millis(self.rng.random_range(0..500));
+        // PostgreSQL comes back even when the run is ending: the final read needs it.
+        let waited = self.pause(down).await;
+        let began = Instant::now();
+        if let Some(server) = self.postgres.as_deref_mut() {
+            server
+                .restart()
+                .await
+                .map_err(|e| setup("cannot restart PostgreSQL")(e.into()))?;
+            // The workers know the old port only.
+            if server.port() != port {
+                return Err(setup("cannot restart PostgreSQL")(anyhow::anyhow!(
+                    "port {port} was taken while it was down; it came back on {}",
+                    server.port()
+                )));
+            }
+        }
+        let recovery = began.elapsed();
+        self.end(
+            event,
+            Some(format!(
+                "down for {down:?}, answering again {} ms after the restart",
+                recovery.as_millis()
+            )),
+        );
         Ok(waited)
     }
 

@@ -85,6 +85,32 @@ pub fn decode_set(text: &str) -> Option<Vec<String>> {
     Some(elements)
 }
 
+/// Where the workers' data lives, and so which adapter's fence the run checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resource {
+    /// fencelock's storage server, under its `--fencing` policy.
+    #[default]
+    Storage,
+    /// A row of a PostgreSQL table, fenced by `fence::postgres` (one fenced transaction per
+    /// cycle, from the read to the write).
+    Postgres,
+    /// A key in the lock service itself, written by `fence::etcd`'s `apply_held` (a Txn
+    /// guarded by the holder's lock key); reads are plain linearizable gets.
+    Etcd,
+}
+
+impl Resource {
+    /// The name on the command line and in the files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::Storage => "storage",
+            Resource::Postgres => "postgres",
+            Resource::Etcd => "etcd",
+        }
+    }
+}
+
 /// The set as the checker read it itself, after every worker had stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalSet {
@@ -180,6 +206,7 @@ pub enum FaultKind {
     FreezeLockService,
     KillStorage,
     KillMember,
+    KillPostgres,
 }
 
 impl FaultKind {
@@ -192,6 +219,7 @@ impl FaultKind {
             FaultKind::FreezeLockService => "freeze-lock-service",
             FaultKind::KillStorage => "kill-storage",
             FaultKind::KillMember => "kill-member",
+            FaultKind::KillPostgres => "kill-postgres",
         }
     }
 }
@@ -204,6 +232,8 @@ pub enum Target {
     /// lockd, or etcd member `n`.
     LockService(Option<u32>),
     Storage,
+    /// The checker's own PostgreSQL server.
+    Postgres,
 }
 
 /// One line of `faults.jsonl`: written when a fault starts (`end_mono_ns` absent) and again

@@ -3,7 +3,9 @@
 //! under a fenced lock while the checker freezes, revokes and kills; the recorded history is
 //! then analysed for lost and phantom elements (or lost updates and stale reads of the
 //! counter), tokens accepted out of order, acquisitions out of token order, and overlapping
-//! holders.
+//! holders. The data lives in fencelock's storage (the default), or, to prove the fence
+//! adapters, in a PostgreSQL table row (`--resource postgres`, `fence::postgres`) or a key in
+//! the lock service itself (`--resource etcd`, `fence::etcd`).
 //!
 //! - [`history`]: the events each process records, one JSON line at a time.
 //! - [`worker`]: one worker process's loop (`fencelock check-worker`).

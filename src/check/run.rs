@@ -17,17 +17,19 @@ use tokio::time::sleep;
 use super::analysis::Report;
 use super::faults::Injector;
 use super::history::{
-    Event, FaultKind, FinalSet, KeyChange, KeyEvent, Log, Workload, decode_set, mono_ns, wall_ms,
+    Event, FaultKind, FinalSet, KeyChange, KeyEvent, Log, Resource, Workload, decode_set, mono_ns,
+    wall_ms,
 };
 use super::saved::{RUN_FILE, RunMeta, load};
+use super::worker::{CHECK_SCHEMA, DATA_TABLE};
 use super::workers::{
     Tracker, WorkerState, follow_worker, locked, revoke_leftover_leases, spawn_worker, stop_workers,
 };
 use fencelock::etcd::etcdserverpb as pb;
 use fencelock::etcd::mvccpb::event::EventType as PbEventType;
+use fencelock::fence::postgres::PgFence;
 use fencelock::lock::{Client, LeaseId, PrefixWatch};
-use fencelock::process::EtcdCluster;
-use fencelock::process::ServerProcess;
+use fencelock::process::{EtcdCluster, PostgresServer, ServerProcess};
 use fencelock::storage::fence::Policy;
 
 /// How long stopped workers get to exit before they are killed.
@@ -65,6 +67,10 @@ pub struct Options {
     pub interval: Duration,
     pub seed: u64,
     pub backend: Backend,
+    /// Where the workers' data lives.
+    pub resource: Resource,
+    /// `--resource postgres`: the user's database; `None`: the checker starts its own.
+    pub database_url: Option<String>,
     /// One run per policy, in this order, with the same seed.
     pub policies: Vec<Policy>,
     pub out: PathBuf,
@@ -72,6 +78,11 @@ pub struct Options {
     pub binary: PathBuf,
     /// Show progress on stderr.
     pub progress: bool,
+    /// How the checker and its workers connect to an external lock service (TLS,
+    /// credentials); the workers get it as etcdctl's environment variables.
+    pub connect: fencelock::lock::ConnectOptions,
+    /// The same, as those variables.
+    pub worker_env: Vec<(&'static str, std::ffi::OsString)>,
 }
 
 /// Why a check could not run: a usage or setup error, not a finding.
@@ -100,8 +111,13 @@ pub struct Run {
     pub report: Report,
 }
 
-/// The faults a backend allows, in a fixed order.
-pub fn applicable_faults(backend: &Backend) -> Vec<FaultKind> {
+/// The faults a backend and a resource allow, in a fixed order. `own_database`: the checker
+/// started the PostgreSQL server itself (no `--database-url`).
+pub fn applicable_faults(
+    backend: &Backend,
+    resource: Resource,
+    own_database: bool,
+) -> Vec<FaultKind> {
     let mut faults = vec![
         FaultKind::FreezeHolder,
         FaultKind::FreezeAfterRead,
@@ -115,22 +131,43 @@ pub fn applicable_faults(backend: &Backend) -> Vec<FaultKind> {
         }
         Backend::External(_) => {}
     }
-    faults.push(FaultKind::KillStorage);
+    match resource {
+        Resource::Storage => faults.push(FaultKind::KillStorage),
+        Resource::Postgres if own_database => faults.push(FaultKind::KillPostgres),
+        Resource::Postgres | Resource::Etcd => {}
+    }
     faults
 }
 
 /// Refuses faults the checker cannot inject with the processes it owns.
-pub fn validate_faults(backend: &Backend, faults: &[FaultKind]) -> Result<(), CheckError> {
-    let allowed = applicable_faults(backend);
+pub fn validate_faults(
+    backend: &Backend,
+    resource: Resource,
+    own_database: bool,
+    faults: &[FaultKind],
+) -> Result<(), CheckError> {
+    let allowed = applicable_faults(backend, resource, own_database);
     for fault in faults {
         if allowed.contains(fault) {
             continue;
         }
-        let why = match (fault, backend) {
-            (FaultKind::KillMember, Backend::Lockd) => {
+        let why = match (fault, backend, resource) {
+            (FaultKind::KillMember, Backend::Lockd, _) => {
                 "lockd is a single process with no members; use --etcd-members 3"
             }
-            (_, Backend::External(_)) => {
+            (FaultKind::KillStorage, _, Resource::Postgres) => {
+                "with --resource postgres there is no storage server; kill-postgres kills the \
+                 database"
+            }
+            (FaultKind::KillStorage, _, Resource::Etcd) => {
+                "with --resource etcd the data lives in the lock service; use \
+                 freeze-lock-service or kill-member"
+            }
+            (FaultKind::KillPostgres, _, Resource::Postgres) => {
+                "the database given by --database-url is not a process this checker started"
+            }
+            (FaultKind::KillPostgres, _, _) => "it applies to --resource postgres only",
+            (_, Backend::External(_), _) => {
                 "the lock service given by --endpoints is not a process this checker started"
             }
             _ => "it does not apply to this lock service",
@@ -143,20 +180,65 @@ pub fn validate_faults(backend: &Backend, faults: &[FaultKind]) -> Result<(), Ch
     Ok(())
 }
 
+/// Refuses policies and options that do not apply to the resource: the PostgreSQL and
+/// etcd adapters have one fence each, used (`strict`) or left out (`off`).
+pub fn validate_resource(
+    resource: Resource,
+    database_url: Option<&str>,
+    policies: &[Policy],
+) -> Result<(), CheckError> {
+    if database_url.is_some() && resource != Resource::Postgres {
+        return Err(CheckError::Usage(
+            "--database-url applies to --resource postgres only".into(),
+        ));
+    }
+    if resource == Resource::Storage {
+        return Ok(());
+    }
+    match policies
+        .iter()
+        .find(|p| !matches!(p, Policy::Strict | Policy::Off))
+    {
+        Some(policy) => Err(CheckError::Usage(format!(
+            "--fencing {policy} does not apply to --resource {}: its adapter fences every \
+             cycle (strict) or is left out (off)",
+            resource.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The policies `--compare` runs on a resource: the storage's four, or the adapters' two.
+pub fn compared_policies(resource: Resource) -> Vec<Policy> {
+    match resource {
+        Resource::Storage => vec![Policy::Strict, Policy::Writes, Policy::Seed, Policy::Off],
+        Resource::Postgres | Resource::Etcd => vec![Policy::Strict, Policy::Off],
+    }
+}
+
 /// Runs the check once per policy and returns every run, analysed. `out` receives progress
 /// lines when stderr is not a terminal.
 pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
+    validate_resource(
+        options.resource,
+        options.database_url.as_deref(),
+        &options.policies,
+    )?;
+    let own_database = options.database_url.is_none();
     let faults = match &options.faults {
         Some(faults) => faults.clone(),
-        None => applicable_faults(&options.backend),
+        None => applicable_faults(&options.backend, options.resource, own_database),
     };
-    validate_faults(&options.backend, &faults)?;
+    validate_faults(&options.backend, options.resource, own_database, &faults)?;
     if options.clients == 0 {
         return Err(CheckError::Usage("--clients must be at least 1".into()));
     }
     std::fs::create_dir_all(&options.out)
         .map_err(|e| setup(format!("cannot create {}", options.out.display()))(e.into()))?;
     let mut lock_service = LockService::start(options).await?;
+    // Owned like the lock service: dropped (killed and removed) when the check ends, fails
+    // or is interrupted.
+    let mut database = Database::start(options).await?;
     let mut runs = Vec::new();
     for (i, &policy) in options.policies.iter().enumerate() {
         let dir = options.out.join(policy.as_str());
@@ -168,7 +250,11 @@ pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
         } else {
             options.lock.clone()
         };
-        let run = run_policy(options, &faults, &mut lock_service, policy, &lock, &dir, i).await?;
+        let services = Services {
+            lock_service: &mut lock_service,
+            database: database.as_mut(),
+        };
+        let run = run_policy(options, &faults, services, policy, &lock, &dir, i).await?;
         runs.push(run);
     }
     Ok(runs)
@@ -236,36 +322,207 @@ impl LockService {
     }
 }
 
+/// The PostgreSQL database of `--resource postgres`: the user's, or a private server the
+/// checker started (and removes when it is dropped).
+pub(crate) struct Database {
+    url: String,
+    server: Option<PostgresServer>,
+}
+
+impl Database {
+    async fn start(options: &Options) -> Result<Option<Self>, CheckError> {
+        if options.resource != Resource::Postgres {
+            return Ok(None);
+        }
+        Ok(Some(match &options.database_url {
+            Some(url) => Database {
+                url: url.clone(),
+                server: None,
+            },
+            None => {
+                let server = PostgresServer::start()
+                    .await
+                    .map_err(|e| setup("cannot start PostgreSQL")(e.into()))?;
+                Database {
+                    url: server.url(),
+                    server: Some(server),
+                }
+            }
+        }))
+    }
+}
+
+/// The services a run uses and does not start itself.
+pub(crate) struct Services<'a> {
+    pub(crate) lock_service: &'a mut LockService,
+    pub(crate) database: Option<&'a mut Database>,
+}
+
+/// The key holding the workload's data: the storage's own key (a fresh storage per run), or
+/// one per lock name in the lock service or the database, which outlive a run. `<lock
+/// name>:<key>` is outside the lock name's range (`<lock name>/`), so the lock-key watch
+/// never sees it.
+pub(crate) fn data_key(resource: Resource, lock: &str, workload: Workload) -> String {
+    match resource {
+        Resource::Storage => workload.key().to_owned(),
+        Resource::Postgres | Resource::Etcd => {
+            format!("{}:{}", lock.trim_end_matches('/'), workload.key())
+        }
+    }
+}
+
+/// Creates the checker's fence and data table if missing, and starts lock name `lock` and
+/// key `key` afresh: the fence row goes (a previous check's lock service handed out higher
+/// tokens than this one's will) and the data row is emptied.
+async fn prepare_postgres(url: &str, lock: &str, key: &str) -> anyhow::Result<()> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let fence = PgFence::in_schema(CHECK_SCHEMA)?;
+    fence.install(&mut client).await?;
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {DATA_TABLE} (name text PRIMARY KEY, value text NOT NULL)"
+        ))
+        .await?;
+    client
+        .execute(
+            &format!("DELETE FROM {CHECK_SCHEMA}.fences WHERE name = $1"),
+            &[&lock],
+        )
+        .await?;
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {DATA_TABLE} (name, value) VALUES ($1, '') \
+                 ON CONFLICT (name) DO UPDATE SET value = ''"
+            ),
+            &[&key],
+        )
+        .await?;
+    drop(client);
+    let _ = connection.await;
+    Ok(())
+}
+
+/// The text under `key` in the database at the end, `None` when it cannot be read.
+async fn read_final_postgres(url: &str, key: &str) -> Option<String> {
+    for _ in 0..FINAL_READ_ATTEMPTS {
+        if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await
+        {
+            let connection = tokio::spawn(connection);
+            let sql = format!("SELECT value FROM {DATA_TABLE} WHERE name = $1");
+            let row = client.query_opt(&sql, &[&key]).await;
+            drop(client);
+            let _ = connection.await;
+            if let Ok(row) = row {
+                return Some(row.map(|r| r.get(0)).unwrap_or_default());
+            }
+        }
+        sleep(FINAL_READ_PAUSE).await;
+    }
+    None
+}
+
+/// The text under `key` in the lock service at the end (a linearizable get), `None` when it
+/// cannot be read.
+async fn read_final_etcd(client: &Client, key: &str) -> Option<String> {
+    for _ in 0..FINAL_READ_ATTEMPTS {
+        let mut kv = client.kv();
+        let get = kv.range(pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        });
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(5), get).await {
+            let kvs = response.into_inner().kvs;
+            return Some(
+                kvs.first()
+                    .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        sleep(FINAL_READ_PAUSE).await;
+    }
+    None
+}
+
+/// How often the final read is tried, and the pause between tries: enough for a restarted
+/// service (a PostgreSQL crash recovery, an etcd member) to answer.
+const FINAL_READ_ATTEMPTS: usize = 20;
+const FINAL_READ_PAUSE: Duration = Duration::from_millis(250);
+
 /// One policy's run: a fresh storage under `policy`, the workers on lock name `lock`, faults
 /// until the duration is up, then the history files in `dir` loaded and analysed.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn run_policy(
     options: &Options,
     faults: &[FaultKind],
-    lock_service: &mut LockService,
+    services: Services<'_>,
     policy: Policy,
     lock: &str,
     dir: &Path,
     index: usize,
 ) -> Result<Run, CheckError> {
+    let Services {
+        lock_service,
+        database,
+    } = services;
     let scratch = tempfile::Builder::new()
         .prefix("fencelock-check-")
         .tempdir()
         .map_err(|e| setup("cannot create a temporary directory")(e.into()))?;
-    let storage_dir = scratch.path().join("storage");
-    let storage_args = [
-        "--data-dir".to_string(),
-        storage_dir.display().to_string(),
-        "--fencing".to_string(),
-        policy.as_str().to_string(),
-    ];
-    let mut storage = ServerProcess::spawn(&options.binary, "storage", storage_args)
-        .await
-        .map_err(|e| setup("cannot start the storage")(e.into()))?;
     let endpoints = lock_service.endpoints();
-    let client = Client::connect(&endpoints)
+    let client = Client::connect_with(&endpoints, &options.connect)
         .await
         .map_err(|e| setup("cannot reach the lock service")(e.into()))?;
+    let key = data_key(options.resource, lock, options.workload);
+    let mut data_args = vec![
+        "--resource".to_string(),
+        options.resource.name().to_string(),
+        "--key".to_string(),
+        key.clone(),
+    ];
+    if options.resource != Resource::Storage && policy == Policy::Off {
+        data_args.push("--unfenced".into());
+    }
+    let mut storage = None;
+    let mut database_url = None;
+    match options.resource {
+        Resource::Storage => {
+            let storage_dir = scratch.path().join("storage");
+            let storage_args = [
+                "--data-dir".to_string(),
+                storage_dir.display().to_string(),
+                "--fencing".to_string(),
+                policy.as_str().to_string(),
+            ];
+            let server = ServerProcess::spawn(&options.binary, "storage", storage_args)
+                .await
+                .map_err(|e| setup("cannot start the storage")(e.into()))?;
+            data_args.extend(["--storage".to_string(), server.endpoint()]);
+            storage = Some(server);
+        }
+        Resource::Postgres => {
+            let url = database
+                .as_ref()
+                .map(|d| d.url.clone())
+                .ok_or_else(|| setup("no database")(anyhow::anyhow!("PostgreSQL is not set up")))?;
+            prepare_postgres(&url, lock, &key)
+                .await
+                .map_err(setup("cannot prepare the checker's tables in PostgreSQL"))?;
+            data_args.extend(["--database-url".to_string(), url.clone()]);
+            database_url = Some(url);
+        }
+        Resource::Etcd => {
+            let mut kv = client.kv();
+            let delete = kv.delete_range(pb::DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            });
+            delete
+                .await
+                .map_err(|e| setup(format!("cannot empty {key} in the lock service"))(e.into()))?;
+        }
+    }
 
     let (key_tx, _) = broadcast::channel::<KeyEvent>(4096);
     let (event_tx, _) = broadcast::channel::<Event>(4096);
@@ -290,7 +547,7 @@ pub(crate) async fn run_policy(
     let start_mono_ns = mono_ns();
     let mut workers = Vec::new();
     for id in 1..=options.clients {
-        let worker = spawn_worker(options, id, &endpoints, &storage.endpoint(), lock, dir)
+        let worker = spawn_worker(options, id, &endpoints, &data_args, lock, dir)
             .map_err(|e| setup(format!("cannot start worker {id}"))(e))?;
         workers.push(worker);
     }
@@ -313,7 +570,8 @@ pub(crate) async fn run_policy(
         rng: rand::rngs::StdRng::seed_from_u64(options.seed),
         tracker: tracker.clone(),
         workers: &workers,
-        storage: &mut storage,
+        storage: storage.as_mut(),
+        postgres: database.and_then(|d| d.server.as_mut()),
         lock_service,
         client: &client,
         keys: key_tx,
@@ -344,14 +602,15 @@ pub(crate) async fn run_policy(
     }
     injected?;
     revoke_leftover_leases(&client, &tracker).await;
+    let invoke_mono_ns = mono_ns();
+    let text = match (&storage, &database_url) {
+        (Some(storage), _) => read_final(&storage.endpoint(), &key).await,
+        (None, Some(url)) => read_final_postgres(url, &key).await,
+        (None, None) => read_final_etcd(&client, &key).await,
+    };
     let (final_value, final_set) = match options.workload {
-        Workload::Counter => {
-            let text = read_final(&storage.endpoint(), Workload::Counter.key()).await;
-            (text.and_then(|t| counter_value(&t)), None)
-        }
+        Workload::Counter => (text.and_then(|t| counter_value(&t)), None),
         Workload::Set => {
-            let invoke_mono_ns = mono_ns();
-            let text = read_final(&storage.endpoint(), Workload::Set.key()).await;
             let elements = text.as_deref().and_then(decode_set);
             let final_set = elements.map(|elements| FinalSet {
                 invoke_mono_ns,
@@ -372,6 +631,7 @@ pub(crate) async fn run_policy(
         duration_s: options.duration.as_secs_f64(),
         lock: lock.to_string(),
         lock_service: lock_service.describe(),
+        resource: options.resource,
         workload: options.workload,
         final_value,
         final_set,
@@ -549,18 +809,94 @@ mod tests {
             members: 3,
             binary: "etcd".into(),
         };
-        assert!(applicable_faults(&etcd).contains(&FaultKind::KillMember));
-        assert!(!applicable_faults(&Backend::Lockd).contains(&FaultKind::KillMember));
-        assert!(applicable_faults(&Backend::Lockd).contains(&FaultKind::FreezeLockService));
+        let storage = |backend: &Backend| applicable_faults(backend, Resource::Storage, true);
+        assert!(storage(&etcd).contains(&FaultKind::KillMember));
+        assert!(!storage(&Backend::Lockd).contains(&FaultKind::KillMember));
+        assert!(storage(&Backend::Lockd).contains(&FaultKind::FreezeLockService));
         let external = Backend::External(vec!["127.0.0.1:2379".into()]);
-        assert!(!applicable_faults(&external).contains(&FaultKind::FreezeLockService));
-        assert!(applicable_faults(&external).contains(&FaultKind::KillStorage));
+        assert!(!storage(&external).contains(&FaultKind::FreezeLockService));
+        assert!(storage(&external).contains(&FaultKind::KillStorage));
 
-        let refused = validate_faults(&Backend::Lockd, &[FaultKind::Revoke, FaultKind::KillMember]);
+        let refused = validate_faults(
+            &Backend::Lockd,
+            Resource::Storage,
+            true,
+            &[FaultKind::Revoke, FaultKind::KillMember],
+        );
         let Err(CheckError::Usage(message)) = refused else {
             panic!("kill-member on lockd must be refused");
         };
         assert!(message.contains("kill-member") && message.contains("--etcd-members"));
-        assert!(validate_faults(&etcd, &applicable_faults(&etcd)).is_ok());
+        assert!(validate_faults(&etcd, Resource::Storage, true, &storage(&etcd)).is_ok());
+    }
+
+    fn refusal(result: Result<(), CheckError>) -> String {
+        match result {
+            Err(CheckError::Usage(message)) => message,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_resource_gets_its_own_process_fault_and_refuses_the_others() {
+        let lockd = &Backend::Lockd;
+        let postgres = applicable_faults(lockd, Resource::Postgres, true);
+        assert!(postgres.contains(&FaultKind::KillPostgres));
+        assert!(!postgres.contains(&FaultKind::KillStorage));
+        let users_database = applicable_faults(lockd, Resource::Postgres, false);
+        assert!(!users_database.contains(&FaultKind::KillPostgres));
+        let etcd = applicable_faults(lockd, Resource::Etcd, true);
+        assert!(
+            !etcd.contains(&FaultKind::KillStorage) && !etcd.contains(&FaultKind::KillPostgres)
+        );
+        assert!(etcd.contains(&FaultKind::FreezeLockService));
+
+        let kill_storage = [FaultKind::KillStorage];
+        let message = refusal(validate_faults(
+            lockd,
+            Resource::Postgres,
+            true,
+            &kill_storage,
+        ));
+        assert!(message.contains("kill-storage") && message.contains("kill-postgres"));
+        let message = refusal(validate_faults(lockd, Resource::Etcd, true, &kill_storage));
+        assert!(message.contains("lock service"), "{message}");
+        let kill_postgres = [FaultKind::KillPostgres];
+        let message = refusal(validate_faults(
+            lockd,
+            Resource::Postgres,
+            false,
+            &kill_postgres,
+        ));
+        assert!(message.contains("--database-url"), "{message}");
+        let message = refusal(validate_faults(
+            lockd,
+            Resource::Storage,
+            true,
+            &kill_postgres,
+        ));
+        assert!(message.contains("--resource postgres"), "{message}");
+    }
+
+    #[test]
+    fn the_adapters_are_checked_fenced_or_unfenced_only() {
+        for resource in [Resource::Postgres, Resource::Etcd] {
+            assert!(validate_resource(resource, None, &compared_policies(resource)).is_ok());
+            let message = refusal(validate_resource(resource, None, &[Policy::Writes]));
+            assert!(message.contains("--fencing writes"), "{message}");
+            assert!(message.contains(resource.name()), "{message}");
+        }
+        assert!(validate_resource(Resource::Storage, None, &[Policy::Seed]).is_ok());
+        let message = refusal(validate_resource(
+            Resource::Etcd,
+            Some("postgresql://localhost/db"),
+            &[Policy::Strict],
+        ));
+        assert!(message.contains("--database-url"), "{message}");
+        assert_eq!(
+            data_key(Resource::Etcd, "/fencelock-check/strict", Workload::Set),
+            "/fencelock-check/strict:set"
+        );
+        assert_eq!(data_key(Resource::Storage, "/l", Workload::Set), "set");
     }
 }

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::analysis::{self, Input, Report};
-use super::history::{Event, FaultEvent, FinalSet, KeyEvent, Workload, read_lines};
+use super::history::{Event, FaultEvent, FinalSet, KeyEvent, Resource, Workload, read_lines};
 use super::run::{CheckError, Run, setup};
 use super::timeline;
 use fencelock::storage::fence::Policy;
@@ -26,6 +26,10 @@ pub struct RunMeta {
     pub duration_s: f64,
     pub lock: String,
     pub lock_service: String,
+    /// Where the workers' data lived; a run recorded before other resources existed used the
+    /// storage.
+    #[serde(default)]
+    pub resource: Resource,
     /// What the workers did; a run recorded before the set workload existed was a counter.
     #[serde(default = "Workload::recorded_before_sets")]
     pub workload: Workload,
@@ -68,6 +72,7 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
     keys.retain(|k| k.mono_ns <= meta.end_mono_ns);
     let input = Input {
         policy,
+        resource: meta.resource,
         workload: meta.workload,
         events,
         faults,
@@ -87,8 +92,9 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
         serde_json::to_string_pretty(&report).unwrap_or_default(),
     )?;
     let title = format!(
-        "fencelock check · {} workload · {} workers on {} · TTL {} s · seed {}",
+        "fencelock check · {} workload in {} · {} workers on {} · TTL {} s · seed {}",
         meta.workload.name(),
+        meta.resource.name(),
         meta.clients,
         meta.lock_service,
         meta.ttl_s,

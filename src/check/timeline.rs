@@ -70,7 +70,7 @@ impl Scale {
 
 fn service_colour(kind: FaultKind) -> &'static str {
     match kind {
-        FaultKind::KillStorage | FaultKind::KillMember => "#fc9272",
+        FaultKind::KillStorage | FaultKind::KillMember | FaultKind::KillPostgres => "#fc9272",
         _ => "#c6dbef",
     }
 }
@@ -185,6 +185,7 @@ impl Picture {
             // Short, so that most labels fit beside their span.
             let label = match (f.fault, &f.target) {
                 (FaultKind::KillStorage, _) => "storage killed".to_owned(),
+                (FaultKind::KillPostgres, _) => "postgres killed".to_owned(),
                 (FaultKind::KillMember, Target::LockService(Some(n))) => {
                     format!("member {n} killed")
                 }

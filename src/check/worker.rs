@@ -4,7 +4,10 @@
 //! random time, fenced write, unlock, close. Under the set workload the read returns the set
 //! and the write adds the worker's own element (`w<worker>-<op>`, `<op>` the write's own
 //! operation number) to the set read; under the counter workload the write is the counter
-//! read + 1. Every
+//! read + 1. The read and the write go to the run's resource: the storage (fenced by the
+//! server's policy), PostgreSQL (one transaction from the read to the write, opened by
+//! `PgFence::begin` when fenced) or a key in the lock service (a plain get, then
+//! `EtcdFence::apply_held` when fenced, a plain put when not). Every
 //! operation is recorded twice, before (`invoke`) and after (`ok`/`fail`/`info`), to the
 //! worker's history file and, as the same JSON line, to stdout, where the checker follows
 //! the worker to aim its faults.
@@ -23,9 +26,13 @@ use rand::{Rng as _, SeedableRng as _};
 use reqwest::StatusCode;
 
 use super::history::{
-    Event, EventType, Log, OpKind, Workload, decode_set, element, encode_set, mono_ns, wall_ms,
+    Event, EventType, Log, OpKind, Resource, Workload, decode_set, element, encode_set, mono_ns,
+    wall_ms,
 };
 use fencelock::FencingToken;
+use fencelock::etcd::etcdserverpb as pb;
+use fencelock::fence::etcd::{EtcdFence, EtcdFenceError, Holder, Op as EtcdOp};
+use fencelock::fence::postgres::{FencedTransaction, PgFence, PgFenceError};
 use fencelock::lock::Client;
 use fencelock::storage::{ClientError, StorageClient};
 
@@ -44,13 +51,23 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub struct WorkerOptions {
     pub id: u32,
     pub endpoints: Vec<String>,
-    /// Base URL of the storage.
-    pub storage: String,
+    /// How to connect to them (TLS, credentials).
+    pub connect: fencelock::lock::ConnectOptions,
+    /// Where the data lives, and so which adapter fences it.
+    pub resource: Resource,
+    /// Base URL of the storage (`--resource storage`).
+    pub storage: Option<String>,
+    /// The database (`--resource postgres`).
+    pub database_url: Option<String>,
+    /// Whether the adapter's fence is used (postgres and etcd; the storage's policy is the
+    /// server's).
+    pub fenced: bool,
     /// The lock name, which is also the fence of the key.
     pub lock: String,
     /// What a cycle does with the key.
     pub workload: Workload,
-    /// The key holding the counter or the set.
+    /// The key holding the counter or the set (the storage key, the etcd key, or the name of
+    /// the PostgreSQL row).
     pub key: String,
     pub ttl: Duration,
     /// The work between read and write lasts a uniformly random time in this range.
@@ -72,27 +89,89 @@ pub async fn run(
         log: Log::create(&options.history)?,
         out,
     };
-    let client = Client::connect(&options.endpoints).await?;
-    let http = fencelock::storage::http_client_builder(&Default::default())?
-        .timeout(STORAGE_TIMEOUT)
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
-    let storage = StorageClient::with_http_client(&options.storage, http)?;
+    let client = Client::connect_with(&options.endpoints, &options.connect).await?;
+    let mut data = match options.resource {
+        Resource::Storage => {
+            let url = options
+                .storage
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--resource storage needs --storage"))?;
+            let http = fencelock::storage::http_client_builder(&Default::default())?
+                .timeout(STORAGE_TIMEOUT)
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+            Data::Storage(StorageClient::with_http_client(url, http)?)
+        }
+        Resource::Postgres => {
+            let url = options
+                .database_url
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--resource postgres needs --database-url"))?;
+            let mut config: tokio_postgres::Config = url.parse()?;
+            config.connect_timeout(STORAGE_TIMEOUT);
+            Data::Postgres(Box::new(Pg {
+                config,
+                fence: PgFence::in_schema(CHECK_SCHEMA)?,
+                client: None,
+            }))
+        }
+        Resource::Etcd => Data::Etcd(EtcdFence::new(client.clone())),
+    };
     let mut rng = rand::rngs::StdRng::seed_from_u64(options.seed ^ u64::from(options.id));
     tokio::select! {
-        result = cycles(options, &client, &storage, &mut recorder, &mut rng) => result,
+        result = cycles(options, &client, &mut data, &mut recorder, &mut rng) => result,
         () = stop => Ok(()),
+    }
+}
+
+/// The schema of the checker's PostgreSQL fence and data table, apart from the `fencelock`
+/// schema a user's own programs fence in, so a check never touches their fences.
+pub const CHECK_SCHEMA: &str = "fencelock_check";
+
+/// The checker's data table in [`CHECK_SCHEMA`]: one row per checked key, holding the whole
+/// counter or set as text, so that a read-modify-write by a stale holder overwrites, and
+/// loses, what a newer holder added (one row per element would never lose an add).
+pub const DATA_TABLE: &str = "fencelock_check.data";
+
+/// Where a worker's data lives.
+enum Data {
+    Storage(StorageClient),
+    Postgres(Box<Pg>),
+    Etcd(EtcdFence),
+}
+
+/// A worker's PostgreSQL connection, opened again after it broke (the server was killed).
+struct Pg {
+    config: tokio_postgres::Config,
+    fence: PgFence,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Pg {
+    async fn connected(&mut self) -> Result<&mut tokio_postgres::Client, tokio_postgres::Error> {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(tokio_postgres::Client::is_closed)
+        {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let (client, connection) = self.config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
     }
 }
 
 async fn cycles(
     options: &WorkerOptions,
     client: &Client,
-    storage: &StorageClient,
+    data: &mut Data,
     recorder: &mut Recorder<impl Write>,
     rng: &mut rand::rngs::StdRng,
 ) -> anyhow::Result<()> {
-    let fence = Some(options.lock.as_str());
     loop {
         let op = recorder.invoke(OpKind::Session, Fields::default())?;
         let session = match client.session(options.ttl).await {
@@ -153,52 +232,17 @@ async fn cycles(
             token: Some(token.get()),
             ..Fields::default()
         };
-
-        let op = recorder.invoke(OpKind::Read, with_token.clone())?;
-        let read = match storage.read(&options.key, token, fence).await {
-            Ok(stored) => {
-                let text = stored.map(|s| s.value).unwrap_or_default();
-                match ReadValue::parse(options.workload, &text) {
-                    Some(read) => Some(read),
-                    None => {
-                        let expected = match options.workload {
-                            Workload::Counter => "a number",
-                            Workload::Set => "a set of w<worker>-<op> elements",
-                        };
-                        let error = format!(
-                            "the {} holds {text:?}, not {expected}",
-                            options.workload.name()
-                        );
-                        recorder.fail(
-                            op,
-                            Fields {
-                                error: Some(error),
-                                ..with_token.clone()
-                            },
-                        )?;
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                recorder.complete(op, outcome(&e), storage_failure(&e, &with_token))?;
-                None
+        // A turn whose read or write did not get through ends with a pause, so a worker
+        // facing a dead resource does not spin through sessions while it restarts.
+        let answered = match data {
+            Data::Storage(storage) => storage_turn(recorder, storage, options, token, rng).await?,
+            Data::Postgres(pg) => postgres_turn(recorder, pg, options, token, rng).await?,
+            Data::Etcd(etcd) => {
+                let holder = Holder::of(&guard);
+                etcd_turn(recorder, etcd, client, options, &holder, rng).await?
             }
         };
-        // A cycle whose read or write did not get through ends with a pause, so a worker
-        // facing a dead storage does not spin through sessions while it restarts.
-        let mut failed = read.is_none();
-        if let Some(read) = read {
-            recorder.ok(op, read.fields(&with_token))?;
-            let (low, high) = options.work;
-            let work = if high > low {
-                rng.random_range(low..=high)
-            } else {
-                low
-            };
-            tokio::time::sleep(work).await;
-            failed = !write(recorder, storage, options, token, read).await?;
-        }
+        let failed = !answered;
 
         let op = recorder.invoke(OpKind::Unlock, with_token.clone())?;
         match guard.unlock().await {
@@ -249,21 +293,65 @@ impl ReadValue {
     }
 }
 
-/// Writes what follows from `read` (the counter + 1, or the set with this write's own
-/// element added) and records the outcome; true when the storage answered it (accepted, or
-/// refused as stale).
-async fn write(
+/// Records a read's completion from the stored text (empty when nothing is stored yet): `ok`
+/// with what it read, or `fail` when the text is not the workload's.
+fn read_done(
     recorder: &mut Recorder<impl Write>,
-    storage: &StorageClient,
+    op: Op,
+    options: &WorkerOptions,
+    text: &str,
+    with_token: &Fields,
+) -> anyhow::Result<Option<ReadValue>> {
+    match ReadValue::parse(options.workload, text) {
+        Some(read) => {
+            recorder.ok(op, read.fields(with_token))?;
+            Ok(Some(read))
+        }
+        None => {
+            let expected = match options.workload {
+                Workload::Counter => "a number",
+                Workload::Set => "a set of w<worker>-<op> elements",
+            };
+            let error = format!(
+                "the {} holds {text:?}, not {expected}",
+                options.workload.name()
+            );
+            recorder.fail(
+                op,
+                Fields {
+                    error: Some(error),
+                    ..with_token.clone()
+                },
+            )?;
+            Ok(None)
+        }
+    }
+}
+
+/// Works between read and write for a uniformly random time in the options' range.
+async fn work(options: &WorkerOptions, rng: &mut rand::rngs::StdRng) {
+    let (low, high) = options.work;
+    let time = if high > low {
+        rng.random_range(low..=high)
+    } else {
+        low
+    };
+    tokio::time::sleep(time).await;
+}
+
+/// What follows from `read` (the counter + 1, or the set with this write's own element
+/// added), as stored text and as the write's fields.
+fn next_value(
+    recorder: &Recorder<impl Write>,
     options: &WorkerOptions,
     token: FencingToken,
     read: ReadValue,
-) -> anyhow::Result<bool> {
+) -> (String, Fields) {
     let base = Fields {
         token: Some(token.get()),
         ..Fields::default()
     };
-    let (text, fields) = match read {
+    match read {
         ReadValue::Counter(value) => (
             (value + 1).to_string(),
             Fields {
@@ -282,18 +370,267 @@ async fn write(
                 },
             )
         }
+    }
+}
+
+/// One turn on the storage: fenced read, work, fenced write. True when the storage answered
+/// both (accepted, or refused as stale).
+async fn storage_turn(
+    recorder: &mut Recorder<impl Write>,
+    storage: &StorageClient,
+    options: &WorkerOptions,
+    token: FencingToken,
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<bool> {
+    let fence = Some(options.lock.as_str());
+    let with_token = Fields {
+        token: Some(token.get()),
+        ..Fields::default()
     };
+    let op = recorder.invoke(OpKind::Read, with_token.clone())?;
+    let read = match storage.read(&options.key, token, fence).await {
+        Ok(stored) => {
+            let text = stored.map(|s| s.value).unwrap_or_default();
+            read_done(recorder, op, options, &text, &with_token)?
+        }
+        Err(e) => {
+            recorder.complete(op, outcome(&e), storage_failure(&e, &with_token))?;
+            None
+        }
+    };
+    let Some(read) = read else {
+        return Ok(false);
+    };
+    work(options, rng).await;
+    let (text, fields) = next_value(recorder, options, token, read);
     let op = recorder.invoke(OpKind::Write, fields.clone())?;
-    match storage
-        .write(&options.key, &text, token, Some(&options.lock))
-        .await
-    {
+    match storage.write(&options.key, &text, token, fence).await {
         Ok(()) => recorder.ok(op, fields)?,
         Err(e @ ClientError::StaleToken { .. }) => {
             recorder.fail(op, storage_failure(&e, &fields))?;
         }
         Err(e) => {
             recorder.complete(op, outcome(&e), storage_failure(&e, &fields))?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// A PostgreSQL transaction of one turn: fenced by `PgFence::begin`, or plain (unfenced).
+enum PgTransaction<'a> {
+    Fenced(FencedTransaction<'a>),
+    Plain(tokio_postgres::Transaction<'a>),
+}
+
+impl<'a> PgTransaction<'a> {
+    fn statements(&self) -> &tokio_postgres::Transaction<'a> {
+        match self {
+            PgTransaction::Fenced(tx) => tx,
+            PgTransaction::Plain(tx) => tx,
+        }
+    }
+
+    async fn commit(self) -> Result<(), String> {
+        match self {
+            PgTransaction::Fenced(tx) => tx.commit().await.map_err(|e| describe(&e)),
+            PgTransaction::Plain(tx) => tx.commit().await.map_err(|e| describe(&e)),
+        }
+    }
+}
+
+/// One turn on PostgreSQL: one transaction from the read to the write, opened by
+/// `PgFence::begin` under the lock name and the token when fenced (the fence row, locked
+/// until the commit, serialises holders), plain otherwise. True when PostgreSQL answered it
+/// to the end (committed, or refused the token).
+///
+/// Outcomes: a stale token, a connection that could not be made or a statement that failed
+/// are definite (`fail`): nothing was committed, and PostgreSQL rolls back a transaction
+/// whose connection is gone. A failed commit is unknown (`info`): the commit may have
+/// reached the write-ahead log before the answer was lost.
+async fn postgres_turn(
+    recorder: &mut Recorder<impl Write>,
+    pg: &mut Pg,
+    options: &WorkerOptions,
+    token: FencingToken,
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<bool> {
+    let with_token = Fields {
+        token: Some(token.get()),
+        ..Fields::default()
+    };
+    let op = recorder.invoke(OpKind::Read, with_token.clone())?;
+    let failed = |e: &dyn std::error::Error| Fields {
+        error: Some(describe(e)),
+        ..with_token.clone()
+    };
+    let fence = pg.fence.clone();
+    let client = match pg.connected().await {
+        Ok(client) => client,
+        Err(e) => {
+            recorder.fail(op, failed(&e))?;
+            return Ok(false);
+        }
+    };
+    let begun = if options.fenced {
+        fence
+            .begin(client, &options.lock, token)
+            .await
+            .map(PgTransaction::Fenced)
+    } else {
+        client
+            .transaction()
+            .await
+            .map(PgTransaction::Plain)
+            .map_err(PgFenceError::from)
+    };
+    let tx = match begun {
+        Ok(tx) => tx,
+        Err(PgFenceError::Stale(stale)) => {
+            let fields = Fields {
+                stale: true,
+                current: Some(stale.current.get()),
+                ..with_token.clone()
+            };
+            recorder.fail(op, fields)?;
+            return Ok(true);
+        }
+        Err(e) => {
+            recorder.fail(op, failed(&e))?;
+            return Ok(false);
+        }
+    };
+    let select = format!("SELECT value FROM {DATA_TABLE} WHERE name = $1");
+    let text = match tx.statements().query_opt(&select, &[&options.key]).await {
+        Ok(row) => row.map(|r| r.get::<_, String>(0)).unwrap_or_default(),
+        Err(e) => {
+            recorder.fail(op, failed(&e))?;
+            return Ok(false);
+        }
+    };
+    let Some(read) = read_done(recorder, op, options, &text, &with_token)? else {
+        return Ok(false);
+    };
+    work(options, rng).await;
+    let (text, fields) = next_value(recorder, options, token, read);
+    let op = recorder.invoke(OpKind::Write, fields.clone())?;
+    let upsert = format!(
+        "INSERT INTO {DATA_TABLE} (name, value) VALUES ($1, $2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+    );
+    if let Err(e) = tx
+        .statements()
+        .execute(&upsert, &[&options.key, &text])
+        .await
+    {
+        let error = Fields {
+            error: Some(describe(&e)),
+            ..fields
+        };
+        recorder.fail(op, error)?;
+        return Ok(false);
+    }
+    match tx.commit().await {
+        Ok(()) => recorder.ok(op, fields)?,
+        Err(error) => {
+            let error = Fields {
+                error: Some(format!("commit: {error}")),
+                ..fields
+            };
+            recorder.complete(op, EventType::Info, error)?;
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One turn on a key in the lock service: a plain linearizable get, work, and the write:
+/// `EtcdFence::apply_held` when fenced (applied only while the holder's lock key exists with
+/// its token as create_revision), a plain put otherwise. True when etcd answered both.
+///
+/// Outcomes: a write refused because the lock key is gone is definite (`fail`, counted as a
+/// stale refusal); any other failure of a write, a timeout above all, is unknown (`info`):
+/// the Txn or put may have been applied.
+async fn etcd_turn(
+    recorder: &mut Recorder<impl Write>,
+    etcd: &EtcdFence,
+    client: &Client,
+    options: &WorkerOptions,
+    holder: &Holder,
+    rng: &mut rand::rngs::StdRng,
+) -> anyhow::Result<bool> {
+    let token = holder.token;
+    let with_token = Fields {
+        token: Some(token.get()),
+        ..Fields::default()
+    };
+    let op = recorder.invoke(OpKind::Read, with_token.clone())?;
+    let mut kv = client.kv();
+    let get = kv.range(pb::RangeRequest {
+        key: options.key.as_bytes().to_vec(),
+        ..Default::default()
+    });
+    let text = match tokio::time::timeout(STORAGE_TIMEOUT, get).await {
+        Ok(Ok(response)) => response
+            .into_inner()
+            .kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+            .unwrap_or_default(),
+        Ok(Err(status)) => {
+            recorder.fail(op, Fields::error_text(status.to_string(), &with_token))?;
+            return Ok(false);
+        }
+        Err(_) => {
+            let error = format!("no answer within {STORAGE_TIMEOUT:?}");
+            recorder.complete(op, EventType::Info, Fields::error_text(error, &with_token))?;
+            return Ok(false);
+        }
+    };
+    let Some(read) = read_done(recorder, op, options, &text, &with_token)? else {
+        return Ok(false);
+    };
+    work(options, rng).await;
+    let (text, fields) = next_value(recorder, options, token, read);
+    let op = recorder.invoke(OpKind::Write, fields.clone())?;
+    let written: Result<(), (EventType, String)> = if options.fenced {
+        let ops = [EtcdOp::put(options.key.clone(), text)];
+        match tokio::time::timeout(STORAGE_TIMEOUT, etcd.apply_held(holder, &ops)).await {
+            Ok(Ok(_revision)) => Ok(()),
+            Ok(Err(e @ EtcdFenceError::LockGone { .. })) => {
+                let refused = Fields {
+                    stale: true,
+                    error: Some(e.to_string()),
+                    ..fields
+                };
+                recorder.fail(op, refused)?;
+                return Ok(true);
+            }
+            Ok(Err(e)) => Err((EventType::Info, describe(&e))),
+            Err(_) => Err((
+                EventType::Info,
+                format!("no answer within {STORAGE_TIMEOUT:?}"),
+            )),
+        }
+    } else {
+        let put = kv.put(pb::PutRequest {
+            key: options.key.as_bytes().to_vec(),
+            value: text.into_bytes(),
+            ..Default::default()
+        });
+        match tokio::time::timeout(STORAGE_TIMEOUT, put).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err((EventType::Info, status.to_string())),
+            Err(_) => Err((
+                EventType::Info,
+                format!("no answer within {STORAGE_TIMEOUT:?}"),
+            )),
+        }
+    };
+    match written {
+        Ok(()) => recorder.ok(op, fields)?,
+        Err((kind, error)) => {
+            recorder.complete(op, kind, Fields::error_text(error, &fields))?;
             return Ok(false);
         }
     }
@@ -394,11 +731,18 @@ impl Fields {
             ..Self::default()
         }
     }
+
+    fn error_text(error: String, base: &Fields) -> Self {
+        Self {
+            error: Some(error),
+            ..base.clone()
+        }
+    }
 }
 
 /// An error with its causes, which HTTP and gRPC errors keep out of their own message
 /// ("error sending request" says nothing of the refused connection behind it).
-fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+fn describe(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {

@@ -52,11 +52,13 @@ pub(crate) struct Worker {
     pub(crate) stdin: Option<ChildStdin>,
 }
 
+/// Starts worker `id`; `data` are the arguments naming its data (`--resource`, `--key` and
+/// where the resource is, see `run::data_args`).
 pub(crate) fn spawn_worker(
     options: &Options,
     id: u32,
     endpoints: &[String],
-    storage: &str,
+    data: &[String],
     lock: &str,
     dir: &Path,
 ) -> anyhow::Result<Worker> {
@@ -66,10 +68,9 @@ pub(crate) fn spawn_worker(
         .arg("check-worker")
         .args(["--id", &id.to_string()])
         .args(["--endpoints", &endpoints.join(",")])
-        .args(["--storage", storage])
+        .args(data)
         .args(["--lock", lock])
         .args(["--workload", options.workload.name()])
-        .args(["--key", options.workload.key()])
         .args(["--ttl", &options.ttl.as_secs().to_string()])
         .args(["--work-min", &options.work.0.as_secs_f64().to_string()])
         .args(["--work-max", &options.work.1.as_secs_f64().to_string()])
@@ -77,6 +78,12 @@ pub(crate) fn spawn_worker(
         .arg("--history")
         .arg(dir.join(format!("worker-{id}.jsonl")))
         .env_remove("ETCDCTL_ENDPOINTS")
+        .envs(
+            options
+                .worker_env
+                .iter()
+                .map(|(name, value)| (*name, value)),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(log)

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use fencelock::storage::Policy;
 
 use super::{current_exe, duration, exit, unless_interrupted};
-use crate::check::history::{FaultKind, Workload};
+use crate::check::history::{FaultKind, Resource, Workload};
 use crate::check::run::{self, Backend, CheckError};
 use crate::check::saved;
 
@@ -37,9 +37,9 @@ pub struct CheckArgs {
     #[arg(long, value_name = "MIN-MAX", default_value = "0-2", value_parser = duration::parse_range)]
     work: (Duration, Duration),
     /// Faults to inject, comma-separated: freeze-holder, freeze-after-read, revoke,
-    /// freeze-lock-service, kill-storage, kill-member; or none. Each time one is drawn at
-    /// random from the list, so a fault named twice comes twice as often. Default: all that
-    /// apply to the lock service.
+    /// freeze-lock-service, kill-storage, kill-member, kill-postgres; or none. Each time one is
+    /// drawn at random from the list, so a fault named twice comes twice as often. Default:
+    /// all that apply to the lock service and the resource.
     #[arg(long, value_name = "LIST", value_parser = parse_faults)]
     faults: Option<Faults>,
     /// Time between faults. 500ms, 2s, 1m or seconds.
@@ -60,10 +60,26 @@ pub struct CheckArgs {
     /// processes cannot be faulted.
     #[arg(long, value_delimiter = ',')]
     endpoints: Option<Vec<String>>,
-    /// The storage's fencing policy.
+    /// TLS and credentials towards the lock service given with --endpoints (the workers get
+    /// them too).
+    #[command(flatten)]
+    tls: super::EtcdConnect,
+    /// Where the workers' data lives: `storage` (fencelock's storage server), `postgres` (a
+    /// table row, fenced by `fence::postgres`; the checker starts its own PostgreSQL unless
+    /// --database-url is given) or `etcd` (a key in the lock service, written by
+    /// `fence::etcd`'s apply_held).
+    #[arg(long, value_name = "RESOURCE", default_value = "storage")]
+    resource: Resource,
+    /// With --resource postgres: use this database instead of starting a private server
+    /// (the checker keeps its tables in schema fencelock_check; no kill-postgres).
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// The fencing policy: the storage's (strict, writes, seed, off); for postgres and etcd,
+    /// strict uses the adapter's fence and off leaves it out.
     #[arg(long, value_name = "POLICY", default_value = "strict")]
     fencing: Policy,
-    /// Run once per policy (strict, writes, seed, off) with the same random seed and faults.
+    /// Run once per policy (strict, writes, seed, off; strict and off for postgres and etcd)
+    /// with the same random seed and faults.
     #[arg(long, conflicts_with = "fencing")]
     compare: bool,
     /// Directory for the history files, reports and timelines (one subdirectory per policy).
@@ -115,7 +131,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<u8> {
     };
     let seed = args.seed.unwrap_or_else(rand::random);
     let policies = if args.compare {
-        vec![Policy::Strict, Policy::Writes, Policy::Seed, Policy::Off]
+        run::compared_policies(args.resource)
     } else {
         vec![args.fencing]
     };
@@ -130,10 +146,14 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<u8> {
         interval: args.interval,
         seed,
         backend,
+        resource: args.resource,
+        database_url: args.database_url,
         policies,
         out: args.out,
         binary: current_exe()?,
         progress: !args.json,
+        connect: args.tls.connect_options()?,
+        worker_env: args.tls.as_env(),
     };
     if !args.json && args.analyse.is_none() {
         eprintln!("fencelock check: seed {seed} (repeat with --seed {seed})");

@@ -8,6 +8,7 @@ use fencelock::storage::{Protocol, StorageOptions};
 
 use super::{duration, exit};
 use crate::demo::client::{self, ClientOptions, Outcome, Role};
+use crate::demo::resource::Resource;
 
 #[derive(Args)]
 pub struct ClientArgs {
@@ -34,6 +35,30 @@ pub struct ClientArgs {
     /// File whose first line is the storage's bearer token (its --auth-token-file).
     #[arg(long, value_name = "FILE")]
     storage_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) that signs the lock service's certificates, as etcdctl's --cacert.
+    #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// Client certificate (PEM) for a lock service with mutual TLS; needs --cert-key.
+    #[arg(long, env = "ETCDCTL_CERT", value_name = "FILE", requires = "cert_key")]
+    cert: Option<PathBuf>,
+    /// The client certificate's key (PEM): etcdctl's --key, renamed because --key is the
+    /// storage key here; ETCDCTL_KEY works as with etcdctl.
+    #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE", requires = "cert")]
+    cert_key: Option<PathBuf>,
+    /// The name the lock service's certificates carry, when it is not the endpoint's host.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Authenticate as this etcd user: `name:password`, or `name` with --password.
+    #[arg(long, env = "ETCDCTL_USER", value_name = "NAME[:PASSWORD]")]
+    user: Option<String>,
+    /// The user's password, when --user gives only the name.
+    #[arg(
+        long,
+        env = "ETCDCTL_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
     /// The lock name; also the fence the storage checks the token against.
     #[arg(long, value_name = "NAME", default_value = "/lock")]
     lock: String,
@@ -55,12 +80,33 @@ pub struct ClientArgs {
     /// Print JSON lines (one per event) instead of plain words.
     #[arg(long)]
     json: bool,
+    /// Where to write: the fenced storage (--storage), a PostgreSQL table (--database-url;
+    /// fenced by `fencelock::fence::postgres`), or the key in the lock service itself (fenced
+    /// by a Txn on the lock key).
+    #[arg(long, value_enum, default_value_t = Resource::Storage)]
+    resource: Resource,
+    /// PostgreSQL's URL, for --resource postgres.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    database_url: Option<String>,
+    /// For --resource postgres or etcd: write without the fence, to see what it prevents.
+    #[arg(long)]
+    unfenced: bool,
 }
 
 /// Runs on a one-thread runtime of its own, which `--pause` stops (`demo::client`).
 pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
     if args.pause.is_some() && args.client != 1 {
         return Err(exit::usage("--pause is for client 1"));
+    }
+    if args.resource == Resource::Postgres && args.database_url.is_none() {
+        return Err(exit::usage(
+            "--resource postgres needs --database-url (or DATABASE_URL)",
+        ));
+    }
+    if args.unfenced && args.resource == Resource::Storage {
+        return Err(exit::usage(
+            "--unfenced is for --resource postgres or etcd; the storage's --fencing decides for it",
+        ));
     }
     let options = ClientOptions {
         role: if args.client == 1 {
@@ -69,8 +115,15 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
             Role::Second
         },
         endpoints: args.endpoints,
-        // Plaintext: `--key` here names the storage key, so etcdctl's TLS flags do not fit.
-        connect: fencelock::lock::ConnectOptions::default(),
+        connect: super::EtcdConnect {
+            cacert: args.cacert,
+            cert: args.cert,
+            key: args.cert_key,
+            server_name: args.server_name,
+            user: args.user,
+            password: args.password,
+        }
+        .connect_options()?,
         storage: args.storage,
         storage_options: StorageOptions::from_files(
             args.storage_cacert.as_deref(),
@@ -82,6 +135,9 @@ pub fn run(args: ClientArgs) -> anyhow::Result<u8> {
         ttl: args.ttl,
         pause: args.pause,
         json: args.json,
+        resource: args.resource,
+        database_url: args.database_url,
+        fenced: !args.unfenced,
     };
     let outcome = client::run(&options, &mut std::io::stdout())?;
     Ok(exit_status(outcome))

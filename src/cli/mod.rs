@@ -175,6 +175,23 @@ pub struct EtcdConnect {
 }
 
 impl EtcdConnect {
+    /// The settings as etcdctl's environment variables, for a child process that reads them
+    /// (`fencelock client`, started by the demo).
+    pub fn as_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.clone().into_os_string());
+        let text = |t: &Option<String>| t.as_ref().map(std::ffi::OsString::from);
+        [
+            ("ETCDCTL_CACERT", path(&self.cacert)),
+            ("ETCDCTL_CERT", path(&self.cert)),
+            ("ETCDCTL_KEY", path(&self.key)),
+            ("ETCDCTL_USER", text(&self.user)),
+            ("ETCDCTL_PASSWORD", text(&self.password)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .collect()
+    }
+
     /// The library's connect options: TLS when any TLS flag was given.
     pub fn connect_options(&self) -> anyhow::Result<fencelock::lock::ConnectOptions> {
         let mut options = fencelock::lock::ConnectOptions::default();

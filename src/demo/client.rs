@@ -24,7 +24,9 @@ use tokio::io::AsyncBufReadExt;
 
 use fencelock::FencingToken;
 use fencelock::lock::{Client, LockGuard, LossReason, Session};
-use fencelock::storage::{ClientError, Protocol, StorageClient, StorageOptions};
+use fencelock::storage::{Protocol, StorageClient, StorageOptions};
+
+use super::resource::{Refused, Resource, Target};
 
 /// How long releasing the lock may take once the write is done. The outcome is already
 /// known by then; a lock service that does not answer must not hold the exit back.
@@ -75,6 +77,13 @@ pub struct ClientOptions {
     pub pause: Option<Duration>,
     /// JSON lines instead of plain words.
     pub json: bool,
+    /// Where to write: the storage, PostgreSQL or the lock service.
+    pub resource: Resource,
+    /// PostgreSQL's URL, for `Resource::Postgres`.
+    pub database_url: Option<String>,
+    /// For PostgreSQL and etcd: write through the fence (the storage's own policy decides
+    /// for the storage).
+    pub fenced: bool,
 }
 
 /// How a client ended (the command maps it to an exit status).
@@ -118,9 +127,28 @@ pub async fn client(
         role: options.role,
     };
     // A bad URL is the user's mistake: report it before taking any lock.
-    let storage = StorageClient::with_options(&options.storage, &options.storage_options)?
-        .with_protocol(options.protocol);
+    let storage = match options.resource {
+        Resource::Storage => Some(
+            StorageClient::with_options(&options.storage, &options.storage_options)?
+                .with_protocol(options.protocol),
+        ),
+        Resource::Postgres | Resource::Etcd => None,
+    };
     let client = Client::connect_with(&options.endpoints, &options.connect).await?;
+    let mut target = match (options.resource, storage) {
+        (_, Some(storage)) => Target::Storage(storage),
+        (Resource::Postgres, None) => {
+            let url = options
+                .database_url
+                .as_deref()
+                .ok_or_else(|| anyhow::anyhow!("--resource postgres needs --database-url"))?;
+            Target::postgres(url, options.fenced).await?
+        }
+        (Resource::Etcd | Resource::Storage, None) => Target::Etcd {
+            client: client.clone(),
+            fenced: options.fenced,
+        },
+    };
     let session = client.session(options.ttl).await?;
     let guard = session.lock(&options.lock).await?;
     say.acquired(options, &session, &guard);
@@ -158,18 +186,25 @@ pub async fn client(
 
     let token = guard.token();
     let value = options.role.value();
-    // The seed protocol names no fence: there the key is its own fence, as in the seed.
-    let fence = (options.protocol == Protocol::Rest).then_some(options.lock.as_str());
-    let outcome = match storage.write(&options.key, &value, token, fence).await {
-        Ok(()) => {
+    let written = target
+        .write(
+            &guard,
+            &options.lock,
+            options.protocol,
+            &options.key,
+            &value,
+        )
+        .await;
+    let outcome = match written {
+        Ok(None) => {
             say.wrote(options, token, &value, None);
             Ok(Outcome::Accepted)
         }
-        Err(ClientError::StaleToken { current, .. }) => {
-            say.wrote(options, token, &value, Some(current));
+        Ok(Some(refused)) => {
+            say.wrote(options, token, &value, Some(refused));
             Ok(Outcome::Stale)
         }
-        Err(e) => Err(anyhow::Error::new(e).context("cannot write to the storage")),
+        Err(e) => Err(e),
     };
     // Releasing, also after a failed write, is a courtesy to the next holder; the lease
     // would expire anyway.
@@ -285,25 +320,38 @@ impl<W: Write> Reporter<'_, W> {
         options: &ClientOptions,
         token: FencingToken,
         value: &str,
-        stale: Option<FencingToken>,
+        refused: Option<Refused>,
     ) {
         let mut event = json!({
             "event": "wrote",
             "key": options.key,
             "value": value,
             "token": token,
-            "outcome": if stale.is_some() { "stale" } else { "accepted" },
+            "outcome": if refused.is_some() { "stale" } else { "accepted" },
         });
-        let words = match stale {
+        let resource = match options.resource {
+            Resource::Storage => "the storage",
+            Resource::Postgres => "PostgreSQL",
+            Resource::Etcd => "etcd",
+        };
+        let words = match refused {
             None => format!(
                 "wrote {value:?} to {} with token {token}: accepted",
                 options.key
             ),
-            Some(current) => {
+            Some(Refused::Stale(current)) => {
                 event["current"] = json!(current);
                 format!(
-                    "write of {value:?} to {} with token {token} rejected: the storage has \
+                    "write of {value:?} to {} with token {token} rejected: {resource} has \
                      already seen token {current} for {}, so mine is stale",
+                    options.key, options.lock
+                )
+            }
+            Some(Refused::LockGone) => {
+                event["reason"] = json!("lock_gone");
+                format!(
+                    "write of {value:?} to {} with token {token} rejected: {resource} no \
+                     longer has my lock key for {}",
                     options.key, options.lock
                 )
             }

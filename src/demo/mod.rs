@@ -16,6 +16,7 @@
 //! stopped before [`run`] returns (children are also killed if the demo dies).
 
 pub mod client;
+pub mod resource;
 mod scenario;
 pub mod timeline;
 
@@ -49,6 +50,14 @@ pub struct DemoOptions {
     pub json: bool,
     /// The `fencelock` binary the clients run as.
     pub client_bin: PathBuf,
+    /// How the demo itself connects to the lock service (TLS, credentials).
+    pub connect: fencelock::lock::ConnectOptions,
+    /// The same for the client processes, as etcdctl's environment variables.
+    pub client_env: Vec<(&'static str, std::ffi::OsString)>,
+    /// Where the clients write.
+    pub resource: resource::Resource,
+    /// For `Resource::Postgres`: the user's database; `None` starts a private PostgreSQL.
+    pub database_url: Option<String>,
 }
 
 /// The file name of the timeline picture in [`DemoOptions::out_dir`].
@@ -59,6 +68,8 @@ pub const SVG_NAME: &str = "demo-timeline.svg";
 pub struct Report {
     /// `lockd` (embedded) or `etcd`.
     pub lock_service: String,
+    /// Where the clients wrote: `storage`, `postgres` or `etcd`.
+    pub resource: String,
     pub endpoints: Vec<String>,
     pub ttl_requested_s: u64,
     /// With fencing (`strict`) first, then without (`off`).
@@ -90,7 +101,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<
             (vec![servers.lockd(dir).await?], "lockd")
         }
     };
-    let client = Client::connect(&endpoints)
+    let client = Client::connect_with(&endpoints, &options.connect)
         .await
         .context("cannot reach the lock service")?;
     let mut say = Narrator {
@@ -106,36 +117,81 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<
         },
         endpoints.join(",")
     ));
+    // Started here when the clients write to PostgreSQL and no database was given; removed
+    // at the end with its data.
+    let mut private_postgres = None;
+    let database_url = match (options.resource, &options.database_url) {
+        (resource::Resource::Postgres, Some(url)) => Some(url.clone()),
+        (resource::Resource::Postgres, None) => {
+            let server = fencelock::process::PostgresServer::start()
+                .await
+                .context("cannot start a private PostgreSQL (or give --database-url)")?;
+            let url = server.url();
+            say.line(&format!(
+                "PostgreSQL: a private server on {url} (temporary data)"
+            ));
+            private_postgres = Some(server);
+            Some(url)
+        }
+        _ => None,
+    };
 
     let mut scenarios = Vec::new();
     for (n, policy) in [Policy::Strict, Policy::Off].into_iter().enumerate() {
-        let dir = data.path().join(format!("storage-{policy}"));
-        let url = servers.storage(dir, policy).await?;
+        let url = match options.resource {
+            resource::Resource::Storage => {
+                let dir = data.path().join(format!("storage-{policy}"));
+                servers.storage(dir, policy).await?
+            }
+            resource::Resource::Postgres | resource::Resource::Etcd => String::new(),
+        };
         let setup = scenario::Setup {
             client_bin: &options.client_bin,
+            client_env: &options.client_env,
             endpoints: &endpoints,
             client: &client,
             storage: &url,
+            resource: options.resource,
+            database_url: database_url.as_deref(),
             fencing: policy,
             lock: format!("/fencelock-demo/{}-{}", std::process::id(), n + 1),
             key: "key0".into(),
             ttl: options.ttl,
         };
         say.blank();
-        say.line(&format!(
-            "== {}: storage on {url} with --fencing {policy} ==",
-            timeline::title(policy)
-        ));
+        let heading = match options.resource {
+            resource::Resource::Storage => format!("storage on {url} with --fencing {policy}"),
+            resource::Resource::Postgres => format!(
+                "PostgreSQL table {}, {}",
+                resource::TABLE,
+                if policy == Policy::Off {
+                    "plain upserts"
+                } else {
+                    "fenced transactions"
+                }
+            ),
+            resource::Resource::Etcd => format!(
+                "the key in the lock service, {}",
+                if policy == Policy::Off {
+                    "plain puts"
+                } else {
+                    "Txns on the lock key"
+                }
+            ),
+        };
+        say.line(&format!("== {}: {heading} ==", timeline::title(policy)));
         let result = scenario::play(&setup, &mut |line| say.line(line)).await;
         scenarios.push(result.with_context(|| format!("the scenario with --fencing {policy}"))?);
     }
     servers.stop().await;
+    drop(private_postgres);
 
     let fenced = scenarios.iter().find(|s| s.fencing == "strict");
     let unfenced = scenarios.iter().find(|s| s.fencing == "off");
     let svg = options.out_dir.join(SVG_NAME);
     let report = Report {
         lock_service: lock_service.into(),
+        resource: options.resource.as_str().into(),
         endpoints,
         ttl_requested_s: options.ttl.as_secs(),
         fencing_rejected_stale_write: fenced.is_some_and(|s| {

@@ -30,6 +30,8 @@ use fencelock::lock::{Client, PrefixWatch};
 use fencelock::process::{Signal, send_signal};
 use fencelock::storage::Policy;
 
+use super::resource::Resource;
+
 /// How long a client may take to start, connect and acquire a free lock.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -44,10 +46,15 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// What one scenario runs against.
 pub(super) struct Setup<'a> {
     pub client_bin: &'a Path,
+    /// TLS and credentials for the clients, as etcdctl's environment variables.
+    pub client_env: &'a [(&'static str, std::ffi::OsString)],
     pub endpoints: &'a [String],
     /// The demo's own connection to the lock service, for watching.
     pub client: &'a Client,
     pub storage: &'a str,
+    /// Where the clients write; for PostgreSQL, its URL.
+    pub resource: Resource,
+    pub database_url: Option<&'a str>,
     pub fencing: Policy,
     pub lock: String,
     pub key: String,
@@ -189,9 +196,21 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
     ));
     let (c1_exited, c1_status) = c1.exit(STEP_TIMEOUT).await?;
 
-    let final_value = stored_value(setup.storage, &setup.key).await?;
+    let final_value = match setup.resource {
+        Resource::Storage => stored_value(setup.storage, &setup.key).await?,
+        Resource::Postgres => {
+            let url = setup.database_url.context("PostgreSQL's URL")?;
+            super::resource::postgres_value(url, &setup.key).await?
+        }
+        Resource::Etcd => super::resource::etcd_value(setup.client, &setup.key).await?,
+    };
+    let holder = match setup.resource {
+        Resource::Storage => "the storage",
+        Resource::Postgres => "PostgreSQL",
+        Resource::Etcd => "etcd",
+    };
     say(&format!(
-        "          the storage now holds {}",
+        "          {holder} now holds {}",
         final_value
             .as_deref()
             .map_or("nothing".to_string(), |v| format!("{v:?}"))
@@ -224,7 +243,10 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
 fn outcome_words(wrote: &Value) -> String {
     match (wrote["outcome"].as_str(), wrote["current"].as_u64()) {
         (Some("stale"), Some(current)) => {
-            format!("REJECTED as stale (the storage has seen token {current})")
+            format!("REJECTED as stale (the fence has seen token {current})")
+        }
+        (Some("stale"), None) if wrote["reason"] == "lock_gone" => {
+            "REJECTED (its lock key is gone)".to_string()
         }
         (Some(outcome), _) => outcome.to_string(),
         (None, _) => "no outcome reported".to_string(),
@@ -312,16 +334,28 @@ impl ClientProcess {
             .arg(role.number().to_string())
             .arg("--json")
             .arg(format!("--endpoints={}", setup.endpoints.join(",")))
-            .args(["--storage", setup.storage])
+            .args(
+                ["--storage", setup.storage]
+                    .into_iter()
+                    .filter(|_| !setup.storage.is_empty()),
+            )
             .args(["--lock", &setup.lock])
             .args(["--key", &setup.key])
             .args(["--ttl", &setup.ttl.as_secs().to_string()])
+            .args(["--resource", setup.resource.as_str()])
             .env_remove("ETCDCTL_ENDPOINTS")
+            .envs(setup.client_env.iter().map(|(name, value)| (*name, value)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(url) = setup.database_url {
+            cmd.args(["--database-url", url]);
+        }
+        if setup.resource != Resource::Storage && setup.fencing == Policy::Off {
+            cmd.arg("--unfenced");
+        }
         fencelock::process::die_with_parent(cmd.as_std_mut());
         let mut child = cmd
             .spawn()

@@ -242,7 +242,7 @@ pub fn terminal(report: &Report) -> String {
             ),
         ];
         let _ = writeln!(text, "{}: {}", scenario_title(s), verdict(s));
-        for (name, (lane, note)) in ["client 1", "client 2", "lock service", "storage"]
+        for (name, (lane, note)) in ["client 1", "client 2", "lock service", lane_name(report)]
             .iter()
             .zip(lanes.iter().zip(notes))
         {
@@ -307,7 +307,12 @@ pub fn svg(report: &Report) -> String {
         ttl = report.scenarios.first().map_or(0, |s| s.ttl_s),
     );
     for (i, s) in report.scenarios.iter().enumerate() {
-        panel(&mut svg, s, HEADER + PANEL_HEIGHT * i as f64);
+        panel(
+            &mut svg,
+            s,
+            HEADER + PANEL_HEIGHT * i as f64,
+            lane_name(report),
+        );
     }
     let y = height - FOOTER + 24.0;
     let _ = write!(
@@ -326,7 +331,7 @@ pub fn svg(report: &Report) -> String {
 }
 
 /// One scenario's panel, its top at `top`.
-fn panel(svg: &mut String, s: &Scenario, top: f64) {
+fn panel(svg: &mut String, s: &Scenario, top: f64, resource: &str) {
     let t = &story_times(s);
     let scale = Scale::new(event_times(t), PLOT_RIGHT - PLOT_LEFT, MIN_PIXELS);
     let x = |ms: f64| PLOT_LEFT + scale.at(ms);
@@ -362,7 +367,7 @@ fn panel(svg: &mut String, s: &Scenario, top: f64) {
         ("client 1", c1),
         ("client 2", c2),
         ("lock service", lock),
-        ("storage", storage),
+        (resource, storage),
     ] {
         let _ = write!(
             svg,
@@ -583,6 +588,15 @@ fn label(svg: &mut String, x: f64, y: f64, text: &str, fill: &str, anchor: &str)
     );
 }
 
+/// The name of the lane of the resource the clients wrote to.
+fn lane_name(report: &Report) -> &'static str {
+    match report.resource.as_str() {
+        "postgres" => "postgres",
+        "etcd" => "etcd key",
+        _ => "storage",
+    }
+}
+
 fn title_of(s: &Scenario) -> &'static str {
     title(s.fencing.parse().unwrap_or(Policy::Strict))
 }
@@ -665,6 +679,7 @@ mod tests {
 
     fn report() -> Report {
         Report {
+            resource: "storage".into(),
             lock_service: "lockd".into(),
             endpoints: vec!["127.0.0.1:2379".into()],
             ttl_requested_s: 1,

@@ -1,7 +1,9 @@
 //! `fencelock check`, the real binary, in short runs with fixed seeds: the checker sees lost
 //! updates of the counter and lost elements of the set where the fencing policy allows them,
 //! none under strict fencing whatever the fault, on lockd and on a real 3-member etcd
-//! (`crate::support::etcd`), and refuses faults it cannot inject.
+//! (`crate::support::etcd`), and refuses faults it cannot inject. With `--resource postgres`
+//! (the checker's own PostgreSQL; skipped without one, see `crate::support::postgres`) and
+//! `--resource etcd` it checks the fence adapters the same way.
 //!
 //! Runs are a few seconds with TTL 1 s and a fault every second, so each one sees several
 //! faults; what is asserted is the analysis of the recorded history, never a timing.
@@ -441,4 +443,255 @@ fn faults_that_need_processes_the_checker_does_not_own_are_refused() {
 
     let output = check(out.path(), &["--faults", "unplug-the-moon"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+// The checker on the fence adapters (`--resource postgres|etcd`): the same set workload and
+// faults against a PostgreSQL table row and a key in the lock service itself.
+
+/// A set run's findings, after checking that strict fencing lost nothing: no lost element,
+/// no phantom, no token accepted behind the fence, and some work done.
+fn assert_set_safe(report: &Value) -> &Value {
+    let set = set_findings(report);
+    println!(
+        "strict set: {} acknowledged adds, {} unknown, final set {}, {} stale rejections",
+        set["acknowledged_adds"],
+        set["unknown_adds"],
+        set["final_size"],
+        stale(report)
+    );
+    assert_eq!(count(set, "lost"), 0, "lost elements under strict: {set:#}");
+    assert_eq!(count(set, "phantoms"), 0, "phantoms under strict: {set:#}");
+    assert_eq!(backwards(report), 0, "{report:#}");
+    assert_eq!(count(report, "token_order"), 0, "{report:#}");
+    assert_eq!(report["valid"], true, "{report:#}");
+    let acknowledged = set["acknowledged_adds"]
+        .as_u64()
+        .expect("acknowledged_adds");
+    assert!(acknowledged >= 5, "too little work got done: {report:#}");
+    let final_size = set["final_size"].as_u64().expect("the final set was read");
+    assert!(final_size >= acknowledged, "{set:#}");
+    set
+}
+
+/// The lost elements of a run without fencing, each checked to name an acknowledged add and
+/// a read invoked after that add completed.
+fn lost_elements(report: &Value) -> usize {
+    let set = set_findings(report);
+    let lost = set["lost"].as_array().expect("lost");
+    println!(
+        "unfenced set: {} lost of {} acknowledged adds",
+        lost.len(),
+        set["acknowledged_adds"]
+    );
+    for element in lost {
+        assert_eq!(element["add"]["outcome"], "ok", "{element:#}");
+        let added = element["add"]["completed_s"].as_f64().unwrap();
+        let missed = element["read"]["invoked_s"].as_f64().unwrap();
+        assert!(missed > added, "{element:#}");
+    }
+    assert_eq!(count(set, "phantoms"), 0, "{set:#}");
+    lost.len()
+}
+
+#[test]
+fn on_postgres_strict_fencing_loses_no_element_when_holders_freeze_and_postgres_is_killed() {
+    if !crate::support::postgres::available() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    // The checker starts its own PostgreSQL, kills it with SIGKILL and restarts it on the
+    // same data; each cycle's read and write are one fenced transaction.
+    let args = [
+        "--resource",
+        "postgres",
+        "--duration",
+        "15",
+        "--faults",
+        "freeze-holder,kill-postgres,freeze-after-read",
+        "--fencing",
+        "strict",
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let strict = report(&result, "strict");
+    assert_eq!(result["runs"][0]["run"]["resource"], "postgres");
+    assert!(faults_injected(strict, "kill-postgres") >= 1, "{strict:#}");
+    let freezes =
+        faults_injected(strict, "freeze-holder") + faults_injected(strict, "freeze-after-read");
+    assert!(freezes >= 1, "{strict:#}");
+    let set = assert_set_safe(strict);
+    // Adds whose statement failed with the server gone were rolled back: failures, never
+    // read back (no phantom).
+    println!("failed adds: {}", set["failed_adds"]);
+}
+
+#[test]
+fn on_postgres_without_the_fence_a_holder_frozen_after_its_read_loses_an_element() {
+    if !crate::support::postgres::available() {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--resource",
+        "postgres",
+        "--duration",
+        "10",
+        "--faults",
+        "freeze-after-read",
+        "--fencing",
+        "off",
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let off = report(&result, "off");
+    assert!(faults_injected(off, "freeze-after-read") >= 1);
+    assert!(
+        lost_elements(off) >= 1,
+        "no lost element without the fence: {off:#}"
+    );
+    assert_eq!(off["valid"], true, "nothing is claimed without fencing");
+}
+
+#[test]
+fn on_keys_in_the_lock_service_apply_held_loses_nothing_and_plain_puts_lose_elements() {
+    let out = tempfile::tempdir().unwrap();
+    // Every fault that applies (freezes, revoke, lockd frozen), once fenced, once not.
+    let args = ["--resource", "etcd", "--duration", "10", "--compare"];
+    let result = check_json(out.path(), &args, 0);
+    let runs = result["runs"].as_array().expect("runs");
+    let policies: Vec<&str> = runs.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(
+        policies,
+        ["strict", "off"],
+        "compare runs fenced and unfenced only"
+    );
+    let strict = report(&result, "strict");
+    assert_set_safe(strict);
+    // Stale holders' Txns were refused by etcd itself: their lock key was gone.
+    assert!(stale(strict) >= 1, "no write was refused: {strict:#}");
+    let off = report(&result, "off");
+    assert!(
+        lost_elements(off) >= 1,
+        "no lost element with plain puts: {off:#}"
+    );
+}
+
+#[tokio::test]
+async fn on_a_three_member_etcd_keys_written_with_apply_held_lose_nothing_when_members_die() {
+    let Some(_slots) = crate::support::etcd::reserve(3).await else {
+        return;
+    };
+    let out = tempfile::tempdir().unwrap();
+    // The data key lives in the cluster whose members are killed and frozen.
+    let args = [
+        "--resource",
+        "etcd",
+        "--etcd-members",
+        "3",
+        "--duration",
+        "12",
+        "--faults",
+        "kill-member,freeze-holder,freeze-lock-service,freeze-after-read,kill-member",
+        "--fencing",
+        "strict",
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let strict = report(&result, "strict");
+    assert!(faults_injected(strict, "kill-member") >= 1, "{strict:#}");
+    assert_set_safe(strict);
+}
+
+#[test]
+fn faults_and_policies_that_do_not_apply_to_a_resource_are_refused_in_one_line() {
+    let out = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], expected: &[&str]| {
+        let output = check(out.path(), args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        for text in expected {
+            assert!(stderr.contains(text), "{args:?}: {stderr}");
+        }
+    };
+    refused(
+        &["--resource", "postgres", "--faults", "kill-storage"],
+        &["kill-storage", "kill-postgres"],
+    );
+    refused(
+        &["--resource", "etcd", "--faults", "kill-storage"],
+        &["kill-storage", "lock service"],
+    );
+    refused(
+        &["--faults", "kill-postgres"],
+        &["kill-postgres", "--resource postgres"],
+    );
+    refused(
+        &[
+            "--resource",
+            "postgres",
+            "--database-url",
+            "postgresql://fencelock@127.0.0.1:1/postgres",
+            "--faults",
+            "kill-postgres",
+        ],
+        &["--database-url", "not a process this checker started"],
+    );
+    refused(
+        &["--resource", "etcd", "--fencing", "writes"],
+        &["--fencing writes", "etcd"],
+    );
+    refused(
+        &["--database-url", "postgresql://127.0.0.1:1/postgres"],
+        &["--database-url", "--resource postgres"],
+    );
+}
+
+#[tokio::test]
+async fn the_checker_and_its_workers_reach_a_mutual_tls_etcd_with_etcdctls_flags() {
+    let certs = crate::support::certs::TestCerts::new();
+    let options = fencelock::process::EtcdOptions {
+        tls: Some(certs.server()),
+        ..Default::default()
+    };
+    let Some(etcd) = crate::support::etcd::start_with(1, options).await else {
+        return;
+    };
+    let endpoints = etcd.endpoints().join(",");
+    let (ca, cert, key) = (
+        certs.path("ca.pem").display().to_string(),
+        certs.path("client.pem").display().to_string(),
+        certs.path("client-key.pem").display().to_string(),
+    );
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_owned();
+    // Holders frozen past their lease on a cluster the workers reach only over mutual TLS.
+    let result = tokio::task::spawn_blocking(move || {
+        check_json(
+            &dir,
+            &[
+                "--endpoints",
+                &endpoints,
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--faults",
+                "freeze-holder",
+                "--duration",
+                "5",
+                "--fencing",
+                "strict",
+            ],
+            0,
+        )
+    })
+    .await
+    .unwrap();
+    // What is checked here is the way in (TLS for the checker and every worker); the
+    // safety claims are the other tests'.
+    let strict = report(&result, "strict");
+    let set = set_findings(strict);
+    assert_eq!(count(set, "lost"), 0, "{set:#}");
+    assert_eq!(strict["valid"], true, "{strict:#}");
+    assert!(set["acknowledged_adds"].as_u64() > Some(0), "{strict:#}");
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use super::Input;
 use crate::check::history::{
-    Event, EventType, FaultEvent, FaultKind, FinalSet, KeyChange, KeyEvent, OpKind, Target,
-    Workload, element,
+    Event, EventType, FaultEvent, FaultKind, FinalSet, KeyChange, KeyEvent, OpKind, Resource,
+    Target, Workload, element,
 };
 use fencelock::storage::fence::Policy;
 
@@ -249,6 +249,7 @@ impl History {
     pub fn input(&self, policy: Policy, final_value: Option<u64>, end_ms: u64) -> Input {
         Input {
             policy,
+            resource: Resource::Storage,
             workload: Workload::Counter,
             events: self.events.clone(),
             faults: self.faults.clone(),

@@ -11,13 +11,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::check::history::{self, EventType, FaultKind, FinalSet, OpKind, Target, Workload};
+use crate::check::history::{
+    self, EventType, FaultKind, FinalSet, OpKind, Resource, Target, Workload,
+};
 use fencelock::storage::fence::Policy;
 
 /// Everything the analysis looks at: the merged files of one run under one policy.
 #[derive(Clone, Debug)]
 pub struct Input {
     pub policy: Policy,
+    /// Where the data lived: which accesses its fence checks depends on the adapter.
+    pub resource: Resource,
     /// What the workers did, and so which rules apply.
     pub workload: Workload,
     /// All workers' events, in any order.

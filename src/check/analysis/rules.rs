@@ -26,7 +26,7 @@ use super::report::{
     StaleRead, StaleRejections, TokenOrder, WriteRef, show,
 };
 use super::set;
-use crate::check::history::{self, FaultKind, KeyChange, OpKind, Workload};
+use crate::check::history::{self, FaultKind, KeyChange, OpKind, Resource, Workload};
 use fencelock::FencingToken;
 use fencelock::storage::fence::{self, Access, Policy};
 
@@ -47,18 +47,23 @@ const ALL_KINDS: [OpKind; 6] = [
     OpKind::Close,
 ];
 
-const ALL_FAULTS: [FaultKind; 6] = [
+const ALL_FAULTS: [FaultKind; 7] = [
     FaultKind::FreezeHolder,
     FaultKind::FreezeAfterRead,
     FaultKind::Revoke,
     FaultKind::FreezeLockService,
     FaultKind::KillStorage,
     FaultKind::KillMember,
+    FaultKind::KillPostgres,
 ];
 
 /// Whether `policy` checks `access` against the fence, asked of the fence rule itself: a
-/// checked access presenting a token below the fence is refused.
-fn fenced(policy: Policy, access: Access) -> bool {
+/// checked access presenting a token below the fence is refused. On the etcd resource only
+/// writes are fenced (a Txn guarded by the holder's lock key); its reads are plain gets.
+fn fenced(policy: Policy, resource: Resource, access: Access) -> bool {
+    if resource == Resource::Etcd && access == Access::Read {
+        return false;
+    }
     fence::check(
         policy,
         access,
@@ -72,10 +77,10 @@ fn fenced(policy: Policy, access: Access) -> bool {
 /// The accesses whose accepted tokens must not go backwards: those the policy checks. Under
 /// `off` nothing is checked, so writes are looked at, the access every fencing policy
 /// checks: the report then shows what a fence would have been asked to refuse.
-fn fenced_accesses(policy: Policy) -> Vec<OpKind> {
+fn fenced_accesses(policy: Policy, resource: Resource) -> Vec<OpKind> {
     let mut kinds: Vec<OpKind> = [(Access::Read, OpKind::Read), (Access::Write, OpKind::Write)]
         .into_iter()
-        .filter(|(access, _)| fenced(policy, *access))
+        .filter(|(access, _)| fenced(policy, resource, *access))
         .map(|(_, kind)| kind)
         .collect();
     if kinds.is_empty() {
@@ -111,7 +116,7 @@ pub fn analyse(input: &Input) -> Report {
         })
         .collect();
 
-    let fenced_accesses = fenced_accesses(input.policy);
+    let fenced_accesses = fenced_accesses(input.policy, input.resource);
     let backwards_tokens = backwards_tokens(input, &ops, &fenced_accesses);
     let token_order = token_order(input, &ops);
     let (counter, set) = match input.workload {
@@ -175,7 +180,7 @@ fn counter_findings(input: &Input, ops: &[Op]) -> CounterFindings {
     let unknown_writes = writes()
         .filter(|o| matches!(o.outcome, Outcome::Info | Outcome::Pending))
         .count() as u64;
-    let reads_checked = fenced(input.policy, Access::Read);
+    let reads_checked = fenced(input.policy, input.resource, Access::Read);
     CounterFindings {
         acknowledged_increments,
         unknown_writes,
@@ -789,6 +794,44 @@ mod tests {
         assert_eq!(report.backwards_tokens.len(), 1);
         assert!(!report.valid());
         assert_eq!(report.violations(), 2);
+    }
+
+    #[test]
+    fn on_keys_in_the_lock_service_only_writes_are_held_to_the_fence() {
+        // Worker 2 (token 6) writes; then worker 1 (token 5) reads (a plain get, which the etcd
+        // adapter does not fence) and writes (refused there, but accepted in this history).
+        let mut h = History::default();
+        h.op(2, OpKind::Write, 100, 110, End::Ok, Some(6), Some(1), None);
+        h.op(1, OpKind::Read, 200, 210, End::Ok, Some(5), Some(1), None);
+        let read_only = Input {
+            resource: Resource::Etcd,
+            ..h.input(Policy::Strict, Some(1), 1000)
+        };
+        let etcd = analyse(&read_only);
+        assert_eq!(etcd.fenced_accesses, vec![OpKind::Write]);
+        assert_eq!(etcd.backwards_tokens, vec![]);
+        assert!(etcd.valid());
+        let storage = analyse(&h.input(Policy::Strict, Some(1), 1000));
+        assert_eq!(
+            storage.backwards_tokens.len(),
+            1,
+            "a strict storage fences reads"
+        );
+
+        h.op(1, OpKind::Write, 300, 310, End::Ok, Some(5), Some(2), None);
+        let late_write = Input {
+            resource: Resource::Etcd,
+            ..h.input(Policy::Strict, Some(2), 1000)
+        };
+        let etcd = analyse(&late_write);
+        assert_eq!(
+            etcd.backwards_tokens.len(),
+            1,
+            "{:?}",
+            etcd.backwards_tokens
+        );
+        assert_eq!(etcd.backwards_tokens[0].f, OpKind::Write);
+        assert!(!etcd.valid());
     }
 
     /// Worker 2 (token 6) reads before worker 1 (token 5) writes, and both are accepted.
