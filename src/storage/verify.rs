@@ -18,7 +18,7 @@
 //! rule then still applies.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::FencingToken;
@@ -76,7 +76,7 @@ pub enum Unverified {
 /// The tokens of each followed lock name.
 pub struct Verifier {
     client: Client,
-    names: Mutex<HashMap<String, Arc<Followed>>>,
+    names: RwLock<HashMap<String, Arc<Followed>>>,
 }
 
 /// One lock name's keys as the watch has them.
@@ -116,10 +116,10 @@ impl Known {
     /// The verdict from what is known; `None` when only a fresh read can tell.
     fn verdict(&self, fence: &str, token: FencingToken) -> Option<Result<(), Unverified>> {
         let revision = i64::try_from(token.get()).unwrap_or(i64::MAX);
-        let fence = fence.to_owned();
         if self.live.first() == Some(&revision) {
             return Some(Ok(()));
         }
+        let fence = fence.to_owned();
         if self.gone.contains(&revision) {
             return Some(Err(Unverified::HolderGone { fence, token }));
         }
@@ -140,7 +140,7 @@ impl Verifier {
     pub fn new(client: Client) -> Arc<Self> {
         Arc::new(Self {
             client,
-            names: Mutex::new(HashMap::new()),
+            names: RwLock::new(HashMap::new()),
         })
     }
 
@@ -174,15 +174,24 @@ impl Verifier {
 
     /// The followed state of `fence`, reading its keys and starting its watch on first use.
     async fn follow(&self, fence: &str) -> Result<Arc<Followed>, Unverified> {
-        if let Some(followed) = lock(&self.names).get(fence) {
-            return Ok(followed.clone());
+        let known = self
+            .names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(fence)
+            .cloned();
+        if let Some(followed) = known {
+            return Ok(followed);
         }
         let followed = Arc::new(Followed {
             known: Mutex::new(Known::default()),
         });
         let revision = self.refresh(fence, &followed).await?;
         lock(&followed.known).since = revision;
-        let mut names = lock(&self.names);
+        let mut names = self
+            .names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(raced) = names.get(fence) {
             return Ok(raced.clone());
         }
