@@ -10,21 +10,13 @@ use crate::support::certs::TestCerts;
 use crate::support::etcd;
 use crate::support::lock_cmd::{Holder, assert_one_line, refused};
 use fencelock::lock::{Client, ConnectOptions};
-use fencelock::process::EtcdOptions;
 
 const TTL: Duration = Duration::from_secs(2);
-
-fn tls(certs: &TestCerts) -> EtcdOptions {
-    EtcdOptions {
-        tls: Some(certs.server()),
-        ..EtcdOptions::default()
-    }
-}
 
 #[tokio::test]
 async fn the_library_locks_and_unlocks_through_mutual_tls() {
     let certs = TestCerts::new();
-    let Some(etcd) = etcd::start_with(1, tls(&certs)).await else {
+    let Some(etcd) = etcd::start_with(1, certs.mutual_tls()).await else {
         return;
     };
     let options = ConnectOptions {
@@ -63,7 +55,7 @@ async fn the_library_locks_and_unlocks_through_mutual_tls() {
 #[tokio::test]
 async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_ones_in_one_line() {
     let certs = TestCerts::new();
-    let Some(etcd) = etcd::start_with(1, tls(&certs)).await else {
+    let Some(etcd) = etcd::start_with(1, certs.mutual_tls()).await else {
         return;
     };
     let url = etcd.endpoint(0);
@@ -71,24 +63,16 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
     let file = |name: &str| certs.path(name).display().to_string();
 
     println!("flags, and an endpoint without a scheme: TLS because a CA was given");
-    let flags = vec![
-        format!("--endpoints={host_port}"),
-        format!("--cacert={}", file("ca.pem")),
-        format!("--cert={}", file("client.pem")),
-        format!("--key={}", file("client-key.pem")),
-    ];
+    let mut flags = vec![format!("--endpoints={host_port}")];
+    flags.extend(certs.client_flags());
     let holder = Holder::spawn_with("/tls-cli", &flags, &[]);
     let event = holder.expect("acquired", Duration::from_secs(10));
     assert_eq!(event["event"], "acquired", "{event}");
     holder.release();
 
     println!("the same through ETCDCTL_* variables and an https:// endpoint");
-    let envs = [
-        ("ETCDCTL_ENDPOINTS", url.clone()),
-        ("ETCDCTL_CACERT", file("ca.pem")),
-        ("ETCDCTL_CERT", file("client.pem")),
-        ("ETCDCTL_KEY", file("client-key.pem")),
-    ];
+    let mut envs = vec![("ETCDCTL_ENDPOINTS", url.clone())];
+    envs.extend(certs.client_env());
     let holder = Holder::spawn_with("/tls-cli", &[], &envs);
     let event = holder.expect("acquired", Duration::from_secs(10));
     assert_eq!(event["event"], "acquired", "{event}");
@@ -125,7 +109,7 @@ async fn fencelock_lock_takes_etcdctls_tls_flags_and_variables_and_refuses_bad_o
 #[tokio::test]
 async fn holders_on_different_members_of_a_mutual_tls_cluster_hand_over_in_token_order() {
     let certs = TestCerts::new();
-    let Some(etcd) = etcd::start_with(3, tls(&certs)).await else {
+    let Some(etcd) = etcd::start_with(3, certs.mutual_tls()).await else {
         return;
     };
     let options = ConnectOptions {
@@ -185,13 +169,8 @@ async fn holders_on_different_members_of_a_mutual_tls_cluster_hand_over_in_token
     a_session.close().await.unwrap();
 
     println!("4. `fencelock lock` through all three members, etcdctl's flags");
-    let file = |name: &str| certs.path(name).display().to_string();
-    let flags = vec![
-        format!("--endpoints={}", etcd.endpoints().join(",")),
-        format!("--cacert={}", file("ca.pem")),
-        format!("--cert={}", file("client.pem")),
-        format!("--key={}", file("client-key.pem")),
-    ];
+    let mut flags = vec![format!("--endpoints={}", etcd.endpoints().join(","))];
+    flags.extend(certs.client_flags());
     let holder = Holder::spawn_with("/tls-cluster", &flags, &[]);
     let third = Holder::token(&holder.expect("acquired", Duration::from_secs(10)));
     assert!(third > second_token, "{third} follows {second_token}");

@@ -42,23 +42,15 @@ async fn fencelock_lock_acquires_through_mutual_tls_and_a_wrong_ca_or_client_cer
     let file = |name: &str| certs.path(name).display().to_string();
 
     println!("1. etcdctl's flags, the endpoint without a scheme: TLS because a CA is given");
-    let flags = vec![
-        format!("--endpoints={host_port}"),
-        format!("--cacert={}", file("ca.pem")),
-        format!("--cert={}", file("client.pem")),
-        format!("--key={}", file("client-key.pem")),
-    ];
+    let mut flags = vec![format!("--endpoints={host_port}")];
+    flags.extend(certs.client_flags());
     let holder = Holder::spawn_with("/tls", &flags, &[]);
     let first = Holder::token(&holder.expect("acquired", PROMPTLY));
     holder.release();
 
     println!("2. the same through ETCDCTL_* variables and an https:// endpoint");
-    let envs = [
-        ("ETCDCTL_ENDPOINTS", format!("https://{host_port}")),
-        ("ETCDCTL_CACERT", file("ca.pem")),
-        ("ETCDCTL_CERT", file("client.pem")),
-        ("ETCDCTL_KEY", file("client-key.pem")),
-    ];
+    let mut envs = vec![("ETCDCTL_ENDPOINTS", format!("https://{host_port}"))];
+    envs.extend(certs.client_env());
     let holder = Holder::spawn_with("/tls", &[], &envs);
     let second = Holder::token(&holder.expect("acquired", PROMPTLY));
     assert!(

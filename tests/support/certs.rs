@@ -51,6 +51,35 @@ impl TestCerts {
         self.dir.path()
     }
 
+    /// etcdctl's flags for the client this authority signed: `--cacert=`, `--cert=`,
+    /// `--key=`, in that order.
+    pub fn client_flags(&self) -> Vec<String> {
+        let file = |name: &str| self.path(name).display().to_string();
+        vec![
+            format!("--cacert={}", file("ca.pem")),
+            format!("--cert={}", file("client.pem")),
+            format!("--key={}", file("client-key.pem")),
+        ]
+    }
+
+    /// The same as etcdctl's environment variables.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        let file = |name: &str| self.path(name).display().to_string();
+        vec![
+            ("ETCDCTL_CACERT", file("ca.pem")),
+            ("ETCDCTL_CERT", file("client.pem")),
+            ("ETCDCTL_KEY", file("client-key.pem")),
+        ]
+    }
+
+    /// A cluster whose members require clients this authority signed.
+    pub fn mutual_tls(&self) -> fencelock::process::EtcdOptions {
+        fencelock::process::EtcdOptions {
+            tls: Some(self.server()),
+            ..Default::default()
+        }
+    }
+
     /// What an etcd member needs for mutual TLS, and how a client it accepts connects.
     pub fn server(&self) -> ServerTls {
         ServerTls {

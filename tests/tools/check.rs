@@ -647,43 +647,28 @@ fn faults_and_policies_that_do_not_apply_to_a_resource_are_refused_in_one_line()
 #[tokio::test]
 async fn the_checker_and_its_workers_reach_a_mutual_tls_etcd_with_etcdctls_flags() {
     let certs = crate::support::certs::TestCerts::new();
-    let options = fencelock::process::EtcdOptions {
-        tls: Some(certs.server()),
-        ..Default::default()
-    };
-    let Some(etcd) = crate::support::etcd::start_with(1, options).await else {
+    let Some(etcd) = crate::support::etcd::start_with(1, certs.mutual_tls()).await else {
         return;
     };
-    let endpoints = etcd.endpoints().join(",");
-    let (ca, cert, key) = (
-        certs.path("ca.pem").display().to_string(),
-        certs.path("client.pem").display().to_string(),
-        certs.path("client-key.pem").display().to_string(),
+    let mut args = vec![format!("--endpoints={}", etcd.endpoints().join(","))];
+    args.extend(certs.client_flags());
+    args.extend(
+        [
+            "--faults",
+            "freeze-holder",
+            "--duration",
+            "5",
+            "--fencing",
+            "strict",
+        ]
+        .map(String::from),
     );
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_owned();
     // Holders frozen past their lease on a cluster the workers reach only over mutual TLS.
     let result = tokio::task::spawn_blocking(move || {
-        check_json(
-            &dir,
-            &[
-                "--endpoints",
-                &endpoints,
-                "--cacert",
-                &ca,
-                "--cert",
-                &cert,
-                "--key",
-                &key,
-                "--faults",
-                "freeze-holder",
-                "--duration",
-                "5",
-                "--fencing",
-                "strict",
-            ],
-            0,
-        )
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        check_json(&dir, &args, 0)
     })
     .await
     .unwrap();

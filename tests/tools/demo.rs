@@ -166,31 +166,15 @@ async fn the_demo_on_a_three_member_etcd_rejects_the_stale_write_with_fencing() 
 #[tokio::test]
 async fn the_demo_and_its_clients_reach_a_mutual_tls_etcd_with_etcdctls_flags() {
     let certs = crate::support::certs::TestCerts::new();
-    let options = fencelock::process::EtcdOptions {
-        tls: Some(certs.server()),
-        ..Default::default()
-    };
-    let Some(etcd) = crate::support::etcd::start_with(1, options).await else {
+    let Some(etcd) = crate::support::etcd::start_with(1, certs.mutual_tls()).await else {
         return;
     };
-    let endpoints = etcd.endpoints().join(",");
-    let (ca, cert, key) = (
-        certs.path("ca.pem").display().to_string(),
-        certs.path("client.pem").display().to_string(),
-        certs.path("client-key.pem").display().to_string(),
-    );
+    let mut args = vec![format!("--endpoints={}", etcd.endpoints().join(","))];
+    args.extend(certs.client_flags());
     // The demo connects with the flags and hands them to its `fencelock client` processes.
     let (status, report, svg) = tokio::task::spawn_blocking(move || {
-        run_demo(&[
-            "--endpoints",
-            &endpoints,
-            "--cacert",
-            &ca,
-            "--cert",
-            &cert,
-            "--key",
-            &key,
-        ])
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_demo(&args)
     })
     .await
     .unwrap();
