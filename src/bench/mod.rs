@@ -1,10 +1,12 @@
 //! Measurements behind `fencelock bench`.
 //!
 //! - [`lock`]: lock+unlock cycles on etcd, alone and contended.
+//! - [`memory`]: lockd's resident memory per held lock.
 //! - [`storage`]: the storage's requests and keys per second, next to [`baseline`], a server
 //!   answering a fixed body, both loaded by [`http_load`].
 
 pub mod baseline;
 pub mod http_load;
 pub mod lock;
+pub mod memory;
 pub mod storage;

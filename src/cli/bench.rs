@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// Requests and keys written per second by the storage, durable and in memory, with 1
     /// and with 32 connections, next to a baseline HTTP server measured by the same loader.
     Storage(BenchStorageArgs),
+    /// lockd's resident memory per held lock: sessions each holding a lock of their own, on
+    /// a fresh in-memory lockd per count.
+    Memory(BenchMemoryArgs),
     /// The storage benchmark's baseline server (started by the benchmark): every request is
     /// answered with the same small body.
     #[command(hide = true)]
@@ -112,6 +115,13 @@ pub struct BenchStorageArgs {
 }
 
 #[derive(Args)]
+pub struct BenchMemoryArgs {
+    /// Held locks per run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    sessions: Vec<usize>,
+}
+
+#[derive(Args)]
 pub struct BaselineArgs {
     /// Address to listen on; port 0 picks a free port, printed once the server is ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
@@ -122,8 +132,27 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<u8> {
     match command {
         BenchCommand::Lock(args) => bench_lock(*args).await,
         BenchCommand::Storage(args) => bench_storage(args).await,
+        BenchCommand::Memory(args) => bench_memory(args).await,
         BenchCommand::Baseline(args) => serve_baseline(args).await,
     }
+}
+
+async fn bench_memory(args: BenchMemoryArgs) -> anyhow::Result<u8> {
+    if args.sessions.is_empty() || args.sessions.contains(&0) {
+        return Err(exit::usage("--sessions must be positive numbers"));
+    }
+    let options = crate::bench::memory::Options {
+        binary: current_exe()?,
+        sessions: args.sessions,
+    };
+    // Interrupted, the benchmark is dropped, which stops the lockd it started.
+    let work = async {
+        crate::bench::memory::run(&options, &mut std::io::stdout())
+            .await
+            .context("lockd memory benchmark failed")
+    };
+    unless_interrupted(work).await?;
+    Ok(exit::SUCCESS)
 }
 
 async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {

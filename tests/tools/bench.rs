@@ -83,3 +83,29 @@ fn the_lock_benchmark_measures_lockd_next_to_etcd_and_compares_them() {
         .count();
     assert_eq!(ratios, 4, "a ratio per session and idle watcher count");
 }
+
+#[test]
+fn the_memory_benchmark_prints_a_row_per_count_with_bytes_per_held_lock() {
+    let output = std::process::Command::new(crate::support::proc::fencelock_bin())
+        .args(["bench", "memory", "--sessions", "300,600"])
+        .output()
+        .expect("run fencelock bench memory");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for sessions in ["300", "600"] {
+        let cols: Vec<&str> = stdout
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&sessions))
+            .unwrap_or_else(|| panic!("no row for {sessions} sessions"));
+        // sessions, before, MiB, after, MiB, bytes/lock, fill
+        let before: f64 = cols[1].parse().unwrap();
+        let after: f64 = cols[3].parse().unwrap();
+        assert!(before > 0.0 && after >= before, "{cols:?}");
+    }
+}
