@@ -18,7 +18,7 @@
 //!   machine without etcd.
 //! - [`process`] (feature `cli`): child processes for the tools and the tests: servers to
 //!   freeze, kill or restart, a real etcd cluster on loopback or across a private test
-//!   network of namespaces whose links can be cut.
+//!   network of namespaces whose links can be cut, and a private PostgreSQL server.
 //!
 //! The `fencelock` binary (`src/main.rs`) holds the commands and the tools behind them
 //! (`demo`, `check`, `bench`); they are not part of this library.
