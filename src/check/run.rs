@@ -287,12 +287,52 @@ pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
     let net = Arc::new(net);
     let checker = net.host(hosts::CHECKER).clone();
     let (options, inner) = (options.clone(), net.clone());
-    // The whole run, in the checker's host. The network outlives it: `run` answers once the
-    // run's future, and with it every process handle, has been dropped on that thread.
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    // Declared after `net`, so dropped before it: the network goes last, also when this
+    // future is dropped (Ctrl-C), which ends the run on its thread first.
+    let _ended = RunEnded {
+        cancel: Some(cancel),
+        done,
+    };
+    // The whole run, in the checker's host.
     checker
-        .run(move || async move { run_all(&options, &faults, Some(&inner)).await })
+        .run(move || async move {
+            let result = tokio::select! {
+                result = run_all(&options, &faults, Some(&inner)) => result,
+                // The caller's future was dropped (Ctrl-C): no one reads this answer.
+                _ = cancelled => Err(CheckError::Usage("interrupted".into())),
+            };
+            // The run's processes are gone (their handles kill on drop), and this host's
+            // handle on the network with them.
+            drop(inner);
+            let _ = done_tx.send(());
+            result
+        })
         .await
         .map_err(|e| setup("cannot enter the checker's test network host")(e.into()))?
+}
+
+/// How long a run interrupted in a test network gets to drop its processes before the
+/// network is removed: dropping handles only sends signals, milliseconds of work.
+const RUN_END_GRACE: Duration = Duration::from_secs(5);
+
+/// Held by the caller of a run in a test network: dropped, it cancels the run (a no-op once
+/// it is over) and waits until the run's thread has let go of the network, so that the
+/// caller's handle is the last one and removes the namespaces, even after Ctrl-C.
+struct RunEnded {
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drop for RunEnded {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        // Blocks this thread briefly; a run that ended normally has already answered. An
+        // `Err` (the run's thread ended without answering: it failed to enter, or panicked)
+        // means it holds nothing either.
+        let _ = self.done.recv_timeout(RUN_END_GRACE);
+    }
 }
 
 /// Starts the services (in `net`'s hosts, when given) and runs every policy.
