@@ -2,7 +2,8 @@
 //! recorded as a begin/end pair in the fault log.
 //!
 //! Invariants: every fault it starts it also undoes (what it froze it continues, what it
-//! killed it restarts) before the run stops; the schedule depends only on the seed.
+//! killed it restarts, what it cut it heals) before the run stops; the schedule depends only
+//! on the seed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,10 +17,15 @@ use super::history::{
     Event, EventType, FaultEvent, FaultKind, KeyChange, KeyEvent, Log, OpKind, Target, mono_ns,
     wall_ms,
 };
-use super::run::{CheckError, LockService, NEXT_TURN_SLACK, Options, setup};
+use super::run::{CheckError, LockService, NEXT_TURN_SLACK, Options, hosts, setup};
 use super::workers::{Tracker, Worker, locked, signal};
 use fencelock::lock::{Client, LeaseId};
-use fencelock::process::{PostgresServer, ServerProcess, Signal};
+use fencelock::process::{PostgresServer, ServerProcess, Signal, TestNet};
+
+/// How long past the TTL an isolated holder stays cut off: its lease, renewed at most a
+/// third of the TTL before the cut, has then run out on lockd, which looks for expired
+/// leases far more often than once a second.
+const ISOLATION_PAST_TTL: Duration = Duration::from_secs(1);
 
 /// Injects one fault every interval until the run stops.
 pub(crate) struct Injector<'a> {
@@ -33,6 +39,8 @@ pub(crate) struct Injector<'a> {
     /// The PostgreSQL server, when the checker started it.
     pub(crate) postgres: Option<&'a mut PostgresServer>,
     pub(crate) lock_service: &'a mut LockService,
+    /// The test network every process runs in, with network faults.
+    pub(crate) net: Option<&'a TestNet>,
     pub(crate) client: &'a Client,
     pub(crate) keys: broadcast::Sender<KeyEvent>,
     pub(crate) events: broadcast::Sender<Event>,
@@ -65,6 +73,7 @@ impl Injector<'_> {
                 FaultKind::KillStorage => self.kill_storage().await?,
                 FaultKind::KillMember => self.kill_member().await?,
                 FaultKind::KillPostgres => self.kill_postgres().await?,
+                FaultKind::IsolateHolder => self.isolate_holder().await?,
             };
             if result.is_err() {
                 return Ok(());
@@ -373,6 +382,36 @@ impl Injector<'_> {
                 recovery.as_millis()
             )),
         );
+        Ok(waited)
+    }
+
+    /// Cuts the holder's host off from lockd's, not from the storage's, for longer than the
+    /// TTL, then heals: the holder's lease expires while it can still write, late.
+    async fn isolate_holder(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let Some(net) = self.net else {
+            return Ok(Ok(()));
+        };
+        let Some((worker, lease, _)) = (match self.some_holder().await {
+            Ok(holder) => holder,
+            Err(stopped) => return Ok(Err(stopped)),
+        }) else {
+            return Ok(Ok(()));
+        };
+        // nft takes milliseconds; blocking the run loop that long delays no deadline.
+        net.partition(&[hosts::worker(worker)], &[hosts::LOCKD])
+            .map_err(|e| setup("cannot cut the holder off from lockd")(e.into()))?;
+        let event = self.start(
+            FaultKind::IsolateHolder,
+            Target::Worker(worker as u32 + 1),
+            lease,
+        );
+        let began = Instant::now();
+        // Healed even when the run is ending: the workers must reach lockd to stop cleanly.
+        let waited = self.pause(self.options.ttl + ISOLATION_PAST_TTL).await;
+        net.heal()
+            .map_err(|e| setup("cannot heal the test network")(e.into()))?;
+        let note = format!("cut off from lockd for {} ms", began.elapsed().as_millis());
+        self.end(event, Some(note));
         Ok(waited)
     }
 

@@ -207,6 +207,8 @@ pub enum FaultKind {
     KillStorage,
     KillMember,
     KillPostgres,
+    /// Cuts the holder's worker off from the lock service, not from the storage.
+    IsolateHolder,
 }
 
 impl FaultKind {
@@ -220,6 +222,7 @@ impl FaultKind {
             FaultKind::KillStorage => "kill-storage",
             FaultKind::KillMember => "kill-member",
             FaultKind::KillPostgres => "kill-postgres",
+            FaultKind::IsolateHolder => "isolate-holder",
         }
     }
 }

@@ -29,7 +29,7 @@ use fencelock::etcd::etcdserverpb as pb;
 use fencelock::etcd::mvccpb::event::EventType as PbEventType;
 use fencelock::fence::postgres::PgFence;
 use fencelock::lock::{Client, LeaseId, PrefixWatch};
-use fencelock::process::{EtcdCluster, PostgresServer, ServerProcess};
+use fencelock::process::{EtcdCluster, NetHost, PostgresServer, ServerProcess, TestNet};
 use fencelock::storage::fence::Policy;
 
 /// How long stopped workers get to exit before they are killed.
@@ -41,6 +41,34 @@ pub(crate) const NEXT_TURN_SLACK: Duration = Duration::from_millis(100);
 
 /// Pause before re-opening the lock-key watch after its stream broke (a member died).
 pub(crate) const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// The hosts of the test network of a run with network faults: lockd, the storage and the
+/// checker itself on hosts of their own, then one per worker. The checker's own host makes
+/// every connection of the checker (its lock client, the lock-key watch, the final read)
+/// one from the test network, never from the root namespace, which has no route to it.
+pub(crate) mod hosts {
+    /// lockd's host.
+    pub(crate) const LOCKD: usize = 0;
+    /// The storage's host.
+    pub(crate) const STORAGE: usize = 1;
+    /// The host the checker's run loop runs in.
+    pub(crate) const CHECKER: usize = 2;
+    /// Hosts before the workers'.
+    const FIRST_WORKER: usize = 3;
+
+    /// The host of worker `index` (0-based).
+    pub(crate) fn worker(index: usize) -> usize {
+        FIRST_WORKER + index
+    }
+
+    /// Hosts in a network for `workers` workers.
+    pub(crate) fn count(workers: usize) -> usize {
+        FIRST_WORKER + workers
+    }
+}
+
+/// Faults that cut links, and so need a test network; never in the default set.
+pub(crate) const NETWORK_FAULTS: &[FaultKind] = &[FaultKind::IsolateHolder];
 
 /// Where the lock service comes from.
 #[derive(Clone, Debug)]
@@ -146,12 +174,22 @@ pub fn validate_faults(
     own_database: bool,
     faults: &[FaultKind],
 ) -> Result<(), CheckError> {
-    let allowed = applicable_faults(backend, resource, own_database);
+    let mut allowed = applicable_faults(backend, resource, own_database);
+    // Only on request: a run without them stays on loopback, as it always was.
+    if matches!(backend, Backend::Lockd) && resource == Resource::Storage {
+        allowed.extend(NETWORK_FAULTS);
+    }
     for fault in faults {
         if allowed.contains(fault) {
             continue;
         }
         let why = match (fault, backend, resource) {
+            (FaultKind::IsolateHolder, Backend::Lockd, _) => {
+                "it applies to --resource storage only"
+            }
+            (FaultKind::IsolateHolder, _, _) => {
+                "it applies to the checker's own lockd only (no --etcd-members, no --endpoints)"
+            }
             (FaultKind::KillMember, Backend::Lockd, _) => {
                 "lockd is a single process with no members; use --etcd-members 3"
             }
@@ -235,7 +273,75 @@ pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
     }
     std::fs::create_dir_all(&options.out)
         .map_err(|e| setup(format!("cannot create {}", options.out.display()))(e.into()))?;
-    let mut lock_service = LockService::start(options).await?;
+    let Some(network_fault) = faults.iter().find(|f| NETWORK_FAULTS.contains(f)) else {
+        return run_all(options, &faults, None).await;
+    };
+    TestNet::available().map_err(|e| {
+        CheckError::Usage(format!(
+            "fault {} cannot be injected: {e}",
+            network_fault.name()
+        ))
+    })?;
+    let net = TestNet::new(hosts::count(options.clients as usize))
+        .map_err(|e| setup("cannot make the test network")(e.into()))?;
+    let net = Arc::new(net);
+    let checker = net.host(hosts::CHECKER).clone();
+    let (options, inner) = (options.clone(), net.clone());
+    let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done) = std::sync::mpsc::channel::<()>();
+    // Declared after `net`, so dropped before it: the network goes last, also when this
+    // future is dropped (Ctrl-C), which ends the run on its thread first.
+    let _ended = RunEnded {
+        cancel: Some(cancel),
+        done,
+    };
+    // The whole run, in the checker's host.
+    checker
+        .run(move || async move {
+            let result = tokio::select! {
+                result = run_all(&options, &faults, Some(&inner)) => result,
+                // The caller's future was dropped (Ctrl-C): no one reads this answer.
+                _ = cancelled => Err(CheckError::Usage("interrupted".into())),
+            };
+            // The run's processes are gone (their handles kill on drop), and this host's
+            // handle on the network with them.
+            drop(inner);
+            let _ = done_tx.send(());
+            result
+        })
+        .await
+        .map_err(|e| setup("cannot enter the checker's test network host")(e.into()))?
+}
+
+/// How long a run interrupted in a test network gets to drop its processes before the
+/// network is removed: dropping handles only sends signals, milliseconds of work.
+const RUN_END_GRACE: Duration = Duration::from_secs(5);
+
+/// Held by the caller of a run in a test network: dropped, it cancels the run (a no-op once
+/// it is over) and waits until the run's thread has let go of the network, so that the
+/// caller's handle is the last one and removes the namespaces, even after Ctrl-C.
+struct RunEnded {
+    cancel: Option<tokio::sync::oneshot::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Drop for RunEnded {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        // Blocks this thread briefly; a run that ended normally has already answered. An
+        // `Err` (the run's thread ended without answering: it failed to enter, or panicked)
+        // means it holds nothing either.
+        let _ = self.done.recv_timeout(RUN_END_GRACE);
+    }
+}
+
+/// Starts the services (in `net`'s hosts, when given) and runs every policy.
+async fn run_all(
+    options: &Options,
+    faults: &[FaultKind],
+    net: Option<&TestNet>,
+) -> Result<Vec<Run>, CheckError> {
+    let mut lock_service = LockService::start(options, net.map(|n| n.host(hosts::LOCKD))).await?;
     // Owned like the lock service: dropped (killed and removed) when the check ends, fails
     // or is interrupted.
     let mut database = Database::start(options).await?;
@@ -253,8 +359,9 @@ pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
         let services = Services {
             lock_service: &mut lock_service,
             database: database.as_mut(),
+            net,
         };
-        let run = run_policy(options, &faults, services, policy, &lock, &dir, i).await?;
+        let run = run_policy(options, faults, services, policy, &lock, &dir, i).await?;
         runs.push(run);
     }
     Ok(runs)
@@ -286,12 +393,14 @@ pub(crate) enum LockService {
 }
 
 impl LockService {
-    async fn start(options: &Options) -> Result<Self, CheckError> {
+    /// Starts the lock service; lockd inside `host`, when given.
+    async fn start(options: &Options, host: Option<&NetHost>) -> Result<Self, CheckError> {
         Ok(match &options.backend {
             Backend::Lockd => {
-                let lockd = ServerProcess::spawn(&options.binary, "lockd", ["--in-memory"])
-                    .await
-                    .map_err(|e| setup("cannot start lockd")(e.into()))?;
+                let lockd =
+                    ServerProcess::spawn_on(host, &options.binary, "lockd", ["--in-memory"])
+                        .await
+                        .map_err(|e| setup("cannot start lockd")(e.into()))?;
                 LockService::Lockd(Box::new(lockd))
             }
             Backend::Etcd { members, binary } => {
@@ -356,6 +465,8 @@ impl Database {
 pub(crate) struct Services<'a> {
     pub(crate) lock_service: &'a mut LockService,
     pub(crate) database: Option<&'a mut Database>,
+    /// The test network, with network faults.
+    pub(crate) net: Option<&'a TestNet>,
 }
 
 /// The key holding the workload's data: the storage's own key (a fresh storage per run), or
@@ -465,6 +576,7 @@ pub(crate) async fn run_policy(
     let Services {
         lock_service,
         database,
+        net,
     } = services;
     let scratch = tempfile::Builder::new()
         .prefix("fencelock-check-")
@@ -495,7 +607,8 @@ pub(crate) async fn run_policy(
                 "--fencing".to_string(),
                 policy.as_str().to_string(),
             ];
-            let server = ServerProcess::spawn(&options.binary, "storage", storage_args)
+            let host = net.map(|n| n.host(hosts::STORAGE));
+            let server = ServerProcess::spawn_on(host, &options.binary, "storage", storage_args)
                 .await
                 .map_err(|e| setup("cannot start the storage")(e.into()))?;
             data_args.extend(["--storage".to_string(), server.endpoint()]);
@@ -547,7 +660,8 @@ pub(crate) async fn run_policy(
     let start_mono_ns = mono_ns();
     let mut workers = Vec::new();
     for id in 1..=options.clients {
-        let worker = spawn_worker(options, id, &endpoints, &data_args, lock, dir)
+        let host = net.map(|n| n.host(hosts::worker(id as usize - 1)));
+        let worker = spawn_worker(options, id, host, &endpoints, &data_args, lock, dir)
             .map_err(|e| setup(format!("cannot start worker {id}"))(e))?;
         workers.push(worker);
     }
@@ -573,6 +687,7 @@ pub(crate) async fn run_policy(
         storage: storage.as_mut(),
         postgres: database.and_then(|d| d.server.as_mut()),
         lock_service,
+        net,
         client: &client,
         keys: key_tx,
         events: event_tx,
@@ -876,6 +991,27 @@ mod tests {
             &kill_postgres,
         ));
         assert!(message.contains("--resource postgres"), "{message}");
+    }
+
+    #[test]
+    fn network_faults_run_only_when_named_and_only_on_lockd_with_the_storage() {
+        let lockd = &Backend::Lockd;
+        let etcd = Backend::Etcd {
+            members: 3,
+            binary: "etcd".into(),
+        };
+        for backend in [lockd, &etcd] {
+            for resource in [Resource::Storage, Resource::Postgres, Resource::Etcd] {
+                let default = applicable_faults(backend, resource, true);
+                assert!(!default.contains(&FaultKind::IsolateHolder));
+            }
+        }
+        let isolate = [FaultKind::IsolateHolder];
+        assert!(validate_faults(lockd, Resource::Storage, true, &isolate).is_ok());
+        let message = refusal(validate_faults(lockd, Resource::Etcd, true, &isolate));
+        assert!(message.contains("--resource storage"), "{message}");
+        let message = refusal(validate_faults(&etcd, Resource::Storage, true, &isolate));
+        assert!(message.contains("isolate-holder") && message.contains("lockd"));
     }
 
     #[test]

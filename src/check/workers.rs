@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use super::history::{Event, EventType, OpKind};
 use super::run::{Options, WORKER_EXIT_GRACE};
 use fencelock::lock::{Client, LeaseId};
-use fencelock::process::Signal;
+use fencelock::process::{NetHost, Signal};
 
 /// What the checker knows about one worker, from its stdout.
 #[derive(Clone, Debug, Default)]
@@ -52,11 +52,12 @@ pub(crate) struct Worker {
     pub(crate) stdin: Option<ChildStdin>,
 }
 
-/// Starts worker `id`; `data` are the arguments naming its data (`--resource`, `--key` and
-/// where the resource is, see `run::data_args`).
+/// Starts worker `id`, inside `host` when given; `data` are the arguments naming its data
+/// (`--resource`, `--key` and where the resource is, see `run::data_args`).
 pub(crate) fn spawn_worker(
     options: &Options,
     id: u32,
+    host: Option<&NetHost>,
     endpoints: &[String],
     data: &[String],
     lock: &str,
@@ -89,6 +90,9 @@ pub(crate) fn spawn_worker(
         .stderr(log)
         .kill_on_drop(true);
     fencelock::process::die_with_parent(command.as_std_mut());
+    if let Some(host) = host {
+        host.enter(command.as_std_mut())?;
+    }
     let mut child = command.spawn()?;
     let stdin = child.stdin.take();
     Ok(Worker { child, stdin })

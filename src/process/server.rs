@@ -1,10 +1,11 @@
-//! A `fencelock` server (`lockd`, `storage`) as a child process on a loopback port, for tools
-//! that want a server in its own process: to freeze it, kill it, restart it, or measure it
-//! apart from its clients.
+//! A `fencelock` server (`lockd`, `storage`) as a child process on a loopback port, or on the
+//! address of a [`NetHost`] of a test network, for tools that want a server in its own
+//! process: to freeze it, kill it, restart it, cut it off, or measure it apart from its
+//! clients.
 //!
 //! Invariants: the child is killed and reaped when the handle drops, and also dies with the
-//! thread that spawned it (see `die_with_parent`); a restart listens on the same address, so
-//! clients keep their URL.
+//! thread that spawned it (see `die_with_parent`); a restart listens on the same address, in
+//! the same host, so clients keep their URL.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-use super::Signal;
+use super::{NetHost, Signal};
 
 /// How long a starting server may take to print its address.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +33,15 @@ pub enum SpawnError {
         #[source]
         source: std::io::Error,
     },
+    /// The host of a test network could not be entered.
+    #[error("cannot start {what} in its test network host")]
+    Enter {
+        /// The command, `BINARY SUBCOMMAND`.
+        what: String,
+        /// Why.
+        #[source]
+        source: super::NetError,
+    },
     /// The server did not print its [`READY_PREFIX`](super::READY_PREFIX) line in time.
     #[error("{what} did not report its address within {READY_TIMEOUT:?}")]
     NotReady {
@@ -47,6 +57,8 @@ pub struct ServerProcess {
     args: Vec<OsString>,
     child: Option<Child>,
     addr: SocketAddr,
+    /// The test network host it runs in, if any.
+    host: Option<NetHost>,
 }
 
 impl ServerProcess {
@@ -57,23 +69,39 @@ impl ServerProcess {
         subcommand: &str,
         args: impl IntoIterator<Item = impl Into<OsString>>,
     ) -> Result<Self, SpawnError> {
+        Self::spawn_on(None, binary, subcommand, args).await
+    }
+
+    /// As [`ServerProcess::spawn`], but inside `host` (when given) and listening on its
+    /// address, `ADDR:0`: a server that a [`TestNet`](super::TestNet) can cut off.
+    pub async fn spawn_on(
+        host: Option<&NetHost>,
+        binary: &Path,
+        subcommand: &str,
+        args: impl IntoIterator<Item = impl Into<OsString>>,
+    ) -> Result<Self, SpawnError> {
         let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let (child, addr) = start(binary, subcommand, "127.0.0.1:0", &args).await?;
+        let listen = match host {
+            Some(host) => format!("{}:0", host.addr()),
+            None => "127.0.0.1:0".to_owned(),
+        };
+        let (child, addr) = start(host, binary, subcommand, &listen, &args).await?;
         Ok(Self {
             binary: binary.to_owned(),
             subcommand: subcommand.to_owned(),
             args,
             child: Some(child),
             addr,
+            host: host.cloned(),
         })
     }
 
-    /// The server's URL, `http://127.0.0.1:PORT`.
+    /// The server's URL, `http://IP:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    /// The server's address, `127.0.0.1:PORT`; the same after a restart.
+    /// The server's address, `IP:PORT`; the same after a restart.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
@@ -103,6 +131,7 @@ impl ServerProcess {
     pub async fn restart(&mut self) -> Result<(), SpawnError> {
         self.kill().await;
         let (child, addr) = start(
+            self.host.as_ref(),
             &self.binary,
             &self.subcommand,
             &self.addr.to_string(),
@@ -116,6 +145,7 @@ impl ServerProcess {
 }
 
 async fn start(
+    host: Option<&NetHost>,
     binary: &Path,
     subcommand: &str,
     listen: &str,
@@ -132,6 +162,13 @@ async fn start(
         .kill_on_drop(true);
     // If this process dies without dropping the child, the kernel ends the child too.
     super::die_with_parent(command.as_std_mut());
+    if let Some(host) = host {
+        host.enter(command.as_std_mut())
+            .map_err(|source| SpawnError::Enter {
+                what: what.clone(),
+                source,
+            })?;
+    }
     let mut child = command.spawn().map_err(|source| SpawnError::Spawn {
         what: what.clone(),
         source,

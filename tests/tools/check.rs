@@ -642,6 +642,61 @@ fn faults_and_policies_that_do_not_apply_to_a_resource_are_refused_in_one_line()
         &["--database-url", "postgresql://127.0.0.1:1/postgres"],
         &["--database-url", "--resource postgres"],
     );
+    refused(
+        &["--resource", "etcd", "--faults", "isolate-holder"],
+        &["isolate-holder", "--resource storage"],
+    );
+    refused(
+        &["--endpoints", "127.0.0.1:1", "--faults", "isolate-holder"],
+        &["isolate-holder", "lockd"],
+    );
+}
+
+// Network faults: every process in a network namespace of its own (root only; see
+// `crate::support::net`).
+
+#[test]
+fn strict_fencing_loses_no_element_when_the_holder_is_cut_off_from_lockd() {
+    if !crate::support::net::available() {
+        // Without test networks the fault is refused in one line, not run on loopback.
+        let out = tempfile::tempdir().unwrap();
+        let output = check(out.path(), &["--faults", "isolate-holder"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("isolate-holder"), "{stderr}");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let args = [
+        "--workload",
+        "set",
+        "--duration",
+        "8",
+        "--faults",
+        "isolate-holder",
+        "--fencing",
+        "strict",
+    ];
+    let result = check_json(out.path(), &args, 0);
+    let strict = report(&result, "strict");
+    let injected = faults_injected(strict, "isolate-holder");
+    println!("isolate-holder injected {injected} times");
+    assert!(injected >= 1, "no holder was cut off: {strict:#}");
+    let set = assert_set_safe(strict);
+    println!("stale rejections: {}", stale(strict));
+    assert!(set["acknowledged_adds"].as_u64() > Some(0), "{set:#}");
+    // The checker has exited: no namespace may name a process that no longer exists (it
+    // removed earlier runs' leftovers itself when it made its network).
+    let prefix = fencelock::process::NETNS_PREFIX;
+    let leftovers: Vec<String> = crate::support::net::namespaces_named(prefix)
+        .into_iter()
+        .filter(|name| {
+            let pid = name[prefix.len()..].split('-').next().unwrap_or("");
+            !Path::new(&format!("/proc/{pid}")).exists()
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
 
 #[tokio::test]

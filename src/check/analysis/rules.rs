@@ -47,7 +47,7 @@ const ALL_KINDS: [OpKind; 6] = [
     OpKind::Close,
 ];
 
-const ALL_FAULTS: [FaultKind; 7] = [
+const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::FreezeHolder,
     FaultKind::FreezeAfterRead,
     FaultKind::Revoke,
@@ -55,6 +55,7 @@ const ALL_FAULTS: [FaultKind; 7] = [
     FaultKind::KillStorage,
     FaultKind::KillMember,
     FaultKind::KillPostgres,
+    FaultKind::IsolateHolder,
 ];
 
 /// Whether `policy` checks `access` against the fence, asked of the fence rule itself: a
