@@ -85,31 +85,11 @@ pub fn decode_set(text: &str) -> Option<Vec<String>> {
     Some(elements)
 }
 
-/// Where the workers' data lives, and so which adapter's fence the run checks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Resource {
-    /// fencelock's storage server, under its `--fencing` policy.
-    #[default]
-    Storage,
-    /// A row of a PostgreSQL table, fenced by `fence::postgres` (one fenced transaction per
-    /// cycle, from the read to the write).
-    Postgres,
-    /// A key in the lock service itself, written by `fence::etcd`'s `apply_held` (a Txn
-    /// guarded by the holder's lock key); reads are plain linearizable gets.
-    Etcd,
-}
-
-impl Resource {
-    /// The name on the command line and in the files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Resource::Storage => "storage",
-            Resource::Postgres => "postgres",
-            Resource::Etcd => "etcd",
-        }
-    }
-}
+/// Where the workers' data lives, and so which adapter's fence the run checks: fencelock's
+/// storage under its `--fencing` policy; a PostgreSQL row, one fenced transaction per cycle
+/// from the read to the write; or a key in the lock service, written by `apply_held`, read by
+/// plain linearizable gets.
+pub use fencelock::fence::Resource;
 
 /// The set as the checker read it itself, after every worker had stopped.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -240,7 +240,7 @@ pub fn validate_resource(
         Some(policy) => Err(CheckError::Usage(format!(
             "--fencing {policy} does not apply to --resource {}: its adapter fences every \
              cycle (strict) or is left out (off)",
-            resource.name()
+            resource.as_str()
         ))),
         None => Ok(()),
     }
@@ -589,7 +589,7 @@ pub(crate) async fn run_policy(
     let key = data_key(options.resource, lock, options.workload);
     let mut data_args = vec![
         "--resource".to_string(),
-        options.resource.name().to_string(),
+        options.resource.as_str().to_string(),
         "--key".to_string(),
         key.clone(),
     ];
@@ -1020,7 +1020,7 @@ mod tests {
             assert!(validate_resource(resource, None, &compared_policies(resource)).is_ok());
             let message = refusal(validate_resource(resource, None, &[Policy::Writes]));
             assert!(message.contains("--fencing writes"), "{message}");
-            assert!(message.contains(resource.name()), "{message}");
+            assert!(message.contains(resource.as_str()), "{message}");
         }
         assert!(validate_resource(Resource::Storage, None, &[Policy::Seed]).is_ok());
         let message = refusal(validate_resource(

@@ -94,7 +94,7 @@ pub fn load(dir: &Path) -> Result<Run, CheckError> {
     let title = format!(
         "fencelock check · {} workload in {} · {} workers on {} · TTL {} s · seed {}",
         meta.workload.name(),
-        meta.resource.name(),
+        meta.resource.as_str(),
         meta.clients,
         meta.lock_service,
         meta.ttl_s,

@@ -329,11 +329,7 @@ impl<W: Write> Reporter<'_, W> {
             "token": token,
             "outcome": if refused.is_some() { "stale" } else { "accepted" },
         });
-        let resource = match options.resource {
-            Resource::Storage => "the storage",
-            Resource::Postgres => "PostgreSQL",
-            Resource::Etcd => "etcd",
-        };
+        let resource = options.resource.display_name();
         let words = match refused {
             None => format!(
                 "wrote {value:?} to {} with token {token}: accepted",

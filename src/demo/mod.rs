@@ -69,7 +69,7 @@ pub struct Report {
     /// `lockd` (embedded) or `etcd`.
     pub lock_service: String,
     /// Where the clients wrote: `storage`, `postgres` or `etcd`.
-    pub resource: String,
+    pub resource: resource::Resource,
     pub endpoints: Vec<String>,
     pub ttl_requested_s: u64,
     /// With fencing (`strict`) first, then without (`off`).
@@ -191,7 +191,7 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<
     let svg = options.out_dir.join(SVG_NAME);
     let report = Report {
         lock_service: lock_service.into(),
-        resource: options.resource.as_str().into(),
+        resource: options.resource,
         endpoints,
         ttl_requested_s: options.ttl.as_secs(),
         fencing_rejected_stale_write: fenced.is_some_and(|s| {

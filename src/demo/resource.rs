@@ -15,31 +15,10 @@ use fencelock::fence::postgres::{PgFence, PgFenceError};
 use fencelock::lock::{Client, LockGuard};
 use fencelock::storage::{ClientError, Protocol, StorageClient};
 
+pub use fencelock::fence::Resource;
+
 /// The table the demo writes to in PostgreSQL.
 pub const TABLE: &str = "fencelock_demo";
-
-/// Where the clients write (`--resource`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Resource {
-    /// fencelock's storage server.
-    #[default]
-    Storage,
-    /// A PostgreSQL table.
-    Postgres,
-    /// A key in the lock service.
-    Etcd,
-}
-
-impl Resource {
-    /// The name on the command line and in the report.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Resource::Storage => "storage",
-            Resource::Postgres => "postgres",
-            Resource::Etcd => "etcd",
-        }
-    }
-}
 
 /// How a write was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -204,11 +204,7 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
         }
         Resource::Etcd => super::resource::etcd_value(setup.client, &setup.key).await?,
     };
-    let holder = match setup.resource {
-        Resource::Storage => "the storage",
-        Resource::Postgres => "PostgreSQL",
-        Resource::Etcd => "etcd",
-    };
+    let holder = setup.resource.display_name();
     say(&format!(
         "          {holder} now holds {}",
         final_value

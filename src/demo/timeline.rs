@@ -11,6 +11,7 @@
 use std::fmt::Write as _;
 
 use super::Report;
+use super::resource::Resource;
 use super::scenario::{ClientReport, Scenario, Times, WriteOutcome};
 use crate::svg::escape as esc;
 use fencelock::storage::Policy;
@@ -590,10 +591,10 @@ fn label(svg: &mut String, x: f64, y: f64, text: &str, fill: &str, anchor: &str)
 
 /// The name of the lane of the resource the clients wrote to.
 fn lane_name(report: &Report) -> &'static str {
-    match report.resource.as_str() {
-        "postgres" => "postgres",
-        "etcd" => "etcd key",
-        _ => "storage",
+    match report.resource {
+        Resource::Postgres => "postgres",
+        Resource::Etcd => "etcd key",
+        Resource::Storage => "storage",
     }
 }
 
@@ -679,7 +680,7 @@ mod tests {
 
     fn report() -> Report {
         Report {
-            resource: "storage".into(),
+            resource: Resource::Storage,
             lock_service: "lockd".into(),
             endpoints: vec!["127.0.0.1:2379".into()],
             ttl_requested_s: 1,

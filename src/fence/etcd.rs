@@ -179,7 +179,7 @@ impl EtcdFence {
         ops: &[Op],
     ) -> Result<i64, EtcdFenceError> {
         let resource = FenceKeyTxn { etcd: self, holder };
-        apply(&resource, fence, holder.token, &ops.to_vec())
+        apply(&resource, fence, holder.token, ops)
             .await
             .map_err(|e| match e {
                 FenceError::Stale(stale) => EtcdFenceError::Stale(stale),
@@ -244,7 +244,7 @@ struct FenceKeyTxn<'a> {
 
 impl CasResource for FenceKeyTxn<'_> {
     type Version = i64;
-    type Change = Vec<Op>;
+    type Change = [Op];
     type Output = i64;
     type Error = EtcdFenceError;
 
@@ -269,7 +269,7 @@ impl CasResource for FenceKeyTxn<'_> {
         fence: &str,
         version: &i64,
         raise_to: Option<FencingToken>,
-        ops: &Vec<Op>,
+        ops: &[Op],
     ) -> Result<Option<i64>, Self::Error> {
         let key = EtcdFence::fence_key(fence);
         let unmoved = pb::Compare {

@@ -30,6 +30,41 @@ use std::future::Future;
 use crate::FencingToken;
 use crate::storage::fence::{Access, Policy, Rejection, check};
 
+/// Where fenced data lives: fencelock's storage, or one of the adapters here. The tools
+/// (`demo`, `check`, `client`) take it as `--resource`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "kebab-case")]
+pub enum Resource {
+    /// fencelock's storage server, which checks tokens itself (under its `--fencing` policy).
+    #[default]
+    Storage,
+    /// A PostgreSQL table, fenced by [`postgres`].
+    Postgres,
+    /// Keys in the lock service itself, fenced by [`etcd`].
+    Etcd,
+}
+
+impl Resource {
+    /// The name on the command line and in files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resource::Storage => "storage",
+            Resource::Postgres => "postgres",
+            Resource::Etcd => "etcd",
+        }
+    }
+
+    /// The name in sentences: "the storage", "PostgreSQL", "etcd".
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Resource::Storage => "the storage",
+            Resource::Postgres => "PostgreSQL",
+            Resource::Etcd => "etcd",
+        }
+    }
+}
+
 /// A change refused because its token is behind the fence: a newer holder of the lock has
 /// already changed the resource. Nothing of the refused change was applied.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +85,7 @@ pub trait CasResource {
     /// mod_revision, an object's ETag). Absent fences have a version too (etcd: 0).
     type Version: Send + Sync;
     /// The caller's change, applied together with the fence.
-    type Change: Send + Sync;
+    type Change: Sync + ?Sized;
     /// What a committed change answers.
     type Output;
     /// The resource's own failures (I/O, permissions, a lost lock).

@@ -627,11 +627,14 @@ async fn lease_alive(session: &Session, key: &[u8]) -> Result<bool> {
     let id = std::str::from_utf8(key)
         .ok()
         .and_then(|key| key.rsplit_once('/'))
-        .and_then(|(_, hex)| i64::from_str_radix(hex, 16).ok());
+        .and_then(|(_, hex)| hex.parse::<LeaseId>().ok());
     let Some(id) = id else {
         return Ok(false);
     };
-    let request = pb::LeaseTimeToLiveRequest { id, keys: false };
+    let request = pb::LeaseTimeToLiveRequest {
+        id: id.get(),
+        keys: false,
+    };
     let answer = session
         .client()
         .unary("lease_time_to_live", |c| async move {

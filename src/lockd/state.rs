@@ -827,48 +827,47 @@ impl State {
         if !self.leases.contains_key(&id) {
             return Err(EtcdError::LeaseNotFound);
         }
-        if !self.limits.lock_delay.is_zero() {
-            let lease = self.leases.remove(&id).expect("checked above");
-            self.deadlines.remove(&(lease.deadline, id));
-            let keys = lease
-                .keys
-                .into_iter()
-                .filter_map(|key| {
-                    let created = self.keys.get(&key)?.create_revision;
-                    Some((key, created))
-                })
-                .collect::<Vec<_>>();
-            if !keys.is_empty() {
-                let until = now + self.limits.lock_delay;
-                // In order of `until`, also when callers' clocks interleave.
-                let at = self.lingering.partition_point(|l| l.until <= until);
-                self.lingering.insert(
-                    at,
-                    Lingering {
-                        until,
-                        lease: id,
-                        keys,
-                    },
-                );
-            }
-            return Ok(pb::LeaseRevokeResponse {
-                header: Some(self.header()),
-            });
-        }
-        let revision = self.begin()?;
+        // The keys go at a revision of their own, taken before anything changes; with a
+        // lock-delay they stay for now and nothing is written.
+        let revision = match self.limits.lock_delay.is_zero() {
+            true => Some(self.begin()?),
+            false => None,
+        };
         let lease = self.leases.remove(&id).expect("checked above");
         self.deadlines.remove(&(lease.deadline, id));
-        let mut events = Vec::with_capacity(lease.keys.len());
-        self.delete_keys(
-            revision,
-            lease.keys.into_iter().collect(),
-            false,
-            &mut events,
-        );
-        self.commit(revision, events);
+        match revision {
+            Some(revision) => {
+                let mut events = Vec::with_capacity(lease.keys.len());
+                self.delete_keys(
+                    revision,
+                    lease.keys.into_iter().collect(),
+                    false,
+                    &mut events,
+                );
+                self.commit(revision, events);
+            }
+            None => self.linger(id, lease.keys, now + self.limits.lock_delay),
+        }
         Ok(pb::LeaseRevokeResponse {
             header: Some(self.header()),
         })
+    }
+
+    /// Keeps the keys of ended lease `lease` until `until`, each with its create_revision.
+    fn linger(&mut self, lease: i64, keys: BTreeSet<Vec<u8>>, until: Instant) {
+        let keys: Vec<(Vec<u8>, i64)> = keys
+            .into_iter()
+            .filter_map(|key| {
+                let created = self.keys.get(&key)?.create_revision;
+                Some((key, created))
+            })
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        // In order of `until`, also when callers' clocks interleave.
+        let at = self.lingering.partition_point(|l| l.until <= until);
+        self.lingering.insert(at, Lingering { until, lease, keys });
     }
 
     /// Deletes the lingering keys whose lock-delay has passed, each only while it is still

@@ -17,8 +17,6 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -194,7 +192,7 @@ impl EtcdCluster {
             .tempdir()?;
         // (address, client port, peer port) per member.
         let places: Vec<(std::net::Ipv4Addr, u16, u16)> = if options.hosts.is_empty() {
-            let ports = free_ports(2 * members)?;
+            let ports = super::free_ports(2 * members)?;
             (0..members)
                 .map(|i| {
                     (
@@ -504,14 +502,7 @@ impl Member {
     }
 
     fn log_tail(&self) -> String {
-        const TAIL: u64 = 2000;
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(&self.log) {
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = file.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
-            let _ = file.read_to_string(&mut text);
-        }
-        text
+        super::log_tail(&self.log, 0)
     }
 }
 
@@ -524,18 +515,6 @@ impl From<ClusterError> for StartFailure {
     fn from(e: ClusterError) -> Self {
         StartFailure::Other(e)
     }
-}
-
-/// `count` distinct loopback ports that were free a moment ago. All listeners stay open
-/// until every port is chosen, so the same port is never returned twice.
-fn free_ports(count: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
 }
 
 /// Ok once `endpoint` serves a linearizable read (it has a leader and a quorum).

@@ -12,7 +12,6 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -151,7 +150,7 @@ impl PostgresServer {
     async fn start_on_new_port(&mut self) -> Result<(), PostgresError> {
         let mut attempt = 1;
         loop {
-            self.port = free_port()?;
+            self.port = super::free_ports(1)?[0];
             match self.spawn_and_wait().await {
                 Err(PostgresError::Exited(log)) if attempt < START_ATTEMPTS && port_taken(&log) => {
                     attempt += 1;
@@ -203,7 +202,7 @@ impl PostgresServer {
                 && !postmaster.is_running()
             {
                 self.postmaster = None;
-                return Err(PostgresError::Exited(self.log_since(log_start)));
+                return Err(PostgresError::Exited(super::log_tail(&self.log, log_start)));
             }
             let detail = match tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await {
                 Ok((client, connection)) => {
@@ -274,17 +273,6 @@ impl PostgresServer {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
-
-    fn log_since(&self, start: u64) -> String {
-        const TAIL: u64 = 2000;
-        let mut text = String::new();
-        if let Ok(mut file) = File::open(&self.log) {
-            let len = file.metadata().map_or(0, |m| m.len());
-            let _ = file.seek(SeekFrom::Start(start.max(len.saturating_sub(TAIL))));
-            let _ = file.read_to_string(&mut text);
-        }
-        text
-    }
 }
 
 impl Drop for PostgresServer {
@@ -314,10 +302,4 @@ fn system_user(name: &str) -> Option<(u32, u32)> {
         let gid = fields.next()?.parse().ok()?;
         Some((uid, gid))
     })
-}
-
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

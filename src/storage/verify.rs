@@ -113,6 +113,20 @@ impl Known {
         }
     }
 
+    /// Takes the lock's keys as read at `revision`, when that is newer than what is known:
+    /// the keys no longer among them are gone.
+    fn replace(&mut self, live: BTreeSet<i64>, revision: i64) {
+        if revision <= self.synced {
+            return;
+        }
+        let ended: Vec<i64> = self.live.difference(&live).copied().collect();
+        for created in ended {
+            self.deleted(created);
+        }
+        self.live = live;
+        self.synced = revision;
+    }
+
     /// The verdict from what is known; `None` when only a fresh read can tell.
     fn verdict(&self, fence: &str, token: FencingToken) -> Option<Result<(), Unverified>> {
         let revision = i64::try_from(token.get()).unwrap_or(i64::MAX);
@@ -208,15 +222,7 @@ impl Verifier {
     /// Reads the lock's keys and makes them the live set; the read's revision.
     async fn refresh(&self, fence: &str, followed: &Followed) -> Result<i64, Unverified> {
         let (live, revision) = read_keys(&self.client, fence, 0).await?;
-        let mut known = lock(&followed.known);
-        if revision > known.synced {
-            let ended: Vec<i64> = known.live.difference(&live).copied().collect();
-            for created in ended {
-                known.deleted(created);
-            }
-            known.live = live;
-            known.synced = revision;
-        }
+        lock(&followed.known).replace(live, revision);
         Ok(revision)
     }
 
@@ -324,15 +330,7 @@ async fn watch(client: Client, fence: String, followed: std::sync::Weak<Followed
                     if let Some(state) = followed.upgrade()
                         && let Ok((live, revision)) = read_keys(&client, &fence, 0).await
                     {
-                        let mut known = lock(&state.known);
-                        if revision > known.synced {
-                            let ended: Vec<i64> = known.live.difference(&live).copied().collect();
-                            for created in ended {
-                                known.deleted(created);
-                            }
-                            known.live = live;
-                            known.synced = revision;
-                        }
+                        lock(&state.known).replace(live, revision);
                     }
                     tokio::time::sleep(RETRY_PAUSE).await;
                     break;

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use crate::support::etcd::{self, etcdctl};
-use crate::support::lock_cmd::{Holder, assert_one_line, refused};
+use crate::support::lock_cmd::{Holder, refused};
+use crate::support::proc::assert_one_line;
 use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX};
 use fencelock::process::EtcdOptions;
 

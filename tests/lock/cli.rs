@@ -7,20 +7,12 @@ use crate::both_backends;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::backend::Service;
+use crate::support::backend::{Service, wait_for_keys};
 use crate::support::etcd::within_ttl;
 use crate::support::lock_cmd::{Holder, TTL};
 use crate::support::proc::{Signal, fencelock_bin};
 use fencelock::lock::Client;
 use tokio::time::{Instant, timeout};
-
-async fn wait_for_keys(client: &Client, name: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.lock_keys(name).await.unwrap().len() != count {
-        assert!(Instant::now() < deadline, "{name} never had {count} keys");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn a_frozen_holder_loses_the_lock_within_its_ttl_and_reports_the_loss_when_resumed(
     service: Service,

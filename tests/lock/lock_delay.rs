@@ -8,6 +8,7 @@ use fencelock::etcd::etcdserverpb as pb;
 use fencelock::lock::{Client, LockOptions, Session};
 use tokio::time::Instant;
 
+use crate::support::backend::wait_for_keys;
 use crate::support::etcd;
 use crate::support::lock_cmd::Holder;
 use crate::support::lockd::LockdProcess;
@@ -69,11 +70,7 @@ async fn acquire_after_a_frozen_holder(endpoints: &[String], options: LockOption
         let guard = session.lock_with("/delayed", options).await.unwrap();
         (Instant::now(), guard, session)
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.lock_keys("/delayed").await.unwrap().len() != 2 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_keys(&client, "/delayed", 2).await;
 
     holder.signal(Signal::STOP);
     let alive = last_seen_alive(&client, lease).await;
@@ -95,11 +92,7 @@ async fn acquire_after_a_release(endpoints: &[String], options: LockOptions) -> 
         let guard = second.lock_with("/released", options).await.unwrap();
         (Instant::now(), guard, second)
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.lock_keys("/released").await.unwrap().len() != 2 {
-        assert!(Instant::now() < deadline, "the waiter never queued");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_keys(&client, "/released", 2).await;
     let released = Instant::now();
     guard.unlock().await.unwrap();
     let (acquired_at, _guard, _second) = waiter.await.unwrap();

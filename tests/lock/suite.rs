@@ -6,7 +6,7 @@ use crate::both_backends;
 
 use std::time::Duration;
 
-use crate::support::backend::Service;
+use crate::support::backend::{Service, wait_for_keys};
 use crate::support::etcd::{etcdctl, within_ttl};
 use fencelock::etcd::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
 use fencelock::lock::{Client, Error, LossReason, Session};
@@ -21,22 +21,6 @@ async fn client(service: &Service) -> Client {
 /// A session with the tests' TTL.
 async fn session(client: &Client) -> Session {
     client.session(TTL).await.expect("session")
-}
-
-/// Waits until `name` has exactly `count` lock keys (holder + waiters), or panics.
-async fn wait_for_keys(client: &Client, name: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let keys = client.lock_keys(name).await.expect("lock keys");
-        if keys.len() == count {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {count} keys under {name}, have {keys:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 async fn successive_holders_get_strictly_increasing_tokens(service: Service) {

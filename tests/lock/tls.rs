@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use crate::support::certs::TestCerts;
 use crate::support::etcd;
-use crate::support::lock_cmd::{Holder, assert_one_line, refused};
+use crate::support::lock_cmd::{Holder, refused};
+use crate::support::proc::assert_one_line;
 use fencelock::lock::{Client, ConnectOptions};
 
 const TTL: Duration = Duration::from_secs(2);

@@ -12,9 +12,9 @@ use serde_json::Value;
 
 use crate::support::certs::TestCerts;
 use crate::support::etcd::etcdctl_bin;
-use crate::support::lock_cmd::{Holder, assert_one_line, refused};
+use crate::support::lock_cmd::{Holder, refused};
 use crate::support::lockd::LockdProcess;
-use crate::support::proc::{ChildGuard, fencelock_bin, free_port};
+use crate::support::proc::{assert_one_line, exit_and_stderr, fencelock_bin, free_port};
 
 /// Bound for an acquisition on an idle local lockd, TLS handshake included.
 const PROMPTLY: Duration = Duration::from_secs(10);
@@ -197,7 +197,6 @@ async fn etcdctl_with_the_same_certificates_works_and_metrics_answer_on_their_ow
 
 /// `fencelock lockd <args>` expected to exit before serving: its exit status and stderr.
 fn lockd_refuses(args: &[String]) -> (Option<i32>, String) {
-    use std::io::Read as _;
     let dir = tempfile::tempdir().expect("a temporary directory");
     let mut cmd = Command::new(fencelock_bin());
     cmd.args(["lockd", "--listen=127.0.0.1:0", "--in-memory"])
@@ -205,19 +204,8 @@ fn lockd_refuses(args: &[String]) -> (Option<i32>, String) {
         .env("RUST_LOG", "warn")
         .current_dir(dir.path())
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn("fencelock lockd", &mut cmd);
-    let mut stderr = String::new();
-    child
-        .child_mut()
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("readable stderr");
-    let status = child.wait_exit(PROMPTLY);
-    (status.code(), stderr)
+        .stdout(Stdio::null());
+    exit_and_stderr("fencelock lockd", &mut cmd, PROMPTLY)
 }
 
 #[test]

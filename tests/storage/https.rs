@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::support::certs::TestCerts;
 use crate::support::lockd::LockdProcess;
-use crate::support::proc::{ChildGuard, fencelock_bin};
+use crate::support::proc::{assert_one_line, exit_and_stderr, fencelock_bin};
 use crate::support::storage::StorageProcess;
 
 const TOKEN: &str = "s3cret-token";
@@ -303,39 +303,17 @@ async fn fencelock_client_writes_to_an_https_storage_with_its_ca_and_token() {
 
 /// `fencelock storage <args>` expected to exit before serving: its exit status and stderr.
 fn storage_refuses(args: &[String]) -> (Option<i32>, String) {
-    use std::io::Read as _;
     let mut cmd = Command::new(fencelock_bin());
     cmd.args(["storage", "--listen=127.0.0.1:0", "--in-memory"])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn("fencelock storage", &mut cmd);
-    let mut stderr = String::new();
-    child
-        .child_mut()
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("readable stderr");
-    let status = child.wait_exit(Duration::from_secs(10));
-    (status.code(), stderr)
-}
-
-fn one_line(stderr: &str, mentions: &str) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
-    assert!(
-        lines[0].contains(mentions),
-        "{stderr:?} mentions {mentions:?}"
-    );
+        .stdout(Stdio::null());
+    exit_and_stderr("fencelock storage", &mut cmd, Duration::from_secs(10))
 }
 
 #[test]
-fn unusable_certificate_key_or_token_files_stop_the_storage_with_one_line() {
+fn unusable_certificate_key_or_token_files_stop_the_storage_with_assert_one_line() {
     let certs = files();
     let file = |name: &str| certs.path(name).display().to_string();
     std::fs::write(certs.dir().join("empty"), "\n").unwrap();
@@ -345,18 +323,18 @@ fn unusable_certificate_key_or_token_files_stop_the_storage_with_one_line() {
         format!("--key-file={}", file("server-key.pem")),
     ]);
     assert_eq!(code, Some(1), "{stderr}");
-    one_line(&stderr, "cannot read --cert-file");
+    assert_one_line(&stderr, "cannot read --cert-file");
 
     let (code, stderr) = storage_refuses(&[
         format!("--cert-file={}", file("server.pem")),
         format!("--key-file={}", file("ca.pem")),
     ]);
     assert_eq!(code, Some(1), "{stderr}");
-    one_line(&stderr, "invalid TLS configuration");
+    assert_one_line(&stderr, "invalid TLS configuration");
 
     let (code, stderr) = storage_refuses(&[format!("--auth-token-file={}", file("empty"))]);
     assert_eq!(code, Some(1), "{stderr}");
-    one_line(&stderr, "no token on its first line");
+    assert_one_line(&stderr, "no token on its first line");
 
     let (code, stderr) = storage_refuses(&["--open-health".into()]);
     assert_eq!(code, Some(2), "{stderr}");

@@ -43,6 +43,23 @@ impl Service {
     }
 }
 
+/// Waits until lock `name` has exactly `count` lock keys (holder and waiters), or panics
+/// after 10 s.
+pub async fn wait_for_keys(client: &fencelock::lock::Client, name: &str, count: usize) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let keys = client.lock_keys(name).await.expect("lock keys");
+        if keys.len() == count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "expected {count} keys under {name}, have {keys:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Starts a one-member service of `backend`, or `None` when the test is skipped.
 pub async fn start(backend: Backend) -> Option<Service> {
     match backend {

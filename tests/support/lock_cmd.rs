@@ -6,7 +6,7 @@ use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::proc::{ChildGuard, Signal, fencelock_bin};
+use super::proc::{ChildGuard, Signal, exit_and_stderr, fencelock_bin};
 use fencelock::FencingToken;
 use fencelock::process::NetHost;
 use serde_json::Value;
@@ -102,35 +102,15 @@ impl Holder {
 /// Runs `fencelock lock NAME` expected to fail: its exit status and stderr. Its stdin stays
 /// open (at EOF it would stop before trying), and its log is kept to warnings.
 pub fn refused(name: &str, args: &[String]) -> (Option<i32>, String) {
-    use std::io::Read;
     let mut cmd = Command::new(fencelock_bin());
     cmd.args(["lock", name, "--ttl", &TTL.as_secs().to_string()])
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = ChildGuard::spawn(format!("fencelock lock {name}"), &mut cmd);
-    let _stdin = child.child_mut().stdin.take();
-    let mut stderr = String::new();
-    child
-        .child_mut()
-        .stderr
-        .take()
-        .expect("piped stderr")
-        .read_to_string(&mut stderr)
-        .expect("readable stderr");
-    let status = child.wait_exit(Duration::from_secs(30));
-    (status.code(), stderr)
-}
-
-pub fn assert_one_line(stderr: &str, mentions: &str) {
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
-    assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
-    assert!(
-        lines[0].contains(mentions),
-        "{stderr:?} mentions {mentions:?}"
-    );
-    assert!(!stderr.contains("panicked"), "{stderr:?}");
+        .stdout(Stdio::null());
+    exit_and_stderr(
+        format!("fencelock lock {name}"),
+        &mut cmd,
+        Duration::from_secs(30),
+    )
 }

@@ -101,3 +101,38 @@ pub fn accepts_connections(addr: SocketAddr) -> bool {
 pub fn fencelock_bin() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_fencelock"))
 }
+
+/// Runs `cmd` (named `name` in messages), which must exit within `within` by itself, and
+/// returns its exit status and its stderr. A piped stdin is held open until it exits.
+pub fn exit_and_stderr(
+    name: impl Into<String>,
+    cmd: &mut Command,
+    within: Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read as _;
+    cmd.stderr(std::process::Stdio::piped());
+    let mut child = ChildGuard::spawn(name, cmd);
+    let _stdin = child.child_mut().stdin.take();
+    let mut stderr = String::new();
+    child
+        .child_mut()
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("readable stderr");
+    let status = child.wait_exit(within);
+    (status.code(), stderr)
+}
+
+/// `stderr` is one `fencelock: ...` line that mentions `mentions`, and no panic.
+pub fn assert_one_line(stderr: &str, mentions: &str) {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr:?}");
+    assert!(lines[0].starts_with("fencelock: "), "{stderr:?}");
+    assert!(
+        lines[0].contains(mentions),
+        "{stderr:?} mentions {mentions:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr:?}");
+}
