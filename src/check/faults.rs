@@ -193,13 +193,14 @@ impl Injector<'_> {
 
     /// Keeps a frozen worker stopped until its lock key is seen gone (its lease expired on
     /// the lock service) and another worker has gone on to `then` (acquired, or read), within
-    /// `max_freeze` in all.
+    /// `max_freeze` in all. The note, and the worker (numbered from 1) that went on, if one
+    /// did.
     async fn hold_frozen(
         &mut self,
         lease: Option<i64>,
         token: u64,
         then: (OpKind, &'static str),
-    ) -> Result<String, Stopped> {
+    ) -> Result<(String, Option<u32>), Stopped> {
         let began = Instant::now();
         let keys = self.keys.subscribe();
         // Subscribed now, so that the next holder's event is kept while the key is awaited.
@@ -209,7 +210,8 @@ impl Injector<'_> {
         });
         let expired = self.within(self.max_freeze(), deleted).await?.is_some();
         if !expired {
-            return Ok("lock key not seen expiring; resumed at the time limit".into());
+            let note = "lock key not seen expiring; resumed at the time limit";
+            return Ok((note.into(), None));
         }
         let left = self.max_freeze().saturating_sub(began.elapsed());
         let (kind, what) = then;
@@ -219,8 +221,14 @@ impl Injector<'_> {
         });
         let next = self.within(left, went_on).await?;
         Ok(match next {
-            Some(worker) => format!("lease expired; resumed after worker {worker} {what}"),
-            None => "lease expired; no other worker went on before the time limit".into(),
+            Some(worker) => (
+                format!("lease expired; resumed after worker {worker} {what}"),
+                Some(worker),
+            ),
+            None => (
+                "lease expired; no other worker went on before the time limit".into(),
+                None,
+            ),
         })
     }
 
@@ -236,7 +244,8 @@ impl Injector<'_> {
         );
         let mut outcome = self
             .hold_frozen(lease, token, (OpKind::Lock, "acquired"))
-            .await;
+            .await
+            .map(|(note, _)| note);
         // Resume somewhere in the next holder's turn (before its read, between its read and
         // its write, or after), so every interleaving of the stale holder comes up.
         if let Ok(note) = &mut outcome {
@@ -256,6 +265,9 @@ impl Injector<'_> {
 
     /// Freezes the first worker to complete a read, and resumes it once its lease has expired
     /// and the next holder has read too: the interleaving that defeats write-only fencing.
+    /// The next holder is itself held, from the moment its read is seen until the stale
+    /// holder's write has an answer, so the stale write always comes between the next
+    /// holder's read and its write, however slowly the resumed process gets going.
     async fn freeze_after_read(&mut self) -> Result<(), Stopped> {
         let events = self.events.subscribe();
         let read = first_match(events, |e| {
@@ -272,12 +284,58 @@ impl Injector<'_> {
             Target::Worker(read.worker),
             lease,
         );
-        let outcome = self
+        let held = self
             .hold_frozen(lease, read.token.unwrap_or(0), (OpKind::Read, "read"))
             .await;
+        let outcome = match held {
+            Ok((note, Some(next))) => self.stale_write_first(worker, next, note).await,
+            Ok((note, None)) => {
+                self.freeze(worker, false);
+                Ok(note)
+            }
+            Err(stopped) => Err(stopped),
+        };
         self.freeze(worker, false);
         self.end(event, outcome.as_ref().ok().cloned());
         outcome.map(|_| ())
+    }
+
+    /// Stops worker `next` (numbered from 1), continues the stale worker (index `stale`) and
+    /// continues `next` once the stale worker's write has an answer, or after half a TTL,
+    /// so that `next` keeps its own lease.
+    async fn stale_write_first(
+        &mut self,
+        stale: usize,
+        next: u32,
+        mut note: String,
+    ) -> Result<String, Stopped> {
+        let next = (next - 1) as usize;
+        self.freeze(next, true);
+        let stale_worker = stale as u32 + 1;
+        let events = self.events.subscribe();
+        let answered = first_match(events, move |e| {
+            (e.worker == stale_worker && e.f == OpKind::Write && e.kind != EventType::Invoke)
+                .then_some(e.kind)
+        });
+        self.freeze(stale, false);
+        let answer = self.within(self.options.ttl / 2, answered).await;
+        self.freeze(next, false);
+        note.push_str(&match answer? {
+            Some(kind) => format!(
+                "; worker {} held until the stale write was {}",
+                next + 1,
+                match kind {
+                    EventType::Ok => "accepted",
+                    EventType::Fail => "refused",
+                    _ => "left without an answer",
+                }
+            ),
+            None => format!(
+                "; worker {} held for half a TTL, the stale write unanswered",
+                next + 1
+            ),
+        });
+        Ok(note)
     }
 
     async fn revoke(&mut self) -> Result<(), Stopped> {

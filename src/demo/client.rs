@@ -236,6 +236,9 @@ impl<W: Write> Reporter<'_, W> {
     fn event(&mut self, mut value: serde_json::Value, words: String) {
         let line = if self.json {
             value["client"] = json!(self.role.number());
+            // Stamped here, not when a reader sees the line: the demo orders events of
+            // different processes by these stamps, which one machine's clock makes comparable.
+            value["at_us"] = json!(super::wall_us());
             value.to_string()
         } else {
             format!("client {}: {words}", self.role.number())
@@ -259,6 +262,7 @@ impl<W: Write> Reporter<'_, W> {
                 "key": guard.key(),
                 "lease": session.lease().to_string(),
                 "token": guard.token(),
+                "acquired_revision": guard.acquired_revision(),
                 "ttl": ttl,
             }),
             format!(

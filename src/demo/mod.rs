@@ -233,6 +233,14 @@ pub async fn run(options: &DemoOptions, out: &mut impl Write) -> anyhow::Result<
 }
 
 /// Milliseconds, to a tenth, for the report.
+/// The machine's wall clock in microseconds since the Unix epoch: the one clock the demo and
+/// its client processes share.
+pub(crate) fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 fn millis(d: Duration) -> f64 {
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }

@@ -3,8 +3,13 @@
 //! stale token.
 //!
 //! Invariants:
-//! - Every time in the report is read from the demo's own clock, when the demo saw the
-//!   event: a client's line on its output, or the lock service's watch answer.
+//! - Every time in the report is read from the machine's wall clock, the one clock the demo
+//!   and its clients share: a client's event carries the time the client stamped on it
+//!   (never the time the demo happened to read the line), the demo's own steps the time it
+//!   took them. Events one process causes in another are so ordered as they happened.
+//! - Which came first, client 1's expiry or client 2's acquisition, is decided by the lock
+//!   service's revisions (the deletion's against the one as of which client 2 found itself
+//!   holding the lock), not by when a watch answer arrived.
 //! - The lease expiry is observed on the lock service (a watch on the lock name sees client
 //!   1's lock key deleted), never inferred from a timer.
 //! - Each client is a real `fencelock client` process, killed if the demo stops early (or
@@ -22,6 +27,8 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout};
+
+use super::wall_us;
 
 use super::client::Role;
 use super::millis;
@@ -75,8 +82,12 @@ pub struct Scenario {
     /// The value stored under the key once both clients have written.
     pub final_value: Option<String>,
     /// The lock service deleted client 1's lock key (its lease expired) before client 2
-    /// said it acquired the lock.
-    pub expiry_observed_before_client2_acquired: bool,
+    /// acquired: at or before the revision as of which client 2 found itself holding the lock.
+    pub lease_expired_before_client2_acquired: bool,
+    /// The revision at which the lock service deleted client 1's lock key.
+    pub expiry_revision: i64,
+    /// The revision as of which client 2 found itself holding the lock.
+    pub client2_acquired_revision: i64,
     pub times_ms: Times,
 }
 
@@ -123,8 +134,8 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
     let mut watch = LockWatch::start(setup.client, &setup.lock).await?;
     let mut c1 = ClientProcess::spawn(setup, Role::First)?;
     let (t0, acquired1) = c1.expect("acquired", START_TIMEOUT).await?;
-    let at = |t: Instant| millis(t.saturating_duration_since(t0));
-    let seconds = |t: Instant| format!("{:6.3} s", t.saturating_duration_since(t0).as_secs_f64());
+    let at = |t: Stamp| millis(t.since(t0));
+    let seconds = |t: Stamp| format!("{:6.3} s", t.since(t0).as_secs_f64());
     let token1 = field_u64(&acquired1, "token")?;
     let key1 = field_str(&acquired1, "key")?;
     let ttl = field_u64(&acquired1, "ttl")?;
@@ -136,30 +147,42 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
     ));
 
     c1.signal(Signal::STOP)?;
-    let frozen = Instant::now();
+    let frozen = Stamp::now();
     say(&format!(
         "{}  client 1 frozen with SIGSTOP: no keepalives, no progress, it knows nothing",
         seconds(frozen)
     ));
     let mut c2 = ClientProcess::spawn(setup, Role::Second)?;
-    let c2_started = Instant::now();
+    let c2_started = Stamp::now();
     say(&format!(
         "{}  client 2 started: it waits for the lock",
         seconds(c2_started)
     ));
 
     let within = Duration::from_secs(ttl) + EXPIRY_SLACK;
-    let expired = watch
+    let (seen_expired, expiry_revision) = watch
         .deleted(&key1, within)
         .await
         .context("client 1's lease never expired on the lock service")?;
+    let (c2_acquired, acquired2) = c2.expect("acquired", STEP_TIMEOUT).await?;
+    let token2 = field_u64(&acquired2, "token")?;
+    // The watch's answer may reach the demo after client 2 has stamped its acquisition; the
+    // deletion came first all the same when the lock service made it at or before the
+    // revision as of which client 2 found itself holding the lock, and is then shown no
+    // later than the acquisition.
+    let acquired_revision2 = acquired2["acquired_revision"]
+        .as_i64()
+        .ok_or_else(|| anyhow!("client 2's acquisition has no revision: {acquired2}"))?;
+    let expired_first = expiry_revision <= acquired_revision2;
+    let expired = if expired_first {
+        seen_expired.min(c2_acquired)
+    } else {
+        seen_expired
+    };
     say(&format!(
         "{}  lock service: client 1's lease expired, its lock key {key1} is deleted",
         seconds(expired)
     ));
-
-    let (c2_acquired, acquired2) = c2.expect("acquired", STEP_TIMEOUT).await?;
-    let token2 = field_u64(&acquired2, "token")?;
     say(&format!(
         "{}  client 2 acquired {} with fencing token {token2}",
         seconds(c2_acquired),
@@ -175,7 +198,7 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
     let (c2_exited, c2_status) = c2.exit(STEP_TIMEOUT).await?;
 
     c1.signal(Signal::CONT)?;
-    let resumed = Instant::now();
+    let resumed = Stamp::now();
     say(&format!(
         "{}  client 1 resumed with SIGCONT: it still believes it holds the lock, and writes",
         seconds(resumed)
@@ -220,7 +243,9 @@ pub(super) async fn play(setup: &Setup<'_>, say: &mut dyn FnMut(&str)) -> anyhow
         client1: report(&acquired1, &wrote1, c1.seen("lease_lost"), c1_status)?,
         client2: report(&acquired2, &wrote2, c2.seen("lease_lost"), c2_status)?,
         final_value,
-        expiry_observed_before_client2_acquired: expired < c2_acquired,
+        lease_expired_before_client2_acquired: expired_first,
+        expiry_revision,
+        client2_acquired_revision: acquired_revision2,
         times_ms: Times {
             client1_acquired: at(t0),
             client1_frozen: at(frozen),
@@ -311,13 +336,28 @@ async fn stored_value(storage: &str, key: &str) -> anyhow::Result<Option<String>
     Ok(Some(body.value))
 }
 
+/// A time on the machine's wall clock, in microseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(u64);
+
+impl Stamp {
+    fn now() -> Self {
+        Stamp(wall_us())
+    }
+
+    /// The time from `earlier` to this one; zero if this one is earlier.
+    fn since(self, earlier: Stamp) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
 /// A `fencelock client --json` child and the events it prints, each with the time the
-/// demo read it.
+/// client stamped on it.
 struct ClientProcess {
     role: Role,
     child: Child,
     stdin: Option<ChildStdin>,
-    events: mpsc::UnboundedReceiver<(Instant, Value)>,
+    events: mpsc::UnboundedReceiver<(Stamp, Value)>,
     /// Events read while looking for another one.
     seen: Vec<Value>,
     stderr: JoinHandle<String>,
@@ -365,7 +405,8 @@ impl ClientProcess {
             while let Ok(Some(line)) = lines.next_line().await {
                 let event = serde_json::from_str(&line)
                     .unwrap_or_else(|_| serde_json::json!({"event": "text", "text": line}));
-                if tx.send((Instant::now(), event)).is_err() {
+                let at = event["at_us"].as_u64().map_or_else(Stamp::now, Stamp);
+                if tx.send((at, event)).is_err() {
                     return;
                 }
             }
@@ -389,9 +430,9 @@ impl ClientProcess {
         format!("client {}", self.role.number())
     }
 
-    /// The next event of `kind`, and when it was read; other events are kept for
+    /// The next event of `kind`, and when the client stamped it; other events are kept for
     /// [`ClientProcess::seen`].
-    async fn expect(&mut self, kind: &str, within: Duration) -> anyhow::Result<(Instant, Value)> {
+    async fn expect(&mut self, kind: &str, within: Duration) -> anyhow::Result<(Stamp, Value)> {
         let deadline = Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -446,12 +487,12 @@ impl ClientProcess {
     }
 
     /// Waits for the client to exit; its exit status (`None` if a signal ended it).
-    async fn exit(&mut self, within: Duration) -> anyhow::Result<(Instant, Option<i32>)> {
+    async fn exit(&mut self, within: Duration) -> anyhow::Result<(Stamp, Option<i32>)> {
         // Later events (there should be none) are kept like any other.
         let status = timeout(within, self.child.wait())
             .await
             .map_err(|_| anyhow!("{} did not exit within {within:?}", self.name()))??;
-        let at = Instant::now();
+        let at = Stamp::now();
         while let Ok((_, event)) = self.events.try_recv() {
             self.seen.push(event);
         }
@@ -468,7 +509,7 @@ fn last_line(text: &str) -> &str {
 
 /// A watch on every lock key under a lock name, started before the clients.
 struct LockWatch {
-    deletions: mpsc::UnboundedReceiver<(Instant, String)>,
+    deletions: mpsc::UnboundedReceiver<(Stamp, String, i64)>,
     // Owns the watch, which ends when the scenario is done and the task is aborted.
     task: JoinHandle<()>,
 }
@@ -493,11 +534,14 @@ impl LockWatch {
         let (tx, deletions) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             while let Ok(Some(events)) = watch.next().await {
-                let at = Instant::now();
+                let at = Stamp::now();
                 for event in events {
                     if event.r#type == EventType::Delete as i32 {
-                        let key = event.kv.map(|kv| kv.key).unwrap_or_default();
-                        let _ = tx.send((at, String::from_utf8_lossy(&key).into_owned()));
+                        let (key, revision) = event
+                            .kv
+                            .map_or((Default::default(), 0), |kv| (kv.key, kv.mod_revision));
+                        let key = String::from_utf8_lossy(&key).into_owned();
+                        let _ = tx.send((at, key, revision));
                     }
                 }
             }
@@ -505,12 +549,12 @@ impl LockWatch {
         Ok(LockWatch { deletions, task })
     }
 
-    /// When the lock service deleted `key`.
-    async fn deleted(&mut self, key: &str, within: Duration) -> anyhow::Result<Instant> {
+    /// When the demo saw the lock service delete `key`, and the deletion's revision.
+    async fn deleted(&mut self, key: &str, within: Duration) -> anyhow::Result<(Stamp, i64)> {
         let deadline = Instant::now() + within;
         loop {
             match tokio::time::timeout_at(deadline, self.deletions.recv()).await {
-                Ok(Some((at, deleted))) if deleted == key => return Ok(at),
+                Ok(Some((at, deleted, revision))) if deleted == key => return Ok((at, revision)),
                 Ok(Some(_)) => {}
                 Ok(None) => bail!("the watch on the lock service ended"),
                 Err(_) => bail!("{key} was not deleted within {within:?}"),

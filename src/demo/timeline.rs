@@ -662,7 +662,9 @@ mod tests {
             client1: client(5, 1, c1_write, current),
             client2: client(8, 2, WriteOutcome::Accepted, None),
             final_value: Some(last.into()),
-            expiry_observed_before_client2_acquired: true,
+            lease_expired_before_client2_acquired: true,
+            expiry_revision: 9,
+            client2_acquired_revision: 9,
             times_ms: Times {
                 client1_acquired: 0.0,
                 client1_frozen: 0.0,

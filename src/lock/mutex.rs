@@ -95,8 +95,8 @@ impl Session {
                 waited: started.elapsed(),
             }),
         };
-        match waited {
-            Ok(()) => {}
+        let acquired_at = match waited {
+            Ok(revision) => revision,
             Err(
                 e @ Error::SessionLost {
                     reason: LossReason::KeyDeleted,
@@ -110,12 +110,13 @@ impl Session {
                 pending.delete().await;
                 return Err(e);
             }
-        }
+        };
         let token = token_of(my_revision)?;
         tracing::info!(key = %pending.key, %token, lease = %self.lease(), "lock acquired");
         Ok(LockGuard {
             session: self.clone(),
             token,
+            acquired_at,
             key: pending,
         })
     }
@@ -580,7 +581,7 @@ async fn wait_turn(
     my_revision: i64,
     mut turn: Turn,
     options: &LockOptions,
-) -> Result<()> {
+) -> Result<i64> {
     // When the last predecessor whose lease ended (not released) was seen gone.
     let mut lease_ended_seen: Option<Instant> = None;
     while let Some((predecessor, created)) = turn.predecessor {
@@ -618,7 +619,7 @@ async fn wait_turn(
         tracing::info!(delay = ?options.lock_delay, "the lease ahead ended without a release: waiting out the lock-delay");
         sleep_until(seen + options.lock_delay).await;
     }
-    Ok(())
+    Ok(turn.revision)
 }
 
 /// Whether the lease of lock key `key` (`<name>/<lease id hex>`) still exists. A key whose
@@ -704,6 +705,7 @@ impl Drop for OwnedKey {
 pub struct LockGuard {
     session: Session,
     token: FencingToken,
+    acquired_at: i64,
     key: OwnedKey,
 }
 
@@ -711,6 +713,13 @@ impl LockGuard {
     /// The fencing token: the lock key's create_revision.
     pub fn token(&self) -> FencingToken {
         self.token
+    }
+
+    /// The lock service's revision as of which this session was seen to hold the lock: the
+    /// read that found no older lock key. Every deletion that let it through (an earlier
+    /// holder's release or expiry) happened at this revision or before.
+    pub fn acquired_revision(&self) -> i64 {
+        self.acquired_at
     }
 
     /// The lock key, `<lock name>/<lease id hex>`.
