@@ -17,7 +17,9 @@ use super::history::{
     Event, EventType, FaultEvent, FaultKind, KeyChange, KeyEvent, Log, OpKind, Target, mono_ns,
     wall_ms,
 };
-use super::run::{CheckError, LockService, NEXT_TURN_SLACK, Options, hosts, setup};
+use super::run::{
+    CheckError, LockService, NEXT_TURN_SLACK, Options, STANDING_FAULTS, clock_rate, hosts, setup,
+};
 use super::workers::{Tracker, Worker, locked, signal};
 use fencelock::lock::{Client, LeaseId};
 use fencelock::process::{PostgresServer, ServerProcess, Signal, TestNet};
@@ -53,18 +55,37 @@ pub(crate) struct Injector<'a> {
 pub(crate) struct Stopped;
 
 impl Injector<'_> {
+    /// Runs the schedule until the run stops; the standing faults (skewed clocks) are
+    /// recorded as spans over the whole of it.
     pub(crate) async fn run(&mut self) -> Result<(), CheckError> {
-        if self.faults.is_empty() {
+        let standing: Vec<(FaultEvent, String)> = (1..=self.workers.len() as u32)
+            .filter_map(|id| clock_rate(self.faults, id).map(|rate| (id, rate)))
+            .map(|(id, rate)| {
+                let event = self.start(FaultKind::ClockSkew, Target::Worker(id), None);
+                (event, format!("clocks at {rate}x real time (libfaketime)"))
+            })
+            .collect();
+        let result = self.scheduled().await;
+        for (event, note) in standing {
+            self.end(event, Some(note));
+        }
+        result
+    }
+
+    /// One fault every interval, drawn from the faults that come and go.
+    async fn scheduled(&mut self) -> Result<(), CheckError> {
+        let faults: Vec<FaultKind> = (self.faults.iter())
+            .filter(|f| !STANDING_FAULTS.contains(f))
+            .copied()
+            .collect();
+        if faults.is_empty() {
             return Ok(());
         }
         loop {
             if self.pause(self.options.interval).await.is_err() {
                 return Ok(());
             }
-            let fault = *self
-                .faults
-                .choose(&mut self.rng)
-                .expect("faults is not empty");
+            let fault = *faults.choose(&mut self.rng).expect("faults is not empty");
             let result = match fault {
                 FaultKind::FreezeHolder => self.freeze_holder().await,
                 FaultKind::FreezeAfterRead => self.freeze_after_read().await,
@@ -74,6 +95,8 @@ impl Injector<'_> {
                 FaultKind::KillMember => self.kill_member().await?,
                 FaultKind::KillPostgres => self.kill_postgres().await?,
                 FaultKind::IsolateHolder => self.isolate_holder().await?,
+                // Standing, never drawn.
+                FaultKind::ClockSkew => Ok(()),
             };
             if result.is_err() {
                 return Ok(());

@@ -24,10 +24,12 @@ pub fn mono_ns() -> u64 {
 }
 
 /// Milliseconds since the Unix epoch.
+///
+/// Read from the kernel without the C library, like [`mono_ns`], so a worker whose clock is
+/// skewed (libfaketime replaces the C library's clock functions) still stamps true times.
 pub fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    ts.tv_sec as u64 * 1_000 + ts.tv_nsec as u64 / 1_000_000
 }
 
 /// What the workers do under the lock, and so what the analysis looks for.
@@ -189,6 +191,8 @@ pub enum FaultKind {
     KillPostgres,
     /// Cuts the holder's worker off from the lock service, not from the storage.
     IsolateHolder,
+    /// Workers whose clocks run slow or fast for the whole run (libfaketime).
+    ClockSkew,
 }
 
 impl FaultKind {
@@ -203,6 +207,7 @@ impl FaultKind {
             FaultKind::KillMember => "kill-member",
             FaultKind::KillPostgres => "kill-postgres",
             FaultKind::IsolateHolder => "isolate-holder",
+            FaultKind::ClockSkew => "clock-skew",
         }
     }
 }

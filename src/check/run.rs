@@ -70,6 +70,27 @@ pub(crate) mod hosts {
 /// Faults that cut links, and so need a test network; never in the default set.
 pub(crate) const NETWORK_FAULTS: &[FaultKind] = &[FaultKind::IsolateHolder];
 
+/// Faults that hold for the whole run rather than come on the schedule; never in the default
+/// set, since they need libfaketime.
+pub(crate) const STANDING_FAULTS: &[FaultKind] = &[FaultKind::ClockSkew];
+
+/// Under `clock-skew`, the rate of each skewed worker's clocks (worker number, rate): worker
+/// 1's runs at a quarter of real time, so its keepalives come at four times the interval it
+/// means and its lease ends on the lock service while it believes it has most of it left;
+/// worker 2's runs at four times real time, so its timers and timeouts fire early.
+pub(crate) const SKEWED_CLOCKS: &[(u32, f64)] = &[(1, 0.25), (2, 4.0)];
+
+/// The rate of worker `id`'s clocks in a run with `faults`, when it is skewed.
+pub(crate) fn clock_rate(faults: &[FaultKind], id: u32) -> Option<f64> {
+    if !faults.contains(&FaultKind::ClockSkew) {
+        return None;
+    }
+    SKEWED_CLOCKS
+        .iter()
+        .find(|(worker, _)| *worker == id)
+        .map(|(_, rate)| *rate)
+}
+
 /// Where the lock service comes from.
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -175,6 +196,8 @@ pub fn validate_faults(
     faults: &[FaultKind],
 ) -> Result<(), CheckError> {
     let mut allowed = applicable_faults(backend, resource, own_database);
+    // A worker's clock is the checker's own doing, whatever the lock service.
+    allowed.extend(STANDING_FAULTS);
     // Only on request: a run without them stays on loopback, as it always was.
     if matches!(backend, Backend::Lockd) && resource == Resource::Storage {
         allowed.extend(NETWORK_FAULTS);
@@ -270,6 +293,10 @@ pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
     validate_faults(&options.backend, options.resource, own_database, &faults)?;
     if options.clients == 0 {
         return Err(CheckError::Usage("--clients must be at least 1".into()));
+    }
+    if faults.contains(&FaultKind::ClockSkew) {
+        fencelock::process::faketime_library()
+            .map_err(|e| CheckError::Usage(format!("fault clock-skew cannot be injected: {e}")))?;
     }
     std::fs::create_dir_all(&options.out)
         .map_err(|e| setup(format!("cannot create {}", options.out.display()))(e.into()))?;
@@ -659,9 +686,17 @@ pub(crate) async fn run_policy(
     }));
     let start_mono_ns = mono_ns();
     let mut workers = Vec::new();
+    let faketime = if faults.contains(&FaultKind::ClockSkew) {
+        let library = fencelock::process::faketime_library()
+            .map_err(|e| setup("cannot skew a worker's clock")(anyhow::anyhow!(e)))?;
+        Some(library)
+    } else {
+        None
+    };
     for id in 1..=options.clients {
         let host = net.map(|n| n.host(hosts::worker(id as usize - 1)));
-        let worker = spawn_worker(options, id, host, &endpoints, &data_args, lock, dir)
+        let clock = faketime.as_deref().zip(clock_rate(faults, id));
+        let worker = spawn_worker(options, id, host, clock, &endpoints, &data_args, lock, dir)
             .map_err(|e| setup(format!("cannot start worker {id}"))(e))?;
         workers.push(worker);
     }
@@ -1012,6 +1047,22 @@ mod tests {
         assert!(message.contains("--resource storage"), "{message}");
         let message = refusal(validate_faults(&etcd, Resource::Storage, true, &isolate));
         assert!(message.contains("isolate-holder") && message.contains("lockd"));
+    }
+
+    #[test]
+    fn clock_skew_runs_only_when_named_on_any_lock_service_and_skews_two_workers() {
+        let external = Backend::External(vec!["http://127.0.0.1:2379".into()]);
+        let skew = [FaultKind::ClockSkew];
+        for backend in [&Backend::Lockd, &external] {
+            for resource in [Resource::Storage, Resource::Postgres, Resource::Etcd] {
+                assert!(!applicable_faults(backend, resource, false).contains(&skew[0]));
+                assert!(validate_faults(backend, resource, false, &skew).is_ok());
+            }
+        }
+        assert_eq!(clock_rate(&skew, 1), Some(0.25));
+        assert_eq!(clock_rate(&skew, 2), Some(4.0));
+        assert_eq!(clock_rate(&skew, 3), None);
+        assert_eq!(clock_rate(&[FaultKind::Revoke], 1), None);
     }
 
     #[test]

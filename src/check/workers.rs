@@ -52,12 +52,15 @@ pub(crate) struct Worker {
     pub(crate) stdin: Option<ChildStdin>,
 }
 
-/// Starts worker `id`, inside `host` when given; `data` are the arguments naming its data
+/// Starts worker `id`, inside `host` when given, with its clocks skewed by `clock`
+/// (libfaketime's library and the rate) when given; `data` are the arguments naming its data
 /// (`--resource`, `--key` and where the resource is, see `run::data_args`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn_worker(
     options: &Options,
     id: u32,
     host: Option<&NetHost>,
+    clock: Option<(&Path, f64)>,
     endpoints: &[String],
     data: &[String],
     lock: &str,
@@ -90,6 +93,9 @@ pub(crate) fn spawn_worker(
         .stderr(log)
         .kill_on_drop(true);
     fencelock::process::die_with_parent(command.as_std_mut());
+    if let Some((library, rate)) = clock {
+        fencelock::process::skew_clock(command.as_std_mut(), library, rate);
+    }
     if let Some(host) = host {
         host.enter(command.as_std_mut())?;
     }

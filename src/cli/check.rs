@@ -37,11 +37,13 @@ pub struct CheckArgs {
     #[arg(long, value_name = "MIN-MAX", default_value = "0-2", value_parser = duration::parse_range)]
     work: (Duration, Duration),
     /// Faults to inject, comma-separated: freeze-holder, freeze-after-read, revoke,
-    /// freeze-lock-service, kill-storage, kill-member, kill-postgres, isolate-holder; or none.
-    /// Each time one is drawn at random from the list, so a fault named twice comes twice as
-    /// often. Default: all that apply to the lock service and the resource, except the
-    /// network faults (isolate-holder: lockd and --resource storage only, as root), which put
-    /// every process in a network namespace of its own and run only when named.
+    /// freeze-lock-service, kill-storage, kill-member, kill-postgres, isolate-holder,
+    /// clock-skew; or none. Each time one is drawn at random from the list, so a fault named
+    /// twice comes twice as often. clock-skew is not drawn: it holds for the whole run
+    /// (worker 1's clocks at 0.25x real time, worker 2's at 4x, with libfaketime). Default:
+    /// all that apply to the lock service and the resource, except the network faults
+    /// (isolate-holder: lockd and --resource storage only, as root), which put every process
+    /// in a network namespace of its own, and clock-skew; those run only when named.
     #[arg(long, value_name = "LIST", value_parser = parse_faults)]
     faults: Option<Faults>,
     /// Time between faults. 500ms, 2s, 1m or seconds.

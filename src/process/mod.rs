@@ -11,6 +11,7 @@
 //! with the thread that spawned it if this process ends without dropping it.
 
 mod child;
+mod clock;
 mod etcd;
 mod net;
 mod postgres;
@@ -20,6 +21,7 @@ pub use child::{
     ChildGuard, READY_PREFIX, READY_PREFIX_TLS, Signal, die_with_parent, freeze, parse_ready_line,
     read_ready_addr, send_signal,
 };
+pub use clock::{faketime_library, skew_clock};
 pub use etcd::{ClusterError, EtcdCluster, EtcdOptions, ServerTls};
 pub use net::{NETNS_PREFIX, NetError, NetHost, TestNet};
 pub use postgres::{POSTGRES_USER, PostgresError, PostgresServer, postgres_bin_dir};

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod certs;
 pub mod etcd;
+pub mod faketime;
 pub mod lock_cmd;
 pub mod lockd;
 pub mod net;

@@ -699,6 +699,98 @@ fn strict_fencing_loses_no_element_when_the_holder_is_cut_off_from_lockd() {
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }
 
+// Clock faults: workers whose clocks run slow or fast (libfaketime; see
+// `crate::support::faketime`).
+
+#[test]
+fn with_a_slow_and_a_fast_worker_clock_strict_loses_nothing_and_off_loses_elements() {
+    if !crate::support::faketime::available() {
+        // Without libfaketime the fault is refused in one line, not run unskewed.
+        let out = tempfile::tempdir().unwrap();
+        let output = Command::new(fencelock_bin())
+            .args([
+                "check",
+                "--faults",
+                "clock-skew",
+                "--duration",
+                "1",
+                "--seed",
+                "1",
+                "--out",
+            ])
+            .arg(out.path())
+            .env("FENCELOCK_FAKETIME_LIB", out.path().join("missing.so"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("clock-skew"), "{stderr}");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    // Only the clocks: worker 1's at 0.25x (its keepalives come too late and its lease ends
+    // while it works on), worker 2's at 4x. Three workers, so that worker 1's lease lasts
+    // through its wait in the queue often enough for it to hold the lock.
+    let output = Command::new(fencelock_bin())
+        .arg("check")
+        .args([
+            "--clients",
+            "3",
+            "--ttl",
+            "1",
+            "--work",
+            "0.3-1",
+            "--seed",
+            "7",
+        ])
+        .args([
+            "--duration",
+            "12",
+            "--faults",
+            "clock-skew",
+            "--compare",
+            "--json",
+        ])
+        .arg("--out")
+        .arg(out.path())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let strict = report(&result, "strict");
+    assert_eq!(faults_injected(strict, "clock-skew"), 2, "{strict:#}");
+    let set = assert_set_safe(strict);
+    assert!(set["acknowledged_adds"].as_u64() > Some(0), "{set:#}");
+    assert!(
+        stale(strict) >= 1,
+        "the slow worker's stale requests: {strict:#}"
+    );
+    // A stamp from the skewed worker is the machine's true time: its history spans the run,
+    // not a quarter of it.
+    let history = std::fs::read_to_string(out.path().join("strict/worker-1.jsonl")).unwrap();
+    let stamps: Vec<u64> = history
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["mono_ns"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let span_s = (stamps.iter().max().unwrap() - stamps.iter().min().unwrap()) as f64 / 1e9;
+    assert!(
+        span_s > 6.0,
+        "worker 1's history spans only {span_s:.1} s of 10"
+    );
+    let off = report(&result, "off");
+    assert!(
+        lost_elements(off) >= 1,
+        "no element lost without fencing: {off:#}"
+    );
+}
+
 #[tokio::test]
 async fn the_checker_and_its_workers_reach_a_mutual_tls_etcd_with_etcdctls_flags() {
     let certs = crate::support::certs::TestCerts::new();

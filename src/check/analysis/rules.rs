@@ -47,7 +47,7 @@ const ALL_KINDS: [OpKind; 6] = [
     OpKind::Close,
 ];
 
-const ALL_FAULTS: [FaultKind; 8] = [
+const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::FreezeHolder,
     FaultKind::FreezeAfterRead,
     FaultKind::Revoke,
@@ -56,6 +56,7 @@ const ALL_FAULTS: [FaultKind; 8] = [
     FaultKind::KillMember,
     FaultKind::KillPostgres,
     FaultKind::IsolateHolder,
+    FaultKind::ClockSkew,
 ];
 
 /// Whether `policy` checks `access` against the fence, asked of the fence rule itself: a
