@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng as _;
-use rand::seq::IndexedRandom as _;
+use rand::seq::{IndexedRandom as _, SliceRandom as _};
 use tokio::sync::{broadcast, watch};
 use tokio::time::sleep;
 
@@ -28,6 +28,10 @@ use fencelock::process::{PostgresServer, ServerProcess, Signal, TestNet};
 /// third of the TTL before the cut, has then run out on lockd, which looks for expired
 /// leases far more often than once a second.
 const ISOLATION_PAST_TTL: Duration = Duration::from_secs(1);
+
+/// How long past the TTL an etcd partition lasts: long enough for the majority to elect a
+/// leader (an election timeout and a few rounds) and for leases to run out.
+const PARTITION_PAST_TTL: Duration = Duration::from_secs(2);
 
 /// Injects one fault every interval until the run stops.
 pub(crate) struct Injector<'a> {
@@ -95,6 +99,9 @@ impl Injector<'_> {
                 FaultKind::KillMember => self.kill_member().await?,
                 FaultKind::KillPostgres => self.kill_postgres().await?,
                 FaultKind::IsolateHolder => self.isolate_holder().await?,
+                FaultKind::IsolateStorage => self.isolate_storage().await?,
+                FaultKind::PartitionLeader => self.partition_leader().await?,
+                FaultKind::PartitionHalves => self.partition_halves().await?,
                 // Standing, never drawn.
                 FaultKind::ClockSkew => Ok(()),
             };
@@ -466,8 +473,160 @@ impl Injector<'_> {
         Ok(waited)
     }
 
-    /// Cuts the holder's host off from lockd's, not from the storage's, for longer than the
-    /// TTL, then heals: the holder's lease expires while it can still write, late.
+    /// The hosts of the lock service's members (lockd's alone, or each etcd member's).
+    fn member_hosts(&self) -> Vec<usize> {
+        let members = match &*self.lock_service {
+            LockService::Etcd(cluster) => cluster.len(),
+            _ => 1,
+        };
+        let workers = self.workers.len();
+        (0..members).map(|m| hosts::member(m, workers)).collect()
+    }
+
+    /// Keeps the cut made for `event` for the TTL and `past_ttl` more, then heals, also when
+    /// the run is ending (the workers must reach the services to stop cleanly).
+    async fn hold_cut(
+        &mut self,
+        net: &TestNet,
+        event: FaultEvent,
+        past_ttl: Duration,
+        what: String,
+    ) -> Result<Result<(), Stopped>, CheckError> {
+        let began = Instant::now();
+        let waited = self.pause(self.options.ttl + past_ttl).await;
+        net.heal()
+            .map_err(|e| setup("cannot heal the test network")(e.into()))?;
+        let note = format!("{what} for {} ms", began.elapsed().as_millis());
+        self.end(event, Some(note));
+        Ok(waited)
+    }
+
+    /// Cuts the storage's host off from every other host for longer than the TTL: requests
+    /// time out (unknown outcomes), leases run out meanwhile, and the holders that come
+    /// back after the heal must still be fenced.
+    async fn isolate_storage(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let Some(net) = self.net else {
+            return Ok(Ok(()));
+        };
+        net.isolate(hosts::STORAGE)
+            .map_err(|e| setup("cannot cut the storage off")(e.into()))?;
+        let event = self.start(FaultKind::IsolateStorage, Target::Storage, None);
+        self.hold_cut(
+            net,
+            event,
+            ISOLATION_PAST_TTL,
+            "cut off from every host".into(),
+        )
+        .await
+    }
+
+    /// The index of the etcd member that leads now, asked of each member in turn (from the
+    /// checker's host); `None` when no member names a leader it can be matched to.
+    async fn leader(&self) -> Option<usize> {
+        let LockService::Etcd(cluster) = &*self.lock_service else {
+            return None;
+        };
+        let options = fencelock::lock::ConnectOptions {
+            timeout: Duration::from_secs(1),
+            ..self.options.connect.clone()
+        };
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for endpoint in cluster.endpoints() {
+            let status = async {
+                let client = Client::connect_with([endpoint], &options).await.ok()?;
+                let status = client
+                    .maintenance()
+                    .status(fencelock::etcd::etcdserverpb::StatusRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                Some((status.header.map_or(0, |h| h.member_id), status.leader))
+            };
+            let (id, named) = tokio::time::timeout(Duration::from_secs(2), status)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or((0, 0));
+            ids.push(id);
+            if named != 0 {
+                leader = Some(named);
+            }
+        }
+        let leader = leader?;
+        ids.iter().position(|&id| id == leader)
+    }
+
+    /// Cuts the etcd leader's host off from the other members, every worker and the checker,
+    /// for longer than the TTL and an election: the majority elects a new leader and goes on;
+    /// the old one, alone, steps down.
+    async fn partition_leader(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let Some(net) = self.net else {
+            return Ok(Ok(()));
+        };
+        let Some(leader) = self.leader().await else {
+            let event = self.start(FaultKind::PartitionLeader, Target::LockService(None), None);
+            self.end(event, Some("no member named a leader; nothing cut".into()));
+            return Ok(Ok(()));
+        };
+        let members = self.member_hosts();
+        let leader_host = members[leader];
+        let others: Vec<usize> = (0..net.len()).filter(|&h| h != leader_host).collect();
+        net.partition(&[leader_host], &others)
+            .map_err(|e| setup("cannot cut the leader off")(e.into()))?;
+        let event = self.start(
+            FaultKind::PartitionLeader,
+            Target::LockService(Some(leader as u32)),
+            None,
+        );
+        let what = format!("leader, member {leader}, cut off from every other host");
+        self.hold_cut(net, event, PARTITION_PAST_TTL, what).await
+    }
+
+    /// Splits the etcd members into a majority and a minority, drawn at random, and the
+    /// workers between both sides (odd-numbered with the majority); the storage and the
+    /// checker stay reachable from both.
+    async fn partition_halves(&mut self) -> Result<Result<(), Stopped>, CheckError> {
+        let Some(net) = self.net else {
+            return Ok(Ok(()));
+        };
+        let mut members: Vec<usize> = (0..self.member_hosts().len()).collect();
+        members.shuffle(&mut self.rng);
+        let majority_size = members.len() / 2 + 1;
+        let (majority, minority) = members.split_at(majority_size);
+        let (mut majority, mut minority) = (majority.to_vec(), minority.to_vec());
+        majority.sort_unstable();
+        minority.sort_unstable();
+        let workers: Vec<usize> = (0..self.workers.len()).collect();
+        let (with_majority, with_minority): (Vec<usize>, Vec<usize>) =
+            workers.iter().partition(|&&w| w % 2 == 0);
+        let member_hosts = self.member_hosts();
+        let side = |members: &[usize], workers: &[usize]| -> Vec<usize> {
+            (members.iter().map(|&m| member_hosts[m]))
+                .chain(workers.iter().map(|&w| hosts::worker(w)))
+                .collect()
+        };
+        net.partition(
+            &side(&majority, &with_majority),
+            &side(&minority, &with_minority),
+        )
+        .map_err(|e| setup("cannot split the test network")(e.into()))?;
+        let event = self.start(FaultKind::PartitionHalves, Target::LockService(None), None);
+        let names = |prefix: &str, items: &[usize]| {
+            let list: Vec<String> = items.iter().map(|i| (i + 1).to_string()).collect();
+            format!("{prefix} {}", list.join(","))
+        };
+        let what = format!(
+            "split: members {majority:?} with {} | members {minority:?} with {}",
+            names("workers", &with_majority),
+            names("workers", &with_minority),
+        );
+        self.hold_cut(net, event, PARTITION_PAST_TTL, what).await
+    }
+
+    /// Cuts the holder's host off from the lock service's, not from the storage's, for
+    /// longer than the TTL, then heals: the holder's lease expires while it can still write,
+    /// late.
     async fn isolate_holder(&mut self) -> Result<Result<(), Stopped>, CheckError> {
         let Some(net) = self.net else {
             return Ok(Ok(()));
@@ -479,21 +638,15 @@ impl Injector<'_> {
             return Ok(Ok(()));
         };
         // nft takes milliseconds; blocking the run loop that long delays no deadline.
-        net.partition(&[hosts::worker(worker)], &[hosts::LOCKD])
-            .map_err(|e| setup("cannot cut the holder off from lockd")(e.into()))?;
+        net.partition(&[hosts::worker(worker)], &self.member_hosts())
+            .map_err(|e| setup("cannot cut the holder off from the lock service")(e.into()))?;
         let event = self.start(
             FaultKind::IsolateHolder,
             Target::Worker(worker as u32 + 1),
             lease,
         );
-        let began = Instant::now();
-        // Healed even when the run is ending: the workers must reach lockd to stop cleanly.
-        let waited = self.pause(self.options.ttl + ISOLATION_PAST_TTL).await;
-        net.heal()
-            .map_err(|e| setup("cannot heal the test network")(e.into()))?;
-        let note = format!("cut off from lockd for {} ms", began.elapsed().as_millis());
-        self.end(event, Some(note));
-        Ok(waited)
+        let what = "cut off from the lock service".to_string();
+        self.hold_cut(net, event, ISOLATION_PAST_TTL, what).await
     }
 
     async fn kill_member(&mut self) -> Result<Result<(), Stopped>, CheckError> {

@@ -193,6 +193,12 @@ pub enum FaultKind {
     IsolateHolder,
     /// Workers whose clocks run slow or fast for the whole run (libfaketime).
     ClockSkew,
+    /// Cuts the storage off from every other host for longer than the TTL.
+    IsolateStorage,
+    /// Cuts the etcd leader off from the other members, the workers and the checker.
+    PartitionLeader,
+    /// Splits the etcd members into a majority and a minority, workers on both sides.
+    PartitionHalves,
 }
 
 impl FaultKind {
@@ -208,6 +214,9 @@ impl FaultKind {
             FaultKind::KillPostgres => "kill-postgres",
             FaultKind::IsolateHolder => "isolate-holder",
             FaultKind::ClockSkew => "clock-skew",
+            FaultKind::IsolateStorage => "isolate-storage",
+            FaultKind::PartitionLeader => "partition-leader",
+            FaultKind::PartitionHalves => "partition-halves",
         }
     }
 }

@@ -29,7 +29,7 @@ use fencelock::etcd::etcdserverpb as pb;
 use fencelock::etcd::mvccpb::event::EventType as PbEventType;
 use fencelock::fence::postgres::PgFence;
 use fencelock::lock::{Client, LeaseId, PrefixWatch};
-use fencelock::process::{EtcdCluster, NetHost, PostgresServer, ServerProcess, TestNet};
+use fencelock::process::{EtcdCluster, PostgresServer, ServerProcess, TestNet};
 use fencelock::storage::fence::Policy;
 
 /// How long stopped workers get to exit before they are killed.
@@ -42,12 +42,13 @@ pub(crate) const NEXT_TURN_SLACK: Duration = Duration::from_millis(100);
 /// Pause before re-opening the lock-key watch after its stream broke (a member died).
 pub(crate) const WATCH_RETRY_PAUSE: Duration = Duration::from_millis(200);
 
-/// The hosts of the test network of a run with network faults: lockd, the storage and the
-/// checker itself on hosts of their own, then one per worker. The checker's own host makes
-/// every connection of the checker (its lock client, the lock-key watch, the final read)
-/// one from the test network, never from the root namespace, which has no route to it.
+/// The hosts of the test network of a run with network faults: lockd (or etcd's first
+/// member), the storage and the checker itself on hosts of their own, then one per worker,
+/// then one per further etcd member. The checker's own host makes every connection of the
+/// checker (its lock client, the lock-key watch, the final read) one from the test network,
+/// never from the root namespace, which has no route to it.
 pub(crate) mod hosts {
-    /// lockd's host.
+    /// lockd's host, and etcd member 0's.
     pub(crate) const LOCKD: usize = 0;
     /// The storage's host.
     pub(crate) const STORAGE: usize = 1;
@@ -61,14 +62,28 @@ pub(crate) mod hosts {
         FIRST_WORKER + index
     }
 
-    /// Hosts in a network for `workers` workers.
-    pub(crate) fn count(workers: usize) -> usize {
-        FIRST_WORKER + workers
+    /// The host of lock-service member `member` (0 for lockd) in a network of `workers`
+    /// workers.
+    pub(crate) fn member(member: usize, workers: usize) -> usize {
+        match member {
+            0 => LOCKD,
+            m => FIRST_WORKER + workers + m - 1,
+        }
+    }
+
+    /// Hosts in a network for `workers` workers and a lock service of `members` members.
+    pub(crate) fn count(workers: usize, members: usize) -> usize {
+        FIRST_WORKER + workers + members.max(1) - 1
     }
 }
 
 /// Faults that cut links, and so need a test network; never in the default set.
-pub(crate) const NETWORK_FAULTS: &[FaultKind] = &[FaultKind::IsolateHolder];
+pub(crate) const NETWORK_FAULTS: &[FaultKind] = &[
+    FaultKind::IsolateHolder,
+    FaultKind::IsolateStorage,
+    FaultKind::PartitionLeader,
+    FaultKind::PartitionHalves,
+];
 
 /// Faults that hold for the whole run rather than come on the schedule; never in the default
 /// set, since they need libfaketime.
@@ -198,20 +213,40 @@ pub fn validate_faults(
     let mut allowed = applicable_faults(backend, resource, own_database);
     // A worker's clock is the checker's own doing, whatever the lock service.
     allowed.extend(STANDING_FAULTS);
-    // Only on request: a run without them stays on loopback, as it always was.
-    if matches!(backend, Backend::Lockd) && resource == Resource::Storage {
-        allowed.extend(NETWORK_FAULTS);
+    // Only on request: a run without them stays on loopback, as it always was. Every
+    // process must be the checker's own to be placed on a host, PostgreSQL included, so
+    // they apply to the storage only.
+    if resource == Resource::Storage {
+        match backend {
+            Backend::Lockd => allowed.extend([FaultKind::IsolateHolder, FaultKind::IsolateStorage]),
+            Backend::Etcd { members, .. } => {
+                allowed.extend([FaultKind::IsolateHolder, FaultKind::IsolateStorage]);
+                if *members >= 3 {
+                    allowed.extend([FaultKind::PartitionLeader, FaultKind::PartitionHalves]);
+                }
+            }
+            Backend::External(_) => {}
+        }
     }
     for fault in faults {
         if allowed.contains(fault) {
             continue;
         }
         let why = match (fault, backend, resource) {
-            (FaultKind::IsolateHolder, Backend::Lockd, _) => {
-                "it applies to --resource storage only"
+            (FaultKind::PartitionLeader | FaultKind::PartitionHalves, Backend::Lockd, _) => {
+                "lockd is a single process with no leader or members; use --etcd-members 3"
             }
-            (FaultKind::IsolateHolder, _, _) => {
-                "it applies to the checker's own lockd only (no --etcd-members, no --endpoints)"
+            (
+                FaultKind::PartitionLeader | FaultKind::PartitionHalves,
+                Backend::Etcd { .. },
+                Resource::Storage,
+            ) => "it needs at least 3 etcd members (--etcd-members 3)",
+            (f, Backend::Lockd | Backend::Etcd { .. }, _) if NETWORK_FAULTS.contains(f) => {
+                "network faults apply to --resource storage only"
+            }
+            (f, Backend::External(_), _) if NETWORK_FAULTS.contains(f) => {
+                "network faults need the checker's own lock service (lockd or --etcd-members), \
+                 not --endpoints"
             }
             (FaultKind::KillMember, Backend::Lockd, _) => {
                 "lockd is a single process with no members; use --etcd-members 3"
@@ -309,7 +344,11 @@ pub async fn run(options: &Options) -> Result<Vec<Run>, CheckError> {
             network_fault.name()
         ))
     })?;
-    let net = TestNet::new(hosts::count(options.clients as usize))
+    let members = match options.backend {
+        Backend::Etcd { members, .. } => members,
+        _ => 1,
+    };
+    let net = TestNet::new(hosts::count(options.clients as usize, members))
         .map_err(|e| setup("cannot make the test network")(e.into()))?;
     let net = Arc::new(net);
     let checker = net.host(hosts::CHECKER).clone();
@@ -368,7 +407,7 @@ async fn run_all(
     faults: &[FaultKind],
     net: Option<&TestNet>,
 ) -> Result<Vec<Run>, CheckError> {
-    let mut lock_service = LockService::start(options, net.map(|n| n.host(hosts::LOCKD))).await?;
+    let mut lock_service = LockService::start(options, net).await?;
     // Owned like the lock service: dropped (killed and removed) when the check ends, fails
     // or is interrupted.
     let mut database = Database::start(options).await?;
@@ -420,10 +459,12 @@ pub(crate) enum LockService {
 }
 
 impl LockService {
-    /// Starts the lock service; lockd inside `host`, when given.
-    async fn start(options: &Options, host: Option<&NetHost>) -> Result<Self, CheckError> {
+    /// Starts the lock service; lockd or each etcd member on its host of `net`, when given.
+    async fn start(options: &Options, net: Option<&TestNet>) -> Result<Self, CheckError> {
+        let workers = options.clients as usize;
         Ok(match &options.backend {
             Backend::Lockd => {
+                let host = net.map(|n| n.host(hosts::LOCKD));
                 let lockd =
                     ServerProcess::spawn_on(host, &options.binary, "lockd", ["--in-memory"])
                         .await
@@ -431,7 +472,16 @@ impl LockService {
                 LockService::Lockd(Box::new(lockd))
             }
             Backend::Etcd { members, binary } => {
-                let cluster = EtcdCluster::start(*members, binary)
+                let hosts = net.map_or_else(Vec::new, |n| {
+                    (0..*members)
+                        .map(|m| n.host(hosts::member(m, workers)).clone())
+                        .collect()
+                });
+                let etcd_options = fencelock::process::EtcdOptions {
+                    hosts,
+                    ..Default::default()
+                };
+                let cluster = EtcdCluster::start_with(*members, binary, etcd_options)
                     .await
                     .map_err(|e| setup("cannot start the etcd cluster")(e.into()))?;
                 LockService::Etcd(Box::new(cluster))
@@ -1029,24 +1079,40 @@ mod tests {
     }
 
     #[test]
-    fn network_faults_run_only_when_named_and_only_on_lockd_with_the_storage() {
+    fn network_faults_run_only_when_named_on_the_checkers_own_services_with_the_storage() {
         let lockd = &Backend::Lockd;
-        let etcd = Backend::Etcd {
-            members: 3,
+        let etcd = |members| Backend::Etcd {
+            members,
             binary: "etcd".into(),
         };
-        for backend in [lockd, &etcd] {
+        let external = Backend::External(vec!["http://127.0.0.1:2379".into()]);
+        for backend in [lockd, &etcd(3)] {
             for resource in [Resource::Storage, Resource::Postgres, Resource::Etcd] {
                 let default = applicable_faults(backend, resource, true);
-                assert!(!default.contains(&FaultKind::IsolateHolder));
+                assert!(NETWORK_FAULTS.iter().all(|f| !default.contains(f)));
             }
         }
-        let isolate = [FaultKind::IsolateHolder];
-        assert!(validate_faults(lockd, Resource::Storage, true, &isolate).is_ok());
-        let message = refusal(validate_faults(lockd, Resource::Etcd, true, &isolate));
-        assert!(message.contains("--resource storage"), "{message}");
-        let message = refusal(validate_faults(&etcd, Resource::Storage, true, &isolate));
-        assert!(message.contains("isolate-holder") && message.contains("lockd"));
+        let isolate = [FaultKind::IsolateHolder, FaultKind::IsolateStorage];
+        let partitions = [FaultKind::PartitionLeader, FaultKind::PartitionHalves];
+        for backend in [lockd, &etcd(1), &etcd(3)] {
+            assert!(validate_faults(backend, Resource::Storage, true, &isolate).is_ok());
+            let message = refusal(validate_faults(backend, Resource::Etcd, true, &isolate));
+            assert!(message.contains("--resource storage"), "{message}");
+        }
+        assert!(validate_faults(&etcd(3), Resource::Storage, true, &partitions).is_ok());
+        for fault in partitions {
+            let message = refusal(validate_faults(lockd, Resource::Storage, true, &[fault]));
+            assert!(message.contains("--etcd-members 3"), "{message}");
+            let message = refusal(validate_faults(&etcd(1), Resource::Storage, true, &[fault]));
+            assert!(message.contains("at least 3"), "{message}");
+        }
+        let message = refusal(validate_faults(
+            &external,
+            Resource::Storage,
+            true,
+            &isolate,
+        ));
+        assert!(message.contains("--endpoints"), "{message}");
     }
 
     #[test]

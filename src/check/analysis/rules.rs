@@ -47,7 +47,7 @@ const ALL_KINDS: [OpKind; 6] = [
     OpKind::Close,
 ];
 
-const ALL_FAULTS: [FaultKind; 9] = [
+const ALL_FAULTS: [FaultKind; 12] = [
     FaultKind::FreezeHolder,
     FaultKind::FreezeAfterRead,
     FaultKind::Revoke,
@@ -57,6 +57,9 @@ const ALL_FAULTS: [FaultKind; 9] = [
     FaultKind::KillPostgres,
     FaultKind::IsolateHolder,
     FaultKind::ClockSkew,
+    FaultKind::IsolateStorage,
+    FaultKind::PartitionLeader,
+    FaultKind::PartitionHalves,
 ];
 
 /// Whether `policy` checks `access` against the fence, asked of the fence rule itself: a
