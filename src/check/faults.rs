@@ -83,6 +83,9 @@ impl Injector<'_> {
             .copied()
             .collect();
         if faults.is_empty() {
+            // Nothing to draw; the standing faults still last until the run stops.
+            let mut stop = self.stop.clone();
+            let _ = stop.wait_for(|s| *s).await;
             return Ok(());
         }
         loop {

@@ -815,6 +815,21 @@ fn with_a_slow_and_a_fast_worker_clock_strict_loses_nothing_and_off_loses_elemen
     let result: Value = serde_json::from_slice(&output.stdout).unwrap();
     let strict = report(&result, "strict");
     assert_eq!(faults_injected(strict, "clock-skew"), 2, "{strict:#}");
+    // Each skewed worker's span lasts the run, and holds its reads and writes.
+    let skew = strict["faults"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["fault"] == "clock-skew")
+        .unwrap();
+    assert!(skew["operations"].as_u64() > Some(4), "{skew}");
+    for span in strict["fault_spans"].as_array().unwrap() {
+        let lasted = span["end_s"].as_f64().unwrap() - span["start_s"].as_f64().unwrap();
+        assert!(
+            lasted > 10.0,
+            "a skewed clock's span lasted {lasted} s: {span}"
+        );
+    }
     let set = assert_set_safe(strict);
     assert!(set["acknowledged_adds"].as_u64() > Some(0), "{set:#}");
     assert!(

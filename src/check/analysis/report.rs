@@ -325,6 +325,13 @@ pub struct FailureGroup {
 pub struct FaultCount {
     pub fault: FaultKind,
     pub count: u64,
+    /// Reads and writes in progress during a span of this fault (of the targeted worker
+    /// only, when the fault targets a worker).
+    pub operations: u64,
+    /// Of those, refused as stale.
+    pub stale: u64,
+    /// Of those, of unknown outcome (timeouts, resets, 5xx) or never completed.
+    pub unknown: u64,
 }
 
 /// A lock key deleted without its owner having asked to release it first: its lease
@@ -513,6 +520,36 @@ pub fn summary_table(rows: &[(&str, &Report)]) -> String {
         ),
         ("faults", each(rows, |r| r.fault_spans.len().to_string())),
     ]);
+    // Per fault kind: how often it came, and the reads and writes it touched (refused as
+    // stale, of unknown outcome).
+    let kinds: Vec<FaultKind> = rows
+        .iter()
+        .flat_map(|(_, r)| r.faults.iter().map(|f| f.fault))
+        .fold(Vec::new(), |mut kinds, f| {
+            if !kinds.contains(&f) {
+                kinds.push(f);
+            }
+            kinds
+        });
+    if !kinds.is_empty() {
+        measures.push((
+            "per fault: n: r+w/stale/unknown",
+            each(rows, |_| String::new()),
+        ));
+    }
+    for kind in kinds {
+        measures.push((
+            kind.name(),
+            each(rows, |r| {
+                r.faults
+                    .iter()
+                    .find(|f| f.fault == kind)
+                    .map_or("-".to_owned(), |f| {
+                        format!("{}: {}/{}/{}", f.count, f.operations, f.stale, f.unknown)
+                    })
+            }),
+        ));
+    }
     let name_width = measures
         .iter()
         .map(|(name, _)| name.len())

@@ -19,14 +19,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
-use super::ops::{Hold, Input, Op, Outcome, fault_spans, holds, operations, secs};
+use super::ops::{FaultSpan, Hold, Input, Op, Outcome, fault_spans, holds, operations, secs};
 use super::report::{
     AckedWrite, Acquisition, BackwardsToken, CounterFindings, DuplicateWrite, FailureGroup,
     FaultCount, FinalBelow, Holder, LeaseExpiry, LostUpdates, OpCounts, Overlap, Overlaps, Report,
     StaleRead, StaleRejections, TokenOrder, WriteRef, show,
 };
 use super::set;
-use crate::check::history::{self, FaultKind, KeyChange, OpKind, Resource, Workload};
+use crate::check::history::{self, FaultKind, KeyChange, OpKind, Resource, Target, Workload};
 use fencelock::FencingToken;
 use fencelock::storage::fence::{self, Access, Policy};
 
@@ -61,6 +61,41 @@ const ALL_FAULTS: [FaultKind; 12] = [
     FaultKind::PartitionLeader,
     FaultKind::PartitionHalves,
 ];
+
+/// How often `fault` came, and the reads and writes it touched: in progress while one of
+/// its spans lasted (a span or an operation still open at the end lasts to the run's end).
+fn fault_count(input: &Input, ops: &[Op], spans: &[FaultSpan], fault: FaultKind) -> FaultCount {
+    let end_s = secs(input, input.end_mono_ns);
+    let spans: Vec<&FaultSpan> = spans.iter().filter(|s| s.fault == fault).collect();
+    let touched: Vec<&Op> = ops
+        .iter()
+        .filter(|op| matches!(op.f, OpKind::Read | OpKind::Write))
+        .filter(|op| {
+            let from = secs(input, op.invoke_ns);
+            let to = op.complete_ns.map_or(end_s, |ns| secs(input, ns));
+            spans.iter().any(|s| {
+                let worker_ok = match s.target {
+                    Target::Worker(w) => w == op.worker,
+                    _ => true,
+                };
+                worker_ok && from <= s.end_s.unwrap_or(end_s) && s.start_s <= to
+            })
+        })
+        .collect();
+    FaultCount {
+        fault,
+        count: spans.len() as u64,
+        operations: touched.len() as u64,
+        stale: touched
+            .iter()
+            .filter(|op| op.outcome == Outcome::Fail && op.stale)
+            .count() as u64,
+        unknown: touched
+            .iter()
+            .filter(|op| matches!(op.outcome, Outcome::Info | Outcome::Pending))
+            .count() as u64,
+    }
+}
 
 /// Whether `policy` checks `access` against the fence, asked of the fence rule itself: a
 /// checked access presenting a token below the fence is refused. On the etcd resource only
@@ -143,10 +178,7 @@ pub fn analyse(input: &Input) -> Report {
     let fault_spans = fault_spans(input);
     let faults = ALL_FAULTS
         .iter()
-        .map(|&fault| FaultCount {
-            fault,
-            count: fault_spans.iter().filter(|s| s.fault == fault).count() as u64,
-        })
+        .map(|&fault| fault_count(input, &ops, &fault_spans, fault))
         .filter(|c| c.count > 0)
         .collect();
     let lease_expiries = lease_expiries(input, &ops, &holds);
@@ -779,7 +811,10 @@ mod tests {
             report.faults,
             vec![FaultCount {
                 fault: FaultKind::FreezeAfterRead,
-                count: 1
+                count: 1,
+                operations: 2,
+                stale: 0,
+                unknown: 0,
             }]
         );
         assert_eq!(report.fault_spans[0].end_s, Some(6.0));
