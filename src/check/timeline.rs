@@ -71,6 +71,9 @@ impl Scale {
 fn service_colour(kind: FaultKind) -> &'static str {
     match kind {
         FaultKind::KillStorage | FaultKind::KillMember | FaultKind::KillPostgres => "#fc9272",
+        FaultKind::PartitionLeader | FaultKind::PartitionHalves | FaultKind::IsolateStorage => {
+            "#dadaeb"
+        }
         _ => "#c6dbef",
     }
 }
@@ -189,6 +192,14 @@ impl Picture {
                 (FaultKind::KillMember, Target::LockService(Some(n))) => {
                     format!("member {n} killed")
                 }
+                // Which hosts were on which side is in the span's title, from its note.
+                (FaultKind::PartitionLeader, Target::LockService(Some(n))) => {
+                    format!("leader {n} cut off")
+                }
+                (FaultKind::PartitionLeader | FaultKind::PartitionHalves, _) => {
+                    "members split".to_owned()
+                }
+                (FaultKind::IsolateStorage, _) => "storage cut off".to_owned(),
                 (_, Target::LockService(Some(n))) => format!("member {n} frozen"),
                 (_, Target::LockService(None)) => "lockd frozen".to_owned(),
                 _ => f.fault.name().to_owned(),
@@ -788,6 +799,44 @@ mod tests {
         assert!(svg.contains("storage killed"));
         // Every element that opens is closed: as many `<` as `>`, and text never holds one.
         assert_eq!(svg.matches('<').count(), svg.matches('>').count());
+    }
+
+    #[test]
+    fn partitions_are_spans_whose_titles_name_the_sides() {
+        let mut h = History::default();
+        h.turn(1, 0, 10, 0);
+        h.turn(2, 1000, 11, 1);
+        h.fault(
+            1,
+            FaultKind::PartitionHalves,
+            Target::LockService(None),
+            200,
+            900,
+        );
+        h.fault(
+            2,
+            FaultKind::PartitionLeader,
+            Target::LockService(Some(2)),
+            1200,
+            1900,
+        );
+        let sides = "split: members [0, 1] with workers 1 | members [2] with workers 2";
+        h.faults[1].note = Some(sides.into());
+        let input = h.input(Policy::Strict, Some(2), 2000);
+        let report = analyse(&input);
+        let svg = svg(&input, &report, "partitions");
+        assert!(svg.contains("members split 0.20-0.90 s"), "{svg}");
+        assert!(
+            svg.contains(&esc(sides)),
+            "the sides are in the span's title"
+        );
+        assert!(svg.contains("leader 2 cut off 1.20-1.90 s"), "{svg}");
+        for freeze in ["lockd frozen", "member 2 frozen"] {
+            assert!(
+                !svg.contains(freeze),
+                "a partition is not drawn as a freeze"
+            );
+        }
     }
 
     /// A tiny deterministic generator, so the sample run is the same every time.
