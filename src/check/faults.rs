@@ -593,7 +593,8 @@ impl Injector<'_> {
         let Some(net) = self.net else {
             return Ok(Ok(()));
         };
-        let mut members: Vec<usize> = (0..self.member_hosts().len()).collect();
+        let member_hosts = self.member_hosts();
+        let mut members: Vec<usize> = (0..member_hosts.len()).collect();
         members.shuffle(&mut self.rng);
         let majority_size = members.len() / 2 + 1;
         let (majority, minority) = members.split_at(majority_size);
@@ -603,7 +604,6 @@ impl Injector<'_> {
         let workers: Vec<usize> = (0..self.workers.len()).collect();
         let (with_majority, with_minority): (Vec<usize>, Vec<usize>) =
             workers.iter().partition(|&&w| w % 2 == 0);
-        let member_hosts = self.member_hosts();
         let side = |members: &[usize], workers: &[usize]| -> Vec<usize> {
             (members.iter().map(|&m| member_hosts[m]))
                 .chain(workers.iter().map(|&w| hosts::worker(w)))

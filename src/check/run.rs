@@ -216,16 +216,10 @@ pub fn validate_faults(
     // Only on request: a run without them stays on loopback, as it always was. Every
     // process must be the checker's own to be placed on a host, PostgreSQL included, so
     // they apply to the storage only.
-    if resource == Resource::Storage {
-        match backend {
-            Backend::Lockd => allowed.extend([FaultKind::IsolateHolder, FaultKind::IsolateStorage]),
-            Backend::Etcd { members, .. } => {
-                allowed.extend([FaultKind::IsolateHolder, FaultKind::IsolateStorage]);
-                if *members >= 3 {
-                    allowed.extend([FaultKind::PartitionLeader, FaultKind::PartitionHalves]);
-                }
-            }
-            Backend::External(_) => {}
+    if resource == Resource::Storage && !matches!(backend, Backend::External(_)) {
+        allowed.extend([FaultKind::IsolateHolder, FaultKind::IsolateStorage]);
+        if matches!(backend, Backend::Etcd { members, .. } if *members >= 3) {
+            allowed.extend([FaultKind::PartitionLeader, FaultKind::PartitionHalves]);
         }
     }
     for fault in faults {

@@ -125,6 +125,19 @@ pub fn exit_and_stderr(
     (status.code(), stderr)
 }
 
+/// The stdout of a finished `fencelock` run, printed, after asserting that it succeeded (its
+/// stderr is the failure message).
+pub fn stdout_of_success(output: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// `stderr` is one `fencelock: ...` line that mentions `mentions`, and no panic.
 pub fn assert_one_line(stderr: &str, mentions: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();

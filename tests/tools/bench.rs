@@ -33,13 +33,7 @@ fn the_lock_benchmark_measures_lockd_next_to_etcd_and_compares_them() {
         .env("FENCELOCK_ETCD_BIN", etcd::etcd_bin())
         .output()
         .expect("run fencelock bench lock");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = crate::support::proc::stdout_of_success(&output);
     for service in ["lockd", "etcd"] {
         let label = format!("{service} ");
         let rows: Vec<&str> = stdout
@@ -90,13 +84,7 @@ fn the_memory_benchmark_prints_a_row_per_count_with_bytes_per_held_lock() {
         .args(["bench", "memory", "--sessions", "300,600"])
         .output()
         .expect("run fencelock bench memory");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = crate::support::proc::stdout_of_success(&output);
     for sessions in ["300", "600"] {
         let cols: Vec<&str> = stdout
             .lines()

@@ -20,13 +20,7 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
         ])
         .output()
         .expect("run fencelock bench storage");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = crate::support::proc::stdout_of_success(&output);
 
     // 2. One row per server and scenario: `server scenario conns requests/s keys/s ...`.
     let row = |server: &str, scenario: &str| -> Vec<String> {
@@ -90,13 +84,7 @@ fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
         ])
         .output()
         .expect("run fencelock bench storage");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stdout = crate::support::proc::stdout_of_success(&output);
     // Both rows, and the ratio between them (the loader fails a run on any answer but 2xx,
     // so a verified row means verified writes were accepted).
     for server in ["in-memory", "in-memory+verify"] {

@@ -30,9 +30,14 @@ const SHORT: &[&str] = &[
 ];
 
 fn check(out: &Path, args: &[&str]) -> Output {
+    check_with(out, SHORT, args)
+}
+
+/// `fencelock check` with `base` in place of [`SHORT`].
+fn check_with(out: &Path, base: &[&str], args: &[&str]) -> Output {
     Command::new(fencelock_bin())
         .arg("check")
-        .args(SHORT)
+        .args(base)
         .arg("--out")
         .arg(out)
         .args(args)
@@ -43,7 +48,12 @@ fn check(out: &Path, args: &[&str]) -> Output {
 
 /// Runs a check that must finish with `status`; returns its JSON result.
 fn check_json(out: &Path, args: &[&str], status: i32) -> Value {
-    let output = check(out, args);
+    check_json_with(out, SHORT, args, status)
+}
+
+/// [`check_json`] with `base` in place of [`SHORT`] (which must ask for `--json`).
+fn check_json_with(out: &Path, base: &[&str], args: &[&str], status: i32) -> Value {
+    let output = check_with(out, base, args);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(
         output.status.code(),
@@ -67,6 +77,13 @@ fn report<'a>(result: &'a Value, policy: &str) -> &'a Value {
         .find(|r| r["policy"] == policy)
         .map(|r| &r["report"])
         .unwrap_or_else(|| panic!("no {policy} run in {result:#}"))
+}
+
+/// A usage error (exit status 2) in one line naming `mentions`.
+fn assert_refused(output: &Output, mentions: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    crate::support::proc::assert_one_line(&stderr, mentions);
 }
 
 fn lost(report: &Value) -> u64 {
@@ -661,10 +678,7 @@ fn strict_fencing_loses_no_element_when_the_holder_is_cut_off_from_lockd() {
         // Without test networks the fault is refused in one line, not run on loopback.
         let out = tempfile::tempdir().unwrap();
         let output = check(out.path(), &["--faults", "isolate-holder"]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("isolate-holder"), "{stderr}");
+        assert_refused(&output, "isolate-holder");
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -710,9 +724,7 @@ async fn on_a_three_member_etcd_strict_loses_nothing_when_the_leader_or_a_holder
             out.path(),
             &["--etcd-members", "3", "--faults", "partition-leader"],
         );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_refused(&output, "partition-leader");
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -775,44 +787,26 @@ fn with_a_slow_and_a_fast_worker_clock_strict_loses_nothing_and_off_loses_elemen
             .env("FENCELOCK_FAKETIME_LIB", out.path().join("missing.so"))
             .output()
             .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains("clock-skew"), "{stderr}");
+        assert_refused(&output, "clock-skew");
         return;
     }
     let out = tempfile::tempdir().unwrap();
     // Only the clocks: worker 1's at 0.25x (its keepalives come too late and its lease ends
     // while it works on), worker 2's at 4x. Three workers, so that worker 1's lease lasts
     // through its wait in the queue often enough for it to hold the lock.
-    let output = Command::new(fencelock_bin())
-        .arg("check")
-        .args([
-            "--clients",
-            "3",
-            "--ttl",
-            "1",
-            "--work",
-            "0.3-1",
-            "--seed",
-            "7",
-        ])
-        .args([
-            "--duration",
-            "12",
-            "--faults",
-            "clock-skew",
-            "--compare",
-            "--json",
-        ])
-        .arg("--out")
-        .arg(out.path())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
-    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let base = [
+        "--clients",
+        "3",
+        "--ttl",
+        "1",
+        "--work",
+        "0.3-1",
+        "--seed",
+        "7",
+        "--json",
+    ];
+    let args = ["--duration", "12", "--faults", "clock-skew", "--compare"];
+    let result = check_json_with(out.path(), &base, &args, 0);
     let strict = report(&result, "strict");
     assert_eq!(faults_injected(strict, "clock-skew"), 2, "{strict:#}");
     // Each skewed worker's span lasts the run, and holds its reads and writes.
