@@ -148,18 +148,20 @@ struct Connection {
 impl Connection {
     /// Requests counted and their latencies.
     async fn run(self) -> Result<(u64, Histogram<u64>), LoadError> {
-        let addr = self.addr;
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| LoadError::Connect { addr, source })?;
-        // As wrk does: a request is sent whole, at once, not held back for more data.
-        stream.set_nodelay(true).map_err(LoadError::Io)?;
+        let mut stream = connect(self.addr).await?;
         let mut out = Vec::with_capacity(1024);
         let mut answers = BytesMut::with_capacity(16 * 1024);
         let mut seq = 0;
         for _ in 0..WARMUP_REQUESTS {
-            self.exchange(&mut stream, seq, &mut out, &mut answers)
-                .await?;
+            exchange(
+                &mut stream,
+                &*self.request,
+                self.index,
+                seq,
+                &mut out,
+                &mut answers,
+            )
+            .await?;
             seq += 1;
         }
         self.barrier.wait().await;
@@ -169,8 +171,15 @@ impl Connection {
         let mut count = 0;
         loop {
             let sent = Instant::now();
-            self.exchange(&mut stream, seq, &mut out, &mut answers)
-                .await?;
+            exchange(
+                &mut stream,
+                &*self.request,
+                self.index,
+                seq,
+                &mut out,
+                &mut answers,
+            )
+            .await?;
             let answered = Instant::now();
             if answered > deadline {
                 return Ok((count, histogram));
@@ -181,28 +190,66 @@ impl Connection {
             seq += 1;
         }
     }
+}
 
-    /// Sends request `seq` and reads its answer.
-    async fn exchange(
-        &self,
-        stream: &mut TcpStream,
-        seq: u64,
-        out: &mut Vec<u8>,
-        answers: &mut BytesMut,
-    ) -> Result<(), LoadError> {
-        out.clear();
-        (self.request)(self.index, seq, out);
-        stream.write_all(out).await.map_err(LoadError::Io)?;
-        loop {
-            if let Some(len) = complete_answer(answers)? {
-                answers.advance(len);
-                return Ok(());
-            }
-            if stream.read_buf(answers).await.map_err(LoadError::Io)? == 0 {
-                return Err(LoadError::Closed);
-            }
+/// Sends connection `index`'s request `seq` and reads its answer.
+async fn exchange(
+    stream: &mut TcpStream,
+    request: &RequestFn,
+    index: usize,
+    seq: u64,
+    out: &mut Vec<u8>,
+    answers: &mut BytesMut,
+) -> Result<(), LoadError> {
+    out.clear();
+    request(index, seq, out);
+    stream.write_all(out).await.map_err(LoadError::Io)?;
+    loop {
+        if let Some(len) = complete_answer(answers)? {
+            answers.advance(len);
+            return Ok(());
+        }
+        if stream.read_buf(answers).await.map_err(LoadError::Io)? == 0 {
+            return Err(LoadError::Closed);
         }
     }
+}
+
+/// Opens one connection per entry of `counts` and sends connection `i` its requests
+/// `0..counts[i]`, one at a time, untimed: how a benchmark fills a server before measuring.
+pub async fn send_counted(
+    addr: SocketAddr,
+    counts: &[u64],
+    request: Arc<RequestFn>,
+) -> Result<(), LoadError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, &count) in counts.iter().enumerate() {
+        let request = Arc::clone(&request);
+        tasks.spawn(async move {
+            let mut stream = connect(addr).await?;
+            let mut out = Vec::with_capacity(1024);
+            let mut answers = BytesMut::with_capacity(16 * 1024);
+            for seq in 0..count {
+                exchange(&mut stream, &*request, index, seq, &mut out, &mut answers).await?;
+            }
+            Ok::<_, LoadError>(())
+        });
+    }
+    // The first failure ends the fill; dropping the set aborts the other connections.
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(())
+}
+
+/// A connection to `addr` that sends each request at once.
+async fn connect(addr: SocketAddr) -> Result<TcpStream, LoadError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| LoadError::Connect { addr, source })?;
+    // As wrk does: a request is sent whole, at once, not held back for more data.
+    stream.set_nodelay(true).map_err(LoadError::Io)?;
+    Ok(stream)
 }
 
 /// The length of the whole answer at the start of `buf` once it has fully arrived; `None`

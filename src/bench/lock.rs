@@ -9,6 +9,7 @@
 //! at the Range's own revision, as etcd's Go client does, to show what starting after it
 //! gains, and with idle watchers on keys no cycle touches, to show what they cost a cycle.
 
+use super::chart::{Chart, Scale, Series};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -194,6 +195,44 @@ fn scaling(all: &[RunStats], out: &mut impl Write) {
                 quiet
             );
         }
+    }
+}
+
+/// Cycles per second against contending sessions, one curve per service and watch start
+/// (and per count of idle watchers, where that varies).
+pub fn chart(all: &[RunStats]) -> Chart {
+    let idle_varies = all
+        .iter()
+        .any(|s| Some(s.idle_watchers) != all.first().map(|f| f.idle_watchers));
+    let mut series: Vec<Series> = Vec::new();
+    for stats in all {
+        let mut label = format!(
+            "{}, watch {}",
+            stats.service,
+            watch_start_label(stats.watch_start)
+        );
+        if idle_varies {
+            label.push_str(&format!(", {} idle watchers", stats.idle_watchers));
+        }
+        let point = (stats.sessions as f64, stats.cycles_per_second());
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(curve) => curve.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    for curve in &mut series {
+        curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    Chart {
+        title: "Lock hand-over vs waiters".into(),
+        x_label: "contending sessions".into(),
+        y_label: "lock+unlock cycles/s".into(),
+        x_scale: Scale::Log,
+        y_scale: Scale::Log,
+        series,
     }
 }
 

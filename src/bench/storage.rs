@@ -7,19 +7,26 @@
 //! - `one-key`: `PUT /v1/kv/k0`, the same key every time;
 //! - `distinct`: `PUT /v1/kv/{key}`, a key never written before every time (each one is also
 //!   bound to the fence, durably);
-//! - `txn`: `POST /v1/txn`, [`TXN_KEYS`] writes of new keys in one transaction.
+//! - `txn`: `POST /v1/txn`, [`TXN_KEYS`] writes of new keys in one transaction;
+//! - `read`: `GET /v1/kv/{key}`, a fenced read of one of the stored keys, picked at random.
+//!
+//! `--stored-keys N` fills each storage with N keys before its run is measured
+//! (transactions of [`FILL_TXN_KEYS`] fenced writes of [`FILL_VALUE_BYTES`]-byte values, on
+//! [`FILL_CONNECTIONS`] connections, untimed), and `--value-size` sets the size of every
+//! measured write's value: how throughput grows with what the store holds and carries.
 //!
 //! With `--verify-tokens` every run is made twice in a row, on a plain storage and on one
 //! started with `--verify-tokens` against a lockd of the benchmark's own, under a lock the
 //! benchmark holds for the whole run: the writes then carry that lock's name and token, and
 //! each pair is compared.
 //!
-//! Invariants: each run has a storage process of its own on an empty store (so one run's keys
-//! do not slow the next), started from this binary on a free loopback port, its data in a
+//! Invariants: each run has a storage process of its own on a store holding only the run's
+//! fill (so one run's keys do not slow the next), started from this binary on a free loopback port, its data in a
 //! temporary directory removed after it is stopped; the loader runs in this process and the
 //! servers in theirs, as wrk and a server would; every storage figure is set against the
 //! baseline's with as many connections.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,9 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fencelock::process::{ServerProcess, SpawnError};
-use fencelock::storage::Policy;
+use fencelock::storage::{Policy, limits};
 
 use super::baseline::{BaselineError, BaselineProcess};
+use super::chart::{Chart, Scale, Series};
 use super::http_load::{self, LoadError, LoadStats, RequestFn};
 
 /// The lock name every benchmark write is fenced under.
@@ -42,8 +50,17 @@ const TOKEN: u64 = 1;
 /// Writes per transaction in the `txn` scenario.
 pub const TXN_KEYS: usize = 16;
 
-/// The value of every write: as small as a lock holder's typical record.
-const VALUE: &str = "value";
+/// Bytes of each value the fill writes.
+pub const FILL_VALUE_BYTES: usize = 100;
+
+/// Writes per transaction of the fill: as many as a transaction may hold.
+pub const FILL_TXN_KEYS: usize = fencelock::storage::wire::MAX_TXN_OPS;
+
+/// Connections the fill keeps busy.
+pub const FILL_CONNECTIONS: usize = 4;
+
+/// Bytes of a request's body besides its values: keys, JSON and headers, with room to spare.
+const OVERHEAD_PER_KEY: usize = 96;
 
 /// How the storage keeps its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +80,8 @@ pub enum Scenario {
     Distinct,
     /// Every request is a transaction writing [`TXN_KEYS`] new keys.
     Txn,
+    /// Every request reads one of the stored keys (needs `--stored-keys`).
+    Read,
 }
 
 impl Scenario {
@@ -72,13 +91,14 @@ impl Scenario {
             Scenario::OneKey => "one-key",
             Scenario::Distinct => "distinct",
             Scenario::Txn => "txn",
+            Scenario::Read => "read",
         }
     }
 
     /// Keys each request writes.
     pub fn keys_per_request(self) -> usize {
         match self {
-            Scenario::OneKey | Scenario::Distinct => 1,
+            Scenario::OneKey | Scenario::Distinct | Scenario::Read => 1,
             Scenario::Txn => TXN_KEYS,
         }
     }
@@ -101,6 +121,10 @@ pub struct Options {
     pub policy: Policy,
     /// Also measure each run with `--verify-tokens`, next to the plain one.
     pub verify_tokens: bool,
+    /// Keys put in each storage before its run, one set of runs per count.
+    pub stored_keys: Vec<u64>,
+    /// Bytes of every measured write's value, one set of runs per size.
+    pub value_sizes: Vec<usize>,
 }
 
 /// Errors that stop the benchmark.
@@ -118,6 +142,17 @@ pub enum BenchError {
     /// The lock service for `--verify-tokens` could not be started or locked.
     #[error("the lock service for --verify-tokens: {0}")]
     LockService(String),
+    /// The fill before a run failed.
+    #[error("filling {server} with {keys} keys")]
+    Fill {
+        /// The server's label.
+        server: &'static str,
+        /// Keys the fill was to write.
+        keys: u64,
+        /// What went wrong.
+        #[source]
+        source: LoadError,
+    },
     /// A run failed.
     #[error("{server} {scenario}, {connections} connection(s)")]
     Load {
@@ -142,6 +177,10 @@ pub struct RunStats {
     pub scenario: Option<Scenario>,
     /// Connections of the run.
     pub connections: usize,
+    /// Keys the store held before the run.
+    pub stored_keys: u64,
+    /// Bytes of each value written; 0 for the baseline and for reads.
+    pub value_bytes: usize,
     /// Answers per second.
     pub requests_per_second: f64,
     /// Keys written per second; zero for the baseline.
@@ -171,9 +210,11 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
     );
     let _ = writeln!(
         out,
-        "{:<9}  {:<8}  {:>5}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>10}  {:>10}",
+        "{:<9}  {:<8}  {:>8}  {:>6}  {:>5}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>10}  {:>10}",
         "server",
         "scenario",
+        "stored",
+        "value",
         "conns",
         "requests/s",
         "keys/s",
@@ -202,7 +243,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
             connections,
             source,
         })?;
-        let stats = figures("baseline", None, connections, &stats);
+        let stats = figures("baseline", None, connections, (0, 0), &stats);
         print_row(out, &stats, &all);
         all.push(stats);
     }
@@ -218,32 +259,29 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
     let token = verifying.as_ref().map_or(TOKEN, |held| held.token);
     for &store in &options.stores {
         for &scenario in &options.scenarios {
-            for &connections in &options.connections {
-                for &verify in &variants {
-                    let label = label(store, verify.is_some());
-                    let extra = verify.map(|held| held.storage_args()).unwrap_or_default();
-                    let storage =
-                        StorageProcess::start(&options.binary, store, options.policy, &extra)
-                            .await?;
-                    let request = storage_request(storage.server.addr(), scenario, token);
-                    let measured = measure(
-                        storage.server.addr(),
-                        storage.server.pid(),
-                        connections,
-                        options,
-                        request,
-                    )
-                    .await;
-                    storage.stop().await;
-                    let measured = measured.map_err(|source| BenchError::Load {
-                        server: label,
-                        scenario: scenario.label(),
-                        connections,
-                        source,
-                    })?;
-                    let stats = figures(label, Some(scenario), connections, &measured);
-                    print_row(out, &stats, &all);
-                    all.push(stats);
+            for &stored in &options.stored_keys {
+                // A read carries no value: one set of runs whatever the sizes.
+                let sizes = match scenario {
+                    Scenario::Read => &[0][..],
+                    _ => &options.value_sizes[..],
+                };
+                for &value_bytes in sizes {
+                    for &connections in &options.connections {
+                        for &verify in &variants {
+                            let run = Run {
+                                store,
+                                scenario,
+                                stored,
+                                value_bytes,
+                                connections,
+                                token,
+                                verify,
+                            };
+                            let stats = run.measure(options).await?;
+                            print_row(out, &stats, &all);
+                            all.push(stats);
+                        }
+                    }
                 }
             }
         }
@@ -253,6 +291,117 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
         compare_verified(&all, out);
     }
     Ok(all)
+}
+
+/// One measured run on a storage of its own.
+struct Run<'a> {
+    store: Store,
+    scenario: Scenario,
+    stored: u64,
+    value_bytes: usize,
+    connections: usize,
+    token: u64,
+    verify: Option<&'a LockHeld>,
+}
+
+impl Run<'_> {
+    /// Starts the run's storage, fills it, loads it and stops it.
+    async fn measure(&self, options: &Options) -> Result<RunStats, BenchError> {
+        let label = label(self.store, self.verify.is_some());
+        let mut extra = self
+            .verify
+            .map(|held| held.storage_args())
+            .unwrap_or_default();
+        extra.extend(self.limits());
+        let storage =
+            StorageProcess::start(&options.binary, self.store, options.policy, &extra).await?;
+        let addr = storage.server.addr();
+        let filled = fill(addr, self.stored, self.token).await;
+        let measured = match filled {
+            Ok(()) => {
+                let request = storage_request(
+                    addr,
+                    self.scenario,
+                    self.token,
+                    self.value_bytes,
+                    self.stored,
+                );
+                measure(
+                    addr,
+                    storage.server.pid(),
+                    self.connections,
+                    options,
+                    request,
+                )
+                .await
+                .map_err(|source| BenchError::Load {
+                    server: label,
+                    scenario: self.scenario.label(),
+                    connections: self.connections,
+                    source,
+                })
+            }
+            Err(source) => Err(BenchError::Fill {
+                server: label,
+                keys: self.stored,
+                source,
+            }),
+        };
+        storage.stop().await;
+        let shape = (self.stored, self.value_bytes);
+        Ok(figures(
+            label,
+            Some(self.scenario),
+            self.connections,
+            shape,
+            &measured?,
+        ))
+    }
+
+    /// `--max-body` and `--max-queued-bytes` for requests whose values go past the defaults.
+    fn limits(&self) -> Vec<String> {
+        let body = self.scenario.keys_per_request() * (self.value_bytes + OVERHEAD_PER_KEY);
+        let fill_body = FILL_TXN_KEYS * (FILL_VALUE_BYTES + OVERHEAD_PER_KEY);
+        let body = body.max(fill_body);
+        if body <= limits::DEFAULT_MAX_BODY {
+            return Vec::new();
+        }
+        let queued =
+            (body * self.connections.max(FILL_CONNECTIONS)).max(limits::DEFAULT_MAX_QUEUED_BYTES);
+        vec![
+            "--max-body".into(),
+            body.to_string(),
+            "--max-queued-bytes".into(),
+            queued.to_string(),
+        ]
+    }
+}
+
+/// Writes `keys` keys (`f0`, `f1`, ...) of [`FILL_VALUE_BYTES`] bytes under the benchmark's
+/// fence, in transactions of [`FILL_TXN_KEYS`] on [`FILL_CONNECTIONS`] connections.
+async fn fill(addr: SocketAddr, keys: u64, token: u64) -> Result<(), LoadError> {
+    if keys == 0 {
+        return Ok(());
+    }
+    let per_txn = FILL_TXN_KEYS as u64;
+    let txns = keys.div_ceil(per_txn);
+    let lanes = FILL_CONNECTIONS as u64;
+    // Connection `c` sends transactions c, c + lanes, c + 2 lanes, ...
+    let counts: Vec<u64> = (0..lanes)
+        .map(|c| (txns + lanes - 1 - c) / lanes)
+        .filter(|&n| n > 0)
+        .collect();
+    let value = "f".repeat(FILL_VALUE_BYTES);
+    let headers = format!("Host: {addr}\r\nFencing-Token: {token}\r\n");
+    let request = Arc::new(move |connection: usize, seq: u64, out: &mut Vec<u8>| {
+        let txn = seq * lanes + connection as u64;
+        let first = txn * per_txn;
+        let ops: Vec<String> = (first..(first + per_txn).min(keys))
+            .map(|key| format!(r#"{{"op":"write","key":"f{key}","val":"{value}"}}"#))
+            .collect();
+        txn_request(out, &headers, &ops);
+    });
+    http_load::send_counted(addr, &counts, request).await
 }
 
 /// The table's name for a store, verifying tokens or not.
@@ -367,6 +516,7 @@ fn figures(
     server: &'static str,
     scenario: Option<Scenario>,
     connections: usize,
+    (stored_keys, value_bytes): (u64, usize),
     measured: &Measured,
 ) -> RunStats {
     let load = &measured.load;
@@ -375,6 +525,8 @@ fn figures(
         server,
         scenario,
         connections,
+        stored_keys,
+        value_bytes,
         requests_per_second: load.requests_per_second(),
         keys_per_second: load.requests_per_second() * keys as f64,
         p50: load.latency_at(0.5),
@@ -392,16 +544,22 @@ fn print_row(out: &mut impl Write, stats: &RunStats, earlier: &[RunStats]) {
         .find(|b| b.scenario.is_none() && b.connections == stats.connections)
         .map_or(stats.requests_per_second, |b| b.requests_per_second);
     let share = 100.0 * stats.requests_per_second / baseline;
-    let keys = match stats.scenario {
-        Some(_) => format!("{:.0}", stats.keys_per_second),
-        None => "-".into(),
+    let (keys, stored, value) = match stats.scenario {
+        Some(_) => (
+            format!("{:.0}", stats.keys_per_second),
+            count_label(stats.stored_keys),
+            bytes_label(stats.value_bytes),
+        ),
+        None => ("-".into(), "-".into(), "-".into()),
     };
     let cpu = |cpu: Option<Duration>| cpu.map_or_else(|| "?".into(), |c| format!("{c:.1?}"));
     let _ = writeln!(
         out,
-        "{:<9}  {:<8}  {:>5}  {:>10.0}  {:>10}  {:>9.1?}  {:>9.1?}  {:>9.1?}  {:>6.1}%  {:>10}  {:>10}",
+        "{:<9}  {:<8}  {:>8}  {:>6}  {:>5}  {:>10.0}  {:>10}  {:>9.1?}  {:>9.1?}  {:>9.1?}  {:>6.1}%  {:>10}  {:>10}",
         stats.server,
         stats.scenario.map_or("fixed", Scenario::label),
+        stored,
+        value,
         stats.connections,
         stats.requests_per_second,
         keys,
@@ -412,6 +570,125 @@ fn print_row(out: &mut impl Write, stats: &RunStats, earlier: &[RunStats]) {
         cpu(stats.loader_cpu),
         cpu(stats.server_cpu),
     );
+}
+
+/// `1000` as "1k", `10000000` as "10M": how key counts read in the table.
+pub fn count_label(count: u64) -> String {
+    match count {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+/// `65536` as "64KiB", `100` as "100B"; `0` (no value) as "-".
+pub fn bytes_label(bytes: usize) -> String {
+    match bytes {
+        0 => "-".into(),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{}MiB", n >> 20),
+        n if n >= 1 << 10 && n % (1 << 10) == 0 => format!("{}KiB", n >> 10),
+        n => format!("{n}B"),
+    }
+}
+
+/// What a chart of the runs has along its x axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChartAxis {
+    /// Keys stored before the run.
+    StoredKeys,
+    /// Bytes of each value written.
+    ValueSize,
+    /// Connections of the run.
+    Connections,
+}
+
+impl ChartAxis {
+    /// The first of stored keys, value sizes and connections that lists several values.
+    pub fn of(stored: &[u64], sizes: &[usize], connections: &[usize]) -> Option<Self> {
+        let several = |n: usize| n > 1;
+        if several(stored.len()) {
+            Some(ChartAxis::StoredKeys)
+        } else if several(sizes.len()) {
+            Some(ChartAxis::ValueSize)
+        } else if several(connections.len()) {
+            Some(ChartAxis::Connections)
+        } else {
+            None
+        }
+    }
+
+    fn x(self, stats: &RunStats) -> f64 {
+        match self {
+            ChartAxis::StoredKeys => stats.stored_keys as f64,
+            ChartAxis::ValueSize => stats.value_bytes as f64,
+            ChartAxis::Connections => stats.connections as f64,
+        }
+    }
+}
+
+/// Keys per second against `axis`, one curve per server and scenario (and per value of the
+/// other dimensions where they vary); the baseline's requests per second only against
+/// connections. Points on a log axis at 0 (no stored keys, reads' values) are left out.
+pub fn chart(all: &[RunStats], axis: ChartAxis) -> Chart {
+    let runs: Vec<&RunStats> = all
+        .iter()
+        .filter(|s| s.scenario.is_some() || axis == ChartAxis::Connections)
+        .collect();
+    let varies = |key: fn(&RunStats) -> u64| {
+        let first = runs.first().map(|s| key(s));
+        runs.iter().any(|s| Some(key(s)) != first)
+    };
+    let show_stored = axis != ChartAxis::StoredKeys && varies(|s| s.stored_keys);
+    let show_value = axis != ChartAxis::ValueSize && varies(|s| s.value_bytes as u64);
+    let show_connections = axis != ChartAxis::Connections && varies(|s| s.connections as u64);
+    let mut series: Vec<Series> = Vec::new();
+    for stats in runs {
+        let mut label = format!(
+            "{} {}",
+            stats.server,
+            stats.scenario.map_or("fixed body", Scenario::label)
+        );
+        if show_stored {
+            let _ = write!(label, ", {} stored", count_label(stats.stored_keys));
+        }
+        if show_value && stats.value_bytes > 0 {
+            let _ = write!(label, ", {} values", bytes_label(stats.value_bytes));
+        }
+        if show_connections {
+            let _ = write!(label, ", {} conns", stats.connections);
+        }
+        let y = match stats.scenario {
+            Some(_) => stats.keys_per_second,
+            None => stats.requests_per_second,
+        };
+        let point = (axis.x(stats), y);
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(curve) => curve.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    for curve in &mut series {
+        curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    let (title, x_label) = match axis {
+        ChartAxis::StoredKeys => (
+            "Storage throughput vs keys stored",
+            "keys stored before the run",
+        ),
+        ChartAxis::ValueSize => ("Storage throughput vs value size", "bytes per value"),
+        ChartAxis::Connections => ("Storage throughput vs connections", "connections"),
+    };
+    Chart {
+        title: title.into(),
+        x_label: x_label.into(),
+        y_label: "keys/s (baseline: requests/s)".into(),
+        x_scale: Scale::Log,
+        y_scale: Scale::Linear,
+        series,
+    }
 }
 
 /// One line per store and connection count measured with both: the transaction's keys per
@@ -487,39 +764,69 @@ fn baseline_request(addr: SocketAddr) -> Arc<RequestFn> {
     Arc::new(move |_, _, out: &mut Vec<u8>| out.extend_from_slice(&request))
 }
 
-fn storage_request(addr: SocketAddr, scenario: Scenario, token: u64) -> Arc<RequestFn> {
+fn storage_request(
+    addr: SocketAddr,
+    scenario: Scenario,
+    token: u64,
+    value_bytes: usize,
+    stored: u64,
+) -> Arc<RequestFn> {
     let headers = format!("Host: {addr}\r\nFencing-Token: {token}\r\n");
+    let value = "v".repeat(value_bytes);
     match scenario {
         Scenario::OneKey => {
-            let request = put("k0", &headers).into_bytes();
+            let request = put("k0", &headers, &value).into_bytes();
             Arc::new(move |_, _, out: &mut Vec<u8>| out.extend_from_slice(&request))
         }
         Scenario::Distinct => Arc::new(move |connection, seq, out: &mut Vec<u8>| {
-            out.extend_from_slice(put(&format!("k{connection}-{seq}"), &headers).as_bytes());
+            out.extend_from_slice(
+                put(&format!("k{connection}-{seq}"), &headers, &value).as_bytes(),
+            );
         }),
         Scenario::Txn => Arc::new(move |connection, seq, out: &mut Vec<u8>| {
             let ops: Vec<String> = (0..TXN_KEYS)
                 .map(|i| {
-                    format!(r#"{{"op":"write","key":"t{connection}-{seq}-{i}","val":"{VALUE}"}}"#)
+                    format!(r#"{{"op":"write","key":"t{connection}-{seq}-{i}","val":"{value}"}}"#)
                 })
                 .collect();
-            let body = format!(r#"{{"ops":[{}]}}"#, ops.join(","));
+            txn_request(out, &headers, &ops);
+        }),
+        Scenario::Read => Arc::new(move |connection, seq, out: &mut Vec<u8>| {
+            let key = spread(connection as u64, seq) % stored.max(1);
             let _ = write!(
                 out,
-                "POST /v1/txn?fence={FENCE} HTTP/1.1\r\n{headers}\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
+                "GET /v1/kv/f{key}?fence={FENCE} HTTP/1.1\r\n{headers}\r\n"
             );
         }),
     }
 }
 
-/// A fenced `PUT` of [`VALUE`] under `key`.
-fn put(key: &str, headers: &str) -> String {
+/// A fenced `POST /v1/txn` of `ops` (JSON objects).
+fn txn_request(out: &mut Vec<u8>, headers: &str, ops: &[String]) {
+    let body = format!(r#"{{"ops":[{}]}}"#, ops.join(","));
+    let _ = write!(
+        out,
+        "POST /v1/txn?fence={FENCE} HTTP/1.1\r\n{headers}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// A fenced `PUT` of `value` under `key`.
+fn put(key: &str, headers: &str, value: &str) -> String {
     format!(
-        "PUT /v1/kv/{key}?fence={FENCE} HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n{VALUE}",
-        VALUE.len()
+        "PUT /v1/kv/{key}?fence={FENCE} HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n{value}",
+        value.len()
     )
+}
+
+/// A well-mixed number for connection `connection`'s request `seq` (splitmix64), so that
+/// reads land all over the stored keys rather than in one cached corner.
+fn spread(connection: u64, seq: u64) -> u64 {
+    let mut z = (connection << 40 ^ seq).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// CPU time (user and system) used so far by process `pid` (`"self"` for this one), from
@@ -542,7 +849,7 @@ mod tests {
     fn a_transaction_writes_its_keys_under_the_fence_with_the_token() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut out = Vec::new();
-        storage_request(addr, Scenario::Txn, 1)(3, 7, &mut out);
+        storage_request(addr, Scenario::Txn, 1, 5, 0)(3, 7, &mut out);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("POST /v1/txn?fence=/fencelock-bench HTTP/1.1\r\n"));
@@ -556,7 +863,7 @@ mod tests {
     #[test]
     fn distinct_writes_never_repeat_a_key() {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let request = storage_request(addr, Scenario::Distinct, 9);
+        let request = storage_request(addr, Scenario::Distinct, 9, 5, 0);
         let line = |connection, seq| {
             let mut out = Vec::new();
             request(connection, seq, &mut out);
@@ -573,6 +880,72 @@ mod tests {
         );
         assert_ne!(line(1, 1), line(0, 1));
         assert_ne!(line(0, 2), line(0, 1));
+    }
+
+    #[test]
+    fn reads_spread_over_the_stored_keys_and_name_the_fence() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let request = storage_request(addr, Scenario::Read, 4, 0, 1000);
+        let mut keys = std::collections::BTreeSet::new();
+        for seq in 0..200 {
+            let mut out = Vec::new();
+            request(seq as usize % 3, seq, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(text.contains("\r\nFencing-Token: 4\r\n"), "{text}");
+            assert!(text.ends_with("\r\n\r\n"), "{text}");
+            let path = text.split(' ').nth(1).unwrap();
+            let key = path.strip_prefix("/v1/kv/f").unwrap();
+            let (index, query) = key.split_once('?').unwrap();
+            assert_eq!(query, "fence=/fencelock-bench");
+            let index: u64 = index.parse().unwrap();
+            assert!(index < 1000);
+            keys.insert(index);
+        }
+        // 200 draws from 1,000 keys: nearly all distinct if they are spread.
+        assert!(keys.len() > 150, "{} distinct keys", keys.len());
+    }
+
+    #[test]
+    fn values_have_the_size_asked() {
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut out = Vec::new();
+        storage_request(addr, Scenario::OneKey, 1, 65536, 0)(0, 0, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert_eq!(body.len(), 65536);
+        assert!(head.contains("\r\nContent-Length: 65536"));
+    }
+
+    #[test]
+    fn counts_and_sizes_read_as_in_the_table() {
+        assert_eq!(count_label(0), "0");
+        assert_eq!(count_label(1000), "1k");
+        assert_eq!(count_label(10_000_000), "10M");
+        assert_eq!(count_label(1500), "1500");
+        assert_eq!(bytes_label(0), "-");
+        assert_eq!(bytes_label(100), "100B");
+        assert_eq!(bytes_label(65536), "64KiB");
+        assert_eq!(bytes_label(1 << 20), "1MiB");
+    }
+
+    #[test]
+    fn large_values_raise_the_storage_limits_and_small_ones_keep_the_defaults() {
+        let run = |scenario, value_bytes| Run {
+            store: Store::InMemory,
+            scenario,
+            stored: 0,
+            value_bytes,
+            connections: 32,
+            token: 1,
+            verify: None,
+        };
+        assert!(run(Scenario::Txn, 5).limits().is_empty());
+        let args = run(Scenario::Txn, 65536).limits();
+        assert_eq!(args[0], "--max-body");
+        let body: usize = args[1].parse().unwrap();
+        assert!(body > TXN_KEYS * 65536, "{body}");
+        let queued: usize = args[3].parse().unwrap();
+        assert!(queued >= 32 * body);
     }
 
     #[test]

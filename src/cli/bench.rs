@@ -12,6 +12,8 @@ use super::{
     EtcdConnect, announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted,
 };
 use crate::bench::baseline;
+use crate::bench::chart::Chart;
+use crate::bench::commit;
 use crate::bench::lock::{self, Service};
 use crate::bench::storage::{self, Scenario, Store};
 
@@ -26,6 +28,8 @@ pub enum BenchCommand {
     /// lockd's resident memory per held lock: sessions each holding a lock of their own, on
     /// a fresh in-memory lockd per count.
     Memory(BenchMemoryArgs),
+    /// How long one durable commit of the storage's engine takes, by keys per commit.
+    Commit(BenchCommitArgs),
     /// The storage benchmark's baseline server (started by the benchmark): every request is
     /// answered with the same small body.
     #[command(hide = true)]
@@ -78,6 +82,9 @@ pub struct BenchLockArgs {
     /// count (e.g. `0,10000`): what watchers elsewhere cost a lock cycle.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     idle_watchers: Vec<usize>,
+    /// Also draw cycles/s against sessions as an SVG chart into this file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -91,7 +98,8 @@ pub struct BenchStorageArgs {
     )]
     stores: Vec<Store>,
     /// Scenarios run on each store, comma-separated: `one-key` (every write to one key),
-    /// `distinct` (every write to a new key), `txn` (transactions of 16 new keys).
+    /// `distinct` (every write to a new key), `txn` (transactions of 16 new keys), `read`
+    /// (reads of stored keys, picked at random; needs --stored-keys).
     #[arg(
         long,
         value_delimiter = ',',
@@ -112,6 +120,18 @@ pub struct BenchStorageArgs {
     /// benchmark's own (`fencelock storage --verify-tokens`), right after the plain run.
     #[arg(long)]
     verify_tokens: bool,
+    /// Keys written into each storage before its run is measured, comma-separated, one set
+    /// of runs per count (e.g. `1000,1000000,10000000`; `k` and `M` are accepted: `1k,1M,10M`).
+    #[arg(long, value_name = "COUNTS", value_delimiter = ',', default_value = "0", value_parser = parse_count)]
+    stored_keys: Vec<u64>,
+    /// Bytes of every measured write's value, comma-separated, one set of runs per size
+    /// (e.g. `100,1KiB,16KiB,64KiB`).
+    #[arg(long, value_name = "BYTES", value_delimiter = ',', default_value = "5", value_parser = parse_bytes)]
+    value_size: Vec<usize>,
+    /// Also draw keys/s as an SVG chart into this file, against whichever of --stored-keys,
+    /// --value-size or --connections lists several values.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -119,6 +139,26 @@ pub struct BenchMemoryArgs {
     /// Held locks per run, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
     sessions: Vec<usize>,
+}
+
+#[derive(Args)]
+pub struct BenchCommitArgs {
+    /// Keys per commit, comma-separated, one run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256,1024,4096")]
+    batch: Vec<usize>,
+    /// Time measured per batch size (at least 10 commits). 500ms, 2s, 1m or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration::parse_positive)]
+    duration: Duration,
+    /// Bytes of each key's value (`100`, `1KiB`, ...).
+    #[arg(long, value_name = "BYTES", default_value = "100", value_parser = parse_bytes)]
+    value_size: usize,
+    /// Directory on the disk to measure; the engines' directories are made in it and removed.
+    /// The system's temporary directory by default.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Also draw the latencies against keys per commit as an SVG chart into this file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -133,6 +173,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<u8> {
         BenchCommand::Lock(args) => bench_lock(*args).await,
         BenchCommand::Storage(args) => bench_storage(args).await,
         BenchCommand::Memory(args) => bench_memory(args).await,
+        BenchCommand::Commit(args) => bench_commit(args).await,
         BenchCommand::Baseline(args) => serve_baseline(args).await,
     }
 }
@@ -159,6 +200,20 @@ async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {
     if args.connections.is_empty() || args.connections.contains(&0) {
         return Err(exit::usage("--connections must be positive numbers"));
     }
+    if args.value_size.contains(&0) {
+        return Err(exit::usage("--value-size must be positive sizes"));
+    }
+    if args.scenarios.contains(&Scenario::Read) && args.stored_keys.contains(&0) {
+        return Err(exit::usage(
+            "--scenarios read needs --stored-keys of at least 1: it reads stored keys",
+        ));
+    }
+    let axis = match &args.svg {
+        Some(_) => Some(storage::ChartAxis::of(&args.stored_keys, &args.value_size, &args.connections).ok_or_else(|| {
+            exit::usage("--svg needs several values in one of --stored-keys, --value-size or --connections")
+        })?),
+        None => None,
+    };
     let options = storage::Options {
         binary: current_exe()?,
         stores: args.stores,
@@ -167,6 +222,8 @@ async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {
         duration: args.duration,
         policy: args.fencing,
         verify_tokens: args.verify_tokens,
+        stored_keys: args.stored_keys,
+        value_sizes: args.value_size,
     };
     // Interrupted, the benchmark is dropped, which stops the servers it started.
     let work = async {
@@ -174,8 +231,89 @@ async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {
             .await
             .context("storage benchmark failed")
     };
-    unless_interrupted(work).await?;
+    let all = unless_interrupted(work).await?;
+    if let (Some(path), Some(axis)) = (&args.svg, axis) {
+        write_chart(&storage::chart(&all, axis), path)?;
+    }
     Ok(exit::SUCCESS)
+}
+
+async fn bench_commit(args: BenchCommitArgs) -> anyhow::Result<u8> {
+    if args.batch.is_empty() || args.batch.contains(&0) {
+        return Err(exit::usage("--batch must be positive numbers"));
+    }
+    if args.svg.is_some() && args.batch.len() < 2 {
+        return Err(exit::usage(
+            "--svg needs several --batch sizes: it draws latency against them",
+        ));
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let options = commit::Options {
+        batches: args.batch,
+        duration: args.duration,
+        value_bytes: args.value_size,
+        dir: args.dir,
+        stop: stop.clone(),
+    };
+    // The engine syncs: blocking work, off the runtime's threads. Interrupted, it is told to
+    // stop and waited for, so that its directory is removed.
+    let mut work =
+        tokio::task::spawn_blocking(move || commit::run(&options, &mut std::io::stdout()));
+    let joined = tokio::select! {
+        joined = &mut work => joined,
+        () = shutdown_signal() => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = work.await;
+            return Err(exit::Interrupted.into());
+        }
+    };
+    let all = joined
+        .context("the commit benchmark's thread failed")?
+        .context("commit benchmark failed")?;
+    if let Some(path) = &args.svg {
+        write_chart(&commit::chart(&all), path)?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// Writes `chart` to `path` and says where it went.
+fn write_chart(chart: &Chart, path: &std::path::Path) -> anyhow::Result<()> {
+    crate::bench::chart::write(chart, path)
+        .with_context(|| format!("cannot write the chart to {}", path.display()))?;
+    println!("chart written to {}", path.display());
+    Ok(())
+}
+
+/// A count with an optional `k` (thousand) or `M` (million): `1000`, `1k`, `10M`.
+fn parse_count(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, factor) = match text.strip_suffix('M') {
+        Some(number) => (number, 1_000_000),
+        None => match text.strip_suffix('k') {
+            Some(number) => (number, 1_000),
+            None => (text, 1),
+        },
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?} is not a count (1000, 1k, 10M)"))
+}
+
+/// A size in bytes with an optional `B`, `KiB` or `MiB`: `100`, `100B`, `64KiB`, `1MiB`.
+fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (number, factor) = [("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
+        .iter()
+        .find_map(|&(unit, factor)| text.strip_suffix(unit).map(|n| (n, factor)))
+        .unwrap_or((text, 1));
+    number
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?} is not a size in bytes (100, 100B, 64KiB, 1MiB)"))
 }
 
 async fn serve_baseline(args: BaselineArgs) -> anyhow::Result<u8> {
@@ -193,6 +331,11 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {
     }
     if args.sessions.contains(&0) {
         return Err(exit::usage("--sessions must be positive numbers"));
+    }
+    if args.svg.is_some() && args.sessions.len() < 2 {
+        return Err(exit::usage(
+            "--svg needs several --sessions: it draws cycles/s against them",
+        ));
     }
     let mut watch_starts = args.watch_start;
     if args.go_watch && !watch_starts.contains(&WatchStart::AtRange) {
@@ -216,6 +359,34 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {
             .await
             .context("lock benchmark failed")
     };
-    unless_interrupted(work).await?;
+    let all = unless_interrupted(work).await?;
+    if let Some(path) = &args.svg {
+        write_chart(&lock::chart(&all), path)?;
+    }
     Ok(exit::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_take_thousands_and_millions() {
+        assert_eq!(parse_count("1000"), Ok(1000));
+        assert_eq!(parse_count("1k"), Ok(1000));
+        assert_eq!(parse_count("10M"), Ok(10_000_000));
+        assert!(parse_count("1.5M").is_err());
+        assert!(parse_count("ten").is_err());
+        assert!(parse_count("99999999999999999999M").is_err());
+    }
+
+    #[test]
+    fn sizes_take_bytes_kibibytes_and_mebibytes() {
+        assert_eq!(parse_bytes("100"), Ok(100));
+        assert_eq!(parse_bytes("100B"), Ok(100));
+        assert_eq!(parse_bytes("64KiB"), Ok(65536));
+        assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert!(parse_bytes("64KB").is_err());
+        assert!(parse_bytes("").is_err());
+    }
 }

@@ -23,7 +23,7 @@
 #[cfg(feature = "storage")]
 mod auth;
 #[cfg(feature = "storage")]
-mod backend;
+pub mod backend;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod fence;
