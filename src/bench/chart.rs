@@ -452,6 +452,25 @@ impl Chart {
     }
 }
 
+/// Curves from labelled points: one per label, in order of first appearance, each sorted
+/// by x.
+pub fn curves(points: impl IntoIterator<Item = (String, (f64, f64))>) -> Vec<Series> {
+    let mut series: Vec<Series> = Vec::new();
+    for (label, point) in points {
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(curve) => curve.points.push(point),
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    }
+    for curve in &mut series {
+        curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    series
+}
+
 /// Writes `chart` to `path` as SVG (creating or replacing the file).
 pub fn write(chart: &Chart, path: &Path) -> std::io::Result<()> {
     std::fs::write(path, chart.to_svg())

@@ -9,7 +9,7 @@
 //! at the Range's own revision, as etcd's Go client does, to show what starting after it
 //! gains, and with idle watchers on keys no cycle touches, to show what they cost a cycle.
 
-use super::chart::{Chart, Scale, Series};
+use super::chart::{Chart, Scale, curves};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -204,7 +204,7 @@ pub fn chart(all: &[RunStats]) -> Chart {
     let idle_varies = all
         .iter()
         .any(|s| Some(s.idle_watchers) != all.first().map(|f| f.idle_watchers));
-    let mut series: Vec<Series> = Vec::new();
+    let mut labelled = Vec::new();
     for stats in all {
         let mut label = format!(
             "{}, watch {}",
@@ -215,17 +215,9 @@ pub fn chart(all: &[RunStats]) -> Chart {
             label.push_str(&format!(", {} idle watchers", stats.idle_watchers));
         }
         let point = (stats.sessions as f64, stats.cycles_per_second());
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(curve) => curve.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        labelled.push((label, point));
     }
-    for curve in &mut series {
-        curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
+    let series = curves(labelled);
     Chart {
         title: "Lock hand-over vs waiters".into(),
         x_label: "contending sessions".into(),

@@ -37,7 +37,7 @@ use fencelock::process::{ServerProcess, SpawnError};
 use fencelock::storage::{Policy, limits};
 
 use super::baseline::{BaselineError, BaselineProcess};
-use super::chart::{Chart, Scale, Series};
+use super::chart::{Chart, Scale, curves};
 use super::http_load::{self, LoadError, LoadStats, RequestFn};
 
 /// The lock name every benchmark write is fenced under.
@@ -641,7 +641,7 @@ pub fn chart(all: &[RunStats], axis: ChartAxis) -> Chart {
     let show_stored = axis != ChartAxis::StoredKeys && varies(|s| s.stored_keys);
     let show_value = axis != ChartAxis::ValueSize && varies(|s| s.value_bytes as u64);
     let show_connections = axis != ChartAxis::Connections && varies(|s| s.connections as u64);
-    let mut series: Vec<Series> = Vec::new();
+    let mut labelled = Vec::new();
     for stats in runs {
         let mut label = format!(
             "{} {}",
@@ -662,17 +662,9 @@ pub fn chart(all: &[RunStats], axis: ChartAxis) -> Chart {
             None => stats.requests_per_second,
         };
         let point = (axis.x(stats), y);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(curve) => curve.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        labelled.push((label, point));
     }
-    for curve in &mut series {
-        curve.points.sort_by(|a, b| a.0.total_cmp(&b.0));
-    }
+    let series = curves(labelled);
     let (title, x_label) = match axis {
         ChartAxis::StoredKeys => (
             "Storage throughput vs keys stored",
