@@ -22,7 +22,8 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
         .expect("run fencelock bench storage");
     let stdout = crate::support::proc::stdout_of_success(&output);
 
-    // 2. One row per server and scenario: `server scenario conns requests/s keys/s ...`.
+    // 2. One row per server and scenario, read by the header's column names.
+    let col = column_of(&stdout);
     let row = |server: &str, scenario: &str| -> Vec<String> {
         let rows: Vec<Vec<String>> = stdout
             .lines()
@@ -39,14 +40,17 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
         assert!(value > 0.0, "{what}: {value}");
     };
     let baseline = row("baseline", "fixed");
-    assert_eq!(baseline[2], "1", "connections");
-    positive(&baseline[3], "baseline requests/s");
+    assert_eq!(baseline[col("conns")], "1", "connections");
+    positive(&baseline[col("requests/s")], "baseline requests/s");
     for store in ["durable", "in-memory"] {
         for scenario in ["one-key", "distinct", "txn"] {
             let cols = row(store, scenario);
-            assert_eq!(cols[2], "1", "connections of {store} {scenario}");
-            positive(&cols[3], &format!("{store} {scenario} requests/s"));
-            positive(&cols[4], &format!("{store} {scenario} keys/s"));
+            assert_eq!(cols[col("conns")], "1", "connections of {store} {scenario}");
+            positive(
+                &cols[col("requests/s")],
+                &format!("{store} {scenario} requests/s"),
+            );
+            positive(&cols[col("keys/s")], &format!("{store} {scenario} keys/s"));
             assert!(
                 cols.iter().any(|c| c.ends_with('%')),
                 "{store} {scenario} has its share of the baseline"
@@ -85,6 +89,7 @@ fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
         .output()
         .expect("run fencelock bench storage");
     let stdout = crate::support::proc::stdout_of_success(&output);
+    let col = column_of(&stdout);
     // Both rows, and the ratio between them (the loader fails a run on any answer but 2xx,
     // so a verified row means verified writes were accepted).
     for server in ["in-memory", "in-memory+verify"] {
@@ -93,7 +98,7 @@ fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
             .map(|l| l.split_whitespace().collect::<Vec<_>>())
             .find(|cols| cols.len() > 4 && cols[0] == server && cols[1] == "one-key")
             .unwrap_or_else(|| panic!("no row for {server}"));
-        let keys: f64 = cols[4].parse().unwrap();
+        let keys: f64 = cols[col("keys/s")].parse().unwrap();
         assert!(keys > 0.0, "{server} wrote keys");
     }
     let ratio = stdout
@@ -105,4 +110,88 @@ fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
         .expect("the verified/plain ratio line");
     let ratio: f64 = ratio.parse().unwrap();
     assert!(ratio > 0.0);
+}
+
+#[test]
+fn reads_of_a_filled_storage_and_large_values_are_measured_and_charted() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let svg = dir.path().join("keys.svg");
+    let output = Command::new(fencelock_bin())
+        .args([
+            "bench",
+            "storage",
+            "--duration",
+            "300ms",
+            "--connections",
+            "2",
+            "--stores",
+            "in-memory",
+            "--scenarios",
+            "read,distinct",
+            "--stored-keys",
+            "10,3k",
+            "--value-size",
+            "64KiB",
+            "--svg",
+        ])
+        .arg(&svg)
+        .output()
+        .expect("run fencelock bench storage");
+    let stdout = crate::support::proc::stdout_of_success(&output);
+    let col = column_of(&stdout);
+    // One row per scenario and stored-key count, each with its count and value size.
+    for scenario in ["read", "distinct"] {
+        for stored in ["10", "3k"] {
+            let cols: Vec<&str> = stdout
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .find(|cols| {
+                    cols.len() > 4
+                        && cols[0] == "in-memory"
+                        && cols[1] == scenario
+                        && cols[col("stored")] == stored
+                })
+                .unwrap_or_else(|| panic!("no row for {scenario} over {stored} keys:\n{stdout}"));
+            // Reads write no value; the writes' values are the size asked for.
+            let value = if scenario == "read" { "-" } else { "64KiB" };
+            assert_eq!(cols[col("value")], value, "{scenario} {stored}");
+            let keys: f64 = cols[col("keys/s")].parse().unwrap();
+            assert!(keys > 0.0, "{scenario} over {stored} keys");
+        }
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the chart was written");
+    assert!(
+        chart.starts_with("<svg") || chart.starts_with("<?xml"),
+        "{chart}"
+    );
+    assert!(chart.contains("read"), "the chart names the read curve");
+}
+
+#[test]
+fn a_read_without_stored_keys_is_refused_in_one_line() {
+    let output = Command::new(fencelock_bin())
+        .args(["bench", "storage", "--scenarios", "read"])
+        .output()
+        .expect("run fencelock bench storage");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("stored"), "{stderr}");
+}
+
+/// The index of a column in the table, by its name in the header line (the names before
+/// the first two-word name, "of base", are one word each, so the index is also the row's).
+fn column_of(stdout: &str) -> impl Fn(&str) -> usize + '_ {
+    let header: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.starts_with("server "))
+        .unwrap_or_else(|| panic!("no header line in:\n{stdout}"))
+        .split_whitespace()
+        .collect();
+    move |name| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no column {name:?} in {header:?}"))
+    }
 }
