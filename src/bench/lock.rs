@@ -5,7 +5,9 @@
 //! that neither shares the benchmark's threads.
 //!
 //! Each cycle is one `lock` (including the wait for the sessions ahead) and one `unlock`,
-//! timed from the lock call to the unlock's answer. Runs can repeat with the watch starting
+//! timed from the lock call to the unlock's answer. A run's window opens once every session
+//! has finished one cycle (the queue is full and the sessions' first enqueuing burst is
+//! over) and lasts the run's duration; cycles ending in it are counted. Runs can repeat with the watch starting
 //! at the Range's own revision, as etcd's Go client does, to show what starting after it
 //! gains, and with idle watchers on keys no cycle touches, to show what they cost a cycle.
 
@@ -68,6 +70,9 @@ pub struct Options {
     pub watch_starts: Vec<WatchStart>,
     /// Watchers held open on keys no cycle touches, one set of runs per count.
     pub idle_watchers: Vec<usize>,
+    /// Times every case is run, one round of all cases after the other, so that a ratio
+    /// between two cases can be taken within each round and its spread seen.
+    pub rounds: usize,
 }
 
 /// Errors that stop the benchmark.
@@ -93,6 +98,8 @@ pub struct RunStats {
     pub sessions: usize,
     pub watch_start: WatchStart,
     pub idle_watchers: usize,
+    /// Which round of [`Options::rounds`] this run belongs to, from 1.
+    pub round: usize,
     pub cycles: u64,
     pub elapsed: Duration,
     pub median: Duration,
@@ -142,24 +149,38 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
 }
 
 /// Per service: cycles/s with the most sessions over cycles/s with 8 (or the fewest), and
-/// with idle watchers over without; each pair from the same run.
+/// with idle watchers over without; each pair from the same round. With several rounds,
+/// each ratio is printed as the median of its rounds' with their range.
 fn scaling(all: &[RunStats], out: &mut impl Write) {
-    let rate = |service: &str, sessions: usize, start: WatchStart, idle: usize| {
+    let rate = |like: &RunStats, sessions: usize, idle: usize| {
         all.iter()
             .find(|s| {
-                s.service == service
+                s.service == like.service
+                    && s.round == like.round
                     && s.sessions == sessions
-                    && s.watch_start == start
+                    && s.watch_start == like.watch_start
                     && s.idle_watchers == idle
             })
             .map(RunStats::cycles_per_second)
     };
+    // What each ratio compares, in the order first met, and its (ratio, over, under) per round.
+    type PerRound = Vec<(f64, f64, f64)>;
+    let mut ratios: Vec<(String, PerRound)> = Vec::new();
+    let mut add = |what: String, over: f64, under: f64| {
+        let at = match ratios.iter().position(|(w, _)| *w == what) {
+            Some(at) => at,
+            None => {
+                ratios.push((what, Vec::new()));
+                ratios.len() - 1
+            }
+        };
+        ratios[at].1.push((over / under, over, under));
+    };
     for stats in all {
         let (service, start, idle) = (stats.service, stats.watch_start, stats.idle_watchers);
-        let same = |s: &&RunStats| s.service == service && s.watch_start == start;
         let sessions: Vec<usize> = all
             .iter()
-            .filter(same)
+            .filter(|s| s.service == service && s.watch_start == start && s.round == stats.round)
             .filter(|s| s.idle_watchers == idle)
             .map(|s| s.sessions)
             .collect();
@@ -171,35 +192,63 @@ fn scaling(all: &[RunStats], out: &mut impl Write) {
         };
         if stats.sessions == most
             && most > base
-            && let Some(low) = rate(service, base, start, idle)
+            && let Some(low) = rate(stats, base, idle)
         {
-            let _ = writeln!(
-                out,
-                "{service} cycles/s, {most} over {base} sessions, watch {}, {idle} idle: {:.2} ({:.0} / {:.0})",
-                watch_start_label(start),
-                stats.cycles_per_second() / low,
+            add(
+                format!(
+                    "{service} cycles/s, {most} over {base} sessions, watch {}, {idle} idle",
+                    watch_start_label(start)
+                ),
                 stats.cycles_per_second(),
-                low
+                low,
             );
         }
         if idle > 0
-            && let Some(quiet) = rate(service, stats.sessions, start, 0)
+            && let Some(quiet) = rate(stats, stats.sessions, 0)
         {
-            let _ = writeln!(
-                out,
-                "{service} cycles/s, {idle} over 0 idle watchers, {} session(s), watch {}: {:.2} ({:.0} / {:.0})",
-                stats.sessions,
-                watch_start_label(start),
-                stats.cycles_per_second() / quiet,
+            add(
+                format!(
+                    "{service} cycles/s, {idle} over 0 idle watchers, {} session(s), watch {}",
+                    stats.sessions,
+                    watch_start_label(start)
+                ),
                 stats.cycles_per_second(),
-                quiet
+                quiet,
             );
         }
+    }
+    for (what, mut rounds) in ratios {
+        let _ = match rounds.as_slice() {
+            [(ratio, over, under)] => {
+                writeln!(out, "{what}: {ratio:.2} ({over:.0} / {under:.0})")
+            }
+            _ => {
+                rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.0)).collect();
+                writeln!(
+                    out,
+                    "{what}: {:.2} median of {} rounds ({})",
+                    median_of_sorted(&rounds.iter().map(|r| r.0).collect::<Vec<_>>()),
+                    rounds.len(),
+                    each.join(", ")
+                )
+            }
+        };
+    }
+}
+
+/// The middle of sorted `values` (the mean of the two middle ones for an even count).
+fn median_of_sorted(values: &[f64]) -> f64 {
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
 /// Cycles per second against contending sessions, one curve per service and watch start
-/// (and per count of idle watchers, where that varies).
+/// (and per count of idle watchers, where that varies); with several rounds, each point is
+/// the median of its rounds.
 pub fn chart(all: &[RunStats]) -> Chart {
     let idle_varies = all
         .iter()
@@ -214,10 +263,20 @@ pub fn chart(all: &[RunStats]) -> Chart {
         if idle_varies {
             label.push_str(&format!(", {} idle watchers", stats.idle_watchers));
         }
-        let point = (stats.sessions as f64, stats.cycles_per_second());
-        labelled.push((label, point));
+        let x = stats.sessions as f64;
+        // With several rounds, a point is the median of its rounds.
+        match labelled
+            .iter_mut()
+            .find(|(l, px, _): &&mut (String, f64, Vec<f64>)| *l == label && *px == x)
+        {
+            Some((_, _, ys)) => ys.push(stats.cycles_per_second()),
+            None => labelled.push((label, x, vec![stats.cycles_per_second()])),
+        }
     }
-    let series = curves(labelled);
+    let series = curves(labelled.into_iter().map(|(label, x, mut ys)| {
+        ys.sort_by(f64::total_cmp);
+        (label, (x, median_of_sorted(&ys)))
+    }));
     Chart {
         title: "Lock hand-over vs waiters".into(),
         x_label: "contending sessions".into(),
@@ -285,9 +344,11 @@ impl IdleWatchers {
 
 /// One line per (sessions, watch start) measured on both: lockd's median over etcd's.
 fn compare(all: &[RunStats], out: &mut impl Write) {
+    let rounds = all.iter().any(|s| s.round > 1);
     for lockd in all.iter().filter(|s| s.service == "lockd") {
         let etcd = all.iter().find(|s| {
             s.service == "etcd"
+                && s.round == lockd.round
                 && s.sessions == lockd.sessions
                 && s.watch_start == lockd.watch_start
                 && s.idle_watchers == lockd.idle_watchers
@@ -295,9 +356,13 @@ fn compare(all: &[RunStats], out: &mut impl Write) {
         if let Some(etcd) = etcd {
             let _ = writeln!(
                 out,
-                "lockd/etcd median, {} session(s), watch {}: {:.2} ({:.2?} / {:.2?})",
+                "lockd/etcd median, {} session(s), watch {}{}: {:.2} ({:.2?} / {:.2?})",
                 lockd.sessions,
                 watch_start_label(lockd.watch_start),
+                match rounds {
+                    true => format!(", round {}", lockd.round),
+                    false => String::new(),
+                },
                 lockd.median.as_secs_f64() / etcd.median.as_secs_f64(),
                 lockd.median,
                 etcd.median
@@ -318,13 +383,30 @@ async fn run_service(
     let version = status.map_or_else(|_| "?".into(), |s| s.into_inner().version);
     let label = format!("{service} {version}, {}x", endpoints.len());
     let mut all = Vec::new();
+    for round in 1..=options.rounds.max(1) {
+        all.extend(run_round(&client, service, &label, round, options, out).await?);
+    }
+    Ok(all)
+}
+
+/// Every case once: per count of idle watchers, per watch start, per count of sessions.
+async fn run_round(
+    client: &Client,
+    service: &'static str,
+    label: &str,
+    round: usize,
+    options: &Options,
+    out: &mut impl Write,
+) -> Result<Vec<RunStats>, BenchError> {
+    let mut all = Vec::new();
     for &idle in &options.idle_watchers {
-        let _idle = IdleWatchers::start(&client, idle).await?;
+        let _idle = IdleWatchers::start(client, idle).await?;
         for &watch_start in &options.watch_starts {
             for &sessions in &options.sessions {
-                let mut stats = run_case(&client, sessions, watch_start, options.duration).await?;
+                let mut stats = run_case(client, sessions, watch_start, options.duration).await?;
                 stats.service = service;
                 stats.idle_watchers = idle;
+                stats.round = round;
                 let _ = writeln!(
                     out,
                     "{:<24}  {:>8}  {:<22}  {:>6}  {:>7}  {:>9.0}  {:>10.2?}  {:>10.2?}",
@@ -342,6 +424,42 @@ async fn run_service(
         }
     }
     Ok(all)
+}
+
+/// The measured window of one run: it opens when the last of `sessions` has finished its
+/// first cycle and closes `duration` later.
+struct Window {
+    sessions: usize,
+    duration: Duration,
+    warmed: std::sync::atomic::AtomicUsize,
+    span: std::sync::OnceLock<(Instant, Instant)>,
+}
+
+impl Window {
+    fn new(sessions: usize, duration: Duration) -> Self {
+        Window {
+            sessions,
+            duration,
+            warmed: std::sync::atomic::AtomicUsize::new(0),
+            span: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// A session finished its first cycle at `at`; the last one opens the window.
+    fn warmed(&self, at: Instant) {
+        let done = self
+            .warmed
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
+        if done == self.sessions {
+            let _ = self.span.set((at, at + self.duration));
+        }
+    }
+
+    /// Where the window starts and ends, once it is open.
+    fn span(&self) -> Option<(Instant, Instant)> {
+        self.span.get().copied()
+    }
 }
 
 fn watch_start_label(start: WatchStart) -> &'static str {
@@ -381,23 +499,36 @@ async fn run_case(
     let histogram = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
     ));
-    let started = Instant::now();
-    let until = started + duration;
+    // The measured window opens once every session has finished a cycle in the contended
+    // run (so the queue is as long as it will be, and the first enqueuing burst of all
+    // sessions is behind), and lasts `duration`. Cycles are counted by when they end.
+    let window = Arc::new(Window::new(sessions, duration));
     let mut tasks = tokio::task::JoinSet::new();
     for session in &all {
         let session = session.clone();
-        let (name, histogram) = (name.clone(), Arc::clone(&histogram));
+        let (name, histogram, window) = (name.clone(), Arc::clone(&histogram), Arc::clone(&window));
         tasks.spawn(async move {
             let mut cycles = 0u64;
-            while Instant::now() < until {
+            let mut first = true;
+            loop {
                 let cycle = Instant::now();
                 session.lock_with(&name, options).await?.unlock().await?;
-                let micros = cycle.elapsed().as_micros() as u64;
-                histogram
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .saturating_record(micros.max(1));
-                cycles += 1;
+                let ended = Instant::now();
+                if std::mem::take(&mut first) {
+                    window.warmed(ended);
+                }
+                match window.span() {
+                    Some((_, end)) if ended >= end => break,
+                    Some((start, _)) if ended >= start => {
+                        let micros = (ended - cycle).as_micros() as u64;
+                        histogram
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .saturating_record(micros.max(1));
+                        cycles += 1;
+                    }
+                    _ => {}
+                }
             }
             Ok::<_, fencelock::lock::Error>(cycles)
         });
@@ -408,7 +539,7 @@ async fn run_case(
     while let Some(joined) = tasks.join_next().await {
         cycles += joined??;
     }
-    let elapsed = started.elapsed();
+    let elapsed = duration;
     for session in all {
         session.close().await?;
     }
@@ -418,9 +549,94 @@ async fn run_case(
         sessions,
         watch_start,
         idle_watchers: 0,
+        round: 1,
         cycles,
         elapsed,
         median: Duration::from_micros(histogram.value_at_quantile(0.5)),
         p99: Duration::from_micros(histogram.value_at_quantile(0.99)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(sessions: usize, idle: usize, round: usize, cycles: u64) -> RunStats {
+        RunStats {
+            service: "lockd",
+            sessions,
+            watch_start: WatchStart::Latest,
+            idle_watchers: idle,
+            round,
+            cycles,
+            elapsed: Duration::from_secs(1),
+            median: Duration::from_millis(1),
+            p99: Duration::from_millis(2),
+        }
+    }
+
+    fn printed(all: &[RunStats]) -> String {
+        let mut out = Vec::new();
+        scaling(all, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn one_round_prints_each_ratio_with_its_two_rates() {
+        let text = printed(&[stats(8, 0, 1, 2000), stats(1024, 0, 1, 1800)]);
+        assert_eq!(
+            text,
+            "lockd cycles/s, 1024 over 8 sessions, watch now (+ read if needed), 0 idle: 0.90 (1800 / 2000)\n"
+        );
+    }
+
+    #[test]
+    fn several_rounds_print_the_median_of_the_ratios_taken_within_each_round() {
+        let all = [
+            stats(8, 0, 1, 2000),
+            stats(1024, 0, 1, 1000),
+            stats(8, 0, 2, 1000),
+            stats(1024, 0, 2, 900),
+            stats(8, 0, 3, 1000),
+            stats(1024, 0, 3, 800),
+        ];
+        // Within rounds: 0.5, 0.9, 0.8; across rounds the rates would give other figures.
+        let text = printed(&all);
+        assert_eq!(
+            text,
+            "lockd cycles/s, 1024 over 8 sessions, watch now (+ read if needed), 0 idle: 0.80 median of 3 rounds (0.50, 0.80, 0.90)\n"
+        );
+    }
+
+    #[test]
+    fn idle_watchers_are_compared_with_none_in_the_same_round() {
+        let all = [
+            stats(1, 0, 1, 1000),
+            stats(1, 10_000, 1, 950),
+            stats(1, 0, 2, 2000),
+            stats(1, 10_000, 2, 2100),
+        ];
+        let text = printed(&all);
+        assert!(
+            text.contains(
+                "lockd cycles/s, 10000 over 0 idle watchers, 1 session(s), watch now (+ read if needed): 1.00 median of 2 rounds (0.95, 1.05)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_chart_point_is_the_median_of_its_rounds() {
+        let all = [
+            stats(1, 0, 1, 100),
+            stats(8, 0, 1, 80),
+            stats(1, 0, 2, 300),
+            stats(8, 0, 2, 60),
+            stats(1, 0, 3, 200),
+            stats(8, 0, 3, 70),
+        ];
+        let chart = chart(&all);
+        assert_eq!(chart.series.len(), 1);
+        assert_eq!(chart.series[0].points, vec![(1.0, 200.0), (8.0, 70.0)]);
+    }
 }

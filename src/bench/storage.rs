@@ -14,6 +14,9 @@
 //! (transactions of [`FILL_TXN_KEYS`] fenced writes of [`FILL_VALUE_BYTES`]-byte values, on
 //! [`FILL_CONNECTIONS`] connections, untimed), and `--value-size` sets the size of every
 //! measured write's value: how throughput grows with what the store holds and carries.
+//! After the fill, a run waits until the storage's CPU is quiet (the durable engine has
+//! flushed and compacted what the fill wrote; see [`SETTLED_CPU_SHARE`]), so it measures a
+//! store at rest rather than one still digesting a bulk load.
 //!
 //! With `--verify-tokens` every run is made twice in a row, on a plain storage and on one
 //! started with `--verify-tokens` against a lockd of the benchmark's own, under a lock the
@@ -58,6 +61,18 @@ pub const FILL_TXN_KEYS: usize = fencelock::storage::wire::MAX_TXN_OPS;
 
 /// Connections the fill keeps busy.
 pub const FILL_CONNECTIONS: usize = 4;
+
+/// After a fill, the window over which the storage's CPU use is sampled while it settles.
+const SETTLE_WINDOW: Duration = Duration::from_millis(500);
+
+/// The storage has settled after a fill once it uses less CPU than this share of one core
+/// over a [`SETTLE_WINDOW`]: the durable engine's flushes and compactions of the filled keys
+/// are done, and the run measures a store at rest, as a long-running one would be.
+const SETTLED_CPU_SHARE: f64 = 0.05;
+
+/// Longest wait for a filled storage to settle; the run is measured anyway after it, and
+/// says so.
+const SETTLE_LIMIT: Duration = Duration::from_secs(600);
 
 /// Bytes of a request's body besides its values: keys, JSON and headers, with room to spare.
 const OVERHEAD_PER_KEY: usize = 96;
@@ -319,6 +334,15 @@ impl Run<'_> {
         let filled = fill(addr, self.stored, self.token).await;
         let measured = match filled {
             Ok(()) => {
+                if self.stored > 0
+                    && let Some(pid) = storage.server.pid()
+                    && !settle(pid).await
+                {
+                    eprintln!(
+                        "{label} with {} stored keys still busy after {SETTLE_LIMIT:?}; measuring anyway",
+                        count_label(self.stored)
+                    );
+                }
                 let request = storage_request(
                     addr,
                     self.scenario,
@@ -676,7 +700,11 @@ pub fn chart(all: &[RunStats], axis: ChartAxis) -> Chart {
     Chart {
         title: title.into(),
         x_label: x_label.into(),
-        y_label: "keys/s (baseline: requests/s)".into(),
+        y_label: match axis {
+            ChartAxis::Connections => "keys/s (baseline: requests/s)",
+            _ => "keys/s",
+        }
+        .into(),
         x_scale: Scale::Log,
         y_scale: Scale::Linear,
         series,
@@ -810,6 +838,28 @@ fn put(key: &str, headers: &str, value: &str) -> String {
         "PUT /v1/kv/{key}?fence={FENCE} HTTP/1.1\r\n{headers}Content-Length: {}\r\n\r\n{value}",
         value.len()
     )
+}
+
+/// Waits until process `pid` uses less than [`SETTLED_CPU_SHARE`] of a core over a
+/// [`SETTLE_WINDOW`]; false when [`SETTLE_LIMIT`] passes first or its CPU cannot be read.
+async fn settle(pid: u32) -> bool {
+    let pid = pid.to_string();
+    let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+    let Some(mut before) = cpu_time(&pid) else {
+        return false;
+    };
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(SETTLE_WINDOW).await;
+        let Some(now) = cpu_time(&pid) else {
+            return false;
+        };
+        let used = now.saturating_sub(before).as_secs_f64();
+        if used < SETTLE_WINDOW.as_secs_f64() * SETTLED_CPU_SHARE {
+            return true;
+        }
+        before = now;
+    }
+    false
 }
 
 /// A well-mixed number for connection `connection`'s request `seq` (splitmix64), so that

@@ -82,6 +82,11 @@ pub struct BenchLockArgs {
     /// count (e.g. `0,10000`): what watchers elsewhere cost a lock cycle.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     idle_watchers: Vec<usize>,
+    /// Times every case is run, all cases once per round; ratios between cases are then
+    /// printed as the median of the rounds' with each round's, and a chart's points as
+    /// medians. More rounds show how much a ratio is the machine's noise.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
     /// Also draw cycles/s against sessions as an SVG chart into this file.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
@@ -352,6 +357,7 @@ async fn bench_lock(args: BenchLockArgs) -> anyhow::Result<u8> {
         duration: args.duration,
         watch_starts,
         idle_watchers: args.idle_watchers,
+        rounds: args.rounds as usize,
     };
     // Interrupted, the benchmark is dropped, which stops the etcd cluster it started.
     let work = async {
