@@ -12,6 +12,7 @@
 //! gains, and with idle watchers on keys no cycle touches, to show what they cost a cycle.
 
 use super::chart::{Chart, Scale, curves};
+use super::rounds::{Ratios, median_points};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -32,8 +33,10 @@ use fencelock::process::{ServerProcess, SpawnError};
 /// Lease TTL of the benchmark's sessions: long enough that no session expires under load.
 const TTL: Duration = Duration::from_secs(10);
 
-/// The longest a lock call may wait before the run is declared failed.
-const CYCLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a lock call may wait before the run is declared failed: a stuck waiter.
+/// Generous, because a whole queue passes during one wait: 1,024 waiters on a 3-member
+/// etcd have taken over 20 s per cycle here.
+const CYCLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Cycles run before measuring, so connections and etcd's caches are warm.
 const WARMUP_CYCLES: usize = 20;
@@ -163,19 +166,7 @@ fn scaling(all: &[RunStats], out: &mut impl Write) {
             })
             .map(RunStats::cycles_per_second)
     };
-    // What each ratio compares, in the order first met, and its (ratio, over, under) per round.
-    type PerRound = Vec<(f64, f64, f64)>;
-    let mut ratios: Vec<(String, PerRound)> = Vec::new();
-    let mut add = |what: String, over: f64, under: f64| {
-        let at = match ratios.iter().position(|(w, _)| *w == what) {
-            Some(at) => at,
-            None => {
-                ratios.push((what, Vec::new()));
-                ratios.len() - 1
-            }
-        };
-        ratios[at].1.push((over / under, over, under));
-    };
+    let mut ratios = Ratios::default();
     for stats in all {
         let (service, start, idle) = (stats.service, stats.watch_start, stats.idle_watchers);
         let sessions: Vec<usize> = all
@@ -194,7 +185,7 @@ fn scaling(all: &[RunStats], out: &mut impl Write) {
             && most > base
             && let Some(low) = rate(stats, base, idle)
         {
-            add(
+            ratios.add(
                 format!(
                     "{service} cycles/s, {most} over {base} sessions, watch {}, {idle} idle",
                     watch_start_label(start)
@@ -206,7 +197,7 @@ fn scaling(all: &[RunStats], out: &mut impl Write) {
         if idle > 0
             && let Some(quiet) = rate(stats, stats.sessions, 0)
         {
-            add(
+            ratios.add(
                 format!(
                     "{service} cycles/s, {idle} over 0 idle watchers, {} session(s), watch {}",
                     stats.sessions,
@@ -217,33 +208,7 @@ fn scaling(all: &[RunStats], out: &mut impl Write) {
             );
         }
     }
-    for (what, mut rounds) in ratios {
-        let _ = match rounds.as_slice() {
-            [(ratio, over, under)] => {
-                writeln!(out, "{what}: {ratio:.2} ({over:.0} / {under:.0})")
-            }
-            _ => {
-                rounds.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let each: Vec<String> = rounds.iter().map(|r| format!("{:.2}", r.0)).collect();
-                writeln!(
-                    out,
-                    "{what}: {:.2} median of {} rounds ({})",
-                    median_of_sorted(&rounds.iter().map(|r| r.0).collect::<Vec<_>>()),
-                    rounds.len(),
-                    each.join(", ")
-                )
-            }
-        };
-    }
-}
-
-/// The middle of sorted `values` (the mean of the two middle ones for an even count).
-fn median_of_sorted(values: &[f64]) -> f64 {
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+    ratios.print(out);
 }
 
 /// Cycles per second against contending sessions, one curve per service and watch start
@@ -263,20 +228,11 @@ pub fn chart(all: &[RunStats]) -> Chart {
         if idle_varies {
             label.push_str(&format!(", {} idle watchers", stats.idle_watchers));
         }
-        let x = stats.sessions as f64;
-        // With several rounds, a point is the median of its rounds.
-        match labelled
-            .iter_mut()
-            .find(|(l, px, _): &&mut (String, f64, Vec<f64>)| *l == label && *px == x)
-        {
-            Some((_, _, ys)) => ys.push(stats.cycles_per_second()),
-            None => labelled.push((label, x, vec![stats.cycles_per_second()])),
-        }
+        let point = (stats.sessions as f64, stats.cycles_per_second());
+        labelled.push((label, point));
     }
-    let series = curves(labelled.into_iter().map(|(label, x, mut ys)| {
-        ys.sort_by(f64::total_cmp);
-        (label, (x, median_of_sorted(&ys)))
-    }));
+    // With several rounds, a point is the median of its rounds.
+    let series = curves(median_points(labelled));
     Chart {
         title: "Lock hand-over vs waiters".into(),
         x_label: "contending sessions".into(),

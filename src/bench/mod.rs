@@ -13,4 +13,5 @@ pub mod commit;
 pub mod http_load;
 pub mod lock;
 pub mod memory;
+pub mod rounds;
 pub mod storage;

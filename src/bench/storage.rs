@@ -18,6 +18,10 @@
 //! flushed and compacted what the fill wrote; see [`SETTLED_CPU_SHARE`]), so it measures a
 //! store at rest rather than one still digesting a bulk load.
 //!
+//! With `--rounds N` the baseline and every run are made N times, a round of all of them
+//! after the other; each run is set against its own round's baseline, and the ratios are
+//! printed as medians over the rounds (see [`super::rounds`]).
+//!
 //! With `--verify-tokens` every run is made twice in a row, on a plain storage and on one
 //! started with `--verify-tokens` against a lockd of the benchmark's own, under a lock the
 //! benchmark holds for the whole run: the writes then carry that lock's name and token, and
@@ -42,6 +46,7 @@ use fencelock::storage::{Policy, limits};
 use super::baseline::{BaselineError, BaselineProcess};
 use super::chart::{Chart, Scale, curves};
 use super::http_load::{self, LoadError, LoadStats, RequestFn};
+use super::rounds::{Ratios, median_points};
 
 /// The lock name every benchmark write is fenced under.
 const FENCE: &str = "/fencelock-bench";
@@ -52,6 +57,10 @@ const TOKEN: u64 = 1;
 
 /// Writes per transaction in the `txn` scenario.
 pub const TXN_KEYS: usize = 16;
+
+/// Bytes of each measured write's value unless `--value-size` says otherwise (the CLI's
+/// default): a short value, as the seed's clients write.
+pub const DEFAULT_VALUE_BYTES: usize = 5;
 
 /// Bytes of each value the fill writes.
 pub const FILL_VALUE_BYTES: usize = 100;
@@ -140,6 +149,9 @@ pub struct Options {
     pub stored_keys: Vec<u64>,
     /// Bytes of every measured write's value, one set of runs per size.
     pub value_sizes: Vec<usize>,
+    /// Times every run is made, the baseline included, one round of all after the other;
+    /// each run is set against its own round's baseline (see [`super::rounds`]).
+    pub rounds: usize,
 }
 
 /// Errors that stop the benchmark.
@@ -210,6 +222,8 @@ pub struct RunStats {
     pub loader_cpu: Option<Duration>,
     /// CPU time of the server process per request, when the kernel told.
     pub server_cpu: Option<Duration>,
+    /// Which round of [`Options::rounds`] the run belongs to, from 1.
+    pub round: usize,
 }
 
 /// Measures the baseline, then every scenario on every store, printing a table to `out` and
@@ -240,7 +254,31 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
         "loader CPU",
         "server CPU"
     );
+    let verifying = match options.verify_tokens {
+        true => Some(LockHeld::take(&options.binary).await?),
+        false => None,
+    };
     let mut all = Vec::new();
+    for round in 1..=options.rounds.max(1) {
+        run_round(options, verifying.as_ref(), round, out, &mut all).await?;
+    }
+
+    compare_baseline(&all, out);
+    compare(&all, out);
+    if options.verify_tokens {
+        compare_verified(&all, out);
+    }
+    Ok(all)
+}
+
+/// One round: the baseline, then every run, each appended to `all` as it is printed.
+async fn run_round(
+    options: &Options,
+    verifying: Option<&LockHeld>,
+    round: usize,
+    out: &mut impl Write,
+    all: &mut Vec<RunStats>,
+) -> Result<(), BenchError> {
     let baseline = BaselineProcess::spawn(&options.binary).await?;
     for &connections in &options.connections {
         let request = baseline_request(baseline.addr());
@@ -258,20 +296,16 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
             connections,
             source,
         })?;
-        let stats = figures("baseline", None, connections, (0, 0), &stats);
-        print_row(out, &stats, &all);
+        let mut stats = figures("baseline", None, connections, (0, 0), &stats);
+        stats.round = round;
+        print_row(out, &stats, all);
         all.push(stats);
     }
     drop(baseline);
-    let verifying = match options.verify_tokens {
-        true => Some(LockHeld::take(&options.binary).await?),
-        false => None,
-    };
     // Without verification the plain runs only; with it, each plain run and then its twin.
-    let variants: Vec<Option<&LockHeld>> = std::iter::once(None)
-        .chain(verifying.as_ref().map(Some))
-        .collect();
-    let token = verifying.as_ref().map_or(TOKEN, |held| held.token);
+    let variants: Vec<Option<&LockHeld>> =
+        std::iter::once(None).chain(verifying.map(Some)).collect();
+    let token = verifying.map_or(TOKEN, |held| held.token);
     for &store in &options.stores {
         for &scenario in &options.scenarios {
             for &stored in &options.stored_keys {
@@ -292,8 +326,9 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
                                 token,
                                 verify,
                             };
-                            let stats = run.measure(options).await?;
-                            print_row(out, &stats, &all);
+                            let mut stats = run.measure(options).await?;
+                            stats.round = round;
+                            print_row(out, &stats, all);
                             all.push(stats);
                         }
                     }
@@ -301,11 +336,52 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
             }
         }
     }
-    compare(&all, out);
-    if options.verify_tokens {
-        compare_verified(&all, out);
+    Ok(())
+}
+
+/// The baseline's run with as many connections in the same round as `stats`.
+fn baseline_of<'a>(stats: &RunStats, all: &'a [RunStats]) -> Option<&'a RunStats> {
+    all.iter().find(|b| {
+        b.scenario.is_none() && b.connections == stats.connections && b.round == stats.round
+    })
+}
+
+/// With several rounds: every run's requests/s over its round's baseline, as the median of
+/// the rounds (one round's table already shows it, as "of base").
+fn compare_baseline(all: &[RunStats], out: &mut impl Write) {
+    if !all.iter().any(|s| s.round > 1) {
+        return;
     }
-    Ok(all)
+    let mut ratios = Ratios::default();
+    for stats in all.iter().filter(|s| s.scenario.is_some()) {
+        if let Some(baseline) = baseline_of(stats, all) {
+            ratios.add(
+                format!(
+                    "{} {}{} over the baseline, requests/s, {} connection(s)",
+                    stats.server,
+                    stats.scenario.map_or("fixed", Scenario::label),
+                    shape_label(stats),
+                    stats.connections
+                ),
+                stats.requests_per_second,
+                baseline.requests_per_second,
+            );
+        }
+    }
+    ratios.print(out);
+}
+
+/// ", 1M stored, 1KiB values" for a run over stored keys or with sized values; empty for
+/// the defaults.
+fn shape_label(stats: &RunStats) -> String {
+    let mut label = String::new();
+    if stats.stored_keys > 0 {
+        let _ = write!(label, ", {} stored", count_label(stats.stored_keys));
+    }
+    if stats.value_bytes > 0 && stats.value_bytes != DEFAULT_VALUE_BYTES {
+        let _ = write!(label, ", {} values", bytes_label(stats.value_bytes));
+    }
+    label
 }
 
 /// One measured run on a storage of its own.
@@ -484,6 +560,9 @@ fn compare_verified(all: &[RunStats], out: &mut impl Write) {
         let plain_label = verified.server.trim_end_matches("+verify");
         let plain = all.iter().find(|s| {
             s.server == plain_label
+                && s.round == verified.round
+                && s.stored_keys == verified.stored_keys
+                && s.value_bytes == verified.value_bytes
                 && s.scenario == verified.scenario
                 && s.connections == verified.connections
         });
@@ -558,15 +637,14 @@ fn figures(
         p999: load.latency_at(0.999),
         loader_cpu: measured.loader_cpu,
         server_cpu: measured.server_cpu,
+        round: 1,
     }
 }
 
 /// One table row; `earlier` holds the baseline's rows.
 fn print_row(out: &mut impl Write, stats: &RunStats, earlier: &[RunStats]) {
-    let baseline = earlier
-        .iter()
-        .find(|b| b.scenario.is_none() && b.connections == stats.connections)
-        .map_or(stats.requests_per_second, |b| b.requests_per_second);
+    let baseline =
+        baseline_of(stats, earlier).map_or(stats.requests_per_second, |b| b.requests_per_second);
     let share = 100.0 * stats.requests_per_second / baseline;
     let (keys, stored, value) = match stats.scenario {
         Some(_) => (
@@ -688,7 +766,8 @@ pub fn chart(all: &[RunStats], axis: ChartAxis) -> Chart {
         let point = (axis.x(stats), y);
         labelled.push((label, point));
     }
-    let series = curves(labelled);
+    // With several rounds, a point is the median of its rounds.
+    let series = curves(median_points(labelled));
     let (title, x_label) = match axis {
         ChartAxis::StoredKeys => (
             "Storage throughput vs keys stored",
@@ -714,24 +793,30 @@ pub fn chart(all: &[RunStats], axis: ChartAxis) -> Chart {
 /// One line per store and connection count measured with both: the transaction's keys per
 /// second over those of single-key writes of new keys (the same work, one key a request).
 fn compare(all: &[RunStats], out: &mut impl Write) {
+    let mut ratios = Ratios::default();
     for txn in all.iter().filter(|s| s.scenario == Some(Scenario::Txn)) {
         let single = all.iter().find(|s| {
             s.server == txn.server
+                && s.round == txn.round
                 && s.connections == txn.connections
+                && s.stored_keys == txn.stored_keys
+                && s.value_bytes == txn.value_bytes
                 && s.scenario == Some(Scenario::Distinct)
         });
         if let Some(single) = single {
-            let _ = writeln!(
-                out,
-                "txn/distinct keys/s, {}, {} connection(s): {:.2} ({:.0} / {:.0})",
-                txn.server,
-                txn.connections,
-                txn.keys_per_second / single.keys_per_second,
+            ratios.add(
+                format!(
+                    "txn/distinct keys/s, {}{}, {} connection(s)",
+                    txn.server,
+                    shape_label(txn),
+                    txn.connections
+                ),
                 txn.keys_per_second,
-                single.keys_per_second
+                single.keys_per_second,
             );
         }
     }
+    ratios.print(out);
 }
 
 /// A storage process on an empty store.

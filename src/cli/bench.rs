@@ -133,6 +133,11 @@ pub struct BenchStorageArgs {
     /// (e.g. `100,1KiB,16KiB,64KiB`).
     #[arg(long, value_name = "BYTES", value_delimiter = ',', default_value = "5", value_parser = parse_bytes)]
     value_size: Vec<usize>,
+    /// Times every run is made, the baseline included, all runs once per round; each run is
+    /// set against its round's baseline, and ratios are printed as the median of the rounds'
+    /// with each round's.
+    #[arg(long, value_name = "N", default_value = "1", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rounds: u32,
     /// Also draw keys/s as an SVG chart into this file, against whichever of --stored-keys,
     /// --value-size or --connections lists several values.
     #[arg(long, value_name = "FILE")]
@@ -229,6 +234,7 @@ async fn bench_storage(args: BenchStorageArgs) -> anyhow::Result<u8> {
         verify_tokens: args.verify_tokens,
         stored_keys: args.stored_keys,
         value_sizes: args.value_size,
+        rounds: args.rounds as usize,
     };
     // Interrupted, the benchmark is dropped, which stops the servers it started.
     let work = async {

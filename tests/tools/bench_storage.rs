@@ -168,6 +168,59 @@ fn reads_of_a_filled_storage_and_large_values_are_measured_and_charted() {
 }
 
 #[test]
+fn with_rounds_every_run_is_set_against_its_own_rounds_baseline_and_ratios_are_medians() {
+    let output = Command::new(fencelock_bin())
+        .args([
+            "bench",
+            "storage",
+            "--duration",
+            "300ms",
+            "--connections",
+            "2",
+            "--stores",
+            "in-memory",
+            "--scenarios",
+            "distinct,txn",
+            "--rounds",
+            "2",
+        ])
+        .output()
+        .expect("run fencelock bench storage");
+    let stdout = crate::support::proc::stdout_of_success(&output);
+    // Table rows, not the ratio lines after the table (which also start with the server).
+    let rows = |server: &str| {
+        stdout
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(server) && !l.contains(':'))
+            .count()
+    };
+    assert_eq!(rows("baseline"), 2, "a baseline per round:\n{stdout}");
+    assert_eq!(rows("in-memory"), 4, "each run once per round:\n{stdout}");
+    for prefix in [
+        "txn/distinct keys/s, in-memory, 2 connection(s): ",
+        "in-memory txn over the baseline, requests/s, 2 connection(s): ",
+        "in-memory distinct over the baseline, requests/s, 2 connection(s): ",
+    ] {
+        let rest = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line {prefix:?} in:\n{stdout}"));
+        let (median, each) = rest
+            .split_once(" median of 2 rounds (")
+            .unwrap_or_else(|| panic!("{prefix}{rest}"));
+        let median: f64 = median.parse().unwrap();
+        let each: Vec<f64> = each
+            .trim_end_matches(')')
+            .split(", ")
+            .map(|r| r.parse().unwrap())
+            .collect();
+        assert_eq!(each.len(), 2, "{rest}");
+        assert!(each[0] > 0.0 && each[0] <= each[1], "{rest}");
+        assert!((median - (each[0] + each[1]) / 2.0).abs() < 0.011, "{rest}");
+    }
+}
+
+#[test]
 fn a_read_without_stored_keys_is_refused_in_one_line() {
     let output = Command::new(fencelock_bin())
         .args(["bench", "storage", "--scenarios", "read"])
