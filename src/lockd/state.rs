@@ -342,13 +342,24 @@ impl State {
                 then.insert(&kv.key[..], event.prev_kv.as_ref());
             }
         }
-        let mut kvs: Vec<&KeyValue> = self
-            .scan(range)
-            .filter(|kv| !then.contains_key(&kv.key[..]))
-            .collect();
+        // The live keys, in key order, with each changed one swapped for its version then:
+        // found by binary search, since few keys change between a read and the revision it
+        // asks for while a range (a lock's waiters) may hold thousands.
+        let mut kvs: Vec<&KeyValue> = self.scan(range).collect();
         if !then.is_empty() {
-            kvs.extend(then.into_values().flatten());
-            kvs.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+            let at = |kvs: &[&KeyValue], key: &[u8]| kvs.binary_search_by(|kv| kv.key[..].cmp(key));
+            let mut live = vec![true; kvs.len()];
+            for key in then.keys() {
+                if let Ok(i) = at(&kvs, key) {
+                    live[i] = false;
+                }
+            }
+            let mut live = live.into_iter();
+            kvs.retain(|_| live.next().unwrap_or(true));
+            for kv in then.into_values().flatten() {
+                let (Ok(i) | Err(i)) = at(&kvs, &kv.key);
+                kvs.insert(i, kv);
+            }
         }
         Ok(kvs)
     }
@@ -1342,6 +1353,55 @@ mod tests {
         assert_eq!(get(&s, "k", r2).unwrap().unwrap().value, &b"b"[..]);
         assert_eq!(s.changes_since(r1).err(), Some(EtcdError::Compacted));
         assert_eq!(s.changes_since(r2).unwrap()[0].revision, r2);
+    }
+
+    #[test]
+    fn a_range_at_a_past_revision_swaps_in_the_changed_keys_versions_in_key_order() {
+        let mut s = state();
+        for i in 0..50 {
+            put(&mut s, &format!("r/{i:02}"), "old");
+        }
+        let then = s.revision();
+        // After it: an update, a deletion, a new key between others and one at each end.
+        put(&mut s, "r/10", "new");
+        s.delete_range(&pb::DeleteRangeRequest {
+            key: b"r/20".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+        put(&mut s, "r/10a", "new");
+        put(&mut s, "r/", "new");
+        put(&mut s, "r/99", "new");
+        let read = |revision: i64| {
+            let answer = s
+                .range(&pb::RangeRequest {
+                    key: b"r/".to_vec(),
+                    range_end: b"r0".to_vec(),
+                    revision,
+                    ..Default::default()
+                })
+                .unwrap();
+            answer
+                .kvs
+                .into_iter()
+                .map(|kv| {
+                    let key = String::from_utf8(kv.key.to_vec()).unwrap();
+                    (key, String::from_utf8(kv.value.to_vec()).unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let expected: Vec<(String, String)> = (0..50)
+            .map(|i| (format!("r/{i:02}"), "old".to_string()))
+            .collect();
+        assert_eq!(read(then), expected);
+        let now = read(0);
+        assert_eq!(now.len(), 50 - 1 + 3);
+        assert!(
+            now.windows(2).all(|w| w[0].0 < w[1].0),
+            "key order: {now:?}"
+        );
+        assert!(now.contains(&("r/10".into(), "new".into())));
+        assert!(!now.iter().any(|(k, _)| k == "r/20"));
     }
 
     #[test]
