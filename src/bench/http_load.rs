@@ -148,21 +148,9 @@ struct Connection {
 impl Connection {
     /// Requests counted and their latencies.
     async fn run(self) -> Result<(u64, Histogram<u64>), LoadError> {
-        let mut stream = connect(self.addr).await?;
-        let mut out = Vec::with_capacity(1024);
-        let mut answers = BytesMut::with_capacity(16 * 1024);
-        let mut seq = 0;
+        let mut lane = Lane::open(self.addr, self.index, self.request).await?;
         for _ in 0..WARMUP_REQUESTS {
-            exchange(
-                &mut stream,
-                &*self.request,
-                self.index,
-                seq,
-                &mut out,
-                &mut answers,
-            )
-            .await?;
-            seq += 1;
+            lane.exchange().await?;
         }
         self.barrier.wait().await;
         // The first connection through the barrier starts the window for all of them.
@@ -171,15 +159,7 @@ impl Connection {
         let mut count = 0;
         loop {
             let sent = Instant::now();
-            exchange(
-                &mut stream,
-                &*self.request,
-                self.index,
-                seq,
-                &mut out,
-                &mut answers,
-            )
-            .await?;
+            lane.exchange().await?;
             let answered = Instant::now();
             if answered > deadline {
                 return Ok((count, histogram));
@@ -187,30 +167,61 @@ impl Connection {
             let nanos = u64::try_from((answered - sent).as_nanos()).unwrap_or(u64::MAX);
             histogram.saturating_record(nanos.max(1));
             count += 1;
-            seq += 1;
         }
     }
 }
 
-/// Sends connection `index`'s request `seq` and reads its answer.
-async fn exchange(
-    stream: &mut TcpStream,
-    request: &RequestFn,
+/// One keep-alive connection and its buffers, sending its requests in order.
+struct Lane {
+    stream: TcpStream,
+    request: Arc<RequestFn>,
     index: usize,
+    /// The number of the next request.
     seq: u64,
-    out: &mut Vec<u8>,
-    answers: &mut BytesMut,
-) -> Result<(), LoadError> {
-    out.clear();
-    request(index, seq, out);
-    stream.write_all(out).await.map_err(LoadError::Io)?;
-    loop {
-        if let Some(len) = complete_answer(answers)? {
-            answers.advance(len);
-            return Ok(());
-        }
-        if stream.read_buf(answers).await.map_err(LoadError::Io)? == 0 {
-            return Err(LoadError::Closed);
+    out: Vec<u8>,
+    answers: BytesMut,
+}
+
+impl Lane {
+    /// Connects as connection `index`, whose requests `request` writes.
+    async fn open(
+        addr: SocketAddr,
+        index: usize,
+        request: Arc<RequestFn>,
+    ) -> Result<Self, LoadError> {
+        Ok(Lane {
+            stream: connect(addr).await?,
+            request,
+            index,
+            seq: 0,
+            out: Vec::with_capacity(1024),
+            answers: BytesMut::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends the next request and reads its answer.
+    async fn exchange(&mut self) -> Result<(), LoadError> {
+        self.out.clear();
+        (self.request)(self.index, self.seq, &mut self.out);
+        self.seq += 1;
+        self.stream
+            .write_all(&self.out)
+            .await
+            .map_err(LoadError::Io)?;
+        loop {
+            if let Some(len) = complete_answer(&self.answers)? {
+                self.answers.advance(len);
+                return Ok(());
+            }
+            if self
+                .stream
+                .read_buf(&mut self.answers)
+                .await
+                .map_err(LoadError::Io)?
+                == 0
+            {
+                return Err(LoadError::Closed);
+            }
         }
     }
 }
@@ -226,11 +237,9 @@ pub async fn send_counted(
     for (index, &count) in counts.iter().enumerate() {
         let request = Arc::clone(&request);
         tasks.spawn(async move {
-            let mut stream = connect(addr).await?;
-            let mut out = Vec::with_capacity(1024);
-            let mut answers = BytesMut::with_capacity(16 * 1024);
-            for seq in 0..count {
-                exchange(&mut stream, &*request, index, seq, &mut out, &mut answers).await?;
+            let mut lane = Lane::open(addr, index, request).await?;
+            for _ in 0..count {
+                lane.exchange().await?;
             }
             Ok::<_, LoadError>(())
         });

@@ -15,7 +15,8 @@ use super::chart::{Chart, Scale, curves};
 use super::rounds::{Ratios, median_points};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -387,8 +388,8 @@ async fn run_round(
 struct Window {
     sessions: usize,
     duration: Duration,
-    warmed: std::sync::atomic::AtomicUsize,
-    span: std::sync::OnceLock<(Instant, Instant)>,
+    warmed: AtomicUsize,
+    span: OnceLock<(Instant, Instant)>,
 }
 
 impl Window {
@@ -396,17 +397,14 @@ impl Window {
         Window {
             sessions,
             duration,
-            warmed: std::sync::atomic::AtomicUsize::new(0),
-            span: std::sync::OnceLock::new(),
+            warmed: AtomicUsize::new(0),
+            span: OnceLock::new(),
         }
     }
 
     /// A session finished its first cycle at `at`; the last one opens the window.
     fn warmed(&self, at: Instant) {
-        let done = self
-            .warmed
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
-            + 1;
+        let done = self.warmed.fetch_add(1, Ordering::AcqRel) + 1;
         if done == self.sessions {
             let _ = self.span.set((at, at + self.duration));
         }

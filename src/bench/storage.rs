@@ -58,8 +58,8 @@ const TOKEN: u64 = 1;
 /// Writes per transaction in the `txn` scenario.
 pub const TXN_KEYS: usize = 16;
 
-/// Bytes of each measured write's value unless `--value-size` says otherwise (the CLI's
-/// default): a short value, as the seed's clients write.
+/// Bytes of each measured write's value unless `--value-size` says otherwise (its default):
+/// a short value, as the seed's clients write.
 pub const DEFAULT_VALUE_BYTES: usize = 5;
 
 /// Bytes of each value the fill writes.

@@ -131,7 +131,7 @@ pub struct BenchStorageArgs {
     stored_keys: Vec<u64>,
     /// Bytes of every measured write's value, comma-separated, one set of runs per size
     /// (e.g. `100,1KiB,16KiB,64KiB`).
-    #[arg(long, value_name = "BYTES", value_delimiter = ',', default_value = "5", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_delimiter = ',', default_values_t = [storage::DEFAULT_VALUE_BYTES], value_parser = parse_bytes)]
     value_size: Vec<usize>,
     /// Times every run is made, the baseline included, all runs once per round; each run is
     /// set against its round's baseline, and ratios are printed as the median of the rounds'

@@ -9,18 +9,7 @@ use crate::support::proc::fencelock_bin;
 #[test]
 fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
     // 1. A short run with one connection: 7 runs of half a second.
-    let output = Command::new(fencelock_bin())
-        .args([
-            "bench",
-            "storage",
-            "--duration",
-            "500ms",
-            "--connections",
-            "1",
-        ])
-        .output()
-        .expect("run fencelock bench storage");
-    let stdout = crate::support::proc::stdout_of_success(&output);
+    let stdout = bench_storage(&["--duration", "500ms", "--connections", "1"]);
 
     // 2. One row per server and scenario, read by the header's column names.
     let col = column_of(&stdout);
@@ -72,23 +61,17 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
 
 #[test]
 fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
-    let output = Command::new(fencelock_bin())
-        .args([
-            "bench",
-            "storage",
-            "--duration",
-            "300ms",
-            "--connections",
-            "2",
-            "--stores",
-            "in-memory",
-            "--scenarios",
-            "one-key",
-            "--verify-tokens",
-        ])
-        .output()
-        .expect("run fencelock bench storage");
-    let stdout = crate::support::proc::stdout_of_success(&output);
+    let stdout = bench_storage(&[
+        "--duration",
+        "300ms",
+        "--connections",
+        "2",
+        "--stores",
+        "in-memory",
+        "--scenarios",
+        "one-key",
+        "--verify-tokens",
+    ]);
     let col = column_of(&stdout);
     // Both rows, and the ratio between them (the loader fails a run on any answer but 2xx,
     // so a verified row means verified writes were accepted).
@@ -116,28 +99,22 @@ fn with_verify_tokens_each_run_is_measured_plain_and_verified() {
 fn reads_of_a_filled_storage_and_large_values_are_measured_and_charted() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let svg = dir.path().join("keys.svg");
-    let output = Command::new(fencelock_bin())
-        .args([
-            "bench",
-            "storage",
-            "--duration",
-            "300ms",
-            "--connections",
-            "2",
-            "--stores",
-            "in-memory",
-            "--scenarios",
-            "read,distinct",
-            "--stored-keys",
-            "10,3k",
-            "--value-size",
-            "64KiB",
-            "--svg",
-        ])
-        .arg(&svg)
-        .output()
-        .expect("run fencelock bench storage");
-    let stdout = crate::support::proc::stdout_of_success(&output);
+    let stdout = bench_storage(&[
+        "--duration",
+        "300ms",
+        "--connections",
+        "2",
+        "--stores",
+        "in-memory",
+        "--scenarios",
+        "read,distinct",
+        "--stored-keys",
+        "10,3k",
+        "--value-size",
+        "64KiB",
+        "--svg",
+        svg.to_str().expect("a UTF-8 path"),
+    ]);
     let col = column_of(&stdout);
     // One row per scenario and stored-key count, each with its count and value size.
     for scenario in ["read", "distinct"] {
@@ -169,24 +146,18 @@ fn reads_of_a_filled_storage_and_large_values_are_measured_and_charted() {
 
 #[test]
 fn with_rounds_every_run_is_set_against_its_own_rounds_baseline_and_ratios_are_medians() {
-    let output = Command::new(fencelock_bin())
-        .args([
-            "bench",
-            "storage",
-            "--duration",
-            "300ms",
-            "--connections",
-            "2",
-            "--stores",
-            "in-memory",
-            "--scenarios",
-            "distinct,txn",
-            "--rounds",
-            "2",
-        ])
-        .output()
-        .expect("run fencelock bench storage");
-    let stdout = crate::support::proc::stdout_of_success(&output);
+    let stdout = bench_storage(&[
+        "--duration",
+        "300ms",
+        "--connections",
+        "2",
+        "--stores",
+        "in-memory",
+        "--scenarios",
+        "distinct,txn",
+        "--rounds",
+        "2",
+    ]);
     // Table rows, not the ratio lines after the table (which also start with the server).
     let rows = |server: &str| {
         stdout
@@ -229,7 +200,17 @@ fn a_read_without_stored_keys_is_refused_in_one_line() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("stored"), "{stderr}");
+    crate::support::proc::assert_one_line(&stderr, "stored");
+}
+
+/// `fencelock bench storage ARGS`'s output, after checking that it succeeded.
+fn bench_storage(args: &[&str]) -> String {
+    let output = Command::new(fencelock_bin())
+        .args(["bench", "storage"])
+        .args(args)
+        .output()
+        .expect("run fencelock bench storage");
+    crate::support::proc::stdout_of_success(&output)
 }
 
 /// The index of a column in the table, by its name in the header line (the names before
