@@ -133,6 +133,16 @@ impl Error {
         }
     }
 
+    /// Whether etcd refused the request by its rules for this request and user (a
+    /// permission, a missing or unknown user, an argument it does not accept), which hold
+    /// for every copy of it: such a request was not applied anywhere.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(self, Error::Rpc { status, .. } if matches!(
+            status.code(),
+            tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+        ))
+    }
+
     pub(crate) fn protocol(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Protocol {
             op,

@@ -157,8 +157,14 @@ async fn enqueue_to_completion(
                 let _ = answer.send(Ok((turn, owned)));
             }
             Err(e) => {
+                // Refused by etcd's rules for this request and user: every copy was refused
+                // alike, and so would the cleanup be, which touches the same keys as the
+                // same user. Nothing is left to clean up.
+                let refused = e.is_refusal();
                 let _ = answer.send(Err(e));
-                abandon(&session, &name, &key).await;
+                if !refused {
+                    abandon(&session, &name, &key).await;
+                }
                 drop(claim);
             }
         }
