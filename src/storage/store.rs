@@ -25,13 +25,14 @@
 //! two-thread version was 15-25% slower. One thread that is busy in `fdatasync` while
 //! requests queue needs no wake-ups at all under load.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
@@ -224,16 +225,118 @@ impl Store {
 
 /// Effects of the batch being applied, not yet committed: what later requests of the same
 /// batch must see. Emptied after every commit.
+///
+/// The changes are kept once, in commit order; the tables index them by key (the latest
+/// value change and the binding of each key, the latest raise of each fence), so recording
+/// a change copies neither its key nor its value.
 #[derive(Default)]
 struct Pending {
-    /// `None` for a value deleted in this batch.
-    values: HashMap<String, Option<Entry>>,
-    fences: HashMap<FenceId, FencingToken>,
-    bindings: HashMap<String, Binding>,
     changes: Vec<Change>,
+    /// Indexes in `changes` of each key's latest `Value` or `Delete`.
+    values: HashTable<usize>,
+    /// Indexes in `changes` of each key's `Bind`.
+    bindings: HashTable<usize>,
+    /// Indexes in `changes` of each fence's latest `Fence`.
+    fences: HashTable<usize>,
+    /// std's keyed SipHash, as in `HashMap`: the keys come from clients.
+    hasher: RandomState,
+}
+
+/// Which of [`Pending`]'s tables indexes a change, and under what.
+enum Slot<'a> {
+    Value(&'a str),
+    Binding(&'a str),
+    Fence(&'a FenceId),
+}
+
+impl Slot<'_> {
+    fn of(change: &Change) -> Slot<'_> {
+        match change {
+            Change::Value { key, .. } | Change::Delete { key } => Slot::Value(key),
+            Change::Bind { key, .. } => Slot::Binding(key),
+            Change::Fence { id, .. } => Slot::Fence(id),
+        }
+    }
+
+    fn hash(&self, hasher: &RandomState) -> u64 {
+        match self {
+            Slot::Value(key) | Slot::Binding(key) => hasher.hash_one(key),
+            Slot::Fence(id) => hasher.hash_one(id),
+        }
+    }
+
+    fn same(&self, other: &Slot<'_>) -> bool {
+        match (self, other) {
+            (Slot::Value(a), Slot::Value(b)) | (Slot::Binding(a), Slot::Binding(b)) => a == b,
+            (Slot::Fence(a), Slot::Fence(b)) => a == b,
+            _ => false,
+        }
+    }
 }
 
 impl Pending {
+    /// Appends `change`; later lookups of its key or fence find it.
+    fn record(&mut self, change: Change) {
+        let index = self.changes.len();
+        self.changes.push(change);
+        let Pending {
+            changes,
+            values,
+            bindings,
+            fences,
+            hasher,
+        } = self;
+        let slot = Slot::of(&changes[index]);
+        let table = match slot {
+            Slot::Value(_) => values,
+            Slot::Binding(_) => bindings,
+            Slot::Fence(_) => fences,
+        };
+        let hash = slot.hash(hasher);
+        let entry = table.entry(
+            hash,
+            |&i| slot.same(&Slot::of(&changes[i])),
+            |&i| Slot::of(&changes[i]).hash(hasher),
+        );
+        match entry {
+            hashbrown::hash_table::Entry::Occupied(mut latest) => *latest.get_mut() = index,
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                vacant.insert(index);
+            }
+        }
+    }
+
+    fn find(&self, table: &HashTable<usize>, slot: Slot<'_>) -> Option<&Change> {
+        table
+            .find(slot.hash(&self.hasher), |&i| {
+                slot.same(&Slot::of(&self.changes[i]))
+            })
+            .map(|&i| &self.changes[i])
+    }
+
+    /// `key`'s value as this batch left it: `None` when the batch has not touched it,
+    /// `Some(None)` when it deleted it.
+    fn value(&self, key: &str) -> Option<Option<&Entry>> {
+        match self.find(&self.values, Slot::Value(key))? {
+            Change::Value { entry, .. } => Some(Some(entry)),
+            _ => Some(None),
+        }
+    }
+
+    fn binding(&self, key: &str) -> Option<&Binding> {
+        match self.find(&self.bindings, Slot::Binding(key))? {
+            Change::Bind { binding, .. } => Some(binding),
+            _ => None,
+        }
+    }
+
+    fn fence(&self, id: &FenceId) -> Option<FencingToken> {
+        match self.find(&self.fences, Slot::Fence(id))? {
+            Change::Fence { token, .. } => Some(*token),
+            _ => None,
+        }
+    }
+
     fn clear(&mut self) {
         self.values.clear();
         self.fences.clear();
@@ -318,8 +421,7 @@ impl Writer {
             } => {
                 self.pass_fence(Access::Write, &key, fence.as_deref(), token)?;
                 let entry = Entry { value, token };
-                self.pending.values.insert(key.clone(), Some(entry.clone()));
-                self.pending.changes.push(Change::Value { key, entry });
+                self.pending.record(Change::Value { key, entry });
                 Ok(Reply::Written)
             }
             Op::Txn { fence, token, ops } => self.txn(&fence, token, ops),
@@ -352,19 +454,13 @@ impl Writer {
         match decided {
             Ok((binding, accepted)) => {
                 if let Some(binding) = binding {
-                    self.pending
-                        .bindings
-                        .insert(key.to_owned(), binding.clone());
-                    self.pending.changes.push(Change::Bind {
+                    self.pending.record(Change::Bind {
                         key: key.to_owned(),
                         binding,
                     });
                 }
                 if let Some(raised) = accepted.raise_to {
-                    self.pending.fences.insert(id.clone(), raised);
-                    self.pending
-                        .changes
-                        .push(Change::Fence { id, token: raised });
+                    self.pending.record(Change::Fence { id, token: raised });
                 }
                 Ok(())
             }
@@ -400,14 +496,10 @@ impl Writer {
             let accepted = fence::check(self.policy, access, fence, token, current)
                 .map_err(|rejection| self.refuse(fence, fence, token, current, rejection))?;
             for (key, binding) in new_bindings {
-                self.pending.bindings.insert(key.clone(), binding.clone());
-                self.pending.changes.push(Change::Bind { key, binding });
+                self.pending.record(Change::Bind { key, binding });
             }
             if let Some(raised) = accepted.raise_to {
-                self.pending.fences.insert(id.clone(), raised);
-                self.pending
-                    .changes
-                    .push(Change::Fence { id, token: raised });
+                self.pending.record(Change::Fence { id, token: raised });
             }
         }
         let mut results = Vec::with_capacity(ops.len());
@@ -416,14 +508,12 @@ impl Writer {
                 TxnOp::Read { key } => TxnResult::Read(self.value(&key)?),
                 TxnOp::Write { key, value } => {
                     let entry = Entry { value, token };
-                    self.pending.values.insert(key.clone(), Some(entry.clone()));
-                    self.pending.changes.push(Change::Value { key, entry });
+                    self.pending.record(Change::Value { key, entry });
                     TxnResult::Written
                 }
                 TxnOp::Delete { key } => {
                     let existed = self.value(&key)?.is_some();
-                    self.pending.values.insert(key.clone(), None);
-                    self.pending.changes.push(Change::Delete { key });
+                    self.pending.record(Change::Delete { key });
                     TxnResult::Deleted(existed)
                 }
             });
@@ -452,21 +542,21 @@ impl Writer {
 
     /// The value under `key`, as this batch left it.
     fn value(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        match self.pending.values.get(key) {
-            Some(entry) => Ok(entry.clone()),
+        match self.pending.value(key) {
+            Some(entry) => Ok(entry.cloned()),
             None => self.backend.value(key).map_err(failed),
         }
     }
 
     fn current_fence(&self, id: &FenceId) -> Result<Option<FencingToken>, StoreError> {
-        match self.pending.fences.get(id) {
-            Some(token) => Ok(Some(*token)),
+        match self.pending.fence(id) {
+            Some(token) => Ok(Some(token)),
             None => self.backend.fence(id).map_err(failed),
         }
     }
 
     fn binding(&self, key: &str) -> Result<Option<Binding>, StoreError> {
-        match self.pending.bindings.get(key) {
+        match self.pending.binding(key) {
             Some(binding) => Ok(Some(binding.clone())),
             None => self.backend.binding(key).map_err(failed),
         }
@@ -484,4 +574,79 @@ impl TxnOp {
 
 fn failed(e: BackendError) -> StoreError {
     StoreError::Failed(e.to_string().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(n: u64) -> FencingToken {
+        FencingToken::new(n).unwrap()
+    }
+
+    fn write(key: &str, value: &'static str, n: u64) -> Change {
+        Change::Value {
+            key: key.into(),
+            entry: Entry {
+                value: Bytes::from_static(value.as_bytes()),
+                token: Some(token(n)),
+            },
+        }
+    }
+
+    #[test]
+    fn pending_answers_each_keys_latest_change_and_keeps_every_change_in_order() {
+        let mut pending = Pending::default();
+        let lock = FenceId::Lock("/lock".into());
+        // The same name as a lock's fence, a key's own fence and a key: three different slots.
+        let own = FenceId::Key("/lock".into());
+        pending.record(write("a", "1", 3));
+        pending.record(Change::Bind {
+            key: "a".into(),
+            binding: Binding::Lock("/lock".into()),
+        });
+        pending.record(Change::Fence {
+            id: lock.clone(),
+            token: token(3),
+        });
+        pending.record(Change::Delete { key: "a".into() });
+        pending.record(write("/lock", "x", 9));
+        pending.record(Change::Fence {
+            id: own.clone(),
+            token: token(9),
+        });
+        assert_eq!(pending.value("a"), Some(None), "the delete came last");
+        pending.record(write("a", "2", 4));
+        pending.record(Change::Fence {
+            id: lock.clone(),
+            token: token(4),
+        });
+
+        let a = pending.value("a").unwrap().unwrap();
+        assert_eq!(
+            (a.value.as_ref(), a.token),
+            (b"2".as_slice(), Some(token(4)))
+        );
+        assert_eq!(
+            pending.value("/lock").unwrap().unwrap().token,
+            Some(token(9))
+        );
+        assert_eq!(pending.value("b"), None, "untouched by the batch");
+        assert_eq!(pending.binding("a"), Some(&Binding::Lock("/lock".into())));
+        assert_eq!(pending.binding("/lock"), None, "written, never bound");
+        assert_eq!(pending.fence(&lock), Some(token(4)));
+        assert_eq!(pending.fence(&own), Some(token(9)));
+        assert_eq!(
+            pending.changes.len(),
+            8,
+            "every change is committed, in order"
+        );
+        assert!(matches!(pending.changes[3], Change::Delete { .. }));
+
+        pending.clear();
+        assert_eq!(pending.value("a"), None);
+        assert_eq!(pending.binding("a"), None);
+        assert_eq!(pending.fence(&lock), None);
+        assert!(pending.changes.is_empty());
+    }
 }
