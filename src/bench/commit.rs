@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fencelock::FencingToken;
-use fencelock::storage::backend::{Backend as _, BackendError, Change, Entry, Fjall};
+use fencelock::storage::backend::{Backend as _, BackendError, Entry, Fjall, Record};
 use fencelock::storage::fence::Binding;
 use hdrhistogram::Histogram;
 
@@ -147,30 +147,26 @@ fn measure(
 ) -> Result<CommitStats, BenchError> {
     let stopped = || options.stop.load(Ordering::Relaxed);
     let mut next_key = 0u64;
-    let mut changes = Vec::with_capacity(2 * batch);
-    let mut commit = |changes: &mut Vec<Change>| -> Result<Duration, BenchError> {
-        changes.clear();
+    let mut records = Vec::with_capacity(batch);
+    let mut commit = |records: &mut Vec<(String, Record)>| -> Result<Duration, BenchError> {
+        records.clear();
         for _ in 0..batch {
-            let key = format!("c{next_key}");
-            next_key += 1;
-            changes.push(Change::Bind {
-                key: key.clone(),
-                binding: Binding::Lock(FENCE.to_owned()),
-            });
-            changes.push(Change::Value {
-                key,
-                entry: Entry {
+            let record = Record {
+                binding: Some(Binding::Lock(FENCE.to_owned())),
+                value: Some(Entry {
                     value: value.clone(),
                     token: FencingToken::new(1),
-                },
-            });
+                }),
+            };
+            records.push((format!("c{next_key}"), record));
+            next_key += 1;
         }
         let started = Instant::now();
-        engine.commit(changes)?;
+        engine.commit(records, &[])?;
         Ok(started.elapsed())
     };
     for _ in 0..WARMUP_COMMITS {
-        commit(&mut changes)?;
+        commit(&mut records)?;
     }
     // The bounds are constants that hdrhistogram accepts.
     let mut histogram =
@@ -179,7 +175,7 @@ fn measure(
     let mut elapsed = Duration::ZERO;
     let window = Instant::now();
     while !stopped() && (commits < MIN_COMMITS || window.elapsed() < options.duration) {
-        let took = commit(&mut changes)?;
+        let took = commit(&mut records)?;
         histogram.saturating_record(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1));
         elapsed += took;
         commits += 1;

@@ -25,7 +25,8 @@
 //! two-thread version was 15-25% slower. One thread that is busy in `fdatasync` while
 //! requests queue needs no wake-ups at all under load.
 
-use std::hash::{BuildHasher, RandomState};
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -36,7 +37,7 @@ use hashbrown::HashTable;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
-use super::backend::{Backend, BackendError, Change, Entry, FenceId};
+use super::backend::{Backend, BackendError, Entry, FenceId, Record};
 use super::fence::{self, Access, Binding, Policy, Rejection};
 use super::metrics::Metrics;
 use crate::FencingToken;
@@ -226,122 +227,108 @@ impl Store {
 /// Effects of the batch being applied, not yet committed: what later requests of the same
 /// batch must see. Emptied after every commit.
 ///
-/// The changes are kept once, in commit order; the tables index them by key (the latest
-/// value change and the binding of each key, the latest raise of each fence), so recording
-/// a change copies neither its key nor its value.
+/// Each key and each fence the batch changed is there once, as the batch leaves it (a later
+/// request of the batch changes it in place), so the commit writes one record per key.
 #[derive(Default)]
 struct Pending {
-    changes: Vec<Change>,
-    /// Indexes in `changes` of each key's latest `Value` or `Delete`.
-    values: HashTable<usize>,
-    /// Indexes in `changes` of each key's `Bind`.
-    bindings: HashTable<usize>,
-    /// Indexes in `changes` of each fence's latest `Fence`.
-    fences: HashTable<usize>,
+    records: Indexed<String, Record>,
+    fences: Indexed<FenceId, FencingToken>,
     /// std's keyed SipHash, as in `HashMap`: the keys come from clients.
     hasher: RandomState,
 }
 
-/// Which of [`Pending`]'s tables indexes a change, and under what.
-enum Slot<'a> {
-    Value(&'a str),
-    Binding(&'a str),
-    Fence(&'a FenceId),
-}
-
-impl Slot<'_> {
-    fn of(change: &Change) -> Slot<'_> {
-        match change {
-            Change::Value { key, .. } | Change::Delete { key } => Slot::Value(key),
-            Change::Bind { key, .. } => Slot::Binding(key),
-            Change::Fence { id, .. } => Slot::Fence(id),
-        }
-    }
-
-    fn hash(&self, hasher: &RandomState) -> u64 {
-        match self {
-            Slot::Value(key) | Slot::Binding(key) => hasher.hash_one(key),
-            Slot::Fence(id) => hasher.hash_one(id),
-        }
-    }
-
-    fn same(&self, other: &Slot<'_>) -> bool {
-        match (self, other) {
-            (Slot::Value(a), Slot::Value(b)) | (Slot::Binding(a), Slot::Binding(b)) => a == b,
-            (Slot::Fence(a), Slot::Fence(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
 impl Pending {
-    /// Appends `change`; later lookups of its key or fence find it.
-    fn record(&mut self, change: Change) {
-        let index = self.changes.len();
-        self.changes.push(change);
-        let Pending {
-            changes,
-            values,
-            bindings,
-            fences,
-            hasher,
-        } = self;
-        let slot = Slot::of(&changes[index]);
-        let table = match slot {
-            Slot::Value(_) => values,
-            Slot::Binding(_) => bindings,
-            Slot::Fence(_) => fences,
-        };
-        let hash = slot.hash(hasher);
-        let entry = table.entry(
-            hash,
-            |&i| slot.same(&Slot::of(&changes[i])),
-            |&i| Slot::of(&changes[i]).hash(hasher),
-        );
-        match entry {
-            hashbrown::hash_table::Entry::Occupied(mut latest) => *latest.get_mut() = index,
-            hashbrown::hash_table::Entry::Vacant(vacant) => {
-                vacant.insert(index);
-            }
-        }
+    /// `key`'s record as this batch left it; `None` when the batch has not changed it.
+    fn record(&self, key: &str) -> Option<&Record> {
+        self.records.get(key, &self.hasher)
     }
 
-    fn find(&self, table: &HashTable<usize>, slot: Slot<'_>) -> Option<&Change> {
-        table
-            .find(slot.hash(&self.hasher), |&i| {
-                slot.same(&Slot::of(&self.changes[i]))
-            })
-            .map(|&i| &self.changes[i])
-    }
-
-    /// `key`'s value as this batch left it: `None` when the batch has not touched it,
-    /// `Some(None)` when it deleted it.
-    fn value(&self, key: &str) -> Option<Option<&Entry>> {
-        match self.find(&self.values, Slot::Value(key))? {
-            Change::Value { entry, .. } => Some(Some(entry)),
-            _ => Some(None),
-        }
-    }
-
-    fn binding(&self, key: &str) -> Option<&Binding> {
-        match self.find(&self.bindings, Slot::Binding(key))? {
-            Change::Bind { binding, .. } => Some(binding),
-            _ => None,
-        }
+    /// Sets `key`'s record as the batch leaves it.
+    fn put_record(&mut self, key: String, record: Record) -> &mut Record {
+        self.records.put(key, record, &self.hasher)
     }
 
     fn fence(&self, id: &FenceId) -> Option<FencingToken> {
-        match self.find(&self.fences, Slot::Fence(id))? {
-            Change::Fence { token, .. } => Some(*token),
-            _ => None,
-        }
+        self.fences.get(id, &self.hasher).copied()
+    }
+
+    fn raise(&mut self, id: FenceId, token: FencingToken) {
+        self.fences.put(id, token, &self.hasher);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.records.entries.is_empty() && self.fences.entries.is_empty()
     }
 
     fn clear(&mut self) {
-        self.values.clear();
+        self.records.clear();
         self.fences.clear();
-        self.bindings.clear();
-        self.changes.clear();
+    }
+}
+
+/// Pairs in the order their keys were first put, found by key through a table of positions:
+/// a map whose entries are also a slice, as a commit takes them.
+struct Indexed<K, V> {
+    entries: Vec<(K, V)>,
+    positions: HashTable<usize>,
+}
+
+impl<K, V> Default for Indexed<K, V> {
+    fn default() -> Self {
+        Indexed {
+            entries: Vec::new(),
+            positions: HashTable::new(),
+        }
+    }
+}
+
+impl<K: Hash + Eq, V> Indexed<K, V> {
+    fn position<Q>(&self, key: &Q, hasher: &RandomState) -> Option<usize>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let entries = &self.entries;
+        self.positions
+            .find(hasher.hash_one(key), |&i| entries[i].0.borrow() == key)
+            .copied()
+    }
+
+    fn get<Q>(&self, key: &Q, hasher: &RandomState) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.position(key, hasher).map(|i| &self.entries[i].1)
+    }
+
+    /// `value` under `key`, in place of the one there or added after the others.
+    fn put(&mut self, key: K, value: V, hasher: &RandomState) -> &mut V {
+        let Indexed { entries, positions } = self;
+        let found = positions.entry(
+            hasher.hash_one(&key),
+            |&i| entries[i].0 == key,
+            |&i| hasher.hash_one(&entries[i].0),
+        );
+        let i = match found {
+            hashbrown::hash_table::Entry::Occupied(occupied) => {
+                let i = *occupied.get();
+                entries[i].1 = value;
+                i
+            }
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let i = entries.len();
+                vacant.insert(i);
+                entries.push((key, value));
+                i
+            }
+        };
+        &mut entries[i].1
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.positions.clear();
     }
 }
 
@@ -383,9 +370,12 @@ impl Writer {
 
     /// Makes the pending effects durable in one engine commit.
     fn commit(&mut self, requests: usize) {
-        if self.failure.is_none() && !self.pending.changes.is_empty() {
+        if self.failure.is_none() && !self.pending.is_empty() {
             let started = Instant::now();
-            match self.backend.commit(&self.pending.changes) {
+            let committed = self
+                .backend
+                .commit(&self.pending.records.entries, &self.pending.fences.entries);
+            match committed {
                 Ok(()) => self.metrics.commit(requests, started.elapsed()),
                 Err(e) => {
                     error!("commit failed, the store refuses all further requests: {e}");
@@ -404,9 +394,11 @@ impl Writer {
         }
         match op {
             Op::Read { key, fence, token } => {
-                self.pass_fence(Access::Read, &key, fence.as_deref(), token)?;
-                let value = self.value(&key)?;
-                let binding = self.binding(&key)?;
+                let mut record = self.record(&key)?;
+                if self.pass_fence(Access::Read, &key, &mut record, fence.as_deref(), token)? {
+                    self.pending.put_record(key.clone(), record.clone());
+                }
+                let Record { binding, value } = record;
                 let token = match &binding {
                     Some(binding) => self.current_fence(&FenceId::new(&key, binding))?,
                     None => None,
@@ -419,9 +411,10 @@ impl Writer {
                 fence,
                 token,
             } => {
-                self.pass_fence(Access::Write, &key, fence.as_deref(), token)?;
-                let entry = Entry { value, token };
-                self.pending.record(Change::Value { key, entry });
+                let mut record = self.record(&key)?;
+                self.pass_fence(Access::Write, &key, &mut record, fence.as_deref(), token)?;
+                record.value = Some(Entry { value, token });
+                self.pending.put_record(key, record);
                 Ok(Reply::Written)
             }
             Op::Txn { fence, token, ops } => self.txn(&fence, token, ops),
@@ -429,40 +422,40 @@ impl Writer {
         }
     }
 
-    /// Applies the binding rule and then the fence rule to a request for `key` naming
-    /// `fence` (a lock name, or none for the key's own fence), and records what the rules
-    /// say: the key's binding on its first checked access, a raised fence.
+    /// Applies the binding rule and then the fence rule to a request for `key` (whose record
+    /// as the batch leaves it is `record`) naming `fence` (a lock name, or none for the key's
+    /// own fence), and records what the rules say: a raised fence here, and on the key's
+    /// first checked access its binding in `record`, for the caller to put. Returns whether
+    /// it bound the key.
     fn pass_fence(
         &mut self,
         access: Access,
         key: &str,
+        record: &mut Record,
         fence: Option<&str>,
         token: Option<FencingToken>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         if !fence::is_checked(self.policy, access, token) {
-            return Ok(());
+            return Ok(false);
         }
         let requested = Binding::of(fence);
-        let bound = self.binding(key)?;
         let id = FenceId::new(key, &requested);
         let current = self.current_fence(&id)?;
         let fence_name = fence.unwrap_or(key);
-        let decided = fence::bind(key, bound.as_ref(), &requested).and_then(|binding| {
+        let decided = fence::bind(key, record.binding.as_ref(), &requested).and_then(|binding| {
             fence::check(self.policy, access, fence_name, token, current)
                 .map(|accepted| (binding, accepted))
         });
         match decided {
             Ok((binding, accepted)) => {
-                if let Some(binding) = binding {
-                    self.pending.record(Change::Bind {
-                        key: key.to_owned(),
-                        binding,
-                    });
-                }
                 if let Some(raised) = accepted.raise_to {
-                    self.pending.record(Change::Fence { id, token: raised });
+                    self.pending.raise(id, raised);
                 }
-                Ok(())
+                let bound = binding.is_some();
+                if bound {
+                    record.binding = binding;
+                }
+                Ok(bound)
             }
             Err(rejection) => Err(self.refuse(key, fence_name, token, current, rejection)),
         }
@@ -481,12 +474,16 @@ impl Writer {
         let access = if writes { Access::Write } else { Access::Read };
         if fence::is_checked(self.policy, access, token) {
             let requested = Binding::Lock(fence.to_owned());
-            let mut new_bindings = Vec::new();
+            // The records the transaction binds, as read here: put only once all is decided.
+            // A key named twice is read twice alike, so its second put repeats the first.
+            let mut bound = Vec::new();
             for key in ops.iter().map(TxnOp::key) {
-                let bound = self.binding(key)?;
-                let decided = fence::bind(key, bound.as_ref(), &requested);
-                match decided {
-                    Ok(Some(binding)) => new_bindings.push((key.to_owned(), binding)),
+                let mut record = self.record(key)?;
+                match fence::bind(key, record.binding.as_ref(), &requested) {
+                    Ok(Some(binding)) => {
+                        record.binding = Some(binding);
+                        bound.push((key.to_owned(), record));
+                    }
                     Ok(None) => {}
                     Err(rejection) => return Err(self.refuse(key, fence, token, None, rejection)),
                 }
@@ -495,26 +492,23 @@ impl Writer {
             let current = self.current_fence(&id)?;
             let accepted = fence::check(self.policy, access, fence, token, current)
                 .map_err(|rejection| self.refuse(fence, fence, token, current, rejection))?;
-            for (key, binding) in new_bindings {
-                self.pending.record(Change::Bind { key, binding });
+            for (key, record) in bound {
+                self.pending.put_record(key, record);
             }
             if let Some(raised) = accepted.raise_to {
-                self.pending.record(Change::Fence { id, token: raised });
+                self.pending.raise(id, raised);
             }
         }
         let mut results = Vec::with_capacity(ops.len());
         for op in ops {
             results.push(match op {
-                TxnOp::Read { key } => TxnResult::Read(self.value(&key)?),
+                TxnOp::Read { key } => TxnResult::Read(self.record(&key)?.value),
                 TxnOp::Write { key, value } => {
-                    let entry = Entry { value, token };
-                    self.pending.record(Change::Value { key, entry });
+                    self.record_mut(key)?.value = Some(Entry { value, token });
                     TxnResult::Written
                 }
                 TxnOp::Delete { key } => {
-                    let existed = self.value(&key)?.is_some();
-                    self.pending.record(Change::Delete { key });
-                    TxnResult::Deleted(existed)
+                    TxnResult::Deleted(self.record_mut(key)?.value.take().is_some())
                 }
             });
         }
@@ -540,25 +534,31 @@ impl Writer {
         rejection.into()
     }
 
-    /// The value under `key`, as this batch left it.
-    fn value(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        match self.pending.value(key) {
-            Some(entry) => Ok(entry.cloned()),
-            None => self.backend.value(key).map_err(failed),
+    /// The record under `key`, as this batch left it.
+    fn record(&self, key: &str) -> Result<Record, StoreError> {
+        match self.pending.record(key) {
+            Some(record) => Ok(record.clone()),
+            None => self.backend.record(key).map_err(failed),
         }
+    }
+
+    /// The record under `key` as this batch leaves it, to change: taken into the batch from
+    /// the engine on the batch's first change of the key.
+    fn record_mut(&mut self, key: String) -> Result<&mut Record, StoreError> {
+        let record = match self.pending.records.position(&key, &self.pending.hasher) {
+            Some(i) => &mut self.pending.records.entries[i].1,
+            None => {
+                let stored = self.backend.record(&key).map_err(failed)?;
+                self.pending.put_record(key, stored)
+            }
+        };
+        Ok(record)
     }
 
     fn current_fence(&self, id: &FenceId) -> Result<Option<FencingToken>, StoreError> {
         match self.pending.fence(id) {
             Some(token) => Ok(Some(token)),
             None => self.backend.fence(id).map_err(failed),
-        }
-    }
-
-    fn binding(&self, key: &str) -> Result<Option<Binding>, StoreError> {
-        match self.pending.binding(key) {
-            Some(binding) => Ok(Some(binding.clone())),
-            None => self.backend.binding(key).map_err(failed),
         }
     }
 }
@@ -584,69 +584,65 @@ mod tests {
         FencingToken::new(n).unwrap()
     }
 
-    fn write(key: &str, value: &'static str, n: u64) -> Change {
-        Change::Value {
-            key: key.into(),
-            entry: Entry {
+    fn record(value: &'static str, n: u64) -> Record {
+        Record {
+            binding: Some(Binding::Lock("/lock".into())),
+            value: Some(Entry {
                 value: Bytes::from_static(value.as_bytes()),
                 token: Some(token(n)),
-            },
+            }),
         }
     }
 
     #[test]
-    fn pending_answers_each_keys_latest_change_and_keeps_every_change_in_order() {
+    fn pending_holds_each_key_and_fence_once_as_the_batch_leaves_it() {
         let mut pending = Pending::default();
         let lock = FenceId::Lock("/lock".into());
-        // The same name as a lock's fence, a key's own fence and a key: three different slots.
+        // The same name as a lock's fence and a key's own fence: two different fences.
         let own = FenceId::Key("/lock".into());
-        pending.record(write("a", "1", 3));
-        pending.record(Change::Bind {
-            key: "a".into(),
-            binding: Binding::Lock("/lock".into()),
-        });
-        pending.record(Change::Fence {
-            id: lock.clone(),
-            token: token(3),
-        });
-        pending.record(Change::Delete { key: "a".into() });
-        pending.record(write("/lock", "x", 9));
-        pending.record(Change::Fence {
-            id: own.clone(),
-            token: token(9),
-        });
-        assert_eq!(pending.value("a"), Some(None), "the delete came last");
-        pending.record(write("a", "2", 4));
-        pending.record(Change::Fence {
-            id: lock.clone(),
-            token: token(4),
-        });
+        assert!(pending.is_empty());
+        pending.put_record("a".into(), record("1", 3));
+        pending.raise(lock.clone(), token(3));
+        pending.put_record("/lock".into(), record("x", 9));
+        pending.raise(own.clone(), token(9));
+        pending.put_record("a".into(), Record::default());
+        assert_eq!(pending.record("a"), Some(&Record::default()), "replaced");
+        pending.put_record("a".into(), record("2", 4));
+        pending.raise(lock.clone(), token(4));
 
-        let a = pending.value("a").unwrap().unwrap();
-        assert_eq!(
-            (a.value.as_ref(), a.token),
-            (b"2".as_slice(), Some(token(4)))
-        );
-        assert_eq!(
-            pending.value("/lock").unwrap().unwrap().token,
-            Some(token(9))
-        );
-        assert_eq!(pending.value("b"), None, "untouched by the batch");
-        assert_eq!(pending.binding("a"), Some(&Binding::Lock("/lock".into())));
-        assert_eq!(pending.binding("/lock"), None, "written, never bound");
+        assert_eq!(pending.record("a"), Some(&record("2", 4)));
+        assert_eq!(pending.record("/lock"), Some(&record("x", 9)));
+        assert_eq!(pending.record("b"), None, "untouched by the batch");
         assert_eq!(pending.fence(&lock), Some(token(4)));
         assert_eq!(pending.fence(&own), Some(token(9)));
+        let keys: Vec<&str> = pending
+            .records
+            .entries
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(keys, ["a", "/lock"], "each key once, in first-put order");
         assert_eq!(
-            pending.changes.len(),
-            8,
-            "every change is committed, in order"
+            pending.fences.entries,
+            [(lock.clone(), token(4)), (own, token(9))]
         );
-        assert!(matches!(pending.changes[3], Change::Delete { .. }));
 
         pending.clear();
-        assert_eq!(pending.value("a"), None);
-        assert_eq!(pending.binding("a"), None);
+        assert!(pending.is_empty());
+        assert_eq!(pending.record("a"), None);
         assert_eq!(pending.fence(&lock), None);
-        assert!(pending.changes.is_empty());
+    }
+
+    #[test]
+    fn pending_finds_every_key_of_a_large_batch() {
+        let mut pending = Pending::default();
+        for i in 0..5_000 {
+            pending.put_record(format!("k{i}"), record("v", i + 1));
+        }
+        for i in (0..5_000).rev() {
+            let found = pending.record(&format!("k{i}")).unwrap();
+            assert_eq!(found.value.as_ref().unwrap().token, Some(token(i + 1)));
+        }
+        assert_eq!(pending.records.entries.len(), 5_000);
     }
 }
