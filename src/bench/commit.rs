@@ -23,6 +23,7 @@ use fencelock::FencingToken;
 use fencelock::storage::backend::{Backend as _, BackendError, Entry, Fjall, Record};
 use fencelock::storage::fence::Binding;
 use hdrhistogram::Histogram;
+use indexmap::IndexMap;
 
 use super::chart::{Chart, Scale, Series};
 
@@ -147,8 +148,9 @@ fn measure(
 ) -> Result<CommitStats, BenchError> {
     let stopped = || options.stop.load(Ordering::Relaxed);
     let mut next_key = 0u64;
-    let mut records = Vec::with_capacity(batch);
-    let mut commit = |records: &mut Vec<(String, Record)>| -> Result<Duration, BenchError> {
+    let mut records = IndexMap::with_capacity(batch);
+    let no_fences = IndexMap::new();
+    let mut commit = |records: &mut IndexMap<String, Record>| -> Result<Duration, BenchError> {
         records.clear();
         for _ in 0..batch {
             let record = Record {
@@ -158,11 +160,11 @@ fn measure(
                     token: FencingToken::new(1),
                 }),
             };
-            records.push((format!("c{next_key}"), record));
+            records.insert(format!("c{next_key}"), record);
             next_key += 1;
         }
         let started = Instant::now();
-        engine.commit(records, &[])?;
+        engine.commit(records, &no_fences)?;
         Ok(started.elapsed())
     };
     for _ in 0..WARMUP_COMMITS {

@@ -29,6 +29,7 @@ use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use indexmap::IndexMap;
 
 use super::fence::Binding;
 use crate::FencingToken;
@@ -120,11 +121,11 @@ pub trait Backend: Send + Sync + 'static {
     /// The record under `key`: an empty one for a key never bound nor written.
     fn record(&self, key: &str) -> Result<Record, BackendError>;
     /// Stores each key's record (an empty one removes the key) and each fence's token,
-    /// atomically, durably where the engine is durable. A key or a fence is named once.
+    /// atomically, durably where the engine is durable.
     fn commit(
         &self,
-        records: &[(String, Record)],
-        fences: &[(FenceId, FencingToken)],
+        records: &IndexMap<String, Record>,
+        fences: &IndexMap<FenceId, FencingToken>,
     ) -> Result<(), BackendError>;
 }
 
@@ -205,8 +206,8 @@ impl Backend for Fjall {
 
     fn commit(
         &self,
-        records: &[(String, Record)],
-        fences: &[(FenceId, FencingToken)],
+        records: &IndexMap<String, Record>,
+        fences: &IndexMap<FenceId, FencingToken>,
     ) -> Result<(), BackendError> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut raw = Vec::new();
@@ -422,8 +423,8 @@ impl Backend for Memory {
 
     fn commit(
         &self,
-        records: &[(String, Record)],
-        fences: &[(FenceId, FencingToken)],
+        records: &IndexMap<String, Record>,
+        fences: &IndexMap<FenceId, FencingToken>,
     ) -> Result<(), BackendError> {
         let mut state = self.state();
         for (key, record) in records {
@@ -479,16 +480,16 @@ mod tests {
         };
         backend
             .commit(
-                &[
+                &IndexMap::from([
                     ("/lock".into(), own.clone()),
                     ("k".into(), bound_to("/lock", None)),
                     ("plain".into(), unfenced.clone()),
                     ("gone".into(), bound_to("/lock", Some(entry("x", 2)))),
-                ],
-                &[
+                ]),
+                &IndexMap::from([
                     (lock("/lock"), token(3)),
                     (FenceId::Key("/lock".into()), token(9)),
-                ],
+                ]),
             )
             .unwrap();
         assert_eq!(backend.record("/lock").unwrap(), own);
@@ -509,11 +510,11 @@ mod tests {
         // A deleted value keeps its binding; a record with neither goes.
         backend
             .commit(
-                &[
+                &IndexMap::from([
                     ("gone".into(), bound_to("/lock", None)),
                     ("plain".into(), Record::default()),
-                ],
-                &[],
+                ]),
+                &IndexMap::new(),
             )
             .unwrap();
         assert_eq!(backend.record("gone").unwrap(), bound_to("/lock", None));
