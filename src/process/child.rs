@@ -56,14 +56,9 @@ pub fn freeze(pid: u32) -> bool {
     if !send_signal(pid, Signal::STOP) {
         return false;
     }
-    let stat = format!("/proc/{pid}/stat");
     let deadline = std::time::Instant::now() + FREEZE_TIMEOUT;
     loop {
-        let state = std::fs::read_to_string(&stat).ok().and_then(|text| {
-            // The state follows the command name's closing parenthesis.
-            text.rsplit_once(") ")?.1.chars().next()
-        });
-        match state {
+        match state(pid) {
             Some('T') => return true,
             // Gone, or a zombie: it will not answer anything any more either.
             None | Some('Z') => return false,
@@ -74,12 +69,37 @@ pub fn freeze(pid: u32) -> bool {
     }
 }
 
+/// Process `pid`'s state letter in `/proc/PID/stat` (`R`, `S`, `T`, `Z`...); `None` once it
+/// is gone.
+fn state(pid: u32) -> Option<char> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The state follows the command name's closing parenthesis.
+    text.rsplit_once(") ")?.1.chars().next()
+}
+
 /// Signals the process group `pgid` (a group leader's PID); false when nothing was signalled.
 fn send_group_signal(pgid: u32, signal: Signal) -> bool {
     let Some(pgid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) else {
         return false;
     };
     rustix::process::kill_process_group(pgid, signal).is_ok()
+}
+
+/// The PIDs of the processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // After the command name's closing parenthesis: the state, then the parent's PID.
+            let parent: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            (parent == pid).then_some(child)
+        })
+        .collect()
 }
 
 /// A synchronous child process that is killed and reaped when dropped, also when the owner
@@ -142,6 +162,33 @@ impl ChildGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Kills the child and every process it started, including those that left its process
+    /// group (PostgreSQL's backends each lead their own session), with SIGKILL, and reaps the
+    /// child; returns once all of them have ended (within a few seconds). The child is frozen
+    /// first, so it forks nothing more and reaps nothing: a process it started stays a zombie
+    /// after it ends, so none of the PIDs signalled can have been given to another process.
+    pub fn kill_with_children(&mut self) {
+        if let Some(pid) = self.pid()
+            && freeze(pid)
+        {
+            let children = children_of(pid);
+            for &child in &children {
+                send_signal(child, Signal::KILL);
+            }
+            // Dead means a zombie: its memory and files are released, so nothing it held
+            // (a shared memory segment, a port) is still in use when the child goes.
+            let deadline = Instant::now() + FREEZE_TIMEOUT;
+            while children
+                .iter()
+                .any(|&child| !matches!(state(child), None | Some('Z')))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        self.kill();
     }
 
     /// Waits up to `timeout` for the child to exit by itself and reaps it; `None` if it is

@@ -6,9 +6,10 @@
 //! - as root, the server runs as the `postgres` system user (or `nobody`), since PostgreSQL
 //!   refuses to run as root; the temporary directory is handed to that user;
 //! - `start` and `restart` return only once the server answers a query;
-//! - the postmaster leads its own process group, and the whole group (postmaster and
-//!   backends) is killed and reaped on [`PostgresServer::crash`] and on drop; it dies with the
-//!   thread that started it if this process ends without dropping it.
+//! - the postmaster and every process it started (each backend leads its own session, so a
+//!   process group does not hold them) are killed at once on [`PostgresServer::crash`] and
+//!   on drop, and the postmaster is reaped; it dies with the thread that started it if this
+//!   process ends without dropping it, and its backends then exit on seeing it gone.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -246,10 +247,11 @@ impl PostgresServer {
     }
 
     /// Kills the postmaster and every backend with SIGKILL at once, as a crash of the machine
-    /// would end them (only what reached the write-ahead log survives), and reaps them.
+    /// would end them (only what reached the write-ahead log survives), and reaps the
+    /// postmaster; returns once all of them are dead.
     pub fn crash(&mut self) {
         if let Some(mut postmaster) = self.postmaster.take() {
-            postmaster.kill();
+            postmaster.kill_with_children();
         }
     }
 

@@ -207,7 +207,22 @@ async fn a_crash_in_the_middle_loses_no_acknowledged_transaction() {
     tx.execute("INSERT INTO orders (id, by_token) VALUES (500, 500)", &[])
         .await
         .unwrap();
+    let backend: i32 = tx
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     pg.crash();
+    // The backend leads its own session, outside the postmaster's process group; a crash
+    // that left it running would let it commit what it was sent next.
+    let state = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty()
+            || state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        "the backend outlived the crash: {state}"
+    );
     assert!(
         tx.commit().await.is_err(),
         "a commit to a dead server succeeded"
