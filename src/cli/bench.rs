@@ -9,7 +9,8 @@ use fencelock::lock::WatchStart;
 use fencelock::storage::Policy;
 
 use super::{
-    EtcdConnect, announce, current_exe, duration, exit, listen, shutdown_signal, unless_interrupted,
+    EtcdConnect, announce, current_exe, duration, exit, listen, parse_bytes, shutdown_signal,
+    unless_interrupted,
 };
 use crate::bench::baseline;
 use crate::bench::chart::Chart;
@@ -312,21 +313,6 @@ fn parse_count(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is not a count (1000, 1k, 10M)"))
 }
 
-/// A size in bytes with an optional `B`, `KiB` or `MiB`: `100`, `100B`, `64KiB`, `1MiB`.
-fn parse_bytes(text: &str) -> Result<usize, String> {
-    let text = text.trim();
-    let (number, factor) = [("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
-        .iter()
-        .find_map(|&(unit, factor)| text.strip_suffix(unit).map(|n| (n, factor)))
-        .unwrap_or((text, 1));
-    number
-        .trim()
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| format!("{text:?} is not a size in bytes (100, 100B, 64KiB, 1MiB)"))
-}
-
 async fn serve_baseline(args: BaselineArgs) -> anyhow::Result<u8> {
     let (listener, addr) = listen(&args.listen).await?;
     announce(addr)?;
@@ -393,11 +379,12 @@ mod tests {
     }
 
     #[test]
-    fn sizes_take_bytes_kibibytes_and_mebibytes() {
+    fn sizes_take_bytes_kibibytes_mebibytes_and_gibibytes() {
         assert_eq!(parse_bytes("100"), Ok(100));
         assert_eq!(parse_bytes("100B"), Ok(100));
         assert_eq!(parse_bytes("64KiB"), Ok(65536));
         assert_eq!(parse_bytes("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
         assert!(parse_bytes("64KB").is_err());
         assert!(parse_bytes("").is_err());
     }

@@ -260,6 +260,26 @@ fn announce_line(prefix: &str, addr: SocketAddr) -> anyhow::Result<()> {
     stdout.flush().context("cannot write to stdout")
 }
 
+/// A size in bytes with an optional `B`, `KiB`, `MiB` or `GiB`: `100`, `100B`, `64KiB`, `1GiB`.
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let (number, factor) = [
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("B", 1),
+    ]
+    .iter()
+    .find_map(|&(unit, factor)| text.strip_suffix(unit).map(|n| (n, factor)))
+    .unwrap_or((text, 1));
+    number
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| format!("{text:?} is not a size in bytes (100, 100B, 64KiB, 1MiB, 1GiB)"))
+}
+
 /// Reads a PEM file named by `flag`, saying which flag and file when it cannot.
 pub fn read_pem(flag: &str, path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {flag} {}", path.display()))

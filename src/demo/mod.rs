@@ -299,7 +299,7 @@ impl Servers {
     /// Starts a durable storage with its data in `dir` and the fence `policy`; returns its URL.
     async fn storage(&mut self, dir: PathBuf, policy: Policy) -> anyhow::Result<String> {
         let config = storage::Config {
-            engine: Engine::Durable(dir),
+            engine: Engine::durable(dir),
             policy,
             limits: storage::Limits::default(),
             tls: None,

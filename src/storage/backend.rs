@@ -158,13 +158,18 @@ pub struct Fjall {
 /// front). fjall's default, 32 MiB, holds the index and filter blocks of a few million keys
 /// only: past that every read loads and checks them again, and fenced reads of 10 million
 /// stored keys fell to a twentieth of those of one million.
-pub const CACHE_BYTES: u64 = 256 << 20;
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 20;
 
 impl Fjall {
-    /// Opens (or creates) the database in `dir`. Opening replays fjall's journal, so every
-    /// batch committed before a crash is back.
+    /// Opens (or creates) the database in `dir`, with the default block cache. Opening
+    /// replays fjall's journal, so every batch committed before a crash is back.
     pub fn open(dir: &Path) -> Result<Self, BackendError> {
-        let db = Database::builder(dir).cache_size(CACHE_BYTES).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`Fjall::open`], caching up to `cache_bytes` of blocks.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, BackendError> {
+        let db = Database::builder(dir).cache_size(cache_bytes).open()?;
         if db.keyspace_exists(EARLIER_FENCES) {
             return Err(BackendError::EarlierLayout(dir.to_owned()));
         }

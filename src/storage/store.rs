@@ -147,16 +147,32 @@ type Responder = oneshot::Sender<Result<Reply, StoreError>>;
 /// Which engine holds the data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Engine {
-    /// fjall in this directory (created when missing).
-    Durable(std::path::PathBuf),
+    /// fjall on disk.
+    Durable {
+        /// The data directory, created when missing.
+        dir: std::path::PathBuf,
+        /// Bytes of blocks cached, filled as the engine reads
+        /// ([`DEFAULT_CACHE_BYTES`](super::backend::DEFAULT_CACHE_BYTES) unless told).
+        cache_bytes: u64,
+    },
     /// Maps in memory: nothing survives the process.
     Memory,
+}
+
+impl Engine {
+    /// fjall in `dir`, with the default block cache.
+    pub fn durable(dir: impl Into<std::path::PathBuf>) -> Self {
+        Engine::Durable {
+            dir: dir.into(),
+            cache_bytes: super::backend::DEFAULT_CACHE_BYTES,
+        }
+    }
 }
 
 impl std::fmt::Display for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Engine::Durable(dir) => write!(f, "durable in {}", dir.display()),
+            Engine::Durable { dir, .. } => write!(f, "durable in {}", dir.display()),
             Engine::Memory => f.write_str("in memory"),
         }
     }
@@ -208,7 +224,9 @@ impl Store {
         metrics: Arc<Metrics>,
     ) -> Result<Self, BackendError> {
         let backend: Arc<dyn Backend> = match engine {
-            Engine::Durable(dir) => Arc::new(super::backend::Fjall::open(dir)?),
+            Engine::Durable { dir, cache_bytes } => {
+                Arc::new(super::backend::Fjall::open_with_cache(dir, *cache_bytes)?)
+            }
             Engine::Memory => Arc::new(super::backend::Memory::default()),
         };
         let (requests, inbox) = mpsc::channel(REQUEST_QUEUE);
@@ -222,7 +240,9 @@ impl Store {
         let failure = committer.failure.clone();
         let committer = Arc::new(committer);
         let pipeline = match engine {
-            Engine::Durable(_) => Some(Pipeline::start(committer.clone(), requests.downgrade())?),
+            Engine::Durable { .. } => {
+                Some(Pipeline::start(committer.clone(), requests.downgrade())?)
+            }
             // A commit in memory takes less than handing it to another thread would.
             Engine::Memory => None,
         };
@@ -758,12 +778,7 @@ mod tests {
     async fn requests_queued_behind_a_large_transaction_see_it() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::default());
-        let store = Store::open(
-            &Engine::Durable(dir.path().to_owned()),
-            Policy::Strict,
-            metrics,
-        )
-        .unwrap();
+        let store = Store::open(&Engine::durable(dir.path()), Policy::Strict, metrics).unwrap();
         let handle = store.handle();
         let txn = |fence: &str, n: u64, ops| Op::Txn {
             fence: fence.into(),

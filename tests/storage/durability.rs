@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::proc::Signal;
+use crate::support::proc::{Signal, exit_and_stderr, fencelock_bin};
 use crate::support::storage::{StorageProcess, answer, seed};
 use serde_json::json;
 
@@ -204,7 +204,9 @@ async fn thirty_two_concurrent_writers_on_distinct_keys_lose_no_acknowledged_wri
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = StorageProcess::durable(dir.path(), "strict");
+    let data_dir = dir.path().to_str().unwrap();
+    // The smallest block cache serves as well; the restart uses the default.
+    let mut server = StorageProcess::start(&["--data-dir", data_dir, "--cache-size", "1MiB"]);
     let http = crate::support::http_client();
 
     println!("write under fence /lock with token 12, then SIGTERM");
@@ -228,5 +230,34 @@ async fn sigterm_stops_the_server_cleanly_and_a_restart_keeps_everything() {
     assert_eq!(
         (status, body),
         (200, json!({"fence": "/lock", "token": 12}))
+    );
+}
+
+#[test]
+fn a_cache_size_below_1mib_or_for_the_in_memory_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let refused = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(fencelock_bin());
+        cmd.args(["storage", "--listen=127.0.0.1:0"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null());
+        exit_and_stderr("fencelock storage", &mut cmd, Duration::from_secs(10))
+    };
+    let dir_arg = format!("--data-dir={}", data_dir.display());
+    for (args, mentions) in [
+        (vec![dir_arg.as_str(), "--cache-size=512KiB"], "1MiB"),
+        (vec![dir_arg.as_str(), "--cache-size=lots"], "not a size"),
+        (vec!["--in-memory", "--cache-size=1GiB"], "--in-memory"),
+    ] {
+        let (code, stderr) = refused(&args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(mentions), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(
+        !data_dir.exists(),
+        "a refused start created its data directory"
     );
 }
