@@ -959,10 +959,8 @@ fn spread(connection: u64, seq: u64) -> u64 {
 /// CPU time (user and system) used so far by process `pid` (`"self"` for this one), from
 /// `/proc/PID/stat`; `None` when it cannot be read.
 fn cpu_time(pid: &str) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name, field 2, is in parentheses and may hold spaces; utime and stime are
-    // fields 14 and 15, the 12th and 13th after it.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, the 12th and 13th after the command name.
+    let fields = fencelock::process::stat_fields(pid)?;
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     let per_second = rustix::param::clock_ticks_per_second();
     Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))

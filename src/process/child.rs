@@ -69,12 +69,18 @@ pub fn freeze(pid: u32) -> bool {
     }
 }
 
-/// Process `pid`'s state letter in `/proc/PID/stat` (`R`, `S`, `T`, `Z`...); `None` once it
-/// is gone.
-fn state(pid: u32) -> Option<char> {
+/// The fields of `/proc/PID/stat` that follow the command name (field 2, in parentheses, may
+/// hold spaces): the state (field 3) first, then the parent's PID (field 4), and so on; `None`
+/// when it cannot be read. `pid` may be `self`.
+pub fn stat_fields(pid: impl std::fmt::Display) -> Option<Vec<String>> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The state follows the command name's closing parenthesis.
-    text.rsplit_once(") ")?.1.chars().next()
+    let after_name = text.rsplit_once(')')?.1;
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Process `pid`'s state letter (`R`, `S`, `T`, `Z`...); `None` once it is gone.
+fn state(pid: u32) -> Option<char> {
+    stat_fields(pid)?.first()?.chars().next()
 }
 
 /// Signals the process group `pgid` (a group leader's PID); false when nothing was signalled.
@@ -94,9 +100,7 @@ fn children_of(pid: u32) -> Vec<u32> {
         .flatten()
         .filter_map(|entry| {
             let child: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            // After the command name's closing parenthesis: the state, then the parent's PID.
-            let parent: u32 = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            let parent: u32 = stat_fields(child)?.get(1)?.parse().ok()?;
             (parent == pid).then_some(child)
         })
         .collect()

@@ -19,7 +19,7 @@ mod server;
 
 pub use child::{
     ChildGuard, READY_PREFIX, READY_PREFIX_TLS, Signal, die_with_parent, freeze, parse_ready_line,
-    read_ready_addr, send_signal,
+    read_ready_addr, send_signal, stat_fields,
 };
 pub use clock::{faketime_library, skew_clock};
 pub use etcd::{ClusterError, EtcdCluster, EtcdOptions, ServerTls};

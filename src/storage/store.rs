@@ -40,7 +40,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
+use indexmap::{IndexMap, map};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, warn};
 
@@ -619,31 +619,25 @@ impl Writer {
 
     /// The record under `key` as the batches before this one left it.
     fn committed_record(&self, key: &str) -> Result<Record, StoreError> {
-        let committing = self.committing.as_deref();
-        match committing.and_then(|batch| batch.records.get(key)) {
-            Some(record) => Ok(record.clone()),
-            None => self.backend.record(key).map_err(failed),
-        }
+        committed_record(self.committing.as_deref(), &*self.backend, key)
     }
 
     /// The record under `key` as this batch leaves it, to change: taken into the batch on
     /// the batch's first change of the key.
     fn record_mut(&mut self, key: String) -> Result<&mut Record, StoreError> {
-        if let Some(record) = self.pending.records.get_index_of(&key) {
-            return Ok(&mut self.pending.records[record]);
-        }
-        let stored = self.committed_record(&key)?;
-        Ok(self.pending.records.entry(key).or_insert(stored))
+        Ok(match self.pending.records.entry(key) {
+            map::Entry::Occupied(taken) => taken.into_mut(),
+            map::Entry::Vacant(first) => {
+                let stored =
+                    committed_record(self.committing.as_deref(), &*self.backend, first.key())?;
+                first.insert(stored)
+            }
+        })
     }
 
     fn current_fence(&self, id: &FenceId) -> Result<Option<FencingToken>, StoreError> {
-        let committing = self.committing.as_deref();
-        let pending = [Some(&self.pending), committing];
-        match pending
-            .into_iter()
-            .flatten()
-            .find_map(|batch| batch.fences.get(id))
-        {
+        let committing = || self.committing.as_deref()?.fences.get(id);
+        match self.pending.fences.get(id).or_else(committing) {
             Some(token) => Ok(Some(*token)),
             None => self.backend.fence(id).map_err(failed),
         }
@@ -656,6 +650,18 @@ impl TxnOp {
         match self {
             TxnOp::Read { key } | TxnOp::Write { key, .. } | TxnOp::Delete { key } => key,
         }
+    }
+}
+
+/// The record under `key` in the batch being `committing`, else in the engine.
+fn committed_record(
+    committing: Option<&Pending>,
+    backend: &dyn Backend,
+    key: &str,
+) -> Result<Record, StoreError> {
+    match committing.and_then(|batch| batch.records.get(key)) {
+        Some(record) => Ok(record.clone()),
+        None => backend.record(key).map_err(failed),
     }
 }
 
