@@ -11,10 +11,11 @@
 //! - Each change is published on `fanout` while the state is still locked, so a watcher
 //!   added under the lock sees exactly the changes after what it read.
 //! - A lease's `keys` are exactly the live keys whose `lease` field names it.
+//! - `dirs` holds exactly the live keys, each under its directory with its create_revision.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::ops::Bound;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque, btree_map};
+use std::ops::{Bound, RangeBounds, RangeFull};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
@@ -95,6 +96,17 @@ impl KeyRange {
         }
     }
 
+    /// Whether every key starting with `prefix` is in the range.
+    fn holds_prefix(&self, prefix: &[u8]) -> bool {
+        let after = prefix_end(prefix);
+        prefix >= self.start.as_slice()
+            && match &self.end {
+                End::Single => false,
+                End::Unbounded => true,
+                End::Before(end) => after != [0] && after <= *end,
+            }
+    }
+
     /// Bounds for a `BTreeMap` scan, or `None` for an empty range (an end at or before the
     /// start), which `BTreeMap::range` would refuse.
     fn bounds(&self) -> Option<KeyBounds<'_>> {
@@ -159,6 +171,11 @@ struct Lingering {
 
 pub struct State {
     keys: BTreeMap<Vec<u8>, KeyValue>,
+    /// The live keys by directory (the key up to and including its last `/`, empty for a
+    /// key without one), each directory's by create_revision, then key: what lets a lock's
+    /// waiter find and count the keys of its lock created before its own (`<lock>/<lease>`)
+    /// without reading every key of the lock.
+    dirs: BTreeMap<Bytes, DirKeys>,
     /// Bytes of keys and values in `keys`.
     live_bytes: usize,
     revision: i64,
@@ -186,6 +203,7 @@ impl State {
         let identity = revisions.identity();
         Self {
             keys: BTreeMap::new(),
+            dirs: BTreeMap::new(),
             live_bytes: 0,
             revision,
             history: VecDeque::new(),
@@ -302,66 +320,168 @@ impl State {
             .map(|(_, kv)| kv)
     }
 
-    /// The keys of `range` as of `revision` (0 or less: now, `pending` included), in key
-    /// order. `pending` are the uncommitted events of the Txn being applied, already in
-    /// `keys`: a read of a committed revision undoes them first.
     /// Whether a read at `revision` sees the live keys as they are.
     fn reads_now(revision: i64, current: i64, pending: &[Event]) -> bool {
         revision <= 0 || (revision == current && pending.is_empty())
     }
 
-    /// The keys in `range` as they were at `revision` (0: now), in key order; `pending` are
-    /// the writes of the Txn reading, which a read at the current revision does not see.
-    fn read_at<'a>(
+    /// The keys in `range` changed since `revision` (0: now), each with its version then
+    /// (`None`: absent then); `pending` are the writes of the Txn reading, which a read at the
+    /// current revision does not see. Empty for a read that sees the live keys as they are.
+    fn changed_since<'a>(
         &'a self,
         range: &KeyRange,
         revision: i64,
         pending: &'a [Event],
-    ) -> Result<Vec<&'a KeyValue>, EtcdError> {
+    ) -> Result<HashMap<&'a [u8], Option<&'a KeyValue>>, EtcdError> {
         if revision > self.revision {
             return Err(EtcdError::FutureRevision);
         }
+        let mut then = HashMap::new();
         if Self::reads_now(revision, self.revision, pending) {
-            return Ok(self.scan(range).collect());
+            return Ok(then);
         }
         if revision < self.oldest_kept {
             return Err(EtcdError::Compacted);
         }
-        // Each key changed since `revision`, with its version then: walked newest first, so
-        // the version before its oldest change is the one left.
+        // Walked newest first, so the version before a key's oldest change is the one left.
         let newer = self
             .history
             .iter()
             .rev()
             .take_while(|change| change.revision > revision)
             .flat_map(|change| change.events.iter().rev());
-        let mut then: HashMap<&[u8], Option<&KeyValue>> = HashMap::new();
         for event in pending.iter().rev().chain(newer) {
             let Some(kv) = &event.kv else { continue };
             if range.contains(&kv.key) {
                 then.insert(&kv.key[..], event.prev_kv.as_ref());
             }
         }
-        // The live keys, in key order, with each changed one swapped for its version then:
-        // found by binary search, since few keys change between a read and the revision it
-        // asks for while a range (a lock's waiters) may hold thousands.
-        let mut kvs: Vec<&KeyValue> = self.scan(range).collect();
-        if !then.is_empty() {
-            let at = |kvs: &[&KeyValue], key: &[u8]| kvs.binary_search_by(|kv| kv.key[..].cmp(key));
-            let mut live = vec![true; kvs.len()];
-            for key in then.keys() {
-                if let Ok(i) = at(&kvs, key) {
-                    live[i] = false;
-                }
-            }
-            let mut live = live.into_iter();
-            kvs.retain(|_| live.next().unwrap_or(true));
-            for kv in then.into_values().flatten() {
-                let (Ok(i) | Err(i)) = at(&kvs, &kv.key);
-                kvs.insert(i, kv);
+        Ok(then)
+    }
+
+    /// Calls `visit` with each key in `range` as it was when the keys `changed` had the
+    /// versions given: the live keys unchanged since, in key order, then the earlier versions
+    /// of the changed ones. Nothing is collected: a range (a lock's waiters) may hold
+    /// thousands of keys, of which a Range usually answers one or two.
+    fn visit<'a>(
+        &'a self,
+        range: &KeyRange,
+        changed: &HashMap<&'a [u8], Option<&'a KeyValue>>,
+        mut visit: impl FnMut(&'a KeyValue),
+    ) {
+        if changed.is_empty() {
+            return self.scan(range).for_each(visit);
+        }
+        // The changed keys are skipped by walking them in key order beside the live ones:
+        // few keys change between a read and the revision it asks for.
+        let mut skip: Vec<&[u8]> = changed.keys().copied().collect();
+        skip.sort_unstable();
+        let mut skip = skip.into_iter().peekable();
+        for kv in self.scan(range) {
+            while skip.next_if(|key| *key < &kv.key[..]).is_some() {}
+            if skip.next_if_eq(&&kv.key[..]).is_none() {
+                visit(kv);
             }
         }
-        Ok(kvs)
+        changed.values().flatten().copied().for_each(visit);
+    }
+
+    /// The directories that hold every live key of `range`, each with whether all its keys
+    /// are in the range; `None` for a single key, or when they are too many, or when one
+    /// only partly in the range is too large to sift.
+    fn dirs_of(&self, range: &KeyRange) -> Option<Vec<(&DirKeys, bool)>> {
+        let start = &range.start[..];
+        let end = match &range.end {
+            End::Single => return None,
+            End::Unbounded => Bound::Unbounded,
+            End::Before(end) if end.as_slice() > start => Bound::Excluded(&end[..]),
+            End::Before(_) => return Some(Vec::new()),
+        };
+        let sifted = |keys: &DirKeys| keys.len() <= MAX_SIFTED;
+        let mut dirs = Vec::new();
+        // A key's directory is a prefix of it: either one of the start's own (its keys past
+        // the start may be in the range) or one from the start on.
+        let above = std::iter::once(0).chain(
+            start
+                .iter()
+                .enumerate()
+                .filter(|&(i, b)| *b == b'/' && i + 1 < start.len())
+                .map(|(i, _)| i + 1),
+        );
+        for len in above {
+            if let Some(keys) = self.dirs.get(&start[..len]) {
+                dirs.push((keys, false));
+            }
+        }
+        for (dir, keys) in self.dirs.range::<[u8], _>((Bound::Included(start), end)) {
+            dirs.push((keys, range.holds_prefix(dir)));
+            if dirs.len() > MAX_DIRS {
+                return None;
+            }
+        }
+        dirs.iter()
+            .all(|(keys, whole)| *whole || sifted(keys))
+            .then_some(dirs)
+    }
+
+    /// How many keys `range` holds when the keys `changed` had the versions given, of the
+    /// `live` it holds now.
+    fn count_then(&self, live: usize, changed: &HashMap<&[u8], Option<&KeyValue>>) -> usize {
+        let live_changed = changed.keys().filter(|k| self.keys.contains_key(**k));
+        let then = changed.values().flatten().count();
+        live - live_changed.count() + then
+    }
+
+    /// The keys `request`, a Range ordered by create_revision, answers, into `pick`, found by
+    /// walking the directories `dirs` of its range in that order from the bound it asks.
+    /// Only keys that pass `passes` are picked.
+    fn pick_by_create<'a, F>(
+        &'a self,
+        (range, dirs): (&KeyRange, &[(&'a DirKeys, bool)]),
+        changed: &HashMap<&'a [u8], Option<&'a KeyValue>>,
+        request: &pb::RangeRequest,
+        pick: &mut Pick<'a, F>,
+        passes: impl Fn(&KeyValue) -> bool,
+    ) where
+        F: Fn(&&'a KeyValue, &&'a KeyValue) -> Ordering,
+    {
+        for kv in changed.values().flatten() {
+            if passes(kv) {
+                pick.offer(kv);
+            }
+        }
+        let descend = request.sort_order() == range_request::SortOrder::Descend;
+        let (min, max) = (request.min_create_revision, request.max_create_revision);
+        let lower = match min {
+            0 => Bound::Unbounded,
+            min => Bound::Included((min, Bytes::new())),
+        };
+        let upper = match max {
+            0 => Bound::Unbounded,
+            max => Bound::Excluded((max.saturating_add(1), Bytes::new())),
+        };
+        for (keys, whole) in dirs {
+            for (created, key) in keys.walk((lower.clone(), upper.clone()), descend) {
+                // Every key of this directory from here on comes after the last one picked.
+                if let Some(last) = pick.last_if_full()
+                    && match descend {
+                        true => *created < last.create_revision,
+                        false => *created > last.create_revision,
+                    }
+                {
+                    break;
+                }
+                if !(*whole || range.contains(key)) || changed.contains_key(&key[..]) {
+                    continue;
+                }
+                if let Some(kv) = self.keys.get(&key[..])
+                    && passes(kv)
+                {
+                    pick.offer(kv);
+                }
+            }
+        }
     }
 
     pub fn range(&self, request: &pb::RangeRequest) -> Result<pb::RangeResponse, EtcdError> {
@@ -378,13 +498,24 @@ impl State {
             return Err(EtcdError::EmptyKey);
         }
         let range = KeyRange::new(&request.key, &request.range_end);
-        // Filtered and sorted by reference; only the keys answered are copied.
-        let mut kvs = self.read_at(&range, request.revision, pending)?;
-        let count = kvs.len() as i64;
         let within = |value: i64, min: i64, max: i64| {
             (min == 0 || value >= min) && (max == 0 || value <= max)
         };
-        kvs.retain(|kv| {
+        let limit = usize::try_from(request.limit).unwrap_or(0);
+        let filtered = request.min_mod_revision != 0
+            || request.max_mod_revision != 0
+            || request.min_create_revision != 0
+            || request.max_create_revision != 0;
+        let (target, order) = (request.sort_target(), request.sort_order());
+        // Like etcd: without an explicit order or a filter, only the first `limit + 1` keys
+        // in key order are read (one more than asked, to know whether there are more), and
+        // only those are then sorted by a non-key target. Otherwise the keys answered are the
+        // first `limit + 1` in the order asked.
+        let picked_by = match order == range_request::SortOrder::None && !filtered {
+            true => ordering(range_request::SortTarget::Key, order),
+            false => ordering(target, order),
+        };
+        let passes = |kv: &KeyValue| {
             within(
                 kv.mod_revision,
                 request.min_mod_revision,
@@ -394,19 +525,43 @@ impl State {
                 request.min_create_revision,
                 request.max_create_revision,
             )
-        });
-        let limit = usize::try_from(request.limit).unwrap_or(0);
-        let filtered = request.min_mod_revision != 0
-            || request.max_mod_revision != 0
-            || request.min_create_revision != 0
-            || request.max_create_revision != 0;
-        // Like etcd: without an explicit order or a filter, only the first `limit + 1` keys
-        // in key order are read (one more than asked, to know whether there are more), and
-        // only those are then sorted by a non-key target.
-        if limit > 0 && request.sort_order() == range_request::SortOrder::None && !filtered {
-            kvs.truncate(limit + 1);
-        }
-        sort(&mut kvs, request.sort_target(), request.sort_order(), limit);
+        };
+        // Filtered and picked by reference; only the keys answered are copied.
+        let changed = self.changed_since(&range, request.revision, pending)?;
+        let by_create = target == range_request::SortTarget::Create
+            && (order != range_request::SortOrder::None || filtered);
+        let dirs = match by_create && limit > 0 && limit < MAX_PICKED {
+            true => self.dirs_of(&range),
+            false => None,
+        };
+        let (count, picked) = match dirs {
+            Some(dirs) => {
+                let live = dirs.iter().map(|(keys, whole)| match whole {
+                    true => keys.len(),
+                    false => keys
+                        .walk(RangeFull, false)
+                        .filter(|(_, key)| range.contains(key))
+                        .count(),
+                });
+                let count = self.count_then(live.sum(), &changed);
+                let mut pick = Pick::new(limit, picked_by);
+                self.pick_by_create((&range, &dirs), &changed, request, &mut pick, passes);
+                (count, pick)
+            }
+            None => {
+                let mut count = 0;
+                let mut picked = Pick::new(limit, picked_by);
+                self.visit(&range, &changed, |kv| {
+                    count += 1;
+                    if passes(kv) {
+                        picked.offer(kv);
+                    }
+                });
+                (count, picked)
+            }
+        };
+        let mut kvs = picked.into_vec();
+        kvs.sort_unstable_by(ordering(target, order));
         let mut more = false;
         if limit > 0 && kvs.len() > limit {
             kvs.truncate(limit);
@@ -434,7 +589,7 @@ impl State {
             header: Some(self.header()),
             kvs,
             more,
-            count,
+            count: count as i64,
         })
     }
 
@@ -558,6 +713,15 @@ impl State {
         if let Some(prev) = &prev {
             self.live_bytes -= prev.key.len() + prev.value.len();
         }
+        if prev.is_none() {
+            let entry = (kv.create_revision, kv.key.clone());
+            match self.dirs.entry(dir_of(&kv.key)) {
+                btree_map::Entry::Vacant(dir) => {
+                    dir.insert(DirKeys::One(entry));
+                }
+                btree_map::Entry::Occupied(mut dir) => dir.get_mut().insert(entry),
+            }
+        }
         self.keys.insert(request.key.clone(), kv.clone());
         events.push(Event {
             r#type: EventType::Put as i32,
@@ -594,6 +758,12 @@ impl State {
         let mut prev_kvs = Vec::new();
         for key in &keys {
             let prev = self.keys.remove(key).expect("deleted keys exist");
+            let dir = dir_of(&prev.key);
+            if let Some(keys) = self.dirs.get_mut(&dir[..])
+                && keys.remove(&(prev.create_revision, prev.key.clone()))
+            {
+                self.dirs.remove(&dir[..]);
+            }
             self.live_bytes -= prev.key.len() + prev.value.len();
             self.detach(prev.lease, key);
             let event = Event {
@@ -1240,37 +1410,158 @@ fn compare_kv(compare: &pb::Compare, kv: &KeyValue) -> bool {
 /// key-ordered input leaves them). With a `limit`, only the first `limit + 1` (enough to
 /// tell whether there are more) are put in order: a waiter's read of its lock's newest key
 /// costs a selection over the lock's keys, not a sort of them.
-fn sort(
-    kvs: &mut Vec<&KeyValue>,
+/// The order a Range answers in: by `target` in `order` (ascending when none is given), ties
+/// by key, ascending; by key alone for the key target.
+fn ordering(
     target: range_request::SortTarget,
     order: range_request::SortOrder,
-    limit: usize,
-) {
+) -> impl Fn(&&KeyValue, &&KeyValue) -> Ordering + Copy {
     use range_request::{SortOrder, SortTarget};
-    let order = match (target, order) {
-        (SortTarget::Key, SortOrder::None | SortOrder::Ascend) => return,
-        (_, SortOrder::None) => SortOrder::Ascend,
-        (_, order) => order,
-    };
-    let by_target = |a: &KeyValue, b: &KeyValue| match target {
+    let by_target = move |a: &KeyValue, b: &KeyValue| match target {
         SortTarget::Key => a.key.cmp(&b.key),
         SortTarget::Version => a.version.cmp(&b.version),
         SortTarget::Create => a.create_revision.cmp(&b.create_revision),
         SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
         SortTarget::Value => a.value.cmp(&b.value),
     };
-    let cmp = |a: &&KeyValue, b: &&KeyValue| {
+    move |a: &&KeyValue, b: &&KeyValue| {
         let ordered = match order {
             SortOrder::Descend => by_target(b, a),
             _ => by_target(a, b),
         };
         ordered.then_with(|| a.key.cmp(&b.key))
-    };
-    if limit > 0 && kvs.len() > limit + 1 {
-        kvs.select_nth_unstable_by(limit, cmp);
-        kvs.truncate(limit + 1);
     }
-    kvs.sort_unstable_by(cmp);
+}
+
+/// A Range ordered by create_revision reads its keys through their directories when it
+/// spans at most this many.
+const MAX_DIRS: usize = 16;
+
+/// ... and when each directory only partly in it holds at most this many keys, which are
+/// sifted one by one.
+const MAX_SIFTED: usize = 64;
+
+/// The live keys of one directory, by create_revision, then key. Most directories hold one
+/// key (a lock of its own per session, each session's attempt key), which needs no tree.
+enum DirKeys {
+    One((i64, Bytes)),
+    Many(BTreeSet<(i64, Bytes)>),
+}
+
+impl DirKeys {
+    fn len(&self) -> usize {
+        match self {
+            DirKeys::One(_) => 1,
+            DirKeys::Many(keys) => keys.len(),
+        }
+    }
+
+    fn insert(&mut self, entry: (i64, Bytes)) {
+        match self {
+            DirKeys::One(one) => {
+                let one = std::mem::replace(one, (0, Bytes::new()));
+                *self = DirKeys::Many(BTreeSet::from([one, entry]));
+            }
+            DirKeys::Many(keys) => {
+                keys.insert(entry);
+            }
+        }
+    }
+
+    /// Removes `entry`; whether the directory is now empty.
+    fn remove(&mut self, entry: &(i64, Bytes)) -> bool {
+        match self {
+            DirKeys::One(one) => one == entry,
+            DirKeys::Many(keys) => {
+                keys.remove(entry);
+                if keys.len() == 1
+                    && let Some(last) = keys.pop_first()
+                {
+                    *self = DirKeys::One(last);
+                }
+                false
+            }
+        }
+    }
+
+    /// The keys within `bounds`, in create order or against it.
+    fn walk(
+        &self,
+        bounds: impl RangeBounds<(i64, Bytes)>,
+        descend: bool,
+    ) -> Box<dyn Iterator<Item = &(i64, Bytes)> + '_> {
+        match (self, descend) {
+            (DirKeys::One(one), _) => Box::new(bounds.contains(one).then_some(one).into_iter()),
+            (DirKeys::Many(keys), false) => Box::new(keys.range(bounds)),
+            (DirKeys::Many(keys), true) => Box::new(keys.range(bounds).rev()),
+        }
+    }
+}
+
+/// The directory of `key`: up to and including its last `/`, empty for a key without one.
+fn dir_of(key: &Bytes) -> Bytes {
+    let end = key.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    key.slice(..end)
+}
+
+/// Past this many keys picked, a Range collects every key and selects among them.
+const MAX_PICKED: usize = 256;
+
+/// The first `limit + 1` keys offered in an order (all of them for no limit), kept as they
+/// come: one more than a Range answers, to know whether there are more.
+struct Pick<'a, F> {
+    keep: Option<usize>,
+    kvs: Vec<&'a KeyValue>,
+    order: F,
+}
+
+impl<'a, F: Fn(&&'a KeyValue, &&'a KeyValue) -> Ordering> Pick<'a, F> {
+    fn new(limit: usize, order: F) -> Self {
+        let keep = (limit > 0).then(|| limit.saturating_add(1));
+        let capacity = keep.filter(|&keep| keep <= MAX_PICKED).unwrap_or(0);
+        Pick {
+            keep,
+            kvs: Vec::with_capacity(capacity),
+            order,
+        }
+    }
+
+    fn offer(&mut self, kv: &'a KeyValue) {
+        let keep = match self.keep {
+            Some(keep) if keep <= MAX_PICKED => keep,
+            _ => return self.kvs.push(kv),
+        };
+        // Sorted, at most `keep` long: a key past the last of a full pick is out.
+        if self.kvs.len() == keep {
+            match self.kvs.last() {
+                Some(last) if (self.order)(&kv, last) == Ordering::Less => {
+                    self.kvs.truncate(keep - 1)
+                }
+                _ => return,
+            }
+        }
+        let (Ok(at) | Err(at)) = self.kvs.binary_search_by(|held| (self.order)(held, &kv));
+        self.kvs.insert(at, kv);
+    }
+
+    /// The last key picked, when no later one can be.
+    fn last_if_full(&self) -> Option<&'a KeyValue> {
+        match self.keep {
+            Some(keep) if keep <= MAX_PICKED && self.kvs.len() == keep => self.kvs.last().copied(),
+            _ => None,
+        }
+    }
+
+    /// The keys picked, in no promised order.
+    fn into_vec(mut self) -> Vec<&'a KeyValue> {
+        if let Some(keep) = self.keep
+            && self.kvs.len() > keep
+        {
+            self.kvs.select_nth_unstable_by(keep - 1, &self.order);
+            self.kvs.truncate(keep);
+        }
+        self.kvs
+    }
 }
 
 #[cfg(test)]
@@ -1475,6 +1766,203 @@ mod tests {
             s.range(&pb::RangeRequest::default()).err(),
             Some(EtcdError::EmptyKey)
         );
+    }
+
+    /// What a Range at `revision` answers, worked out the plain way from a copy of the keys
+    /// as they were then: every key of the range, filtered, sorted in full, cut to the limit.
+    fn range_of_snapshot(
+        keys: &BTreeMap<Vec<u8>, KeyValue>,
+        request: &pb::RangeRequest,
+    ) -> (Vec<Vec<u8>>, bool, i64) {
+        use range_request::{SortOrder, SortTarget};
+        let range = KeyRange::new(&request.key, &request.range_end);
+        let mut kvs: Vec<&KeyValue> = keys.values().filter(|kv| range.contains(&kv.key)).collect();
+        let count = kvs.len() as i64;
+        let bound = |v: i64, min: i64, max: i64| (min == 0 || v >= min) && (max == 0 || v <= max);
+        kvs.retain(|kv| {
+            bound(
+                kv.mod_revision,
+                request.min_mod_revision,
+                request.max_mod_revision,
+            ) && bound(
+                kv.create_revision,
+                request.min_create_revision,
+                request.max_create_revision,
+            )
+        });
+        let filtered = [
+            request.min_mod_revision,
+            request.max_mod_revision,
+            request.min_create_revision,
+            request.max_create_revision,
+        ] != [0; 4];
+        let limit = request.limit as usize;
+        if limit > 0 && request.sort_order() == SortOrder::None && !filtered {
+            kvs.truncate(limit + 1);
+        }
+        let value = |kv: &KeyValue| match request.sort_target() {
+            SortTarget::Key => (0, kv.key.to_vec()),
+            SortTarget::Version => (kv.version, Vec::new()),
+            SortTarget::Create => (kv.create_revision, Vec::new()),
+            SortTarget::Mod => (kv.mod_revision, Vec::new()),
+            SortTarget::Value => (0, kv.value.to_vec()),
+        };
+        kvs.sort_by(|a, b| {
+            let by = value(a).cmp(&value(b));
+            match request.sort_order() {
+                SortOrder::Descend => by.reverse(),
+                _ => by,
+            }
+            .then(a.key.cmp(&b.key))
+        });
+        let more = limit > 0 && kvs.len() > limit;
+        if limit > 0 {
+            kvs.truncate(limit);
+        }
+        (kvs.iter().map(|kv| kv.key.to_vec()).collect(), more, count)
+    }
+
+    proptest::proptest! {
+        /// Ranges over a history of puts and deletes, at any kept revision, with every
+        /// order, limit and filter, answer as the plain evaluation of the keys then does.
+        #[test]
+        fn ranges_at_any_revision_answer_as_the_keys_then_do(
+            writes in proptest::collection::vec((0u8..12, 0u8..4, 0u8..10), 1..60),
+            reads in proptest::collection::vec(
+                (0usize..12, 0usize..15, 0i32..5, 0i32..3, 0usize..5, 0i64..4, 0i64..6, 0i64..4),
+                1..40,
+            ),
+        ) {
+            let mut s = state();
+            let mut then = BTreeMap::new();
+            then.insert(s.revision(), s.keys.clone());
+            // Keys in four directories ("", "d/", "d/s/", "e/"), and more under some of them.
+            for (key, value, kind) in writes {
+                let key = match key {
+                    0..3 => format!("k{key}"),
+                    3..6 => format!("d/k{key}"),
+                    6..9 => format!("d/s/k{key}"),
+                    _ => format!("e/k{key}"),
+                };
+                match kind {
+                    0..3 => {
+                        s.delete_range(&pb::DeleteRangeRequest { key: key.into(), ..Default::default() }).unwrap();
+                    }
+                    // Keys created in one Txn share a create_revision.
+                    3 => {
+                        let all = ["", "b", "c", "/c"].map(|end| put_op(&format!("{key}{end}")));
+                        s.txn(&pb::TxnRequest { success: all.to_vec(), ..Default::default() }).unwrap();
+                    }
+                    _ => {
+                        put(&mut s, &key, &format!("v{value}"));
+                    }
+                }
+                then.insert(s.revision(), s.keys.clone());
+            }
+            let bounds = ["d", "d/", "d/k", "d/k4", "d/s/", "d/s0", "d0", "e/", "e0", "k", "k1", "z"];
+            for (from, to, target, order, limit, back, create, max_mod) in reads {
+                let revision = (s.revision() - back).max(s.oldest_kept());
+                let start = bounds[from].as_bytes();
+                let request = pb::RangeRequest {
+                    key: start.to_vec(),
+                    range_end: match to {
+                        12 => vec![0],
+                        13 => prefix_end(start),
+                        14 => Vec::new(),
+                        to => bounds[to].into(),
+                    },
+                    sort_target: target,
+                    sort_order: order,
+                    limit: [0, 1, 2, 3, 300][limit],
+                    revision: if back == 0 { 0 } else { revision },
+                    min_create_revision: if matches!(create, 1 | 2) { s.revision() - create * 5 } else { 0 },
+                    max_create_revision: if create >= 3 { s.revision() - (create - 2) * 3 } else { 0 },
+                    max_mod_revision: if max_mod == 0 { 0 } else { s.revision() - max_mod * 3 },
+                    keys_only: true,
+                    ..Default::default()
+                };
+                let at = if back == 0 { s.revision() } else { revision };
+                let answer = s.range(&request).unwrap();
+                let keys: Vec<Vec<u8>> = answer.kvs.iter().map(|kv| kv.key.to_vec()).collect();
+                proptest::prop_assert_eq!(
+                    (keys, answer.more, answer.count),
+                    range_of_snapshot(&then[&at], &request),
+                    "{:?}", request
+                );
+            }
+        }
+    }
+
+    /// A lock's waiter asks for the newest keys of its prefix created before its own; keys
+    /// of other directories created in between are not in the way.
+    #[test]
+    fn the_newest_keys_of_a_prefix_are_found_past_newer_keys_elsewhere() {
+        let mut s = state();
+        let first = put(&mut s, "lock/a", "");
+        let second = put(&mut s, "lock/b", "");
+        for i in 0..300 {
+            put(&mut s, &format!("other/{i:03}"), "");
+        }
+        let third = put(&mut s, "lock/c", "");
+        let newest = |s: &State, max_create_revision: i64, revision: i64| {
+            let answer = s
+                .range(&pb::RangeRequest {
+                    key: b"lock/".to_vec(),
+                    range_end: prefix_end(b"lock/"),
+                    max_create_revision,
+                    sort_target: range_request::SortTarget::Create as i32,
+                    sort_order: range_request::SortOrder::Descend as i32,
+                    limit: 2,
+                    revision,
+                    ..Default::default()
+                })
+                .unwrap();
+            let keys: Vec<_> = answer.kvs.iter().map(|kv| kv.create_revision).collect();
+            (keys, answer.more, answer.count)
+        };
+        assert_eq!(newest(&s, 0, 0), (vec![third, second], true, 3));
+        assert_eq!(newest(&s, third - 1, 0), (vec![second, first], false, 3));
+        s.delete_range(&pb::DeleteRangeRequest {
+            key: b"lock/b".to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(newest(&s, 0, 0), (vec![third, first], false, 2));
+        // As it was before the deletion: the deleted key's version then is answered.
+        assert_eq!(newest(&s, 0, third), (vec![third, second], true, 3));
+    }
+
+    #[test]
+    fn a_limit_past_what_is_picked_one_by_one_selects_among_all_keys() {
+        let mut s = state();
+        let mut revisions = Vec::new();
+        for i in 0..600 {
+            revisions.push((
+                put(&mut s, &format!("p/{:03}", (i * 7) % 600), "v"),
+                (i * 7) % 600,
+            ));
+        }
+        let limit = MAX_PICKED + 14;
+        let answer = s
+            .range(&pb::RangeRequest {
+                key: b"p/".to_vec(),
+                range_end: prefix_end(b"p/"),
+                sort_target: range_request::SortTarget::Create as i32,
+                sort_order: range_request::SortOrder::Descend as i32,
+                limit: limit as i64,
+                ..Default::default()
+            })
+            .unwrap();
+        let expected: Vec<Vec<u8>> = revisions
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|(_, i)| format!("p/{i:03}").into_bytes())
+            .collect();
+        let keys: Vec<Vec<u8>> = answer.kvs.iter().map(|kv| kv.key.to_vec()).collect();
+        assert_eq!(keys, expected);
+        assert!(answer.more);
+        assert_eq!(answer.count, 600);
     }
 
     fn create_is_zero(key: &str) -> pb::Compare {
