@@ -1172,13 +1172,28 @@ impl State {
         if self.keys.get(key).map(|kv| kv.create_revision) != Some(created) {
             return Turn::Gone;
         }
+        // No key is older than one created at the first revision (a bound of 0 is none).
+        if created <= 1 {
+            return Turn::Owner;
+        }
         let mut prefix = name.to_vec();
         prefix.push(b'/');
-        let range = KeyRange::new(&prefix, &prefix_end(&prefix));
+        // The newest key of the lock created before this one: what a Range reads through
+        // the lock's directory, without a scan of every waiter's key.
+        let ahead = pb::RangeRequest {
+            range_end: prefix_end(&prefix),
+            key: prefix,
+            max_create_revision: created - 1,
+            sort_target: range_request::SortTarget::Create as i32,
+            sort_order: range_request::SortOrder::Descend as i32,
+            limit: 1,
+            keys_only: true,
+            ..Default::default()
+        };
         match self
-            .scan(&range)
-            .filter(|kv| kv.create_revision < created)
-            .max_by_key(|kv| kv.create_revision)
+            .range(&ahead)
+            .ok()
+            .and_then(|answer| answer.kvs.into_iter().next())
         {
             Some(ahead) => Turn::Waiting(ahead.key.to_vec()),
             None => Turn::Owner,
@@ -2202,6 +2217,10 @@ mod tests {
         assert_eq!(s.enqueue(b"/l", a).unwrap(), (key_a.clone(), rev_a));
         assert_eq!(s.turn(b"/l", &key_a, rev_a), Turn::Owner);
         assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Waiting(key_a.clone()));
+        // Behind the newest key ahead, not the oldest.
+        let c = s.grant(now, 0, 10).unwrap().id;
+        let (key_c, rev_c) = s.enqueue(b"/l", c).unwrap();
+        assert_eq!(s.turn(b"/l", &key_c, rev_c), Turn::Waiting(key_b.clone()));
         s.withdraw(&key_a, rev_a);
         assert_eq!(s.turn(b"/l", &key_a, rev_a), Turn::Gone);
         assert_eq!(s.turn(b"/l", &key_b, rev_b), Turn::Owner);
