@@ -1452,8 +1452,8 @@ fn ordering(
 /// spans at most this many.
 const MAX_DIRS: usize = 16;
 
-/// ... and when each directory only partly in it holds at most this many keys, which are
-/// sifted one by one.
+/// A directory only partly in such a Range is sifted key by key when it holds at most this
+/// many keys; a larger one makes the Range read its range instead.
 const MAX_SIFTED: usize = 64;
 
 /// The live keys of one directory, by create_revision, then key. Most directories hold one
