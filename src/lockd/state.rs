@@ -391,13 +391,13 @@ impl State {
     /// are in the range; `None` for a single key, or when they are too many, or when one
     /// only partly in the range is too large to sift.
     fn dirs_of(&self, range: &KeyRange) -> Option<Vec<(&DirKeys, bool)>> {
-        let start = &range.start[..];
-        let end = match &range.end {
-            End::Single => return None,
-            End::Unbounded => Bound::Unbounded,
-            End::Before(end) if end.as_slice() > start => Bound::Excluded(&end[..]),
-            End::Before(_) => return Some(Vec::new()),
+        if range.single_key().is_some() {
+            return None;
+        }
+        let Some((_, end)) = range.bounds() else {
+            return Some(Vec::new());
         };
+        let start = &range.start[..];
         let sifted = |keys: &DirKeys| keys.len() <= MAX_SIFTED;
         let mut dirs = Vec::new();
         // A key's directory is a prefix of it: either one of the start's own (its keys past
@@ -434,18 +434,18 @@ impl State {
     }
 
     /// The keys `request`, a Range ordered by create_revision, answers, into `pick`, found by
-    /// walking the directories `dirs` of its range in that order from the bound it asks.
-    /// Only keys that pass `passes` are picked.
+    /// walking the directories `dirs` of its `range` in that order from the bound it asks.
     fn pick_by_create<'a, F>(
         &'a self,
-        (range, dirs): (&KeyRange, &[(&'a DirKeys, bool)]),
+        range: &KeyRange,
+        dirs: &[(&'a DirKeys, bool)],
         changed: &HashMap<&'a [u8], Option<&'a KeyValue>>,
         request: &pb::RangeRequest,
         pick: &mut Pick<'a, F>,
-        passes: impl Fn(&KeyValue) -> bool,
     ) where
         F: Fn(&&'a KeyValue, &&'a KeyValue) -> Ordering,
     {
+        let passes = |kv: &KeyValue| passes_filters(request, kv);
         for kv in changed.values().flatten() {
             if passes(kv) {
                 pick.offer(kv);
@@ -498,9 +498,6 @@ impl State {
             return Err(EtcdError::EmptyKey);
         }
         let range = KeyRange::new(&request.key, &request.range_end);
-        let within = |value: i64, min: i64, max: i64| {
-            (min == 0 || value >= min) && (max == 0 || value <= max)
-        };
         let limit = usize::try_from(request.limit).unwrap_or(0);
         let filtered = request.min_mod_revision != 0
             || request.max_mod_revision != 0
@@ -512,29 +509,18 @@ impl State {
         // only those are then sorted by a non-key target. Otherwise the keys answered are the
         // first `limit + 1` in the order asked.
         let picked_by = match order == range_request::SortOrder::None && !filtered {
-            true => ordering(range_request::SortTarget::Key, order),
-            false => ordering(target, order),
-        };
-        let passes = |kv: &KeyValue| {
-            within(
-                kv.mod_revision,
-                request.min_mod_revision,
-                request.max_mod_revision,
-            ) && within(
-                kv.create_revision,
-                request.min_create_revision,
-                request.max_create_revision,
-            )
+            true => range_request::SortTarget::Key,
+            false => target,
         };
         // Filtered and picked by reference; only the keys answered are copied.
         let changed = self.changed_since(&range, request.revision, pending)?;
-        let by_create = target == range_request::SortTarget::Create
-            && (order != range_request::SortOrder::None || filtered);
-        let dirs = match by_create && limit > 0 && limit < MAX_PICKED {
+        let mut picked = Pick::new(limit, ordering(picked_by, order));
+        let by_create = picked_by == range_request::SortTarget::Create;
+        let dirs = match by_create && (1..MAX_PICKED).contains(&limit) {
             true => self.dirs_of(&range),
             false => None,
         };
-        let (count, picked) = match dirs {
+        let count = match dirs {
             Some(dirs) => {
                 let live = dirs.iter().map(|(keys, whole)| match whole {
                     true => keys.len(),
@@ -543,21 +529,18 @@ impl State {
                         .filter(|(_, key)| range.contains(key))
                         .count(),
                 });
-                let count = self.count_then(live.sum(), &changed);
-                let mut pick = Pick::new(limit, picked_by);
-                self.pick_by_create((&range, &dirs), &changed, request, &mut pick, passes);
-                (count, pick)
+                self.pick_by_create(&range, &dirs, &changed, request, &mut picked);
+                self.count_then(live.sum(), &changed)
             }
             None => {
                 let mut count = 0;
-                let mut picked = Pick::new(limit, picked_by);
                 self.visit(&range, &changed, |kv| {
                     count += 1;
-                    if passes(kv) {
+                    if passes_filters(request, kv) {
                         picked.offer(kv);
                     }
                 });
-                (count, picked)
+                count
             }
         };
         let mut kvs = picked.into_vec();
@@ -1419,14 +1402,23 @@ fn compare_kv(compare: &pb::Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// etcd's Range sorting: a target other than the key with no order means ascending; ties
-/// keep key order.
-/// Sorts `kvs` by `target` in `order`, keys in key order among equals (as a stable sort of
-/// key-ordered input leaves them). With a `limit`, only the first `limit + 1` (enough to
-/// tell whether there are more) are put in order: a waiter's read of its lock's newest key
-/// costs a selection over the lock's keys, not a sort of them.
-/// The order a Range answers in: by `target` in `order` (ascending when none is given), ties
-/// by key, ascending; by key alone for the key target.
+/// Whether `kv` is within the create and mod revisions `request` bounds (0: no bound).
+fn passes_filters(request: &pb::RangeRequest, kv: &KeyValue) -> bool {
+    let within =
+        |value: i64, min: i64, max: i64| (min == 0 || value >= min) && (max == 0 || value <= max);
+    within(
+        kv.mod_revision,
+        request.min_mod_revision,
+        request.max_mod_revision,
+    ) && within(
+        kv.create_revision,
+        request.min_create_revision,
+        request.max_create_revision,
+    )
+}
+
+/// The order a Range answers in, as etcd's: by `target` in `order` (ascending when none is
+/// given), ties by key, ascending; by key alone for the key target.
 fn ordering(
     target: range_request::SortTarget,
     order: range_request::SortOrder,
@@ -1473,10 +1465,7 @@ impl DirKeys {
 
     fn insert(&mut self, entry: (i64, Bytes)) {
         match self {
-            DirKeys::One(one) => {
-                let one = std::mem::replace(one, (0, Bytes::new()));
-                *self = DirKeys::Many(BTreeSet::from([one, entry]));
-            }
+            DirKeys::One(one) => *self = DirKeys::Many(BTreeSet::from([one.clone(), entry])),
             DirKeys::Many(keys) => {
                 keys.insert(entry);
             }
