@@ -27,6 +27,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::shared_watch::SharedWatch;
 use super::{Error, LeaseId, Result, Session};
 use crate::FencingToken;
 use crate::etcd::etcdserverpb::{
@@ -192,6 +193,8 @@ pub struct Client {
     timeout: Duration,
     token: AuthToken,
     user: Option<Arc<Credentials>>,
+    /// The Watch stream every wait of this client (and of its clones) shares.
+    shared_watch: Arc<SharedWatch>,
 }
 
 /// A lock key as stored in etcd: who holds or waits, in create_revision order.
@@ -284,6 +287,7 @@ impl Client {
             timeout,
             token: AuthToken::default(),
             user: options.user.clone().map(Arc::new),
+            shared_watch: Arc::default(),
         };
         if client.user.is_some() {
             client.authenticate().await?;
@@ -377,6 +381,11 @@ impl Client {
     /// Generated Watch client on this client's channel.
     pub fn watch(&self) -> WatchClient<Transport> {
         WatchClient::with_interceptor(self.channel.clone(), self.token.clone())
+    }
+
+    /// The Watch stream this client's waits share.
+    pub(crate) fn shared_watch(&self) -> &SharedWatch {
+        &self.shared_watch
     }
 
     /// Generated Cluster client on this client's channel.
@@ -604,6 +613,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             token: AuthToken::default(),
             user: None,
+            shared_watch: Arc::default(),
         }
     }
 

@@ -17,7 +17,8 @@
 //!
 //! Files: `client.rs` (the balanced channel, retries), `session.rs` (lease + keepalive + loss
 //! detection), `mutex.rs` (the lock recipe and `LockGuard`), `watch.rs` (waiting for a
-//! deletion), `lease_id.rs`, `error.rs`.
+//! deletion), `shared_watch.rs` (the one Watch stream a client's waits share), `lease_id.rs`,
+//! `error.rs`.
 //! The protocol types come from [`crate::etcd`].
 
 pub(crate) mod client;
@@ -25,6 +26,7 @@ mod error;
 mod lease_id;
 mod mutex;
 mod session;
+mod shared_watch;
 mod watch;
 
 pub use client::{

@@ -131,45 +131,20 @@ pub(crate) async fn deleted(
         WatchStart::AtRange => seen_at,
         WatchStart::Latest => 0,
     };
-    // `requests` lives until this function returns: closing the request side of the stream
-    // could end the watch early.
-    let (requests, rx) = mpsc::channel(1);
-    let create = || pb::WatchRequest {
-        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
-            pb::WatchCreateRequest {
-                key: key.to_vec(),
-                start_revision,
-                // Only deletes matter; etcd drops the rest before sending.
-                filters: vec![pb::watch_create_request::FilterType::Noput as i32],
-                ..Default::default()
-            },
-        )),
+    let create = || pb::WatchCreateRequest {
+        key: key.to_vec(),
+        start_revision,
+        // Only deletes matter; etcd drops the rest before sending.
+        filters: vec![pb::watch_create_request::FilterType::Noput as i32],
+        ..Default::default()
     };
-    // The channel is new and has room for the one create request.
-    let _ = requests.try_send(create());
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    // Ask the member to cancel the watch if it loses its leader (etcd's "require leader"
-    // option), so a waiter behind a partitioned member looks again instead of hanging.
-    request.metadata_mut().insert(
-        "hasleader",
-        tonic::metadata::MetadataValue::from_static("true"),
-    );
-    let mut answers = match client.watch().watch(request).await {
-        Ok(answers) => answers.into_inner(),
-        Err(status) => {
-            tracing::debug!(%status, "watch failed to start");
-            sleep(RETRY_PAUSE).await;
-            return Watched::LookAgain;
-        }
-    };
+    // The watchers live until this function returns, on the client's shared stream.
+    let mut answers = client.shared_watch().subscribe(client, create());
     let mut second_sent = false;
     loop {
-        let answer = match answers.message().await {
-            Ok(Some(answer)) => answer,
-            Ok(None) | Err(_) => {
-                sleep(RETRY_PAUSE).await;
-                return Watched::LookAgain;
-            }
+        let Some(answer) = answers.next().await else {
+            sleep(RETRY_PAUSE).await;
+            return Watched::LookAgain;
         };
         let deletion = deletion_after(&answer.events, seen_at);
         if let Some(at) = deletion {
@@ -187,7 +162,7 @@ pub(crate) async fn deleted(
         // registration, which under contention happens to about one watch in a hundred. A
         // second watcher on the same stream, registered a moment later, is unlucky too only
         // rarely; the first still covers any deletion before the second's registration.
-        second_sent = requests.try_send(create()).is_ok();
+        second_sent = answers.add(create());
         // A "from now" watch reports deletions after the revision in its created answer; one
         // between `seen_at` and that revision shows in a read.
         let created_at = answer.header.map_or(i64::MAX, |h| h.revision);

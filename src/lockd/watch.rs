@@ -11,7 +11,7 @@
 //! Invariant: a progress answer (asked for or periodic) is sent only after every change at or
 //! below its header's revision has been delivered on the stream.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -77,9 +77,75 @@ struct Stream {
     core: Arc<Core>,
     /// This stream in the state's index of watchers.
     id: StreamId,
-    watchers: BTreeMap<i64, Watcher>,
+    watchers: Watchers,
+    /// The watch ID the next create without one gets: IDs only grow, as etcd's do, so an
+    /// answer for a cancelled watcher can never be taken for a newer one's.
     next_id: i64,
     out: Outbox,
+}
+
+/// A stream's watchers, with an index of the single-key ones by key: a client that shares
+/// one stream among all its waits (as etcd's Go client does) has thousands of watchers on
+/// it, and a change must reach the few that cover it without a walk of all of them.
+#[derive(Default)]
+struct Watchers {
+    all: BTreeMap<i64, Watcher>,
+    by_key: HashMap<Vec<u8>, BTreeSet<i64>>,
+    /// Watchers of a range of keys: each change is offered to all of them.
+    ranges: BTreeSet<i64>,
+}
+
+impl Watchers {
+    fn contains(&self, id: i64) -> bool {
+        self.all.contains_key(&id)
+    }
+
+    fn insert(&mut self, id: i64, watcher: Watcher) {
+        match watcher.range.single_key() {
+            Some(key) => {
+                self.by_key.entry(key.to_vec()).or_default().insert(id);
+            }
+            None => {
+                self.ranges.insert(id);
+            }
+        }
+        self.all.insert(id, watcher);
+    }
+
+    fn remove(&mut self, id: i64) -> Option<Watcher> {
+        let watcher = self.all.remove(&id)?;
+        match watcher.range.single_key() {
+            Some(key) => {
+                if let Some(ids) = self.by_key.get_mut(key) {
+                    ids.remove(&id);
+                    if ids.is_empty() {
+                        self.by_key.remove(key);
+                    }
+                }
+            }
+            None => {
+                self.ranges.remove(&id);
+            }
+        }
+        Some(watcher)
+    }
+
+    /// The IDs of the watchers that may cover one of `change`'s keys, in ID order.
+    fn covering(&self, change: &Change) -> Vec<i64> {
+        let mut ids: Vec<i64> = self.ranges.iter().copied().collect();
+        for event in &change.events {
+            if let Some(watching) = event
+                .kv
+                .as_ref()
+                .and_then(|kv| self.by_key.get(&kv.key[..]))
+            {
+                ids.extend(watching);
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 /// The stream is gone (client went away): stop.
@@ -99,7 +165,7 @@ impl watch_server::Watch for Services {
         let stream = Stream {
             core: self.0.clone(),
             id: feed.id(),
-            watchers: BTreeMap::new(),
+            watchers: Watchers::default(),
             next_id: 0,
             out,
         };
@@ -156,7 +222,7 @@ impl Stream {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 // Like etcd, a cancel of a watcher this stream does not have goes unanswered.
-                if self.watchers.remove(&cancel.watch_id).is_none() {
+                if self.watchers.remove(cancel.watch_id).is_none() {
                     return Ok(());
                 }
                 let response = {
@@ -185,10 +251,11 @@ impl Stream {
     async fn create(&mut self, create: pb::WatchCreateRequest) -> Result<(), Closed> {
         let id = match create.watch_id {
             0 => {
-                while self.watchers.contains_key(&self.next_id) {
+                while self.watchers.contains(self.next_id) {
                     self.next_id += 1;
                 }
-                self.next_id
+                self.next_id += 1;
+                self.next_id - 1
             }
             id => id,
         };
@@ -208,7 +275,7 @@ impl Stream {
                 created: true,
                 ..self.answer(&state, id)
             };
-            if self.watchers.contains_key(&id) {
+            if self.watchers.contains(id) {
                 let refused = pb::WatchResponse {
                     canceled: true,
                     cancel_reason: EtcdError::DuplicateWatchId.to_string(),
@@ -258,7 +325,7 @@ impl Stream {
     /// never holds more than one answer's events at a time.
     async fn catch_up(&mut self, id: i64, changes: &[Arc<Change>]) -> Result<(), Closed> {
         let header = self.core.state().header();
-        let Some(watcher) = self.watchers.get_mut(&id) else {
+        let Some(watcher) = self.watchers.all.get_mut(&id) else {
             return Ok(());
         };
         let mut events = Vec::new();
@@ -294,7 +361,10 @@ impl Stream {
             }
         };
         let mut responses = Vec::new();
-        for (&id, watcher) in &mut self.watchers {
+        for id in self.watchers.covering(change) {
+            let Some(watcher) = self.watchers.all.get_mut(&id) else {
+                continue;
+            };
             if change.revision < watcher.next {
                 continue;
             }
@@ -326,7 +396,7 @@ impl Stream {
         let cancellations: Vec<pb::WatchResponse> = {
             let mut state = self.core.state();
             changes.resume();
-            for (&id, watcher) in &mut self.watchers {
+            for (&id, watcher) in &mut self.watchers.all {
                 watcher.next = watcher.next.max(from);
                 match state.changes_since(watcher.next) {
                     Ok(past) => catch_ups.push((id, past)),
@@ -347,7 +417,7 @@ impl Stream {
                 .collect()
         };
         for response in cancellations {
-            self.watchers.remove(&response.watch_id);
+            self.watchers.remove(response.watch_id);
             self.send(response).await?;
         }
         for (id, past) in catch_ups {
@@ -395,7 +465,7 @@ impl Stream {
     async fn notify_progress(&mut self, changes: &mut Feed) -> Result<(), Closed> {
         let header = self.catch_up_with_feed(changes).await?;
         let mut due = Vec::new();
-        for (&id, watcher) in &mut self.watchers {
+        for (&id, watcher) in &mut self.watchers.all {
             if watcher.progress_notify && !watcher.active {
                 due.push(id);
             }

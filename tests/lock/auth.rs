@@ -5,10 +5,13 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::support::etcd::{self, etcdctl};
 use crate::support::lock_cmd::{Holder, refused};
+use crate::support::metric;
 use crate::support::proc::assert_one_line;
-use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX};
+use fencelock::lock::{Client, ConnectOptions, Credentials, RESERVED_PREFIX, Session};
 use fencelock::process::EtcdOptions;
 
 /// Turns authentication on: a root user, and `locker`, whose role reads and writes only
@@ -74,6 +77,12 @@ async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one
     second.unlock().await.unwrap();
     session.close().await.unwrap();
 
+    println!("a wait, on the client's shared watch stream");
+    let metrics = format!("http://{}/metrics", endpoints[0]);
+    let waiter = client.session(Duration::from_secs(2)).await.unwrap();
+    contended_hand_over(&client, &waiter, &metrics).await;
+    assert_eq!(watch_streams_started(&metrics).await, 1.0);
+
     println!("idle past the token's TTL: etcd forgets the token, the client fetches another");
     // Waiting out a TTL etcd enforces; nothing here races it: the next lock must succeed
     // however long the wait, and fails without re-authentication.
@@ -83,6 +92,13 @@ async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one
     assert!(third.token() > token);
     third.unlock().await.unwrap();
     session.close().await.unwrap();
+
+    println!(
+        "a wait after the token expired: the shared stream, opened with the old token, refuses the watch and is replaced"
+    );
+    contended_hand_over(&client, &waiter, &metrics).await;
+    assert_eq!(watch_streams_started(&metrics).await, 2.0);
+    waiter.close().await.unwrap();
 
     println!("fencelock lock --user name:password");
     let holder = Holder::spawn_with(
@@ -125,4 +141,36 @@ async fn a_user_confined_to_a_prefix_locks_there_and_is_refused_elsewhere_in_one
     let (code, stderr) = refused("/app/cli", std::slice::from_ref(&at));
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// One hand-over: a new session holds `/app/orders` while `waiter` queues behind it and
+/// watches, then releases; `waiter` acquires and releases in turn.
+async fn contended_hand_over(client: &Client, waiter: &Session, metrics: &str) {
+    let holder = client.session(Duration::from_secs(2)).await.unwrap();
+    let held = holder.lock("/app/orders").await.unwrap();
+    let waiting = {
+        let waiter = waiter.clone();
+        tokio::spawn(async move { waiter.lock("/app/orders").await?.unlock().await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(metrics, "etcd_debugging_mvcc_watcher_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "the waiter never watched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    held.unlock().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiter acquires within 10 s of the release")
+        .unwrap()
+        .unwrap();
+    holder.close().await.unwrap();
+}
+
+/// Watch streams etcd has seen opened.
+async fn watch_streams_started(metrics: &str) -> f64 {
+    metric(
+        metrics,
+        "grpc_server_started_total{grpc_method=\"Watch\",grpc_service=\"etcdserverpb.Watch\",grpc_type=\"bidi_stream\"}",
+    )
+    .await
 }

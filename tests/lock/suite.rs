@@ -6,8 +6,9 @@ use crate::both_backends;
 
 use std::time::Duration;
 
-use crate::support::backend::{Service, wait_for_keys};
+use crate::support::backend::{Backend, Service, wait_for_keys};
 use crate::support::etcd::{etcdctl, within_ttl};
+use crate::support::metric;
 use fencelock::etcd::etcdserverpb::LeaseTimeToLiveRequest as TimeToLive;
 use fencelock::lock::{Client, Error, LossReason, Session};
 use tokio::time::{Instant, timeout};
@@ -358,6 +359,65 @@ async fn dropping_a_session_stops_its_keepalive_and_the_lease_expires(service: S
     );
 }
 both_backends!(dropping_a_session_stops_its_keepalive_and_the_lease_expires);
+
+/// The service's gauges of open watch streams and watchers, as its `/metrics` shows them.
+async fn watch_gauges(service: &Service) -> (f64, f64) {
+    let (streams, watchers) = match service.backend() {
+        Backend::Etcd => (
+            "etcd_debugging_mvcc_watch_stream_total",
+            "etcd_debugging_mvcc_watcher_total",
+        ),
+        Backend::Lockd => ("fencelock_lockd_watch_streams", "fencelock_lockd_watchers"),
+    };
+    let url = format!("http://{}/metrics", service.endpoints()[0]);
+    (metric(&url, streams).await, metric(&url, watchers).await)
+}
+
+/// Polls the watch gauges until they are `wanted` (streams, watchers), or fails after 5 s.
+async fn await_watch_gauges(service: &Service, wanted: (f64, f64)) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let gauges = watch_gauges(service).await;
+        if gauges == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "(watch streams, watchers) are {gauges:?}, not {wanted:?}, after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every wait of one client goes on one watch stream, as with etcd's Go client: three
+/// waiters queued behind a holder are one stream, each wait's watchers are cancelled when it
+/// ends while the stream stays open, and the stream closes with the client.
+async fn the_waits_of_one_client_share_one_watch_stream_that_closes_with_it(service: Service) {
+    let client = client(&service).await;
+    let holder = session(&client).await;
+    let held = holder.lock("/shared").await.unwrap();
+    let mut waiters = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let session = session(&client).await;
+        waiters.spawn(async move {
+            session.lock("/shared").await?.unlock().await?;
+            session.close().await
+        });
+    }
+    // Each waiter watches its predecessor with two watchers (the second one closes the
+    // window of etcd's registration race).
+    await_watch_gauges(&service, (1.0, 6.0)).await;
+    held.unlock().await.unwrap();
+    while let Some(done) = waiters.join_next().await {
+        done.unwrap().unwrap();
+    }
+    // The stream stays open for the client's next wait.
+    await_watch_gauges(&service, (1.0, 0.0)).await;
+    holder.close().await.unwrap();
+    drop(client);
+    await_watch_gauges(&service, (0.0, 0.0)).await;
+}
+both_backends!(the_waits_of_one_client_share_one_watch_stream_that_closes_with_it);
 
 #[tokio::test]
 async fn connecting_to_a_dead_endpoint_fails_clearly_within_the_timeout() {

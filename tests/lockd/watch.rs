@@ -212,3 +212,71 @@ async fn a_cancelled_watcher_hears_nothing_more_while_its_neighbour_does() {
     assert_eq!(event.events.len(), 1);
     lockd.stop().await;
 }
+
+/// One stream with a prefix watcher and single-key watchers, as a client that shares its
+/// stream among its waits has: each change reaches exactly the watchers covering its key,
+/// and a watcher created after a cancel gets a new ID, never the cancelled one's.
+#[tokio::test]
+async fn on_one_stream_a_change_reaches_only_its_watchers_and_ids_never_repeat() {
+    let lockd = Lockd::start(lockd::DEFAULT_HISTORY).await;
+    // Watcher 0 watches the prefix `/w/`.
+    let (requests, mut answers) = watch(&lockd.endpoint).await;
+    let create = |key: &[u8]| WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.to_vec(),
+            ..Default::default()
+        })),
+    };
+    requests.send(create(b"/w/a")).await.unwrap();
+    let a = next(&mut answers).await;
+    requests.send(create(b"/x/b")).await.unwrap();
+    let b = next(&mut answers).await;
+    assert!(a.created && a.watch_id == 1, "{a:?}");
+    assert!(b.created && b.watch_id == 2, "{b:?}");
+    let cancel = WatchRequest {
+        request_union: Some(RequestUnion::CancelRequest(WatchCancelRequest {
+            watch_id: 2,
+        })),
+    };
+    requests.send(cancel).await.unwrap();
+    assert!(next(&mut answers).await.canceled);
+    requests.send(create(b"/x/b")).await.unwrap();
+    let again = next(&mut answers).await;
+    assert!(again.created && again.watch_id == 3, "{again:?}");
+
+    let client = Client::connect([lockd.endpoint.as_str()]).await.unwrap();
+    for key in ["/x/b", "/w/a", "/w/z"] {
+        let put = PutRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        client.kv().put(put).await.unwrap();
+    }
+    let mut heard = Vec::new();
+    for _ in 0..4 {
+        let answer = next(&mut answers).await;
+        assert_eq!(answer.events.len(), 1, "{answer:?}");
+        let key = answer.events[0].kv.as_ref().unwrap().key.clone();
+        heard.push((answer.watch_id, String::from_utf8(key.to_vec()).unwrap()));
+    }
+    assert_eq!(
+        heard,
+        [
+            (3, "/x/b".to_string()),
+            (0, "/w/a".to_string()),
+            (1, "/w/a".to_string()),
+            (0, "/w/z".to_string()),
+        ]
+    );
+    // Nothing else: a progress request is answered after every change before it.
+    let progress = WatchRequest {
+        request_union: Some(RequestUnion::ProgressRequest(Default::default())),
+    };
+    requests.send(progress).await.unwrap();
+    let answer = next(&mut answers).await;
+    assert!(
+        answer.events.is_empty() && answer.watch_id == -1,
+        "{answer:?}"
+    );
+    lockd.stop().await;
+}

@@ -22,3 +22,19 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("an HTTP client")
 }
+
+/// The value of `series` (its name with any labels, as printed) in the Prometheus text that
+/// `metrics_url` serves; panics with the text when it is not there.
+pub async fn metric(metrics_url: &str, series: &str) -> f64 {
+    let text = http_client()
+        .get(metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in the metrics:\n{text}"))
+}
