@@ -4,13 +4,19 @@
 # For each store (durable strict, then --in-memory strict) it starts one server on a free
 # loopback port, runs wrk with 1 and 32 connections, one key (bench/wrk-onekey.lua) and
 # distinct keys (bench/wrk-manykeys.lua), and prints req/s, p50 and p99 in a table.
+# First it measures the same load against two ceilings that store nothing and answer a fixed
+# body: `fencelock bench baseline` (the storage's own HTTP stack) and, when nginx is
+# installed, nginx answering `return 200` (started here on a free port, with a configuration
+# of its own in a temporary directory). Every row is also printed as a share of each ceiling
+# with as many connections.
 # The "other CPU" column is the share of the machine's CPU time used by everything but the
 # server and wrk during the run: the kernel's I/O threads doing the server's syncs, and any
 # neighbour. A busy neighbour makes the figures lower; compare runs with little of it.
 #
 # Usage: scripts/bench-storage.sh            (10 s per run)
 #        DURATION=5s scripts/bench-storage.sh
-# Needs wrk. Only loopback addresses are used; only the processes started here are stopped.
+# Needs wrk; nginx, python3 and curl for the nginx ceiling. Only loopback addresses are
+# used; only the processes started here are stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,10 +38,11 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$work"' EXIT
 
-# start_server ARGS...: starts the server on 127.0.0.1:0 and sets $url from its first line.
+# start_server ARGS...: starts `fencelock ARGS --listen 127.0.0.1:0` and sets $url from its
+# first line.
 start_server() {
   : >"$work/stdout"
-  "$BIN" storage --listen 127.0.0.1:0 "$@" >"$work/stdout" 2>"$work/stderr" &
+  "$BIN" "$@" --listen 127.0.0.1:0 >"$work/stdout" 2>"$work/stderr" &
   server_pid=$!
   url=""
   for _ in $(seq 200); do
@@ -46,6 +53,43 @@ start_server() {
   done
   echo "the server did not start:" >&2
   cat "$work/stderr" >&2
+  exit 1
+}
+
+# start_nginx: starts nginx in the foreground on a free loopback port and sets $url.
+start_nginx() {
+  local port
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$work/nginx"
+  cat >"$work/nginx/nginx.conf" <<CONF
+daemon off;
+worker_processes $(nproc);
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx/body;
+  proxy_temp_path $work/nginx/proxy;
+  fastcgi_temp_path $work/nginx/fastcgi;
+  uwsgi_temp_path $work/nginx/uwsgi;
+  scgi_temp_path $work/nginx/scgi;
+  server {
+    listen 127.0.0.1:$port;
+    location / { return 200 '{"token":7}'; }
+  }
+}
+CONF
+  nginx -c "$work/nginx/nginx.conf" -e "$work/nginx/error.log" 2>"$work/stderr" &
+  server_pid=$!
+  url="http://127.0.0.1:$port"
+  for _ in $(seq 200); do
+    curl -s -o /dev/null -X POST "$url/" && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  echo "nginx did not start:" >&2
+  cat "$work/stderr" "$work/nginx/error.log" >&2
   exit 1
 }
 
@@ -86,22 +130,50 @@ run_wrk() {
   # Machine busy time not spent in the server or (approximately, sampled) in wrk.
   other=$(awk -v m=$((m1 - m0)) -v s=$((s1 - s0)) -v w="$w_busy" \
     'BEGIN { o = (m - s - w) / m * 100; if (o < 0) o = 0; printf "%.0f%%", o }')
-  printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s |%s\n" \
-    "$store" "$conns" "$script" "$rps" "$p50" "$p99" "$other" "${errors:+ $errors}"
+  case $store in
+    baseline) baseline_rps[$conns]=$rps ;;
+    nginx) nginx_rps[$conns]=$rps ;;
+  esac
+  printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s | %8s | %8s |%s\n" \
+    "$store" "$conns" "$script" "$rps" "$p50" "$p99" "$other" \
+    "$(share "$rps" "${baseline_rps[$conns]:-}")" "$(share "$rps" "${nginx_rps[$conns]:-}")" \
+    "${errors:+ $errors}"
 }
+
+# share A B: A as a percentage of B, or "-" without B.
+share() {
+  if [ -n "$2" ] && [ "$2" -gt 0 ]; then
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f%%", a / b * 100 }'
+  else
+    echo "-"
+  fi
+}
+declare -A baseline_rps nginx_rps
 
 echo "fencelock storage, seed protocol, wrk -t$THREADS -d$DURATION, $(nproc) cores"
 echo
-printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s |\n" \
-  store conns keys "req/s" "p50 ms" "p99 ms" "other CPU"
-echo "|------------------|-------|-----------|-----------|----------|----------|-----------|"
+printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s | %8s | %8s |\n" \
+  store conns keys "req/s" "p50 ms" "p99 ms" "other CPU" "baseline" "nginx"
+echo "|------------------|-------|-----------|-----------|----------|----------|-----------|----------|----------|"
+start_server bench baseline
+for conns in 1 32; do
+  run_wrk baseline "$conns" onekey
+done
+stop_server
+if command -v nginx >/dev/null; then
+  start_nginx
+  for conns in 1 32; do
+    run_wrk nginx "$conns" onekey
+  done
+  stop_server
+fi
 for store in durable in-memory; do
   if [ "$store" = durable ]; then
     rm -rf "$work/data"
-    start_server --fencing strict --data-dir "$work/data"
+    start_server storage --fencing strict --data-dir "$work/data"
     label="durable strict"
   else
-    start_server --fencing strict --in-memory
+    start_server storage --fencing strict --in-memory
     label="in-memory strict"
   fi
   for conns in 1 32; do
