@@ -93,9 +93,14 @@ CONF
   exit 1
 }
 
-# Busy jiffies of the whole machine, and of one process.
+# Busy jiffies of the whole machine, and of one process with its children (nginx's workers).
 machine_busy() { awk '/^cpu / {print $2+$3+$4+$7+$8}' /proc/stat; }
-proc_busy() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+proc_busy() {
+  local pids
+  pids="$1 $(cat /proc/"$1"/task/*/children 2>/dev/null || true)"
+  # shellcheck disable=SC2086 # one path per PID
+  awk '{ busy += $14 + $15 } END { print busy + 0 }' $(printf '/proc/%s/stat ' $pids) 2>/dev/null || echo 0
+}
 
 # to_ms VALUE: wrk's "567.00us" / "1.02ms" / "1.20s" in milliseconds.
 to_ms() {
