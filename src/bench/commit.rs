@@ -1,7 +1,7 @@
 //! `fencelock bench commit`: how long one durable commit of the storage's engine takes, by
 //! the number of keys it carries.
 //!
-//! The storage's writer thread commits everything that queued while the last commit synced
+//! The storage's committer thread commits everything that joined while the last commit synced
 //! as one batch (group commit), so under load one sync carries many requests. This measures
 //! that commit alone, in this process: the durable engine
 //! ([`fencelock::storage::backend::Fjall`], synced with `SyncData`) on a directory of its

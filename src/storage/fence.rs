@@ -5,7 +5,7 @@
 //! checker and the tests reason about it through the same function. The rule is pure: it sees
 //! the policy, the kind of access, the presented token and the fence's current token, and
 //! nothing else, so the store can make it atomic with the effect simply by calling it on the
-//! single writer thread.
+//! under the store's one lock.
 //!
 //! Invariants under [`Policy::Strict`] and [`Policy::Writes`]:
 //! - a fence never goes down: an accepted request leaves it at `max(current, presented)`;

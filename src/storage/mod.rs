@@ -4,7 +4,7 @@
 //! - [`fence`] holds the fence rule, one pure function, and the policies.
 //! - [`wire`] holds the seed's JSON protocol and the REST face's bodies.
 //! - `backend` holds the engines (fjall on disk, or memory).
-//! - `store` holds the single writer thread and its group commit.
+//! - `store` decides every request under one lock and holds the group commit.
 //! - `server` holds routes, start-up and graceful shutdown; `seed` and `rest` the handlers,
 //!   `http` the state and JSON answers they share (so no two of these import each other).
 //! - `limits` holds the bounds on connections and queued request bodies (503 past them).

@@ -1,65 +1,53 @@
-//! The store: one writer thread applies requests in arrival order and commits them in
-//! groups; replies leave only after the commit.
+//! The store: requests are decided one at a time, in the handler that carries them, and
+//! their effects committed in groups; replies leave only after the commit.
 //!
 //! ```text
-//!  handlers ──mpsc──▶ writer thread: take everything queued, apply the fence rule and the
-//!      ▲              effects; commit a small batch itself, hand a large one over ──┐
-//!      │                                                                          ▼
-//!      └──oneshot──── the writer or the committer thread: one durable engine commit for
-//!                     the whole batch, then answer every request of it
+//!  handlers ──lock──▶ decide: apply the fence rule and the effects to the open batch
+//!     ▲                 │ in memory: commit it there and then, answer at once
+//!     │                 ▼ durable: wake the committer thread when it is idle
+//!     └──batch done──── committer thread: take the open batch, one durable engine
+//!                       commit for it, then tell every request of it
 //! ```
 //!
 //! Invariants:
-//! - Requests take effect in the order they reach the writer, and the fence check and its
-//!   effect are one step: only the writer thread decides.
+//! - Requests take effect in the order they take the store's lock, and the fence check and
+//!   its effect are one step under it: nobody decides anything outside the lock.
 //! - A key's binding to its fence is checked before the fence itself, and recorded in the
 //!   same batch as the access that made it, so no request ever sees a key under two fences.
-//! - A reply leaves only after its batch is committed, so an acknowledged write, and a fence
-//!   raised by a read, are durable before anyone hears of them; and nobody reads a value that
-//!   could still vanish in a crash.
-//! - Batches grow with load by themselves: while a commit waits for the disk, requests
-//!   queue, and the next batch takes them all.
-//! - At most one batch is with the committer thread. The writer decides the next batch
-//!   meanwhile on what that one did (its records and fences come before the engine's), and
-//!   hands it over only once that one is committed, so batches are committed in order and a
-//!   batch is never answered before the one whose effects it saw. When a commit fails, the
-//!   batch decided on it is refused whole with the failure.
+//! - A reply leaves only after everything it saw or did is committed: a request that changed
+//!   something, or saw a change not yet durable, waits for the open batch's commit. So an
+//!   acknowledged write, and a fence raised by a read, are durable before anyone hears of
+//!   them, and nobody reads a value that could still vanish in a crash. A request that saw
+//!   only committed state and changed nothing is answered at once.
+//! - Batches grow with load by themselves: while the committer waits for the disk, requests
+//!   join the open batch, and its next commit takes them all.
+//! - At most one batch is being committed. Requests decided meanwhile see its effects (its
+//!   records and fences come before the engine's), and their batch is committed after it,
+//!   so batches are committed in order and a batch is never answered before the one whose
+//!   effects it saw. Once a commit fails, every later batch is refused whole with the
+//!   failure, and so is every later request.
 //!
-//! Why the committer thread takes only large batches (of [`PIPELINE_CHANGES`] changes or
-//! more): handing a batch over costs two thread wake-ups, and what the overlap saves is the
-//! time to decide the next batch, which grows with its keys (each is read from the engine).
-//! fjall holds its journal lock for the whole sync, so the next batch could not be written
-//! meanwhile anyway. Measured on 2 cores, 32 connections, durable: every batch handed over
-//! made single-key writes 5-10% slower and their single-connection latency higher; large
-//! batches only made 16-key transactions 8-12% faster, with a lower p99, and left
-//! single-key writes as they were.
+//! Why decide in the handler, not on a writer thread that owns the state: handing every
+//! request to a thread and its answer back cost two thread wake-ups per request, which on 2
+//! cores under 32 connections made in-memory requests take twice the CPU of a fixed HTTP
+//! answer. The lock is held for the decision only (a few engine reads), never for a commit.
+//! The durable engine's commit stays on its own thread so that a sync never blocks an async
+//! worker; waking it costs one wake-up per batch, not per request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
 use indexmap::{IndexMap, map};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::watch;
 use tracing::{error, warn};
 
 use super::backend::{Backend, BackendError, Entry, FenceId, Record};
 use super::fence::{self, Access, Binding, Policy, Rejection};
 use super::metrics::Metrics;
 use crate::FencingToken;
-
-/// Requests waiting for the writer. Enough for every connection of a heavy load to have one
-/// in flight; past it, handlers wait, which pushes back on the clients.
-const REQUEST_QUEUE: usize = 4096;
-/// Most requests the writer puts in one batch, so that one batch's replies are not held back
-/// by an endless stream of new arrivals.
-const MAX_BATCH: usize = 1024;
-/// Changes (records and fences) from which a batch is committed on the committer thread,
-/// while the writer goes on applying the next batch, rather than on the writer thread. The
-/// hand-over costs two thread wake-ups per batch, and what it saves is the next batch's
-/// work, which grows with its size: below this, the wake-ups cost more than they save.
-const PIPELINE_CHANGES: usize = 64;
 
 /// What a request asks the store to do.
 #[derive(Debug)]
@@ -142,8 +130,6 @@ pub enum StoreError {
     Unverified(#[from] super::verify::Unverified),
 }
 
-type Responder = oneshot::Sender<Result<Reply, StoreError>>;
-
 /// Which engine holds the data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Engine {
@@ -178,46 +164,44 @@ impl std::fmt::Display for Engine {
     }
 }
 
-/// What reaches the writer thread: a request, or word from the committer thread that the
-/// batch it was handed is committed and answered.
-enum Message {
-    Request(Op, Responder),
-    Committed,
-}
-
 /// A cheap, cloneable way to send requests to the store.
 #[derive(Clone)]
 pub struct StoreHandle {
-    requests: mpsc::Sender<Message>,
-    broken: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl StoreHandle {
     /// Runs `op` and waits until its effect (if any) is durable.
     pub async fn execute(&self, op: Op) -> Result<Reply, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(Message::Request(op, tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.unwrap_or(Err(StoreError::Closed))
+        let (result, batch) = self.shared.decide(op);
+        let Some(mut done) = batch else {
+            return result;
+        };
+        let outcome = match done.wait_for(Option::is_some).await {
+            Ok(outcome) => outcome.clone(),
+            // The committer thread ended without committing the batch.
+            Err(_) => return Err(StoreError::Closed),
+        };
+        match (outcome, result) {
+            (Some(Err(failure)), Ok(_)) => Err(StoreError::Failed(failure)),
+            (_, result) => result,
+        }
     }
 
     /// False once a commit has failed; the store then refuses every request.
     pub fn is_healthy(&self) -> bool {
-        !self.broken.load(Ordering::Acquire)
+        !self.shared.broken.load(Ordering::Acquire)
     }
 }
 
-/// The running store: its threads and the first handle.
+/// The running store: its state and, for the durable engine, the committer thread.
 pub struct Store {
     handle: StoreHandle,
-    writer: JoinHandle<()>,
+    committer: Option<JoinHandle<()>>,
 }
 
 impl Store {
-    /// Opens the engine and starts the writer thread (and, for the durable engine, the
-    /// committer thread).
+    /// Opens the engine (and, for the durable engine, starts the committer thread).
     pub fn open(
         engine: &Engine,
         policy: Policy,
@@ -229,41 +213,27 @@ impl Store {
             }
             Engine::Memory => Arc::new(super::backend::Memory::default()),
         };
-        let (requests, inbox) = mpsc::channel(REQUEST_QUEUE);
-        let broken = Arc::new(AtomicBool::new(false));
-        let committer = Committer {
-            backend: backend.clone(),
-            broken: broken.clone(),
-            metrics,
-            failure: Arc::new(OnceLock::new()),
-        };
-        let failure = committer.failure.clone();
-        let committer = Arc::new(committer);
-        let pipeline = match engine {
-            Engine::Durable { .. } => {
-                Some(Pipeline::start(committer.clone(), requests.downgrade())?)
-            }
-            // A commit in memory takes less than handing it to another thread would.
-            Engine::Memory => None,
-        };
-        let writer = Writer {
+        // A commit in memory takes less than handing it to another thread would.
+        let durable = matches!(engine, Engine::Durable { .. });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::new(backend.clone(), policy, durable)),
+            work: Condvar::new(),
+            broken: AtomicBool::new(false),
             backend,
-            policy,
-            pending: Pending::default(),
-            replies: Vec::new(),
-            committing: None,
-            spare: None,
-            committer,
-            pipeline,
-            failure,
-            broken: broken.clone(),
+            metrics,
+        });
+        let committer = if durable {
+            let shared = shared.clone();
+            let thread = std::thread::Builder::new()
+                .name("fencelock-commit".into())
+                .spawn(move || shared.commit_batches())?;
+            Some(thread)
+        } else {
+            None
         };
-        let writer = std::thread::Builder::new()
-            .name("fencelock-writer".into())
-            .spawn(move || writer.run(inbox))?;
         Ok(Store {
-            handle: StoreHandle { requests, broken },
-            writer,
+            handle: StoreHandle { shared },
+            committer,
         })
     }
 
@@ -271,13 +241,181 @@ impl Store {
         self.handle.clone()
     }
 
-    /// Waits until every handle is dropped and every accepted request is committed and
-    /// answered, then stops the writer. Blocks: call it off the async runtime.
+    /// Refuses every request from now on, commits and answers every one already decided,
+    /// then stops the committer thread. Blocks: call it off the async runtime.
     pub fn close(self) {
-        drop(self.handle);
-        if self.writer.join().is_err() {
-            error!("the store's writer thread panicked");
+        let shared = &self.handle.shared;
+        shared.state().closing = true;
+        shared.work.notify_one();
+        if let Some(thread) = self.committer
+            && thread.join().is_err()
+        {
+            error!("the store's committer thread panicked");
         }
+    }
+}
+
+/// What every handle shares.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the committer thread when a request joins the open batch while it is idle, or
+    /// when the store closes.
+    work: Condvar,
+    /// Set with the first failure, for health checks that do not take the lock.
+    broken: AtomicBool,
+    /// The engine, for the committer thread (the state has its own handle to read with).
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+}
+
+/// How a committed batch ended: `Err` with the failure when it was not committed.
+type Outcome = Result<(), Arc<str>>;
+/// Where the requests of a batch hear how it ended: `None` until it has.
+type Done = watch::Receiver<Option<Outcome>>;
+
+impl Shared {
+    /// The state; a panic while it was held leaves it untrusted, so the store then refuses
+    /// every request, as after a failed commit.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            if state.failure.is_none() {
+                error!("a request panicked while being decided; the store refuses all requests");
+                state.failure = Some("a request panicked while being decided".into());
+                self.broken.store(true, Ordering::Release);
+            }
+            state
+        })
+    }
+
+    /// Decides `op`; with the batch to wait for when its answer must wait for a commit.
+    fn decide(&self, op: Op) -> (Result<Reply, StoreError>, Option<Done>) {
+        let mut state = self.state();
+        if state.closing {
+            return (Err(StoreError::Closed), None);
+        }
+        let result = state.apply(op);
+        if state.pending.is_empty() && state.committing.is_none() {
+            // Nothing the request saw or did waits for a commit.
+            return (result, None);
+        }
+        if !state.durable {
+            let committed = state.commit_in_place(&self.metrics);
+            if let Err(failure) = committed {
+                self.broken.store(true, Ordering::Release);
+                return (Err(StoreError::Failed(failure)), None);
+            }
+            return (result, None);
+        }
+        if result
+            .as_ref()
+            .is_err_and(|e| matches!(e, StoreError::Failed(_)))
+        {
+            return (result, None);
+        }
+        let done = state.open.join();
+        let wake = std::mem::take(&mut state.committer_idle);
+        drop(state);
+        if wake {
+            self.work.notify_one();
+        }
+        (result, Some(done))
+    }
+
+    /// The committer thread: commits the open batch whenever it has requests, one batch at
+    /// a time, until the store closes and every decided request is answered.
+    fn commit_batches(&self) {
+        let _stopped = CommitterStopped(self);
+        let mut state = self.state();
+        loop {
+            if state.open.requests == 0 {
+                if state.closing {
+                    return;
+                }
+                state.committer_idle = true;
+                state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let next = state.spare.take().unwrap_or_default();
+            let pending = Arc::new(std::mem::replace(&mut state.pending, next));
+            state.committing = Some(pending.clone());
+            let batch = std::mem::take(&mut state.open);
+            let failed_before = state.failure.clone();
+            drop(state);
+
+            let outcome = match failed_before {
+                Some(failure) => Err(failure),
+                None if pending.is_empty() => Ok(()),
+                None => {
+                    let started = Instant::now();
+                    match self.backend.commit(&pending.records, &pending.fences) {
+                        Ok(()) => {
+                            self.metrics.commit(batch.requests, started.elapsed());
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string().into()),
+                    }
+                }
+            };
+            state = self.state();
+            state.committing = None;
+            if let Err(failure) = &outcome
+                && state.failure.is_none()
+            {
+                error!("commit failed, the store refuses all further requests: {failure}");
+                state.failure = Some(failure.clone());
+                self.broken.store(true, Ordering::Release);
+            }
+            if let Ok(mut maps) = Arc::try_unwrap(pending) {
+                maps.clear();
+                state.spare = Some(maps);
+            }
+            drop(state);
+            // A request whose handler gave up (its client hung up) no longer listens.
+            batch.done.send_replace(Some(outcome));
+            state = self.state();
+        }
+    }
+}
+
+/// Ends the store when the committer thread ends for any reason, a panic included: later
+/// requests hear that it closed, and so do those of the open batch, which nobody would
+/// commit now.
+struct CommitterStopped<'a>(&'a Shared);
+
+impl Drop for CommitterStopped<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        if !state.closing {
+            error!("the store's committer thread stopped; the store refuses all requests");
+            state.closing = true;
+            self.0.broken.store(true, Ordering::Release);
+        }
+        // Dropping its sender tells the batch's requests.
+        state.open = OpenBatch::default();
+    }
+}
+
+/// The batch requests join while the one before it is committed.
+struct OpenBatch {
+    /// Requests waiting for it.
+    requests: usize,
+    done: watch::Sender<Option<Outcome>>,
+}
+
+impl Default for OpenBatch {
+    fn default() -> Self {
+        OpenBatch {
+            requests: 0,
+            done: watch::channel(None).0,
+        }
+    }
+}
+
+impl OpenBatch {
+    fn join(&mut self) -> Done {
+        self.requests += 1;
+        self.done.subscribe()
     }
 }
 
@@ -305,165 +443,68 @@ impl Pending {
     }
 }
 
-type Replies = Vec<(Responder, Result<Reply, StoreError>)>;
-
-/// Commits batches and answers their requests; on the committer thread for the durable
-/// engine, on the writer thread in memory.
-struct Committer {
-    backend: Arc<dyn Backend>,
-    broken: Arc<AtomicBool>,
-    metrics: Arc<Metrics>,
-    /// Set by the first failed commit; every later request is refused with it.
-    failure: Arc<OnceLock<Arc<str>>>,
-}
-
-impl Committer {
-    /// Makes `pending` durable in one engine commit, then answers `replies`: with their
-    /// results if it succeeded, else (and once any commit has failed) with the failure.
-    fn commit_and_answer(&self, pending: &Pending, replies: Replies) {
-        if self.failure.get().is_none() && !pending.is_empty() {
-            let started = Instant::now();
-            match self.backend.commit(&pending.records, &pending.fences) {
-                Ok(()) => self.metrics.commit(replies.len(), started.elapsed()),
-                Err(e) => {
-                    error!("commit failed, the store refuses all further requests: {e}");
-                    let _ = self.failure.set(e.to_string().into());
-                    self.broken.store(true, Ordering::Release);
-                }
-            }
-        }
-        let failure = self.failure.get();
-        for (responder, mut result) in replies {
-            if let (Some(failure), Ok(_)) = (failure, &result) {
-                result = Err(StoreError::Failed(failure.clone()));
-            }
-            // A handler that gave up (its client hung up) no longer listens; nothing to do.
-            let _ = responder.send(result);
-        }
-    }
-}
-
-/// A batch handed to the committer thread.
-struct Batch {
-    pending: Arc<Pending>,
-    replies: Replies,
-}
-
-/// The committer thread, which commits a batch while the writer applies the next.
-struct Pipeline {
-    batches: std::sync::mpsc::Sender<Batch>,
-    thread: JoinHandle<()>,
-}
-
-impl Pipeline {
-    /// Starts the committer thread; it tells the writer of each committed batch through
-    /// `inbox`, weakly held so that the inbox still closes once every handle is dropped.
-    fn start(committer: Arc<Committer>, inbox: mpsc::WeakSender<Message>) -> std::io::Result<Self> {
-        let (batches, handed) = std::sync::mpsc::channel::<Batch>();
-        let thread = std::thread::Builder::new()
-            .name("fencelock-commit".into())
-            .spawn(move || {
-                for Batch { pending, replies } in handed {
-                    committer.commit_and_answer(&pending, replies);
-                    // The writer takes its maps back to reuse once only it holds them.
-                    drop(pending);
-                    // None once the store is closing: the writer then waits for this thread.
-                    if let Some(inbox) = inbox.upgrade() {
-                        let _ = inbox.blocking_send(Message::Committed);
-                    }
-                }
-            })?;
-        Ok(Pipeline { batches, thread })
-    }
-}
-
-/// Decides requests one at a time in arrival order; owns every decision.
-struct Writer {
+/// Everything decisions are made on, behind the store's lock.
+struct State {
     backend: Arc<dyn Backend>,
     policy: Policy,
-    /// The batch being applied.
+    /// Whether batches are committed on the committer thread; in memory, each request's
+    /// effects are committed as it is decided.
+    durable: bool,
+    /// The open batch's effects.
     pending: Pending,
-    replies: Replies,
-    /// The batch the committer thread is committing: requests applied meanwhile see its
+    /// The batch the committer thread is committing: requests decided meanwhile see its
     /// effects here, before the engine has them, and their batch waits for it.
     committing: Option<Arc<Pending>>,
     /// A committed batch's maps, emptied, for the next batch.
     spare: Option<Pending>,
-    committer: Arc<Committer>,
-    /// The committer thread, for the durable engine.
-    pipeline: Option<Pipeline>,
-    failure: Arc<OnceLock<Arc<str>>>,
-    broken: Arc<AtomicBool>,
+    open: OpenBatch,
+    /// Whether the committer thread waits for work, to be woken by the next request.
+    committer_idle: bool,
+    closing: bool,
+    /// Set by the first failed commit; every later request is refused with it.
+    failure: Option<Arc<str>>,
 }
 
-impl Writer {
-    fn run(mut self, mut inbox: mpsc::Receiver<Message>) {
-        while let Some(message) = inbox.blocking_recv() {
-            match message {
-                Message::Request(op, responder) => {
-                    let result = self.apply(op);
-                    self.replies.push((responder, result));
-                }
-                Message::Committed => {
-                    let committed = self.committing.take().map(Arc::try_unwrap);
-                    if let Some(Ok(mut maps)) = committed {
-                        maps.clear();
-                        self.spare = Some(maps);
-                    }
-                }
-            }
-            // Everything that arrived while the last batch was committed joins this one: that
-            // is the group commit, and why batches grow with load.
-            if self.committing.is_none()
-                && !self.replies.is_empty()
-                && (inbox.is_empty() || self.replies.len() >= MAX_BATCH)
-            {
-                self.hand_off();
-            }
-        }
-        // Every handle is gone and every request applied: the last batch follows the one
-        // being committed, and the committer thread finishes both before it ends.
-        if !self.replies.is_empty() {
-            self.hand_off();
-        }
-        if let Some(Pipeline { batches, thread }) = self.pipeline {
-            drop(batches);
-            if thread.join().is_err() {
-                error!("the store's committer thread panicked");
-            }
+impl State {
+    fn new(backend: Arc<dyn Backend>, policy: Policy, durable: bool) -> Self {
+        State {
+            backend,
+            policy,
+            durable,
+            pending: Pending::default(),
+            committing: None,
+            spare: None,
+            open: OpenBatch::default(),
+            committer_idle: false,
+            closing: false,
+            failure: None,
         }
     }
 
-    /// Commits the batch applied so far here, or hands it to the committer thread: a batch
-    /// of [`PIPELINE_CHANGES`] changes or more, or any batch while another is being
-    /// committed there (batches are committed in order).
-    fn hand_off(&mut self) {
-        let replies = std::mem::take(&mut self.replies);
-        let changes = self.pending.records.len() + self.pending.fences.len();
-        match &self.pipeline {
-            Some(pipeline) if self.committing.is_some() || changes >= PIPELINE_CHANGES => {
-                let next = self.spare.take().unwrap_or_default();
-                let pending = Arc::new(std::mem::replace(&mut self.pending, next));
-                self.committing = Some(pending.clone());
-                if pipeline.batches.send(Batch { pending, replies }).is_err() {
-                    // The committer thread is gone: the batch's requests hear that the store
-                    // closed, and every later one is refused.
-                    error!("the store's committer thread stopped; the store refuses all requests");
-                    let _ = self.failure.set("the committer thread stopped".into());
-                    self.broken.store(true, Ordering::Release);
-                    self.committing = None;
-                }
+    /// Commits the effects pending here and now (in memory), remembering a failure.
+    fn commit_in_place(&mut self, metrics: &Metrics) -> Result<(), Arc<str>> {
+        let started = Instant::now();
+        let committed = self
+            .backend
+            .commit(&self.pending.records, &self.pending.fences);
+        self.pending.clear();
+        match committed {
+            Ok(()) => {
+                metrics.commit(1, started.elapsed());
+                Ok(())
             }
-            _ => {
-                self.committer.commit_and_answer(&self.pending, replies);
-                self.pending.clear();
+            Err(e) => {
+                error!("commit failed, the store refuses all further requests: {e}");
+                let failure: Arc<str> = e.to_string().into();
+                self.failure = Some(failure.clone());
+                Err(failure)
             }
         }
     }
 
     /// Decides one request and records its effects as pending.
     fn apply(&mut self, op: Op) -> Result<Reply, StoreError> {
-        if let Some(failure) = self.failure.get() {
+        if let Some(failure) = &self.failure {
             return Err(StoreError::Failed(failure.clone()));
         }
         match op {
@@ -695,28 +736,12 @@ mod tests {
         .collect()
     }
 
-    /// A writer over an empty engine while `committing` is being committed.
-    fn writer_during(committing: Pending) -> Writer {
+    /// The state over an empty engine while `committing` is being committed.
+    fn state_during(committing: Pending) -> State {
         let backend: Arc<dyn Backend> = Arc::new(super::super::backend::Memory::default());
-        let failure = Arc::new(OnceLock::new());
-        let broken = Arc::new(AtomicBool::new(false));
-        Writer {
-            backend: backend.clone(),
-            policy: Policy::Strict,
-            pending: Pending::default(),
-            replies: Vec::new(),
-            committing: Some(Arc::new(committing)),
-            spare: None,
-            committer: Arc::new(Committer {
-                backend,
-                broken: broken.clone(),
-                metrics: Arc::new(Metrics::default()),
-                failure: failure.clone(),
-            }),
-            pipeline: None,
-            failure,
-            broken,
-        }
+        let mut state = State::new(backend, Policy::Strict, true);
+        state.committing = Some(Arc::new(committing));
+        state
     }
 
     /// What the batch being committed did (a binding, a raised fence, a value) decides the
@@ -728,9 +753,9 @@ mod tests {
         committing
             .fences
             .insert(FenceId::Lock("/lock".into()), token(10));
-        let mut writer = writer_during(committing);
+        let mut state = state_during(committing);
 
-        let other_lock = writer.apply(Op::Write {
+        let other_lock = state.apply(Op::Write {
             key: "k".into(),
             value: Bytes::from_static(b"x"),
             fence: Some("/other".into()),
@@ -743,7 +768,7 @@ mod tests {
             ),
             "{other_lock:?}"
         );
-        let stale = writer.apply(Op::Txn {
+        let stale = state.apply(Op::Txn {
             fence: "/lock".into(),
             token: Some(token(9)),
             ops: txn_write(0..1),
@@ -752,7 +777,7 @@ mod tests {
             matches!(stale, Err(StoreError::Rejected(Rejection::Stale { .. }))),
             "{stale:?}"
         );
-        let read = writer.apply(Op::Read {
+        let read = state.apply(Op::Read {
             key: "k".into(),
             fence: Some("/lock".into()),
             token: Some(token(10)),
@@ -765,21 +790,21 @@ mod tests {
             other => panic!("the committing batch's value unseen: {other:?}"),
         }
         // A change is taken into this batch from the committing one, not from the engine.
-        let write = writer.apply(Op::Txn {
+        let write = state.apply(Op::Txn {
             fence: "/lock".into(),
             token: Some(token(11)),
             ops: vec![TxnOp::Delete { key: "k".into() }],
         });
         assert_eq!(write.unwrap(), Reply::Txn(vec![TxnResult::Deleted(true)]));
         assert_eq!(
-            writer.pending.records.get("k").map(|r| r.binding.clone()),
+            state.pending.records.get("k").map(|r| r.binding.clone()),
             Some(Some(Binding::Lock("/lock".into())))
         );
     }
 
     /// The committer thread end to end: a large transaction committed there while the
-    /// requests queued behind it are decided, every reply given, and the store closing
-    /// once they are.
+    /// requests behind it are decided, every reply given, and the store closing once they
+    /// are.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_queued_behind_a_large_transaction_see_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -793,10 +818,10 @@ mod tests {
         };
         for round in 0..20_usize {
             let base = round * 1000;
-            let keys = base..base + 2 * PIPELINE_CHANGES;
+            let keys = base..base + 128;
             let n = 10 + round as u64;
-            // Polled in this order, so they reach the writer in this order, and the first is
-            // large enough to be committed on the committer thread.
+            // Polled in this order, so decided in this order (a request is decided when first
+            // polled), most of the later ones while the first is committed.
             let (big, other_lock, stale, read) = tokio::join!(
                 handle.execute(txn("/a", n, txn_write(keys.clone()))),
                 handle.execute(Op::Write {
@@ -831,6 +856,71 @@ mod tests {
         }
         drop(handle);
         store.close();
+    }
+
+    /// Which answers wait for a commit: a change, and anything decided on a change not yet
+    /// durable; a read of committed state that changes nothing does not. And once the store
+    /// closes, what was decided is answered and nothing more is taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_answers_resting_on_uncommitted_effects_wait_for_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(&Engine::durable(dir.path()), Policy::Strict, metrics).unwrap();
+        let shared = store.handle().shared.clone();
+        let write = |n: u64| Op::Write {
+            key: "k".into(),
+            value: Bytes::from_static(b"v"),
+            fence: Some("/lock".into()),
+            token: Some(token(n)),
+        };
+        let plain_read = || Op::Read {
+            key: "k".into(),
+            fence: None,
+            token: None,
+        };
+
+        let (written, batch) = shared.decide(write(5));
+        assert!(written.is_ok(), "{written:?}");
+        let mut done = batch.expect("a write waits for its commit");
+        assert_eq!(
+            done.wait_for(Option::is_some).await.unwrap().clone(),
+            Some(Ok(()))
+        );
+        // Nothing is pending now: a plain read answers at once, a stale write too.
+        let (read, batch) = shared.decide(plain_read());
+        assert!(matches!(read, Ok(Reply::Value(Some(_), _))), "{read:?}");
+        assert!(batch.is_none(), "a read of committed state waited");
+        let (stale, batch) = shared.decide(write(4));
+        assert!(matches!(stale, Err(StoreError::Rejected(_))), "{stale:?}");
+        assert!(batch.is_none(), "a refusal on committed state waited");
+        // A fenced read with a newer token raises the fence: that is a change.
+        let (raised, batch) = shared.decide(Op::Read {
+            key: "k".into(),
+            fence: Some("/lock".into()),
+            token: Some(token(6)),
+        });
+        assert!(raised.is_ok(), "{raised:?}");
+        let raised_batch = batch.expect("a raised fence waits for its commit");
+        // Decided before that commit is known done, a refusal on the raised fence waits too,
+        // unless the commit already finished.
+        let (stale, batch) = shared.decide(write(5));
+        assert!(matches!(stale, Err(StoreError::Rejected(_))), "{stale:?}");
+        if let Some(mut batch) = batch {
+            assert_eq!(
+                batch.wait_for(Option::is_some).await.unwrap().clone(),
+                Some(Ok(()))
+            );
+        }
+        drop(raised_batch);
+
+        let handle = store.handle();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .unwrap();
+        assert!(matches!(
+            handle.execute(plain_read()).await,
+            Err(StoreError::Closed)
+        ));
     }
 
     #[test]

@@ -279,7 +279,7 @@ pub struct WrongFenceBody {
 }
 
 /// Most steps one transaction may hold: far more than one lock's keys usually need, few
-/// enough that one transaction cannot hold up the writer for long.
+/// enough that one transaction cannot hold the store's lock for long.
 pub const MAX_TXN_OPS: usize = 1024;
 
 /// REST: `POST /v1/txn?fence=NAME` body, `{"ops":[{"op":"write","key":"a","val":"1"}, ...]}`.
