@@ -4,7 +4,7 @@
 //! This is the one place the rule lives. The store calls [`check`] for every request; the
 //! checker and the tests reason about it through the same function. The rule is pure: it sees
 //! the policy, the kind of access, the presented token and the fence's current token, and
-//! nothing else, so the store can make it atomic with the effect simply by calling it on the
+//! nothing else, so the store can make it atomic with the effect simply by calling it
 //! under the store's one lock.
 //!
 //! Invariants under [`Policy::Strict`] and [`Policy::Writes`]:

@@ -177,14 +177,10 @@ impl StoreHandle {
         let Some(mut done) = batch else {
             return result;
         };
-        let outcome = match done.wait_for(Option::is_some).await {
-            Ok(outcome) => outcome.clone(),
+        match done.wait_for(Option::is_some).await {
+            Ok(outcome) => settle(result, outcome.as_ref()),
             // The committer thread ended without committing the batch.
-            Err(_) => return Err(StoreError::Closed),
-        };
-        match (outcome, result) {
-            (Some(Err(failure)), Ok(_)) => Err(StoreError::Failed(failure)),
-            (_, result) => result,
+            Err(_) => Err(StoreError::Closed),
         }
     }
 
@@ -213,7 +209,6 @@ impl Store {
             }
             Engine::Memory => Arc::new(super::backend::Memory::default()),
         };
-        // A commit in memory takes less than handing it to another thread would.
         let durable = matches!(engine, Engine::Durable { .. });
         let shared = Arc::new(Shared {
             state: Mutex::new(State::new(backend.clone(), policy, durable)),
@@ -273,19 +268,49 @@ type Outcome = Result<(), Arc<str>>;
 /// Where the requests of a batch hear how it ended: `None` until it has.
 type Done = watch::Receiver<Option<Outcome>>;
 
+/// A request's answer once the commit it waited for ended: a success becomes the failure
+/// when that commit failed; a refusal stays what it was.
+fn settle(
+    result: Result<Reply, StoreError>,
+    outcome: Option<&Outcome>,
+) -> Result<Reply, StoreError> {
+    match (outcome, result) {
+        (Some(Err(failure)), Ok(_)) => Err(StoreError::Failed(failure.clone())),
+        (_, result) => result,
+    }
+}
+
 impl Shared {
     /// The state; a panic while it was held leaves it untrusted, so the store then refuses
     /// every request, as after a failed commit.
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poisoned| {
             let mut state = poisoned.into_inner();
-            if state.failure.is_none() {
-                error!("a request panicked while being decided; the store refuses all requests");
-                state.failure = Some("a request panicked while being decided".into());
-                self.broken.store(true, Ordering::Release);
-            }
+            self.fail(&mut state, "a request panicked while being decided".into());
             state
         })
+    }
+
+    /// Refuses every request from now on with `failure`, unless an earlier one already is.
+    fn fail(&self, state: &mut State, failure: Arc<str>) {
+        if state.failure.is_none() {
+            error!("the store refuses all further requests: {failure}");
+            state.failure = Some(failure);
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+
+    /// One engine commit of `pending`, for `requests` requests, timed in the metrics.
+    fn commit(&self, pending: &Pending, requests: usize) -> Outcome {
+        let started = Instant::now();
+        self.backend
+            .commit(&pending.records, &pending.fences)
+            .map_err(|e| {
+                error!("commit failed: {e}");
+                Arc::<str>::from(e.to_string())
+            })?;
+        self.metrics.commit(requests, started.elapsed());
+        Ok(())
     }
 
     /// Decides `op`; with the batch to wait for when its answer must wait for a commit.
@@ -300,12 +325,13 @@ impl Shared {
             return (result, None);
         }
         if !state.durable {
-            let committed = state.commit_in_place(&self.metrics);
-            if let Err(failure) = committed {
-                self.broken.store(true, Ordering::Release);
-                return (Err(StoreError::Failed(failure)), None);
+            // A commit in memory takes less than handing it to another thread would.
+            let outcome = self.commit(&state.pending, 1);
+            state.pending.clear();
+            if let Err(failure) = &outcome {
+                self.fail(&mut state, failure.clone());
             }
-            return (result, None);
+            return (settle(result, Some(&outcome)), None);
         }
         if result
             .as_ref()
@@ -346,25 +372,12 @@ impl Shared {
             let outcome = match failed_before {
                 Some(failure) => Err(failure),
                 None if pending.is_empty() => Ok(()),
-                None => {
-                    let started = Instant::now();
-                    match self.backend.commit(&pending.records, &pending.fences) {
-                        Ok(()) => {
-                            self.metrics.commit(batch.requests, started.elapsed());
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string().into()),
-                    }
-                }
+                None => self.commit(&pending, batch.requests),
             };
             state = self.state();
             state.committing = None;
-            if let Err(failure) = &outcome
-                && state.failure.is_none()
-            {
-                error!("commit failed, the store refuses all further requests: {failure}");
-                state.failure = Some(failure.clone());
-                self.broken.store(true, Ordering::Release);
+            if let Err(failure) = &outcome {
+                self.fail(&mut state, failure.clone());
             }
             if let Ok(mut maps) = Arc::try_unwrap(pending) {
                 maps.clear();
@@ -478,27 +491,6 @@ impl State {
             committer_idle: false,
             closing: false,
             failure: None,
-        }
-    }
-
-    /// Commits the effects pending here and now (in memory), remembering a failure.
-    fn commit_in_place(&mut self, metrics: &Metrics) -> Result<(), Arc<str>> {
-        let started = Instant::now();
-        let committed = self
-            .backend
-            .commit(&self.pending.records, &self.pending.fences);
-        self.pending.clear();
-        match committed {
-            Ok(()) => {
-                metrics.commit(1, started.elapsed());
-                Ok(())
-            }
-            Err(e) => {
-                error!("commit failed, the store refuses all further requests: {e}");
-                let failure: Arc<str> = e.to_string().into();
-                self.failure = Some(failure.clone());
-                Err(failure)
-            }
         }
     }
 
