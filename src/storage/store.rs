@@ -35,7 +35,7 @@
 //! worker; waking it costs one wake-up per batch, not per request.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, LockResult, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -284,7 +284,18 @@ impl Shared {
     /// The state; a panic while it was held leaves it untrusted, so the store then refuses
     /// every request, as after a failed commit.
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| {
+        self.trusted(self.state.lock())
+    }
+
+    /// Sleeps on [`Shared::work`] until woken, and takes the state back as [`Shared::state`]
+    /// does.
+    fn wait<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        self.trusted(self.work.wait(state))
+    }
+
+    /// The state from a lock or a wait, failed when a panic poisoned it.
+    fn trusted<'a>(&self, locked: LockResult<MutexGuard<'a, State>>) -> MutexGuard<'a, State> {
+        locked.unwrap_or_else(|poisoned| {
             let mut state = poisoned.into_inner();
             self.fail(&mut state, "a request panicked while being decided".into());
             state
@@ -359,7 +370,7 @@ impl Shared {
                     return;
                 }
                 state.committer_idle = true;
-                state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                state = self.wait(state);
                 continue;
             }
             let next = state.spare.take().unwrap_or_default();
@@ -913,6 +924,41 @@ mod tests {
             handle.execute(plain_read()).await,
             Err(StoreError::Closed)
         ));
+    }
+
+    /// A panic under the lock while the committer sleeps on it fails the store for the
+    /// committer too: it wakes to the failure, so it never commits what the panic left.
+    #[test]
+    fn a_panic_under_the_lock_fails_the_store_for_a_sleeping_committer() {
+        let metrics = Arc::new(Metrics::default());
+        let store = Store::open(&Engine::Memory, Policy::Strict, metrics).unwrap();
+        let shared = store.handle().shared.clone();
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let (woke, has_woken) = std::sync::mpsc::channel();
+        let sleeper = {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let mut state = shared.state();
+                locked.send(()).unwrap();
+                while state.failure.is_none() {
+                    state = shared.wait(state);
+                }
+                woke.send(()).unwrap();
+            })
+        };
+        is_locked.recv().unwrap();
+        // The lock is free only once the sleeper waits on it.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _state = shared.state.lock();
+            panic!("a request panicked");
+        }));
+        assert!(panicked.is_err());
+        shared.work.notify_one();
+        has_woken
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the sleeper woke to a store not failed");
+        sleeper.join().unwrap();
+        assert!(!store.handle().is_healthy());
     }
 
     #[test]
