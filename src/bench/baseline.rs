@@ -6,6 +6,10 @@
 //! routes to handlers, a store or fences, so a storage figure over the baseline's is the
 //! share of this machine's HTTP ceiling, loader included, that the storage keeps.
 //!
+//! With `--sync-dir` it is the *synced* baseline: each answer waits until a record of the
+//! request is synced to a file in that directory, in groups ([`super::group_sync`]). That is
+//! the ceiling of any server that answers only after a sync, as the durable storage does.
+//!
 //! Invariants: the baseline runs in a process of its own, as the storage does, so it never
 //! shares the loader's runtime; the child is killed and reaped when its handle drops, and
 //! dies with the thread that started it.
@@ -20,7 +24,10 @@ use axum::Router;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
+use axum::http::StatusCode;
 use fencelock::process::{ChildGuard, die_with_parent, read_ready_addr};
+
+use super::group_sync::GroupSync;
 
 /// The body of every answer: about the size of the storage's answer to a write.
 pub const BODY: &str = r#"{"key":"k0","token":1}"#;
@@ -42,12 +49,28 @@ pub enum BaselineError {
     NotReady,
 }
 
-/// Serves `listener` with the fixed answer until `shutdown` resolves.
+/// Serves `listener` with the fixed answer until `shutdown` resolves; with `log`, each
+/// answer only once its record in the log is synced (a 500 if that failed).
 pub async fn serve(
     listener: TcpListener,
+    log: Option<GroupSync>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().fallback(|| async { ([("content-type", "application/json")], BODY) });
+    let log = log.map(std::sync::Arc::new);
+    let app = Router::new().fallback(move || {
+        let log = log.clone();
+        async move {
+            let synced = match &log {
+                Some(log) => log.append().await,
+                None => true,
+            };
+            let status = match synced {
+                true => StatusCode::OK,
+                false => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (status, [("content-type", "application/json")], BODY)
+        }
+    });
     // As the storage does: each small answer goes out at once.
     let listener = listener.tap_io(|stream| {
         if let Err(e) = stream.set_nodelay(true) {
@@ -66,15 +89,18 @@ pub struct BaselineProcess {
 }
 
 impl BaselineProcess {
-    /// Starts `binary bench baseline --listen 127.0.0.1:0` and waits for its address.
+    /// Starts `binary bench baseline --listen 127.0.0.1:0` (with `--sync-dir` when given
+    /// one: the synced baseline) and waits for its address.
     ///
     /// Call it from a runtime's worker thread, which lives as long as the child: the child
     /// dies with the thread that started it (see [`die_with_parent`]).
-    pub async fn spawn(binary: &Path) -> Result<Self, BaselineError> {
+    pub async fn spawn(binary: &Path, sync_dir: Option<&Path>) -> Result<Self, BaselineError> {
         let mut command = Command::new(binary);
+        command.args(SUBCOMMAND).args(["--listen", "127.0.0.1:0"]);
+        if let Some(dir) = sync_dir {
+            command.arg("--sync-dir").arg(dir);
+        }
         command
-            .args(SUBCOMMAND)
-            .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

@@ -48,6 +48,12 @@ use super::chart::{Chart, Scale, curves};
 use super::http_load::{self, LoadError, LoadStats, RequestFn};
 use super::rounds::{Ratios, median_points};
 
+/// The table's name for the baseline.
+const BASELINE: &str = "baseline";
+
+/// The table's name for the synced baseline: the baseline answering after a group sync.
+const SYNCED: &str = "synced";
+
 /// The lock name every benchmark write is fenced under.
 const FENCE: &str = "/fencelock-bench";
 
@@ -233,13 +239,14 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
     let _ = writeln!(
         out,
         "{:?} per run, {cores} cores shared by the loader and the server; fencing {}; \
-         \"of base\" is requests/s over the baseline's at as many connections; \
-         CPU is per request",
+         \"of base\" is requests/s over the baseline's at as many connections, \
+         \"of sync\" a durable run's over the synced baseline's (the same server answering \
+         after a group sync); CPU is per request",
         options.duration, options.policy
     );
     let _ = writeln!(
         out,
-        "{:<9}  {:<8}  {:>8}  {:>6}  {:>5}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>10}  {:>10}",
+        "{:<9}  {:<8}  {:>8}  {:>6}  {:>5}  {:>10}  {:>10}  {:>9}  {:>9}  {:>9}  {:>7}  {:>7}  {:>10}  {:>10}",
         "server",
         "scenario",
         "stored",
@@ -251,6 +258,7 @@ pub async fn run(options: &Options, out: &mut impl Write) -> Result<Vec<RunStats
         "p99",
         "p99.9",
         "of base",
+        "of sync",
         "loader CPU",
         "server CPU"
     );
@@ -279,29 +287,43 @@ async fn run_round(
     out: &mut impl Write,
     all: &mut Vec<RunStats>,
 ) -> Result<(), BenchError> {
-    let baseline = BaselineProcess::spawn(&options.binary).await?;
-    for &connections in &options.connections {
-        let request = baseline_request(baseline.addr());
-        let stats = measure(
-            baseline.addr(),
-            baseline.pid(),
-            connections,
-            options,
-            request,
-        )
-        .await
-        .map_err(|source| BenchError::Load {
-            server: "baseline",
-            scenario: "fixed",
-            connections,
-            source,
-        })?;
-        let mut stats = figures("baseline", None, connections, (0, 0), &stats);
-        stats.round = round;
-        print_row(out, &stats, all);
-        all.push(stats);
+    // The synced baseline only when a durable store is measured: it is their ceiling.
+    let synced = options.stores.contains(&Store::Durable);
+    for (server, sync) in [(BASELINE, false), (SYNCED, true)] {
+        if sync && !synced {
+            continue;
+        }
+        let dir = match sync {
+            true => Some(data_dir()?),
+            false => None,
+        };
+        let baseline =
+            BaselineProcess::spawn(&options.binary, dir.as_ref().map(|d| d.path())).await?;
+        for &connections in &options.connections {
+            let request = baseline_request(baseline.addr());
+            let stats = measure(
+                baseline.addr(),
+                baseline.pid(),
+                connections,
+                options,
+                request,
+            )
+            .await
+            .map_err(|source| BenchError::Load {
+                server,
+                scenario: "fixed",
+                connections,
+                source,
+            })?;
+            let mut stats = figures(server, None, connections, (0, 0), &stats);
+            stats.round = round;
+            print_row(out, &stats, all);
+            all.push(stats);
+        }
+        // Stopped before its log's directory is removed.
+        drop(baseline);
+        drop(dir);
     }
-    drop(baseline);
     // Without verification the plain runs only; with it, each plain run and then its twin.
     let variants: Vec<Option<&LockHeld>> =
         std::iter::once(None).chain(verifying.map(Some)).collect();
@@ -341,8 +363,21 @@ async fn run_round(
 
 /// The baseline's run with as many connections in the same round as `stats`.
 fn baseline_of<'a>(stats: &RunStats, all: &'a [RunStats]) -> Option<&'a RunStats> {
+    baseline_named(BASELINE, stats, all)
+}
+
+/// The synced baseline's run with as many connections in the same round as `stats`, for
+/// a durable store's run.
+fn synced_of<'a>(stats: &RunStats, all: &'a [RunStats]) -> Option<&'a RunStats> {
+    match stats.server.starts_with("durable") {
+        true => baseline_named(SYNCED, stats, all),
+        false => None,
+    }
+}
+
+fn baseline_named<'a>(server: &str, stats: &RunStats, all: &'a [RunStats]) -> Option<&'a RunStats> {
     all.iter().find(|b| {
-        b.scenario.is_none() && b.connections == stats.connections && b.round == stats.round
+        b.server == server && b.connections == stats.connections && b.round == stats.round
     })
 }
 
@@ -353,19 +388,25 @@ fn compare_baseline(all: &[RunStats], out: &mut impl Write) {
         return;
     }
     let mut ratios = Ratios::default();
-    for stats in all.iter().filter(|s| s.scenario.is_some()) {
-        if let Some(baseline) = baseline_of(stats, all) {
-            ratios.add(
-                format!(
-                    "{} {}{} over the baseline, requests/s, {} connection(s)",
-                    stats.server,
-                    stats.scenario.map_or("fixed", Scenario::label),
-                    shape_label(stats),
-                    stats.connections
-                ),
-                stats.requests_per_second,
-                baseline.requests_per_second,
-            );
+    for stats in all.iter().filter(|s| s.server != BASELINE) {
+        let ceilings = [
+            ("the baseline", baseline_of(stats, all)),
+            ("the synced baseline", synced_of(stats, all)),
+        ];
+        for (name, baseline) in ceilings {
+            if let Some(baseline) = baseline {
+                ratios.add(
+                    format!(
+                        "{} {}{} over {name}, requests/s, {} connection(s)",
+                        stats.server,
+                        stats.scenario.map_or("fixed", Scenario::label),
+                        shape_label(stats),
+                        stats.connections
+                    ),
+                    stats.requests_per_second,
+                    baseline.requests_per_second,
+                );
+            }
         }
     }
     ratios.print(out);
@@ -646,6 +687,15 @@ fn print_row(out: &mut impl Write, stats: &RunStats, earlier: &[RunStats]) {
     let baseline =
         baseline_of(stats, earlier).map_or(stats.requests_per_second, |b| b.requests_per_second);
     let share = 100.0 * stats.requests_per_second / baseline;
+    let of_synced = synced_of(stats, earlier).map_or_else(
+        || "-".to_owned(),
+        |b| {
+            format!(
+                "{:.1}%",
+                100.0 * stats.requests_per_second / b.requests_per_second
+            )
+        },
+    );
     let (keys, stored, value) = match stats.scenario {
         Some(_) => (
             format!("{:.0}", stats.keys_per_second),
@@ -657,7 +707,7 @@ fn print_row(out: &mut impl Write, stats: &RunStats, earlier: &[RunStats]) {
     let cpu = |cpu: Option<Duration>| cpu.map_or_else(|| "?".into(), |c| format!("{c:.1?}"));
     let _ = writeln!(
         out,
-        "{:<9}  {:<8}  {:>8}  {:>6}  {:>5}  {:>10.0}  {:>10}  {:>9.1?}  {:>9.1?}  {:>9.1?}  {:>6.1}%  {:>10}  {:>10}",
+        "{:<9}  {:<8}  {:>8}  {:>6}  {:>5}  {:>10.0}  {:>10}  {:>9.1?}  {:>9.1?}  {:>9.1?}  {:>6.1}%  {:>7}  {:>10}  {:>10}",
         stats.server,
         stats.scenario.map_or("fixed", Scenario::label),
         stored,
@@ -669,6 +719,7 @@ fn print_row(out: &mut impl Write, stats: &RunStats, earlier: &[RunStats]) {
         stats.p99,
         stats.p999,
         share,
+        of_synced,
         cpu(stats.loader_cpu),
         cpu(stats.server_cpu),
     );
@@ -842,10 +893,7 @@ impl StorageProcess {
                 None
             }
             Store::Durable => {
-                let dir = tempfile::Builder::new()
-                    .prefix("fencelock-bench-storage-")
-                    .tempdir()
-                    .map_err(BenchError::DataDir)?;
+                let dir = data_dir()?;
                 args.push("--data-dir".into());
                 args.push(dir.path().join("data").display().to_string());
                 Some(dir)
@@ -862,6 +910,15 @@ impl StorageProcess {
     async fn stop(mut self) {
         self.server.kill().await;
     }
+}
+
+/// A temporary directory for a durable store's data or the synced baseline's log, on the
+/// same file system for both.
+fn data_dir() -> Result<tempfile::TempDir, BenchError> {
+    tempfile::Builder::new()
+        .prefix("fencelock-bench-storage-")
+        .tempdir()
+        .map_err(BenchError::DataDir)
 }
 
 fn baseline_request(addr: SocketAddr) -> Arc<RequestFn> {

@@ -15,6 +15,7 @@ use super::{
 use crate::bench::baseline;
 use crate::bench::chart::Chart;
 use crate::bench::commit;
+use crate::bench::group_sync::GroupSync;
 use crate::bench::lock::{self, Service};
 use crate::bench::storage::{self, Scenario, Store};
 
@@ -32,7 +33,7 @@ pub enum BenchCommand {
     /// How long one durable commit of the storage's engine takes, by keys per commit.
     Commit(BenchCommitArgs),
     /// The storage benchmark's baseline server (started by the benchmark): every request is
-    /// answered with the same small body.
+    /// answered with the same small body, after a group sync with --sync-dir.
     #[command(hide = true)]
     Baseline(BaselineArgs),
 }
@@ -177,6 +178,10 @@ pub struct BaselineArgs {
     /// Address to listen on; port 0 picks a free port, printed once the server is ready.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: String,
+    /// Answer each request only once a record of it is synced to a log in this directory
+    /// (the synced baseline, the ceiling of a server that syncs before it answers).
+    #[arg(long, value_name = "DIR")]
+    sync_dir: Option<PathBuf>,
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<u8> {
@@ -314,9 +319,16 @@ fn parse_count(text: &str) -> Result<u64, String> {
 }
 
 async fn serve_baseline(args: BaselineArgs) -> anyhow::Result<u8> {
+    let log = match &args.sync_dir {
+        Some(dir) => Some(
+            GroupSync::create(dir)
+                .with_context(|| format!("cannot create the sync log in {}", dir.display()))?,
+        ),
+        None => None,
+    };
     let (listener, addr) = listen(&args.listen).await?;
     announce(addr)?;
-    baseline::serve(listener, shutdown_signal())
+    baseline::serve(listener, log, shutdown_signal())
         .await
         .context("baseline server failed")?;
     Ok(exit::SUCCESS)

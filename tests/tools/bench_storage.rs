@@ -1,6 +1,6 @@
-//! `fencelock bench storage` as a user runs it: the baseline, then every scenario on the
-//! durable and the in-memory store, each row with positive throughput, and the
-//! transaction-over-single-key ratio per store.
+//! `fencelock bench storage` as a user runs it: the baseline (and, with a durable store, the
+//! synced baseline), then every scenario on the durable and the in-memory store, each row
+//! with positive throughput, and the transaction-over-single-key ratio per store.
 
 use std::process::Command;
 
@@ -8,7 +8,7 @@ use crate::support::proc::fencelock_bin;
 
 #[test]
 fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
-    // 1. A short run with one connection: 7 runs of half a second.
+    // 1. A short run with one connection: 8 runs of half a second.
     let stdout = bench_storage(&["--duration", "500ms", "--connections", "1"]);
 
     // 2. One row per server and scenario, read by the header's column names.
@@ -28,9 +28,31 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
             .unwrap_or_else(|_| panic!("{what}: {text:?} is not a number"));
         assert!(value > 0.0, "{what}: {value}");
     };
+    let share = |text: &str, what: &str| {
+        let number = text
+            .strip_suffix('%')
+            .unwrap_or_else(|| panic!("{what}: {text:?} is not a share"));
+        positive(number, what);
+    };
+    // "of base" is the first of the two-word column names, so its index is also the row's,
+    // and "of sync" follows it.
+    let of_base = col("of");
+    let of_sync = of_base + 1;
     let baseline = row("baseline", "fixed");
     assert_eq!(baseline[col("conns")], "1", "connections");
     positive(&baseline[col("requests/s")], "baseline requests/s");
+    // The same server answering after a group sync, measured since a durable store is.
+    let synced = row("synced", "fixed");
+    assert_eq!(
+        synced[col("conns")],
+        "1",
+        "connections of the synced baseline"
+    );
+    positive(&synced[col("requests/s")], "synced requests/s");
+    share(
+        &synced[of_base],
+        "the synced baseline's share of the baseline",
+    );
     for store in ["durable", "in-memory"] {
         for scenario in ["one-key", "distinct", "txn"] {
             let cols = row(store, scenario);
@@ -40,10 +62,18 @@ fn the_storage_benchmark_measures_every_scenario_next_to_the_baseline() {
                 &format!("{store} {scenario} requests/s"),
             );
             positive(&cols[col("keys/s")], &format!("{store} {scenario} keys/s"));
-            assert!(
-                cols.iter().any(|c| c.ends_with('%')),
-                "{store} {scenario} has its share of the baseline"
+            share(
+                &cols[of_base],
+                &format!("{store} {scenario}'s share of the baseline"),
             );
+            // Only a durable store is set against the synced baseline.
+            match store {
+                "durable" => share(
+                    &cols[of_sync],
+                    &format!("{store} {scenario}'s share of the synced baseline"),
+                ),
+                _ => assert_eq!(cols[of_sync], "-", "{store} {scenario}"),
+            }
         }
     }
 
@@ -166,6 +196,11 @@ fn with_rounds_every_run_is_set_against_its_own_rounds_baseline_and_ratios_are_m
             .count()
     };
     assert_eq!(rows("baseline"), 2, "a baseline per round:\n{stdout}");
+    assert_eq!(
+        rows("synced"),
+        0,
+        "no synced baseline without a durable store:\n{stdout}"
+    );
     assert_eq!(rows("in-memory"), 4, "each run once per round:\n{stdout}");
     for prefix in [
         "txn/distinct keys/s, in-memory, 2 connection(s): ",
