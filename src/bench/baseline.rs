@@ -21,10 +21,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
-use axum::http::StatusCode;
 use fencelock::process::{ChildGuard, die_with_parent, read_ready_addr};
 
 use super::group_sync::GroupSync;

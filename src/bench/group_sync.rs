@@ -53,7 +53,7 @@ struct State {
 }
 
 impl GroupSync {
-    /// Creates `log` in `dir`, sized up front, and starts the sync thread.
+    /// Creates the log file in `dir`, sized up front, and starts the sync thread.
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         let file = File::options()
             .create(true)
