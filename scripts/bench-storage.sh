@@ -7,8 +7,10 @@
 # First it measures the same load against two ceilings that store nothing and answer a fixed
 # body: `fencelock bench baseline` (the storage's own HTTP stack) and, when nginx is
 # installed, nginx answering `return 200` (started here on a free port, with a configuration
-# of its own in a temporary directory). Every row is also printed as a share of each ceiling
-# with as many connections.
+# of its own in a temporary directory). Then the synced baseline, `fencelock bench baseline
+# --sync-dir`: the same fixed answer, each sent only after a group sync of a file, the
+# ceiling of a server that syncs before it answers, as the durable store does. Every row is
+# also printed as a share of each ceiling with as many connections.
 # The "other CPU" column is the share of the machine's CPU time used by everything but the
 # server and wrk during the run: the kernel's I/O threads doing the server's syncs, and any
 # neighbour. A busy neighbour makes the figures lower; compare runs with little of it.
@@ -138,11 +140,17 @@ run_wrk() {
   case $store in
     baseline) baseline_rps[$conns]=$rps ;;
     nginx) nginx_rps[$conns]=$rps ;;
+    "synced baseline") synced_rps[$conns]=$rps ;;
   esac
-  printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s | %8s | %8s |%s\n" \
+  # The synced ceiling bounds what syncs before it answers: the durable store, not the others.
+  local synced="-"
+  case $store in
+    durable* | "synced baseline") synced=$(share "$rps" "${synced_rps[$conns]:-}") ;;
+  esac
+  printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s | %8s | %8s | %8s |%s\n" \
     "$store" "$conns" "$script" "$rps" "$p50" "$p99" "$other" \
     "$(share "$rps" "${baseline_rps[$conns]:-}")" "$(share "$rps" "${nginx_rps[$conns]:-}")" \
-    "${errors:+ $errors}"
+    "$synced" "${errors:+ $errors}"
 }
 
 # share A B: A as a percentage of B, or "-" without B.
@@ -153,13 +161,13 @@ share() {
     echo "-"
   fi
 }
-declare -A baseline_rps nginx_rps
+declare -A baseline_rps nginx_rps synced_rps
 
 echo "fencelock storage, seed protocol, wrk -t$THREADS -d$DURATION, $(nproc) cores"
 echo
-printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s | %8s | %8s |\n" \
-  store conns keys "req/s" "p50 ms" "p99 ms" "other CPU" "baseline" "nginx"
-echo "|------------------|-------|-----------|-----------|----------|----------|-----------|----------|----------|"
+printf "| %-16s | %5s | %-9s | %9s | %8s | %8s | %9s | %8s | %8s | %8s |\n" \
+  store conns keys "req/s" "p50 ms" "p99 ms" "other CPU" "baseline" "nginx" "synced"
+echo "|------------------|-------|-----------|-----------|----------|----------|-----------|----------|----------|----------|"
 start_server bench baseline
 for conns in 1 32; do
   run_wrk baseline "$conns" onekey
@@ -172,6 +180,12 @@ if command -v nginx >/dev/null; then
   done
   stop_server
 fi
+mkdir -p "$work/sync"
+start_server bench baseline --sync-dir "$work/sync"
+for conns in 1 32; do
+  run_wrk "synced baseline" "$conns" onekey
+done
+stop_server
 for store in durable in-memory; do
   if [ "$store" = durable ]; then
     rm -rf "$work/data"
