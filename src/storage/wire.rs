@@ -375,18 +375,13 @@ impl<'de> serde::de::Visitor<'de> for RawTxnStepVisitor {
                 }
             }
         }
-        let (mut op, mut key, mut val) = (None, None, None);
-        let mut val_seen = false;
+        // `val` may be null, which is no value: a null one still counts as given once.
+        let (mut op, mut key, mut val) = (None, None, None::<Option<String>>);
         while let Some(field) = map.next_key()? {
             match field {
                 TxnStepField::Op => once(&mut map, &mut op, "op")?,
                 TxnStepField::Key => once(&mut map, &mut key, "key")?,
-                // `val` may be null, which is no value; still only once.
-                TxnStepField::Val if val_seen => return Err(A::Error::duplicate_field("val")),
-                TxnStepField::Val => {
-                    val_seen = true;
-                    val = map.next_value()?;
-                }
+                TxnStepField::Val => once(&mut map, &mut val, "val")?,
                 TxnStepField::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
@@ -395,7 +390,7 @@ impl<'de> serde::de::Visitor<'de> for RawTxnStepVisitor {
         Ok(RawTxnStep {
             op: op.ok_or_else(|| A::Error::missing_field("op"))?,
             key: key.ok_or_else(|| A::Error::missing_field("key"))?,
-            val,
+            val: val.flatten(),
         })
     }
 }
