@@ -321,7 +321,10 @@ impl Injector<'_> {
             .hold_frozen(lease, read.token.unwrap_or(0), (OpKind::Read, "read"))
             .await;
         let outcome = match held {
-            Ok((note, Some(next))) => self.stale_write_first(worker, next, note).await,
+            Ok((note, Some(next))) => {
+                let work_ends = self.work_ends(read.worker, read.mono_ns);
+                self.stale_write_first(worker, next, work_ends, note).await
+            }
             Ok((note, None)) => {
                 self.freeze(worker, false);
                 Ok(note)
@@ -333,13 +336,25 @@ impl Injector<'_> {
         outcome.map(|_| ())
     }
 
+    /// When, on the monotonic clock in nanoseconds, the work of worker `worker` (numbered
+    /// from 1) after a read answered at `read_ns` is over at the latest: the longest work,
+    /// counted from the read (as the worker counts it), stretched by a slow clock.
+    fn work_ends(&self, worker: u32, read_ns: u64) -> u64 {
+        let rate = clock_rate(self.faults, worker).unwrap_or(1.0);
+        let longest = self.options.work.1.div_f64(rate.min(1.0));
+        read_ns.saturating_add(longest.as_nanos() as u64)
+    }
+
     /// Stops worker `next` (numbered from 1), continues the stale worker (index `stale`) and
-    /// continues `next` once the stale worker's write has an answer, or after half a TTL,
-    /// so that `next` keeps its own lease.
+    /// continues `next` once the stale worker's write has an answer, or half a TTL after
+    /// the stale worker's work is over (`work_ends`, see [`Self::work_ends`]) if it has
+    /// none by then, so that `next` keeps its own lease. A worker writes as soon as its work
+    /// is over, so the wait for the answer is the rest of that work, then the write itself.
     async fn stale_write_first(
         &mut self,
         stale: usize,
         next: u32,
+        work_ends: u64,
         mut note: String,
     ) -> Result<String, Stopped> {
         let next = (next - 1) as usize;
@@ -351,7 +366,10 @@ impl Injector<'_> {
                 .then_some(e.kind)
         });
         self.freeze(stale, false);
-        let answer = self.within(self.options.ttl / 2, answered).await;
+        let rest_of_work = Duration::from_nanos(work_ends.saturating_sub(mono_ns()));
+        let answer = self
+            .within(rest_of_work + self.options.ttl / 2, answered)
+            .await;
         self.freeze(next, false);
         note.push_str(&match answer? {
             Some(kind) => format!(
@@ -364,7 +382,8 @@ impl Injector<'_> {
                 }
             ),
             None => format!(
-                "; worker {} held for half a TTL, the stale write unanswered",
+                "; worker {} held until half a TTL after the stale worker's work, the stale \
+                 write unanswered",
                 next + 1
             ),
         });

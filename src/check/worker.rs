@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use rand::{Rng as _, SeedableRng as _};
 use reqwest::StatusCode;
+use tokio::time::Instant;
 
 use super::history::{
     Event, EventType, Log, OpKind, Resource, Workload, decode_set, element, encode_set, mono_ns,
@@ -328,15 +329,20 @@ fn read_done(
     }
 }
 
-/// Works between read and write for a uniformly random time in the options' range.
-async fn work(options: &WorkerOptions, rng: &mut rand::rngs::StdRng) {
-    let (low, high) = options.work;
+/// Works between read and write for a uniformly random time in `range`, counted
+/// from `read_at`, the moment the read was answered. A freeze that lands after the read is
+/// part of the work, as a pause is part of the wall-clock time of any wait: a worker frozen
+/// for longer than its work writes as soon as it is continued, wherever the freeze caught it
+/// (before or after the read's event was recorded), so the checker knows when the stale
+/// write comes.
+async fn work(range: (Duration, Duration), rng: &mut rand::rngs::StdRng, read_at: Instant) {
+    let (low, high) = range;
     let time = if high > low {
         rng.random_range(low..=high)
     } else {
         low
     };
-    tokio::time::sleep(time).await;
+    tokio::time::sleep_until(read_at + time).await;
 }
 
 /// What follows from `read` (the counter + 1, or the set with this write's own element
@@ -388,7 +394,9 @@ async fn storage_turn(
         ..Fields::default()
     };
     let op = recorder.invoke(OpKind::Read, with_token.clone())?;
-    let read = match storage.read(&options.key, token, fence).await {
+    let answer = storage.read(&options.key, token, fence).await;
+    let read_at = Instant::now();
+    let read = match answer {
         Ok(stored) => {
             let text = stored.map(|s| s.value).unwrap_or_default();
             read_done(recorder, op, options, &text, &with_token)?
@@ -401,7 +409,7 @@ async fn storage_turn(
     let Some(read) = read else {
         return Ok(false);
     };
-    work(options, rng).await;
+    work(options.work, rng, read_at).await;
     let (text, fields) = next_value(recorder, options, token, read);
     let op = recorder.invoke(OpKind::Write, fields.clone())?;
     match storage.write(&options.key, &text, token, fence).await {
@@ -501,7 +509,9 @@ async fn postgres_turn(
         }
     };
     let select = format!("SELECT value FROM {DATA_TABLE} WHERE name = $1");
-    let text = match tx.statements().query_opt(&select, &[&options.key]).await {
+    let answer = tx.statements().query_opt(&select, &[&options.key]).await;
+    let read_at = Instant::now();
+    let text = match answer {
         Ok(row) => row.map(|r| r.get::<_, String>(0)).unwrap_or_default(),
         Err(e) => {
             recorder.fail(op, failed(&e))?;
@@ -511,7 +521,7 @@ async fn postgres_turn(
     let Some(read) = read_done(recorder, op, options, &text, &with_token)? else {
         return Ok(false);
     };
-    work(options, rng).await;
+    work(options.work, rng, read_at).await;
     let (text, fields) = next_value(recorder, options, token, read);
     let op = recorder.invoke(OpKind::Write, fields.clone())?;
     let upsert = format!(
@@ -570,7 +580,9 @@ async fn etcd_turn(
         key: options.key.as_bytes().to_vec(),
         ..Default::default()
     });
-    let text = match tokio::time::timeout(STORAGE_TIMEOUT, get).await {
+    let answer = tokio::time::timeout(STORAGE_TIMEOUT, get).await;
+    let read_at = Instant::now();
+    let text = match answer {
         Ok(Ok(response)) => response
             .into_inner()
             .kvs
@@ -590,7 +602,7 @@ async fn etcd_turn(
     let Some(read) = read_done(recorder, op, options, &text, &with_token)? else {
         return Ok(false);
     };
-    work(options, rng).await;
+    work(options.work, rng, read_at).await;
     let (text, fields) = next_value(recorder, options, token, read);
     let op = recorder.invoke(OpKind::Write, fields.clone())?;
     let written: Result<(), (EventType, String)> = if options.fenced {
@@ -861,6 +873,24 @@ mod tests {
             requested: Some("/lock".into()),
         };
         assert_eq!(outcome(&wrong_fence), EventType::Fail);
+    }
+
+    #[tokio::test]
+    async fn work_counts_from_the_read_so_a_worker_frozen_past_it_writes_at_once() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let range = (Duration::from_secs(10), Duration::from_secs(20));
+        // Answered 20 s ago, as if frozen since: nothing of the work is left.
+        let read_at = Instant::now() - Duration::from_secs(20);
+        let over = tokio::time::timeout(Duration::from_secs(5), work(range, &mut rng, read_at));
+        assert!(over.await.is_ok(), "work went on after its end");
+        // Answered now: all of the work, 10 s at least, is still to run.
+        let read_at = Instant::now();
+        let running =
+            tokio::time::timeout(Duration::from_millis(50), work(range, &mut rng, read_at));
+        assert!(
+            running.await.is_err(),
+            "work ended before its shortest time"
+        );
     }
 
     #[tokio::test]

@@ -33,7 +33,8 @@ pub struct CheckArgs {
     #[arg(long, value_name = "WORKLOAD", default_value = "set")]
     workload: Workload,
     /// Work between a worker's read and its write: uniformly random in MIN-MAX (or 0-MAX
-    /// when one bound is given), each bound 500ms, 2s, 1m or seconds.
+    /// when one bound is given), each bound 500ms, 2s, 1m or seconds. Counted from the
+    /// read's answer, so time a worker spends frozen after its read is part of its work.
     #[arg(long, value_name = "MIN-MAX", default_value = "0-2", value_parser = duration::parse_range)]
     work: (Duration, Duration),
     /// Faults to inject, comma-separated: freeze-holder, freeze-after-read, revoke,
