@@ -346,10 +346,10 @@ impl Injector<'_> {
     }
 
     /// Stops worker `next` (numbered from 1), continues the stale worker (index `stale`) and
-    /// continues `next` once the stale worker's write has an answer, or half a TTL after
-    /// the stale worker's work is over (`work_ends`, see [`Self::work_ends`]) if it has
-    /// none by then, so that `next` keeps its own lease. A worker writes as soon as its work
-    /// is over, so the wait for the answer is the rest of that work, then the write itself.
+    /// continues `next` once the stale worker's write has an answer, or, failing that, half
+    /// a TTL after `work_ends` (when the stale worker's work is over at the latest, see
+    /// [`Self::work_ends`]), so that `next` keeps its own lease. A worker writes as soon as
+    /// its work is over, so the answer comes after the rest of that work and the write.
     async fn stale_write_first(
         &mut self,
         stale: usize,
