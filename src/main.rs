@@ -19,8 +19,8 @@ mod svg;
 use cli::{Cli, Command, exit};
 
 /// mimalloc, for the storage's commits: measured against the system allocator with `fencelock
-/// bench storage` (README, "Where the scale goals stand"), it raises durable transactions by
-/// about a fifth and loses nothing elsewhere, once transparent huge pages are off (`main`).
+/// bench storage` (README, "The allocator"), it raises durable transactions by about a fifth
+/// and loses nothing elsewhere, once transparent huge pages are off (`main`).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

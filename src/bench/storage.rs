@@ -288,11 +288,9 @@ async fn run_round(
     all: &mut Vec<RunStats>,
 ) -> Result<(), BenchError> {
     // The synced baseline only when a durable store is measured: it is their ceiling.
-    let synced = options.stores.contains(&Store::Durable);
-    for (server, sync) in [(BASELINE, false), (SYNCED, true)] {
-        if sync && !synced {
-            continue;
-        }
+    let durable = options.stores.contains(&Store::Durable);
+    let ceilings = [(BASELINE, false), (SYNCED, true)];
+    for (server, sync) in ceilings.into_iter().filter(|&(_, sync)| durable || !sync) {
         let dir = match sync {
             true => Some(data_dir()?),
             false => None,
